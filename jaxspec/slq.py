@@ -1,0 +1,406 @@
+"""Stochastic Lanczos quadrature: the spectral density of a symmetric operator as Ritz values
+(nodes) and weights.
+
+For a random ``v`` with ``E[v v^T] = I``, m Lanczos steps on ``(A, v)`` give a tridiagonal T_m;
+its eigenvalues ``theta_j`` are Gauss-quadrature nodes and the squared first components of its
+normalised eigenvectors are the weights ``w_j`` (they sum to 1), with
+``sum_j w_j theta_j^k = v^T A^k v / v^T v`` for ``k <= 2m - 1``. The paper plots this discrete
+density for one vector as a stem plot, without smoothing; :meth:`Spectrum.density` smooths it for
+comparison with tools that do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxspec.lanczos import LanczosResult, run_lanczos
+
+__all__ = ["NegativeMass", "Spectrum", "random_probe", "slq"]
+
+
+class NegativeMass(NamedTuple):
+    """Negative part of a discrete spectrum.
+
+    Attributes:
+      count: number of negative Ritz values.
+      count_separated: number of negative Ritz values well separated from the origin cluster.
+      mass: total weight of the separated negative Ritz values.
+    """
+
+    count: int
+    count_separated: int
+    mass: float
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """A discrete spectral density: Ritz values ``nodes`` (ascending) and ``weights`` (sum 1).
+
+    Held on the host in float64. ``meta`` carries free-form settings (model, N, BatchNorm mode,
+    timings, ...) that are saved with the spectrum.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> s = Spectrum.from_tridiagonal([2.0, 2.0], [1.0])
+      >>> s.nodes.tolist(), s.weights.round(3).tolist()
+      ([1.0, 3.0], [0.5, 0.5])
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    num_vectors: int = 1
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        nodes = np.asarray(self.nodes, np.float64).reshape(-1)
+        weights = np.asarray(self.weights, np.float64).reshape(-1)
+        if nodes.shape != weights.shape:
+            raise ValueError(f"nodes {nodes.shape} and weights {weights.shape} differ in shape")
+        if nodes.size == 0:
+            raise ValueError("a Spectrum needs at least one node")
+        if not (np.all(np.isfinite(nodes)) and np.all(np.isfinite(weights))):
+            raise ValueError("a Spectrum's nodes and weights must be finite")
+        if np.any(weights < 0) or not np.isclose(weights.sum(), 1.0, atol=1e-6):
+            raise ValueError(f"weights must be nonnegative and sum to 1 (sum {weights.sum()})")
+        order = np.argsort(nodes, kind="stable")
+        object.__setattr__(self, "nodes", nodes[order])
+        object.__setattr__(self, "weights", weights[order])
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Spectrum):
+            return NotImplemented
+        return (np.array_equal(self.nodes, other.nodes)
+                and np.array_equal(self.weights, other.weights)
+                and self.num_vectors == other.num_vectors)
+
+    __hash__ = None  # mutable-looking arrays inside: not hashable
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_tridiagonal(cls, alphas, betas, /, *, meta: dict | None = None) -> "Spectrum":
+        """Nodes and weights of the tridiagonal T with diagonal ``alphas``, off-diagonal ``betas``.
+
+        Solved by a symmetric eigensolver in float64 (``numpy.linalg.eigh``).
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum.from_tridiagonal([1.0], []).nodes.tolist()
+          [1.0]
+        """
+        a = np.asarray(alphas, np.float64)
+        b = np.asarray(betas, np.float64)
+        if b.shape[0] != a.shape[0] - 1:
+            raise ValueError(f"need len(betas) == len(alphas) - 1, got {b.shape[0]} and "
+                             f"{a.shape[0]}")
+        T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
+        theta, vecs = np.linalg.eigh(T)
+        w = vecs[0] ** 2
+        return cls(theta, w / w.sum(), meta=dict(meta or {}))
+
+    @classmethod
+    def from_lanczos(cls, result: LanczosResult, /, *, meta: dict | None = None) -> "Spectrum":
+        """The spectrum of a :class:`jaxspec.LanczosResult`, using its ``num_valid`` steps.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from jaxspec import lanczos, Spectrum
+          >>> res = lanczos(lambda v: jnp.array([1.0, 3.0]) * v, jnp.ones(2), 2)
+          >>> Spectrum.from_lanczos(res).weights.round(3).tolist()
+          [0.5, 0.5]
+        """
+        k = int(result.num_valid)
+        if k < 1:
+            raise ValueError("the Lanczos run has no valid step")
+        return cls.from_tridiagonal(np.asarray(result.alphas)[:k],
+                                    np.asarray(result.betas)[: k - 1], meta=meta)
+
+    @classmethod
+    def average(cls, spectra: Sequence["Spectrum"], /, *, meta: dict | None = None) -> "Spectrum":
+        """One spectrum from several probe vectors: all nodes, each weight divided by their number.
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> s = Spectrum.average([Spectrum([1.0], [1.0]), Spectrum([3.0], [1.0])])
+          >>> s.nodes.tolist(), s.weights.tolist(), s.num_vectors
+          ([1.0, 3.0], [0.5, 0.5], 2)
+        """
+        if not spectra:
+            raise ValueError("nothing to average")
+        total = sum(s.num_vectors for s in spectra)
+        nodes = np.concatenate([s.nodes for s in spectra])
+        weights = np.concatenate([s.weights * (s.num_vectors / total) for s in spectra])
+        return cls(nodes, weights, num_vectors=total, meta=dict(meta or spectra[0].meta))
+
+    # ---- summaries ----------------------------------------------------------------------
+    @property
+    def lambda_max(self) -> float:
+        """Largest Ritz value (converges first to the largest eigenvalue)."""
+        return float(self.nodes[-1])
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest Ritz value (converges first to the smallest eigenvalue)."""
+        return float(self.nodes[0])
+
+    def origin_cluster(self, *, origin_tol: float = 1e-3) -> np.ndarray:
+        """Mask of the nodes in the cluster at the origin.
+
+        The rule: ``theta_0`` is the node of smallest magnitude; a node belongs to the origin
+        cluster when ``|theta - theta_0| <= origin_tol * max|theta|``. A degenerate mass at the
+        origin that Lanczos splits into several nearby nodes is one cluster under this rule.
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> s = Spectrum([-1.0, -1e-6, 1e-6, 5.0], [0.1, 0.4, 0.4, 0.1])
+          >>> s.origin_cluster().tolist()
+          [False, True, True, False]
+        """
+        theta0 = self.nodes[np.argmin(np.abs(self.nodes))]
+        scale = np.max(np.abs(self.nodes))
+        return np.abs(self.nodes - theta0) <= origin_tol * scale
+
+    def negative(self, *, origin_tol: float = 1e-3) -> NegativeMass:
+        """Count and weight of negative Ritz values, the paper's way.
+
+        ``mass`` is the weight of the negative nodes outside :meth:`origin_cluster`, so a split
+        of the degenerate mass at the origin is not counted (paper, section 5.3).
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([-1.0, -1e-6, 1e-6, 5.0], [0.1, 0.4, 0.4, 0.1]).negative()
+          NegativeMass(count=2, count_separated=1, mass=0.1)
+        """
+        neg = self.nodes < 0
+        sep = neg & ~self.origin_cluster(origin_tol=origin_tol)
+        return NegativeMass(int(neg.sum()), int(sep.sum()), float(self.weights[sep].sum()))
+
+    def top_weights(self, k: int = 3, /) -> list[tuple[float, float]]:
+        """The ``k`` largest-weight Ritz values as ``(weight, value)``, heaviest first.
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([0.0, 1.0, 2.0], [0.7, 0.2, 0.1]).top_weights(2)
+          [(0.7, 0.0), (0.2, 1.0)]
+        """
+        order = np.argsort(-self.weights, kind="stable")[:k]
+        return [(float(self.weights[j]), float(self.nodes[j])) for j in order]
+
+    def moments(self, k: int, /) -> np.ndarray:
+        """``[sum_j w_j theta_j^i for i in 0..k]``: estimates of ``tr(A^i) / P``.
+
+        Exact for ``v^T A^i v / v^T v`` when ``i <= 2m - 1``.
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([1.0, 3.0], [0.5, 0.5]).moments(2).tolist()
+          [1.0, 2.0, 5.0]
+        """
+        return np.array([np.sum(self.weights * self.nodes**i) for i in range(k + 1)])
+
+    def density(self, grid, /, *, sigma: float | None = None) -> np.ndarray:
+        """Gaussian-smoothed density on ``grid`` (for comparison with tools that smooth).
+
+        ``sigma`` defaults to 1% of the spectral range. The paper argues against smoothing for
+        reading off outliers and negative mass; this is for overlaying other tools' curves.
+
+        Example:
+          >>> import numpy as np
+          >>> from jaxspec import Spectrum
+          >>> g = np.linspace(-5, 5, 2001)
+          >>> d = Spectrum([0.0], [1.0]).density(g, sigma=0.5)
+          >>> round(float(np.sum(d) * (g[1] - g[0])), 4)
+          1.0
+        """
+        grid = np.asarray(grid, np.float64)
+        if sigma is None:
+            sigma = 0.01 * max(self.lambda_max - self.lambda_min, 1e-12)
+        z = (grid[:, None] - self.nodes[None, :]) / sigma
+        return (np.exp(-0.5 * z**2) @ self.weights) / (sigma * np.sqrt(2 * np.pi))
+
+    def summary(self, *, origin_tol: float = 1e-3, top: int = 3) -> dict[str, Any]:
+        """The numbers a reader looks for first, as a JSON-ready dict.
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([-1.0, 0.0, 4.0], [0.1, 0.8, 0.1]).summary()["lambda_max"]
+          4.0
+        """
+        neg = self.negative(origin_tol=origin_tol)
+        return {
+            "lambda_max": self.lambda_max,
+            "lambda_min": self.lambda_min,
+            "num_nodes": int(self.nodes.size),
+            "num_vectors": self.num_vectors,
+            "num_negative": neg.count,
+            "num_negative_separated": neg.count_separated,
+            "negative_mass": neg.mass,
+            "origin_weight": float(self.weights[self.origin_cluster(origin_tol=origin_tol)].sum()),
+            "top_weights": self.top_weights(top),
+        }
+
+    # ---- persistence --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (nodes and weights as lists, full float64 precision).
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([1.0], [1.0]).to_dict()["nodes"]
+          [1.0]
+        """
+        return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(),
+                "num_vectors": self.num_vectors, "meta": self.meta, "summary": self.summary()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], /) -> "Spectrum":
+        """Inverse of :meth:`to_dict`.
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> s = Spectrum([1.0, 2.0], [0.5, 0.5])
+          >>> Spectrum.from_dict(s.to_dict()) == s
+          True
+        """
+        return cls(np.asarray(d["nodes"]), np.asarray(d["weights"]),
+                   num_vectors=int(d.get("num_vectors", 1)), meta=dict(d.get("meta", {})))
+
+    def save(self, path: str | os.PathLike, /) -> None:
+        """Writes the spectrum to ``.json`` (readable) or ``.npz`` (compact), atomically.
+
+        Example:
+          >>> import os, tempfile
+          >>> from jaxspec import Spectrum
+          >>> p = os.path.join(tempfile.mkdtemp(), "s.json")
+          >>> Spectrum([1.0, 2.0], [0.5, 0.5], meta={"model": "mlp"}).save(p)
+          >>> Spectrum.load(p).meta
+          {'model': 'mlp'}
+        """
+        path = os.fspath(path)
+        tmp = path + ".tmp"
+        if path.endswith(".npz"):
+            with open(tmp, "wb") as f:
+                np.savez(f, nodes=self.nodes, weights=self.weights,
+                         num_vectors=self.num_vectors, meta=json.dumps(self.meta))
+        elif path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump(self.to_dict(), f, indent=1, default=_json_default)
+        else:
+            raise ValueError(f"unknown spectrum format for {path!r}: use .json or .npz")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, /) -> "Spectrum":
+        """Reads a spectrum written by :meth:`save`.
+
+        Example:
+          >>> import os, tempfile
+          >>> from jaxspec import Spectrum
+          >>> p = os.path.join(tempfile.mkdtemp(), "s.npz")
+          >>> Spectrum([1.0], [1.0]).save(p)
+          >>> Spectrum.load(p).nodes.tolist()
+          [1.0]
+        """
+        path = os.fspath(path)
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                return cls(f["nodes"], f["weights"], num_vectors=int(f["num_vectors"]),
+                           meta=json.loads(str(f["meta"])))
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _json_default(x):
+    if isinstance(x, (np.generic, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def random_probe(key: jax.Array, dim: int, /, *, dtype=jnp.float32,
+                 distribution: str = "normal") -> jax.Array:
+    """A random probe vector with ``E[v v^T] = I``: standard normal or Rademacher.
+
+    Example:
+      >>> import jax
+      >>> from jaxspec import random_probe
+      >>> v = random_probe(jax.random.key(0), 4, distribution="rademacher")
+      >>> v.shape, sorted(set(abs(v).tolist()))
+      ((4,), [1.0])
+    """
+    if distribution == "normal":
+        return jax.random.normal(key, (dim,), dtype)
+    if distribution == "rademacher":
+        return jax.random.rademacher(key, (dim,), dtype)
+    raise ValueError(f"distribution must be 'normal' or 'rademacher', got {distribution!r}")
+
+
+def slq(
+    matvec: Callable[[jax.Array], jax.Array],
+    key: jax.Array,
+    dim: int,
+    num_steps: int,
+    /,
+    *,
+    num_vectors: int = 1,
+    dtype=jnp.float32,
+    distribution: str = "normal",
+    driver: str = "auto",
+    progress: bool | str = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    chunk_size: int | None = None,
+    tol: float | None = None,
+    meta: dict | None = None,
+) -> Spectrum:
+    """Stochastic Lanczos quadrature: the spectral density of ``matvec`` as a :class:`Spectrum`.
+
+    Each of ``num_vectors`` probes (split from ``key``) gets its own Lanczos run of
+    ``num_steps`` steps through :func:`jaxspec.run_lanczos`; the spectra are merged with
+    :meth:`Spectrum.average`, so the weights still sum to 1. The paper uses one vector.
+
+    Args:
+      matvec: ``v -> A v`` on flat vectors of length ``dim`` (symmetric ``A``).
+      key: PRNG key for the probes.
+      dim: the dimension P.
+      num_steps: Lanczos steps per probe (the paper: 100 empirical, 80 augmented).
+      num_vectors: number of probes.
+      dtype: working precision of the Lanczos vectors.
+      distribution: ``"normal"`` or ``"rademacher"`` probes.
+      driver, progress, chunk_size, tol: as in :func:`jaxspec.run_lanczos`.
+      checkpoint_dir: directory for one Lanczos checkpoint per probe (``lanczos_<i>.npz``);
+        a rerun resumes from them.
+      meta: settings recorded with the spectrum.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import slq
+      >>> A = jnp.diag(jnp.array([-1.0, 0.0, 0.0, 0.0, 10.0]))
+      >>> s = slq(lambda v: A @ v, jax.random.key(0), 5, 5)
+      >>> round(s.lambda_max, 4), round(s.lambda_min, 4)
+      (10.0, -1.0)
+    """
+    if num_vectors < 1:
+        raise ValueError(f"num_vectors must be >= 1, got {num_vectors}")
+    keys = jax.random.split(key, num_vectors)
+    spectra = []
+    for i in range(num_vectors):
+        v0 = random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
+        ckpt = None
+        if checkpoint_dir is not None:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            ckpt = os.path.join(os.fspath(checkpoint_dir), f"lanczos_{i}.npz")
+        label = progress
+        if progress and num_vectors > 1:
+            label = f"{progress if isinstance(progress, str) else 'slq'} {i + 1}/{num_vectors}"
+        res = run_lanczos(matvec, v0, num_steps, driver=driver, progress=label,
+                          checkpoint=ckpt, chunk_size=chunk_size, tol=tol)
+        spectra.append(Spectrum.from_lanczos(res))
+    info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": distribution,
+            "dtype": str(jnp.dtype(dtype)), **(meta or {})}
+    return Spectrum.average(spectra, meta=info)

@@ -1,0 +1,23 @@
+"""Test configuration: float64 enabled (comparisons with dense eigh are made in float64; tests of
+float32 behaviour build float32 arrays explicitly), and a fast hypothesis profile for CI."""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_enable_x64", True)
+
+settings.register_profile(
+    "ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+settings.register_profile("dev", max_examples=100, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)

@@ -1,0 +1,253 @@
+"""Lanczos against dense eigh on matrices with prescribed spectra, and its failure modes."""
+
+import importlib
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jaxspec import (
+    Spectrum,
+    lanczos,
+    lanczos_init,
+    load_lanczos_state,
+    run_lanczos,
+)
+from spectra import matrix_with_spectrum, spectrum_of_kind
+
+KINDS = ["spread", "clustered", "negative", "near_degenerate"]
+
+
+def _cluster_weights(eigs, proj2, nodes):
+    """Weights that full-depth Lanczos should give: each eigenvalue's squared projection goes to
+    its nearest node (eigenvalues closer than the breakdown threshold share one node)."""
+    nearest = np.abs(eigs[:, None] - nodes[None, :]).argmin(axis=1)
+    return np.bincount(nearest, weights=proj2, minlength=nodes.size)
+
+
+@given(kind=st.sampled_from(KINDS), n=st.integers(4, 40), seed=st.integers(0, 10_000))
+def test_full_depth_recovers_eigenvalues_and_weights(kind, n, seed):
+    eigs = spectrum_of_kind(kind, n, seed)
+    A, Q = matrix_with_spectrum(eigs, seed)
+    v0 = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(n))
+    res = lanczos(lambda v: A @ v, v0, n)
+    spec = Spectrum.from_lanczos(res)
+    scale = np.abs(eigs).max()
+    # every eigenvalue is a node and every node an eigenvalue (clusters below the breakdown
+    # threshold collapse into one node, so compare as sets)
+    d_eig = np.abs(eigs[:, None] - spec.nodes[None, :]).min(axis=1)
+    d_node = np.abs(spec.nodes[:, None] - eigs[None, :]).min(axis=1)
+    assert d_eig.max() <= 1e-7 * scale and d_node.max() <= 1e-7 * scale
+    # weights are the squared projections of v0 / |v0| on the eigenvectors
+    proj2 = (Q.T @ np.asarray(v0)) ** 2 / float(v0 @ v0)
+    expected = _cluster_weights(eigs, proj2, spec.nodes)
+    np.testing.assert_allclose(spec.weights, expected, atol=1e-7)
+    if kind == "spread":  # distinct eigenvalues: no breakdown before the end
+        assert int(res.num_valid) == n
+
+
+@given(kind=st.sampled_from(KINDS), n=st.integers(20, 60), m=st.integers(2, 10),
+       seed=st.integers(0, 10_000))
+def test_partial_depth_matches_moments(kind, n, m, seed):
+    eigs = spectrum_of_kind(kind, n, seed)
+    A, _ = matrix_with_spectrum(eigs, seed)
+    v = np.random.default_rng(seed + 2).standard_normal(n)
+    spec = Spectrum.from_lanczos(lanczos(lambda x: A @ x, jnp.asarray(v), m))
+    k_max = 2 * int(spec.nodes.size) - 1
+    moments = spec.moments(k_max)
+    An = np.asarray(A)
+    scale = np.abs(eigs).max()
+    x = v.copy()
+    for k in range(k_max + 1):
+        exact = float(v @ x) / float(v @ v)
+        assert abs(moments[k] - exact) <= 1e-8 * max(1.0, scale) ** k, (k, moments[k], exact)
+        x = An @ x
+
+
+def test_lanczos_relation_and_orthogonality_float64():
+    eigs = spectrum_of_kind("spread", 80, 3)
+    A, _ = matrix_with_spectrum(eigs, 3)
+    m = 30
+    res = lanczos(lambda v: A @ v, jnp.ones(80), m, return_basis=True)
+    Q = np.asarray(res.basis)  # rows q_0 .. q_m
+    T = np.diag(res.alphas) + np.diag(res.betas[:-1], 1) + np.diag(res.betas[:-1], -1)
+    # A Q_m^T = Q_m^T T + beta_{m-1} q_m e_m^T
+    lhs = np.asarray(A) @ Q[:m].T
+    rhs = Q[:m].T @ T
+    rhs[:, -1] += float(res.betas[-1]) * Q[m]
+    assert np.abs(lhs - rhs).max() <= 1e-10 * np.abs(eigs).max()
+    assert np.abs(Q @ Q.T - np.eye(m + 1)).max() <= 1e-12
+
+
+def test_orthogonality_float32_ill_conditioned():
+    n, m = 400, 100
+    eigs = np.logspace(-6, 3, n)  # condition number 1e9: plain Lanczos loses orthogonality
+    A, _ = matrix_with_spectrum(eigs, 5, dtype=np.float32)
+    v0 = jax.random.normal(jax.random.key(1), (n,), jnp.float32)
+    res = lanczos(lambda v: A @ v, v0, m, return_basis=True)
+    assert res.alphas.dtype == jnp.float32 and int(res.num_valid) == m
+    Q = np.asarray(res.basis, np.float64)
+    assert np.abs(Q @ Q.T - np.eye(m + 1)).max() <= 1e-5
+    assert Spectrum.from_lanczos(res).lambda_max == pytest.approx(1e3, rel=1e-5)
+
+
+def test_breakdown_gives_exactly_the_distinct_eigenvalues():
+    distinct = np.array([-2.0, 0.5, 1.0, 3.0, 10.0])
+    eigs = np.repeat(distinct, 10)  # n = 50, five distinct eigenvalues
+    A, Q = matrix_with_spectrum(eigs, 7)
+    v0 = jnp.asarray(np.random.default_rng(0).standard_normal(50))
+    for driver in ("compiled", "host"):
+        res = run_lanczos(lambda v: A @ v, v0, 20, driver=driver)
+        assert int(res.num_valid) == 5
+        assert np.all(np.asarray(res.alphas[5:]) == 0) and np.all(np.asarray(res.betas[4:]) == 0)
+        spec = Spectrum.from_lanczos(res)
+        np.testing.assert_allclose(spec.nodes, distinct, atol=1e-10)
+        proj2 = (Q.T @ np.asarray(v0)) ** 2 / float(v0 @ v0)
+        np.testing.assert_allclose(spec.weights, _cluster_weights(eigs, proj2, distinct),
+                                   atol=1e-10)
+
+
+def test_jit_and_vmap():
+    A, _ = matrix_with_spectrum(spectrum_of_kind("spread", 30, 1), 1)
+    mv = lambda v: A @ v  # noqa: E731
+    v0 = jnp.asarray(np.random.default_rng(3).standard_normal(30))
+    eager = lanczos(mv, v0, 12)
+    jitted = jax.jit(lambda v: lanczos(mv, v, 12))(v0)
+    np.testing.assert_allclose(jitted.alphas, eager.alphas, rtol=1e-12)
+    batched = jax.vmap(lambda v: lanczos(mv, v, 12))(jnp.stack([v0, 2 * v0]))
+    np.testing.assert_allclose(batched.alphas[1], eager.alphas, rtol=1e-10)
+
+
+def test_drivers_agree():
+    A, _ = matrix_with_spectrum(spectrum_of_kind("negative", 60, 2), 2)
+    v0 = jnp.asarray(np.random.default_rng(4).standard_normal(60))
+    a = run_lanczos(lambda v: A @ v, v0, 25, driver="compiled", chunk_size=7)
+    b = run_lanczos(jax.jit(lambda v: A @ v), v0, 25, driver="host")
+    np.testing.assert_allclose(Spectrum.from_lanczos(a).nodes, Spectrum.from_lanczos(b).nodes,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_host_resume_from_checkpoint_is_identical(tmp_path):
+    A, _ = matrix_with_spectrum(spectrum_of_kind("spread", 50, 9), 9)
+    v0 = jnp.asarray(np.random.default_rng(5).standard_normal(50))
+    path = tmp_path / "state.npz"
+    calls = {"n": 0}
+
+    def dying(v):  # the process "dies" during the 3rd chunk
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return A @ v
+
+    with pytest.raises(KeyboardInterrupt):
+        run_lanczos(dying, v0, 20, driver="host", chunk_size=4, checkpoint=path)
+    assert int(load_lanczos_state(path).step) == 8
+    with pytest.raises(ValueError, match="another shape"):  # another run: refused
+        run_lanczos(lambda v: A @ v, v0, 30, driver="host", checkpoint=path)
+    with pytest.raises(ValueError, match="start vector"):
+        run_lanczos(lambda v: A @ v, 2 * v0 + 1, 20, driver="host", checkpoint=path)
+    resumed = run_lanczos(lambda v: A @ v, v0, 20, driver="host", chunk_size=4, checkpoint=path)
+    full = run_lanczos(lambda v: A @ v, v0, 20, driver="host")
+    np.testing.assert_array_equal(np.asarray(resumed.alphas), np.asarray(full.alphas))
+    np.testing.assert_array_equal(np.asarray(resumed.betas), np.asarray(full.betas))
+
+
+def test_compiled_resume_after_interrupt(tmp_path, monkeypatch):
+    """Kill the compiled driver right after its second checkpoint, then resume."""
+    A, _ = matrix_with_spectrum(spectrum_of_kind("spread", 40, 11), 11)
+    v0 = jnp.asarray(np.random.default_rng(6).standard_normal(40))
+    path = tmp_path / "state.npz"
+    module = importlib.import_module("jaxspec.lanczos")
+    real_save = module.save_lanczos_state
+    saves = {"n": 0}
+
+    def save_then_die(p, s):
+        real_save(p, s)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_lanczos_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4, checkpoint=path)
+    monkeypatch.setattr(module, "save_lanczos_state", real_save)
+    assert int(load_lanczos_state(path).step) == 8
+    resumed = run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4,
+                          checkpoint=path)
+    full = run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4)
+    np.testing.assert_array_equal(np.asarray(resumed.alphas), np.asarray(full.alphas))
+    np.testing.assert_array_equal(np.asarray(resumed.betas), np.asarray(full.betas))
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def test_bad_start_vectors():
+    mv = lambda v: v  # noqa: E731
+    with pytest.raises(ValueError, match="zero vector"):
+        lanczos(mv, jnp.zeros(5), 3)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        lanczos(mv, jnp.array([1.0, jnp.nan]), 2)
+    with pytest.raises(ValueError, match="1-D"):
+        lanczos(mv, jnp.ones((2, 2)), 2)
+    with pytest.raises(TypeError, match="floating"):
+        lanczos(mv, jnp.ones(3, jnp.int32), 2)
+    with pytest.raises(ValueError, match="positive int"):
+        lanczos(mv, jnp.ones(3), 0)
+
+
+def test_num_steps_larger_than_dim_is_clamped_with_warning():
+    A = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
+    with pytest.warns(UserWarning, match="clamped to 3"):
+        res = lanczos(lambda v: A @ v, jnp.ones(3), 10)
+    assert res.alphas.shape == (3,)
+    np.testing.assert_allclose(Spectrum.from_lanczos(res).nodes, [1, 2, 3], atol=1e-12)
+
+
+def test_matvec_with_wrong_shape_or_dtype():
+    with pytest.raises(TypeError, match="shape"):
+        lanczos(lambda v: jnp.concatenate([v, v]), jnp.ones(3), 2)
+    with pytest.raises(TypeError, match="dtype"):
+        lanczos(lambda v: v.astype(jnp.float32), jnp.ones(3, jnp.float64), 2)
+    with pytest.raises(TypeError, match="returned"):
+        run_lanczos(lambda v: v[:2], jnp.ones(3), 2, driver="host")
+
+
+@pytest.mark.parametrize("driver", ["compiled", "host"])
+def test_nonfinite_matvec_names_the_step(driver):
+    A = jnp.diag(jnp.arange(1.0, 11.0))
+    calls = {"n": 0}
+
+    def flaky(v):
+        if driver == "host":
+            calls["n"] += 1
+            return A @ v if calls["n"] != 4 else jnp.full_like(v, jnp.nan)
+        return A @ v
+
+    if driver == "compiled":
+        # NaN appears once the iterate has a component on the last coordinate above 0.3
+        flaky = lambda v: jnp.where(jnp.abs(v[-1]) > 0.9, jnp.inf, 1.0) * (A @ v)  # noqa: E731
+        v0 = jnp.zeros(10).at[0].set(1.0).at[-1].set(0.1)
+        with pytest.raises(FloatingPointError, match="step 1"):
+            run_lanczos(flaky, v0, 8, driver=driver)
+        res = jax.jit(lambda v: lanczos(flaky, v, 8))(v0)  # under jit: reported, not raised
+        assert int(res.nonfinite_step) == 1 and int(res.num_valid) == 1
+        assert np.all(np.isfinite(np.asarray(res.alphas)))
+    else:
+        with pytest.raises(FloatingPointError, match="step 3"):
+            run_lanczos(flaky, jnp.ones(10), 8, driver=driver)
+
+
+def test_no_warning_for_normal_use():
+    A = jnp.diag(jnp.arange(1.0, 6.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lanczos(lambda v: A @ v, jnp.ones(5), 5)
+
+
+def test_init_pads_basis_to_block_multiple():
+    s = lanczos_init(jnp.ones(7), 20, block_size=8)
+    assert s.basis.shape == (24, 7)

@@ -1,0 +1,116 @@
+"""Spectrum summaries, persistence and SLQ on operators with known spectra."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspec import Spectrum, assert_symmetric, random_probe, slq, symmetry_error
+from jaxspec.plotting import stem_plot, stem_plots
+from spectra import matrix_with_spectrum, spectrum_of_kind
+
+
+def test_from_tridiagonal_matches_eigh():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(12), rng.standard_normal(11)
+    T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
+    theta, vecs = np.linalg.eigh(T)
+    s = Spectrum.from_tridiagonal(a, b)
+    np.testing.assert_allclose(s.nodes, theta, rtol=1e-12)
+    np.testing.assert_allclose(s.weights, vecs[0] ** 2, rtol=1e-10)
+    assert s.weights.sum() == pytest.approx(1.0)
+
+
+def test_spectrum_validates():
+    with pytest.raises(ValueError, match="sum to 1"):
+        Spectrum([1.0, 2.0], [0.5, 0.6])
+    with pytest.raises(ValueError, match="shape"):
+        Spectrum([1.0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="finite"):
+        Spectrum([np.nan], [1.0])
+
+
+def test_negative_mass_rule():
+    # origin cluster split into three nodes around 0 (one slightly negative), one real negative
+    s = Spectrum([-2.0, -1e-4, 0.0, 2e-4, 50.0], [0.02, 0.3, 0.4, 0.27, 0.01])
+    neg = s.negative(origin_tol=1e-3)
+    assert neg.count == 2 and neg.count_separated == 1 and neg.mass == pytest.approx(0.02)
+    assert s.summary()["origin_weight"] == pytest.approx(0.97)
+    # a stricter tolerance splits the origin cluster
+    assert s.negative(origin_tol=1e-7).count_separated == 2
+
+
+def test_top_weights_and_moments():
+    s = Spectrum([3.0, -1.0, 0.0], [0.2, 0.1, 0.7])
+    assert s.top_weights(3) == [(0.7, 0.0), (0.2, 3.0), (0.1, -1.0)]
+    np.testing.assert_allclose(s.moments(2), [1.0, 0.5, 1.9])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_save_load_roundtrip(tmp_path, suffix):
+    s = Spectrum.from_tridiagonal([1.0, 2.0, 3.0], [0.5, 0.25], meta={"model": "x", "N": 3})
+    path = tmp_path / f"s{suffix}"
+    s.save(path)
+    t = Spectrum.load(path)
+    assert t == s and t.meta == {"model": "x", "N": 3}
+    with pytest.raises(ValueError, match="format"):
+        s.save(tmp_path / "s.txt")
+
+
+def test_density_integrates_to_one():
+    s = Spectrum([-1.0, 0.0, 2.0], [0.25, 0.5, 0.25])
+    grid = np.linspace(-5, 6, 4001)
+    assert np.trapezoid(s.density(grid, sigma=0.1), grid) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_slq_several_vectors_average_the_per_probe_quadratures():
+    n = 200
+    eigs = spectrum_of_kind("negative", n, 1)
+    A, _ = matrix_with_spectrum(eigs, 1)
+    s = slq(lambda v: A @ v, jax.random.key(0), n, 20, num_vectors=8, dtype=jnp.float64)
+    assert s.num_vectors == 8 and s.nodes.size == 8 * 20
+    assert s.weights.sum() == pytest.approx(1.0)
+    assert s.lambda_max == pytest.approx(eigs.max(), rel=1e-8)
+    assert s.lambda_min == pytest.approx(eigs.min(), rel=1e-8)
+    # the averaged quadrature is the mean over the probes of v^T A^k v / v^T v (k <= 2m - 1)
+    probes = [np.asarray(random_probe(k, n, dtype=jnp.float64))
+              for k in jax.random.split(jax.random.key(0), 8)]
+    An = np.asarray(A)
+    for k in (1, 2, 5):
+        Ak = np.linalg.matrix_power(An, k)
+        expected = np.mean([v @ Ak @ v / (v @ v) for v in probes])
+        assert s.moments(k)[k] == pytest.approx(expected, rel=1e-9)
+
+
+def test_slq_checkpoints_per_vector(tmp_path):
+    A = jnp.diag(jnp.linspace(-1.0, 4.0, 30))
+    s1 = slq(lambda v: A @ v, jax.random.key(1), 30, 10, num_vectors=2, checkpoint_dir=tmp_path,
+             dtype=jnp.float64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lanczos_0.npz", "lanczos_1.npz"]
+    s2 = slq(lambda v: A @ v, jax.random.key(1), 30, 10, num_vectors=2, checkpoint_dir=tmp_path,
+             dtype=jnp.float64)
+    assert s1 == s2
+
+
+def test_random_probe_distributions():
+    v = random_probe(jax.random.key(0), 1000, distribution="rademacher")
+    assert set(np.unique(np.asarray(v))) == {-1.0, 1.0}
+    assert random_probe(jax.random.key(0), 5, dtype=jnp.float64).dtype == jnp.float64
+    with pytest.raises(ValueError):
+        random_probe(jax.random.key(0), 5, distribution="uniform")
+
+
+def test_symmetry_probe():
+    A = jax.random.normal(jax.random.key(0), (20, 20))
+    sym = A + A.T
+    assert symmetry_error(lambda v: sym @ v, jax.random.key(1), 20).relative_error < 1e-6
+    assert assert_symmetric(lambda v: sym @ v, jax.random.key(1), 20, dtype=jnp.float64)
+    with pytest.raises(ValueError, match="not symmetric"):
+        assert_symmetric(lambda v: A @ v, jax.random.key(1), 20)
+
+
+def test_stem_plots_write_files(tmp_path):
+    s = Spectrum.from_tridiagonal([1.0, -2.0, 3.0], [0.5, 0.25])
+    stem_plot(s, path=str(tmp_path / "a.png"), title="one")
+    stem_plots({"empirical": s, "true": s}, path=str(tmp_path / "b.pdf"))
+    assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.pdf").stat().st_size > 1000
