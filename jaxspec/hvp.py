@@ -17,6 +17,7 @@ Two operators over a data set:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -222,12 +223,21 @@ def dataset_loss(loss_fn: LossFn, params: Any, batched: Batched, /) -> jax.Array
     return _reduce(lambda b: loss_fn(params, b), batched, like)
 
 
+def _flat_dataset_hvp(loss_fn: LossFn, params: Any, batched: Batched, v: jax.Array) -> jax.Array:
+    unravel = ravel_pytree(params)[1]
+    return ravel_pytree(dataset_hvp(loss_fn, params, batched, unravel(v)))[0]
+
+
 def hessian_matvec(loss_fn: LossFn, params: Any, batched: Batched, /) -> Callable:
     """The data-set Hessian as a traceable matvec on flat vectors.
 
-    ``params`` is flattened once with ``ravel_pytree``; the returned function maps a flat vector
-    of length ``P`` (the number of parameters) to ``H v``, flat. It can be jitted, vmapped, and
-    called inside ``lax.fori_loop``, so a whole :func:`jaxspec.lanczos` run is one program.
+    The returned function maps a flat vector of length ``P`` (the number of parameters, in
+    ``ravel_pytree`` order) to ``H v``, flat. It can be jitted, vmapped, and called inside
+    ``lax.fori_loop``, so a whole :func:`jaxspec.lanczos` run is one program. It is a
+    ``jax.tree_util.Partial``: a pytree whose leaves are ``params`` and the data, so it can be
+    passed *into* a jitted function as an argument instead of being closed over (closed-over
+    arrays become constants of the compiled program: slow to compile, and a copy of the data
+    set); :func:`jaxspec.run_lanczos` does this.
 
     Example:
       >>> import jax.numpy as jnp
@@ -237,13 +247,15 @@ def hessian_matvec(loss_fn: LossFn, params: Any, batched: Batched, /) -> Callabl
       >>> mv(jnp.array([1.0, 0.0])).tolist()
       [2.0, 0.0]
     """
-    flat, unravel = ravel_pytree(params)
+    return jax.tree_util.Partial(functools.partial(_flat_dataset_hvp, loss_fn), params, batched)
 
-    def matvec(v):
-        out = dataset_hvp(loss_fn, params, batched, unravel(v))
-        return ravel_pytree(out)[0]
 
-    return matvec
+def _group_hvp(loss_fn, unravel, acc, v, params, batches, weights):
+    tangent = unravel(v)
+    for j in range(len(batches)):  # unrolled: no XLA loop around the convolutions
+        out = ravel_pytree(hvp(loss_fn, params, batches[j], tangent))[0]
+        acc = acc + weights[j].astype(out.dtype) * out
+    return acc
 
 
 def host_hessian_matvec(
@@ -274,14 +286,8 @@ def host_hessian_matvec(
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     flat, unravel = ravel_pytree(params)
-
-    @jax.jit
-    def group_hvp(acc, v, batches, weights):
-        tangent = unravel(v)
-        for j in range(len(batches)):  # unrolled: no XLA loop around the convolutions
-            out = ravel_pytree(hvp(loss_fn, params, batches[j], tangent))[0]
-            acc = acc + weights[j].astype(out.dtype) * out
-        return acc
+    # params and data are arguments, not closed-over constants of the compiled function
+    group_hvp = jax.jit(functools.partial(_group_hvp, loss_fn, unravel))
 
     num_batches = 0 if batched.batches is None else int(np.shape(batched.weights)[0])
     weights = np.asarray(batched.weights)
@@ -294,9 +300,9 @@ def host_hessian_matvec(
     def matvec(v):
         acc = jnp.zeros_like(flat)
         for g in groups:
-            acc = group_hvp(acc, v, tuple(take(b) for b in g), weights[np.asarray(g)])
+            acc = group_hvp(acc, v, params, tuple(take(b) for b in g), weights[np.asarray(g)])
         if batched.tail is not None:
-            acc = group_hvp(acc, v, (batched.tail,), np.asarray([batched.tail_weight]))
+            acc = group_hvp(acc, v, params, (batched.tail,), np.asarray([batched.tail_weight]))
         return acc
 
     return matvec

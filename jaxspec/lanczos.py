@@ -160,9 +160,9 @@ def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> L
     _check_v0(v0)
     rows = -(-(num_steps + 1) // block_size) * block_size
     basis = jnp.zeros((rows, v0.shape[0]), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    zeros = jnp.zeros((num_steps,), v0.dtype)
+    zeros = lambda: jnp.zeros((num_steps,), v0.dtype)  # noqa: E731  (distinct buffers: donated)
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
-    return LanczosState(basis, zeros, zeros, i32(0), i32(0), jnp.asarray(False), i32(-1))
+    return LanczosState(basis, zeros(), zeros(), i32(0), i32(0), jnp.asarray(False), i32(-1))
 
 
 def _project_out(basis: jax.Array, w: jax.Array, count: jax.Array, block: int):
@@ -375,6 +375,13 @@ def load_lanczos_state(path: str | os.PathLike, /) -> LanczosState:
         return LanczosState(**{k: jnp.asarray(f[k]) for k in LanczosState._fields})
 
 
+def _is_pytree_operator(matvec) -> bool:
+    """True for a matvec that is a pytree of arrays plus static code (e.g. a ``Partial``)."""
+    leaves = jax.tree.leaves(matvec)
+    return bool(leaves) and all(isinstance(x, (jax.Array, np.ndarray, np.generic))
+                                for x in leaves)
+
+
 def _resolve_driver(driver: str) -> str:
     if driver == "auto":
         return "host" if jax.default_backend() == "cpu" else "compiled"
@@ -471,11 +478,18 @@ def run_lanczos(
 
         label = progress if isinstance(progress, str) else "lanczos"
         bar = tqdm(total=num_steps, initial=int(state.step), desc=label, unit="step")
+    # The state is donated: without it every step would copy the (m + 1) x P basis.
     if driver == "compiled":
-        chunk = jax.jit(lambda s, k: lanczos_continue(matvec, s, k, tol=tol,
-                                                      block_size=block_size))
+        # A pytree operator (hessian_matvec returns a jax.tree_util.Partial) is passed as an
+        # argument, so its parameters and data are not baked into the program as constants.
+        operator = matvec if _is_pytree_operator(matvec) else None
+        compiled = jax.jit(
+            lambda s, k, op: lanczos_continue(matvec if op is None else op, s, k, tol=tol,
+                                              block_size=block_size), donate_argnums=0)
+        chunk = lambda s, k: compiled(s, k, operator)  # noqa: E731
     else:
-        step_fn = jax.jit(lambda s, w: lanczos_step(s, w, tol=tol, block_size=block_size))
+        step_fn = jax.jit(lambda s, w: lanczos_step(s, w, tol=tol, block_size=block_size),
+                          donate_argnums=0)
     try:
         while int(state.step) < num_steps and bool(_active(state)):
             before = int(state.step)
