@@ -1,0 +1,377 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` and ``load_checkpoint(workdir)``.
+
+A run lives in a work directory::
+
+    config.json      the TrainConfig (checked on resumption)
+    data.json        data set name, class count, sizes, normalisation mean/std
+    metrics.jsonl    one line per finished epoch (train.metrics_io)
+    checkpoints/<e>  Orbax checkpoints after e epochs (0 = initialisation)
+
+**Nothing is lost.** Every ``checkpoint_every`` epochs (default 1) a checkpoint is written
+(asynchronously, atomically: a half-written one is discarded on restart); the epochs named in
+``checkpoint_epochs`` are kept, otherwise only the latest. The data order, augmentation and
+dropout of epoch ``e`` are derived from ``(seed, e)`` (:func:`train.steps.epoch_key`), never from
+an RNG state consumed along the way, and the checkpoint holds parameters, BatchNorm statistics
+and the optimiser state (whose step count drives the schedule). So a run killed at any point and
+restarted with the same command resumes from its latest checkpoint and follows the same
+trajectory as an uninterrupted one.
+
+The last ``N mod batch_size`` images of each epoch's permutation are not used (``drop_last``),
+which keeps every step's shape static; the permutation changes every epoch, so no image is left
+out systematically. Model, optimiser, devices and BatchNorm semantics: :mod:`train.steps`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxspec import data as data_lib
+from train import metrics_io
+from train.configs import RUN_CONTROL_FIELDS, TrainConfig
+from train.schedules import paper_lr
+from train.steps import (
+    PERM_STREAM,
+    TrainState,
+    build_model,
+    build_trainer,
+    epoch_key,
+    make_optimizer,
+)
+
+__all__ = ["load_checkpoint", "load_data", "read_data_info", "train_and_evaluate"]
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+DATA_FILE = "data.json"
+
+
+def load_data(config: TrainConfig, /) -> data_lib.ImageDataset:
+    """The config's data set, subsampled as it asks.
+
+    Example:
+      >>> from train.configs import TrainConfig
+      >>> from train.loop import load_data
+      >>> load_data(TrainConfig(dataset="synthetic", synthetic_size=(40, 20))).x_train.shape
+      (40, 32, 32, 3)
+    """
+    data = data_lib.load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        npz_path=config.npz_path,
+        download=config.download,
+        synthetic_size=tuple(config.synthetic_size),
+        seed=config.seed,
+    )
+    if config.train_per_class is not None or config.test_per_class is not None:
+        data = data_lib.subsample(
+            data,
+            train_per_class=config.train_per_class,
+            test_per_class=config.test_per_class,
+            seed=config.subsample_seed,
+        )
+    return data
+
+
+def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
+    extra = -x.shape[0] % multiple
+    if extra == 0:
+        return x
+    return np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)])
+
+
+def _checkpoint_manager(
+    workdir: str, config: TrainConfig, *, read_only: bool = False
+) -> ocp.CheckpointManager:
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+        # Keep the named epochs forever, plus the most recent checkpoint for resumption.
+        preservation_policy=policies.AnyPreservationPolicy(
+            [policies.LatestN(1), policies.CustomSteps(list(config.checkpoint_epochs))]
+        ),
+        cleanup_tmp_directories=not read_only,  # half-written saves of a killed run
+        read_only=read_only,
+        create=not read_only,
+        **({"save_interval_steps": 0} if read_only else {}),
+    )
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def _check_config(workdir: str, config: TrainConfig) -> None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = TrainConfig.from_dict(json.load(f)).to_dict()
+        current = config.to_dict()
+        diff = {
+            k: (saved.get(k), current.get(k))
+            for k in current
+            if k not in RUN_CONTROL_FIELDS and saved.get(k) != current.get(k)
+        }
+        if diff:
+            raise ValueError(
+                f"{workdir} holds a run with a different config; differing keys "
+                f"(saved, given): {diff}. Use another --workdir, or the same settings to resume."
+            )
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=2)
+    os.replace(tmp, path)
+
+
+def _write_data_info(workdir: str, data: data_lib.ImageDataset) -> None:
+    # What a Hessian script needs to rebuild the model and feed it the same inputs.
+    info = {
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "num_train": int(data.x_train.shape[0]),
+        "num_test": int(data.x_test.shape[0]),
+        "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std],
+    }
+    tmp = os.path.join(workdir, DATA_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, DATA_FILE))
+
+
+def read_data_info(workdir: str | os.PathLike, /) -> dict[str, Any]:
+    """The ``data.json`` of a run: data set name, class count, split sizes, normalisation.
+
+    ``mean`` and ``std`` (pixel units, per channel, of the full training split) are what the
+    model was trained with; normalise Hessian data with them (:func:`jaxspec.data.normalize`).
+
+    Example:
+      >>> import tempfile
+      >>> from train import TrainConfig, train_and_evaluate
+      >>> from train.loop import read_data_info
+      >>> d = tempfile.mkdtemp()
+      >>> cfg = TrainConfig(model="mlp", model_kwargs={"hidden": [16]}, dataset="synthetic",
+      ...                   synthetic_size=(64, 32), epochs=1, batch_size=32, progress=False)
+      >>> _ = train_and_evaluate(cfg, d)
+      >>> read_data_info(d)["num_classes"]
+      10
+    """
+    with open(os.path.join(os.fspath(workdir), DATA_FILE)) as f:
+        return json.load(f)
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: str | os.PathLike,
+    /,
+    *,
+    data: data_lib.ImageDataset | None = None,
+    mesh: Mesh | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+    Writes ``config.json``, ``metrics.jsonl`` (one line per epoch, see :mod:`train.metrics_io`) and
+    Orbax checkpoints under ``checkpoints/<epoch>`` (``0`` = the initialisation): the epochs in
+    ``config.checkpoint_epochs`` are kept, and the latest one. Stops after
+    ``config.stop_after`` epochs if set (the schedule still spans ``config.epochs``).
+
+    Args:
+      config: the run (:func:`train.configs.get_config`).
+      workdir: the run's directory (created if needed).
+      data: use this data set instead of loading ``config.dataset`` (tests, notebooks).
+      mesh: device mesh; default all local devices.
+
+    Returns:
+      All metrics records of the run so far (earlier invocations included).
+
+    Raises:
+      ValueError: if ``workdir`` holds a run with a different config (run-control fields such
+        as ``stop_after`` may differ).
+
+    Example:
+      >>> import tempfile
+      >>> from train import TrainConfig, train_and_evaluate
+      >>> cfg = TrainConfig(model="mlp", model_kwargs={"hidden": [16]}, dataset="synthetic",
+      ...                   synthetic_size=(64, 32), epochs=1, batch_size=32, progress=False)
+      >>> train_and_evaluate(cfg, tempfile.mkdtemp())[-1]["epoch"]
+      1
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    _check_config(workdir, config)
+    data = load_data(config) if data is None else data
+    num_train = data.x_train.shape[0]
+    _write_data_info(workdir, data)
+    trainer = build_trainer(
+        config, num_classes=data.num_classes, num_train=num_train, mean=data.mean, std=data.std,
+        mesh=mesh,
+    )
+    replicated = NamedSharding(trainer.mesh, P())
+    eval_bs = trainer.eval_batch_size
+    x_train = jax.device_put(data.x_train, replicated)
+    y_train = jax.device_put(data.y_train.astype(np.int32), replicated)
+    n_test = data.x_test.shape[0]
+    x_test = jax.device_put(_pad_to(data.x_test, eval_bs), replicated)
+    y_test = jax.device_put(_pad_to(data.y_test.astype(np.int32), eval_bs), replicated)
+
+    mngr = _checkpoint_manager(workdir, config)
+    state = trainer.init_state
+    start = mngr.latest_step()
+    if start is None:
+        start = 0
+        metrics_io.truncate_metrics(workdir, max_epoch=0)
+        if 0 in config.checkpoint_epochs:
+            mngr.save(0, args=ocp.args.StandardSave(state))
+    else:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = mngr.restore(start, args=ocp.args.StandardRestore(abstract))
+        metrics_io.truncate_metrics(workdir, max_epoch=start)
+    records = metrics_io.read_metrics(workdir)
+    elapsed = records[-1]["elapsed"] if records else 0.0
+    end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+    steps = trainer.steps_per_epoch
+
+    from tqdm.auto import tqdm  # the edge: only the interactive loop needs it
+
+    try:
+        for epoch in range(start, end):
+            t0 = time.perf_counter()
+            key = epoch_key(config, epoch)
+            perm_key = jax.random.fold_in(key, PERM_STREAM)
+            perm = jax.random.permutation(perm_key, num_train).astype(jnp.int32)
+            outs = []
+            bar = tqdm(
+                range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                disable=not config.progress, unit="step",
+            )
+            for s in bar:
+                state, out = trainer.train_step(state, x_train, y_train, perm, np.int32(s), key)
+                outs.append(out)
+            # One transfer per epoch: the steps run asynchronously until here.
+            losses, correct = jax.device_get(jax.tree.map(lambda *a: jnp.stack(a), *outs))
+            train_time = time.perf_counter() - t0
+            test_loss, test_acc = _evaluate_test(trainer, state, x_test, y_test, n_test, eval_bs)
+            epoch_time = time.perf_counter() - t0
+            elapsed += epoch_time
+            record = {
+                "epoch": epoch + 1,
+                "lr": paper_lr(
+                    epoch, base_lr=config.base_lr, total_epochs=config.epochs, ratio=config.lr_ratio
+                ),
+                "train_loss": float(np.mean(losses)),
+                "train_accuracy": float(np.sum(correct)) / (steps * config.batch_size),
+                "test_loss": test_loss,
+                "test_accuracy": test_acc,
+                "epoch_time": epoch_time,
+                "train_images_per_s": steps * config.batch_size / train_time,
+                "elapsed": elapsed,
+            }
+            # Metrics first, checkpoint second: a kill in between re-trains this epoch on resume
+            # and truncate_metrics drops the stale line.
+            metrics_io.append_metrics(workdir, record)
+            records.append(record)
+            done = epoch + 1
+            named = done in config.checkpoint_epochs
+            if named or done % config.checkpoint_every == 0 or done == end:
+                mngr.save(done, args=ocp.args.StandardSave(state))
+            msg = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+            )
+            if config.progress:
+                tqdm.write(f"[{config.name}] {msg}")
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+    return records
+
+
+def _evaluate_test(
+    trainer: Any, state: TrainState, x: jax.Array, y: jax.Array, n: int, eval_bs: int
+) -> tuple[float, float]:
+    outs = [
+        trainer.eval_step(state, x, y, np.int32(start), np.int32(min(eval_bs, n - start)))
+        for start in range(0, n, eval_bs)
+    ]
+    loss_sum, correct = 0.0, 0
+    for l, c in jax.device_get(outs):
+        loss_sum += float(l)
+        correct += int(c)
+    return loss_sum / n, correct / n
+
+
+def load_checkpoint(
+    workdir: str | os.PathLike, /, *, epoch: int | None = None
+) -> tuple[nnx.Module, TrainConfig, list[dict[str, Any]]]:
+    """Load the model saved at ``epoch`` (default: the latest) of the run in ``workdir``.
+
+    For Hessian spectra at checkpoints: the returned model holds the trained parameters and
+    BatchNorm running statistics and is in training mode, like a freshly built model; pass it to
+    :func:`jaxspec.models.hessian_loss`, which chooses its own BatchNorm mode.
+
+    Args:
+      workdir: a directory written by :func:`train_and_evaluate`.
+      epoch: completed epochs at the checkpoint (``0``: initialisation); ``None``: the latest.
+
+    Returns:
+      ``(model, config, metrics)``; ``metrics`` are the records up to and including ``epoch``.
+
+    Raises:
+      FileNotFoundError: if ``workdir`` holds no run or no checkpoint.
+      ValueError: if there is no checkpoint at ``epoch`` (the message lists the available ones).
+
+    Example:
+      >>> import tempfile
+      >>> from train import TrainConfig, load_checkpoint, train_and_evaluate
+      >>> d = tempfile.mkdtemp()
+      >>> cfg = TrainConfig(model="mlp", model_kwargs={"hidden": [16]}, dataset="synthetic",
+      ...                   synthetic_size=(64, 32), epochs=1, batch_size=32, progress=False)
+      >>> _ = train_and_evaluate(cfg, d)
+      >>> model, config, metrics = load_checkpoint(d, epoch=1)
+      >>> len(metrics), config.model
+      (1, 'mlp')
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE}; not a training run directory")
+    with open(path) as f:
+        config = TrainConfig.from_dict(json.load(f))
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+        raise FileNotFoundError(f"{workdir}: no checkpoints")
+    mngr = _checkpoint_manager(workdir, config, read_only=True)
+    try:
+        steps = list(mngr.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"{workdir}: no checkpoints")
+        step = max(steps) if epoch is None else epoch
+        if step not in steps:
+            raise ValueError(
+                f"{workdir}: no checkpoint at epoch {epoch}; available: {sorted(steps)}"
+            )
+        num_classes = int(read_data_info(workdir)["num_classes"])
+        create = lambda: build_model(config, num_classes=num_classes)  # noqa: E731
+        graphdef, params, batch_stats, _ = nnx.split(
+            nnx.eval_shape(create), nnx.Param, nnx.BatchStat, ...
+        )
+        tx = make_optimizer(config, steps_per_epoch=1)  # the schedule is not state
+        target = TrainState(params, batch_stats, jax.eval_shape(tx.init, params))
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target
+        )
+        state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    finally:
+        mngr.close()
+    # The rest of the model (RNG streams) from a jitted init: the parameter initialisers are dead
+    # code there, so this costs neither their compilation nor their compute.
+    other = jax.jit(lambda: nnx.state(create(), nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))))()
+    model = nnx.merge(graphdef, state.params, state.batch_stats, other)
+    metrics = [r for r in metrics_io.read_metrics(workdir) if r.get("epoch", 0) <= step]
+    return model, config, metrics
+
