@@ -1,12 +1,16 @@
 """jaxspec: Hessian spectra of neural-network losses in JAX.
 
 The core (``hvp``, ``lanczos``, ``slq``, ``rmt``) imports only jax and numpy; models, data and
-plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.plotting``).
+plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.augment``,
+``jaxspec.plotting``, ``jaxspec.parallel``); import those modules by name.
 """
 
+from jaxspec import rmt
 from jaxspec.checks import SymmetryReport
 from jaxspec.checks import assert_symmetric
 from jaxspec.checks import symmetry_error
+from jaxspec.compare import SpectrumComparison
+from jaxspec.compare import compare_spectra
 from jaxspec.hvp import Batched
 from jaxspec.hvp import batch_dataset
 from jaxspec.hvp import dataset_hvp
@@ -35,14 +39,17 @@ __all__ = [
     "Batched",
     "NegativeMass",
     "Spectrum",
+    "SpectrumComparison",
     "SymmetryReport",
     "assert_symmetric",
     "random_probe",
+    "rmt",
     "slq",
     "symmetry_error",
     "LanczosResult",
     "LanczosState",
     "batch_dataset",
+    "compare_spectra",
     "dataset_hvp",
     "dataset_loss",
     "hessian_matvec",

@@ -69,6 +69,12 @@ class SpectrumComparison:
       parameters: dicts with keys ``quantity, value, note``: ``q``, ``sigma2``, ``s``, the
         semicircle edge ``2 s``, the ``sigma^2`` implied by each end, ...
       top_weights: ``{"empirical": [(weight, value), ...], "reference": [...]}``.
+
+    Example:
+      >>> from jaxspec import compare_spectra
+      >>> c = compare_spectra([-1.0, 0.0, 3.0], [0.0, 2.0], q=1.0, sigma2=1.0)
+      >>> c.row("lambda_max")["empirical"], c.to_markdown().startswith("|")
+      (3.0, True)
     """
 
     rows: list[dict[str, Any]]
