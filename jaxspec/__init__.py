@@ -2,7 +2,8 @@
 
 The core (``hvp``, ``lanczos``, ``slq``, ``rmt``) imports only jax and numpy; models, data and
 plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.augment``,
-``jaxspec.plotting``, ``jaxspec.parallel``); import those modules by name.
+``jaxspec.plotting``); import those modules by name. ``jaxspec.parallel`` (data-parallel
+operators) is core and its main functions are exported here.
 """
 
 from jaxspec import rmt
@@ -28,6 +29,12 @@ from jaxspec.lanczos import lanczos_step
 from jaxspec.lanczos import load_lanczos_state
 from jaxspec.lanczos import run_lanczos
 from jaxspec.lanczos import save_lanczos_state
+from jaxspec.parallel import data_mesh
+from jaxspec.parallel import global_batched
+from jaxspec.parallel import process_share
+from jaxspec.parallel import shard_batched
+from jaxspec.parallel import sharded_hessian_matvec
+from jaxspec.parallel import sharded_lanczos
 from jaxspec.slq import NegativeMass
 from jaxspec.slq import Spectrum
 from jaxspec.slq import random_probe
@@ -42,6 +49,7 @@ __all__ = [
     "SpectrumComparison",
     "SymmetryReport",
     "assert_symmetric",
+    "process_share",
     "random_probe",
     "rmt",
     "slq",
@@ -50,8 +58,10 @@ __all__ = [
     "LanczosState",
     "batch_dataset",
     "compare_spectra",
+    "data_mesh",
     "dataset_hvp",
     "dataset_loss",
+    "global_batched",
     "hessian_matvec",
     "host_hessian_matvec",
     "hvp",
@@ -63,4 +73,7 @@ __all__ = [
     "num_samples",
     "run_lanczos",
     "save_lanczos_state",
+    "shard_batched",
+    "sharded_hessian_matvec",
+    "sharded_lanczos",
 ]

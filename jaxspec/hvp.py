@@ -250,8 +250,11 @@ def hessian_matvec(loss_fn: LossFn, params: Any, batched: Batched, /) -> Callabl
     return jax.tree_util.Partial(functools.partial(_flat_dataset_hvp, loss_fn), params, batched)
 
 
-def _group_hvp(loss_fn, unravel, acc, v, params, batches, weights):
-    tangent = unravel(v)
+# Module-level jit, loss_fn static: operators with the same loss_fn and shapes share one
+# compilation (a jit made per host_hessian_matvec call recompiled for every new operator).
+@functools.partial(jax.jit, static_argnums=0)
+def _group_hvp(loss_fn, acc, v, params, batches, weights):
+    tangent = ravel_pytree(params)[1](v)
     for j in range(len(batches)):  # unrolled: no XLA loop around the convolutions
         out = ravel_pytree(hvp(loss_fn, params, batches[j], tangent))[0]
         acc = acc + weights[j].astype(out.dtype) * out
@@ -285,9 +288,9 @@ def host_hessian_matvec(
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    flat, unravel = ravel_pytree(params)
+    flat = ravel_pytree(params)[0]
     # params and data are arguments, not closed-over constants of the compiled function
-    group_hvp = jax.jit(functools.partial(_group_hvp, loss_fn, unravel))
+    group_hvp = functools.partial(_group_hvp, loss_fn)
 
     num_batches = 0 if batched.batches is None else int(np.shape(batched.weights)[0])
     weights = np.asarray(batched.weights)
