@@ -1,0 +1,359 @@
+"""Empirical vs Augmented Hessian of one run: the paper's table rows, Theorem 1, side-by-side plots.
+
+    python -m experiments.compare --workdir runs/p110_c100_normal --epoch 225
+    python -m experiments.compare --empirical A.json --augmented B.json --out DIR
+
+Reads the two spectra written by ``experiments.spectrum`` (``<workdir>/spectra/{empirical,
+augmented}_e<epoch>.json``) and the run's ``metrics.jsonl``, and writes ``compare_e<epoch>.{md,
+json,csv,png}`` next to them:
+
+* the row of the paper's Table 1/2 (Granziol et al. 2020, appendix A): extremal Ritz values of
+  both spectra ``[lambda'_1, lambda'_n]`` (empirical) and ``[lambda_1, lambda_n]`` (augmented),
+  test/train accuracy and loss at the epoch;
+* Table 3: the three largest-weight Ritz values ``[weight, value]`` of each;
+* negative Ritz values: count / m and the mass of those well separated from the origin cluster
+  (paper, section 5.3);
+* Theorem 1 (:func:`jaxspec.compare.compare_spectra`, with ``q = P / N`` of the empirical set and
+  the ``sigma^2`` estimated by the empirical run): the empirical edges predicted from the
+  augmented ones and the augmented edges inferred from the empirical ones;
+* the paper's qualitative claims checked on these numbers (narrower augmented spectrum, fewer and
+  lighter negative Ritz values);
+* the two stem plots side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxspec import Spectrum
+from jaxspec.compare import compare_spectra
+
+__all__ = [
+    "CompareResult",
+    "claims",
+    "compare_paths",
+    "compare_run",
+    "main",
+    "negative_stats",
+    "table_row",
+    "to_markdown",
+]
+
+
+class CompareResult(NamedTuple):
+    """The comparison (a JSON-ready dict) and the files written."""
+
+    data: dict[str, Any]
+    paths: dict[str, str]
+
+
+def negative_stats(s: Spectrum, /, *, origin_tol: float = 1e-3) -> dict[str, Any]:
+    """Negative Ritz values the paper's way: count of m, separated count, separated mass.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> negative_stats(Spectrum([-1.0, -1e-6, 1e-6, 5.0], [0.1, 0.4, 0.4, 0.1]))
+      {'num_negative': 2, 'num_nodes': 4, 'num_negative_separated': 1, 'negative_mass': 0.1}
+    """
+    neg = s.negative(origin_tol=origin_tol)
+    return {"num_negative": neg.count, "num_nodes": int(s.nodes.size),
+            "num_negative_separated": neg.count_separated, "negative_mass": neg.mass}
+
+
+def _pct(x: Any) -> float | None:
+    return None if x is None else 100.0 * float(x)
+
+
+def table_row(empirical: Spectrum, augmented: Spectrum, record: dict | None, /) -> dict[str, Any]:
+    """The paper's Table 1/2 row: extremal Ritz values of both spectra, accuracies (%) and losses.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> row = table_row(Spectrum([-2.0, 5.0], [0.5, 0.5]), Spectrum([-0.1, 1.0], [0.5, 0.5]),
+      ...                 {"test_accuracy": 0.9, "train_accuracy": 1.0, "test_loss": 0.3,
+      ...                  "train_loss": 0.01})
+      >>> row["lambda1_emp"], row["lambdan_aug"], row["test_acc"]
+      (5.0, -0.1, 90.0)
+    """
+    r = record or {}
+    return {
+        "lambda1_emp": empirical.lambda_max, "lambdan_emp": empirical.lambda_min,
+        "lambda1_aug": augmented.lambda_max, "lambdan_aug": augmented.lambda_min,
+        "test_acc": _pct(r.get("test_accuracy")), "train_acc": _pct(r.get("train_accuracy")),
+        "test_loss": r.get("test_loss"), "train_loss": r.get("train_loss"),
+    }
+
+
+def claims(empirical: Spectrum, augmented: Spectrum, /) -> dict[str, bool]:
+    """The paper's qualitative claims, checked on one pair of spectra.
+
+    * ``narrower``: the augmented spectrum spans a shorter interval;
+    * ``smaller_top``: ``lambda_1 < lambda'_1``;
+    * ``smaller_bottom``: ``|lambda_n| < |lambda'_n|`` (the bottom edge moves toward 0);
+    * ``fewer_negative``: a smaller fraction of negative Ritz values (m differs: 100 vs 80);
+    * ``lighter_negative``: less separated negative mass.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> claims(Spectrum([-2.0, 0.0, 5.0], [0.2, 0.6, 0.2]),
+      ...        Spectrum([0.0, 1.0], [0.9, 0.1]))["lighter_negative"]
+      True
+    """
+    ne, na = negative_stats(empirical), negative_stats(augmented)
+    return {
+        "narrower": bool(augmented.lambda_max - augmented.lambda_min
+                         < empirical.lambda_max - empirical.lambda_min),
+        "smaller_top": bool(augmented.lambda_max < empirical.lambda_max),
+        "smaller_bottom": bool(abs(augmented.lambda_min) < abs(empirical.lambda_min)),
+        "fewer_negative": bool(na["num_negative"] / na["num_nodes"]
+                               < ne["num_negative"] / ne["num_nodes"]),
+        "lighter_negative": bool(na["negative_mass"] < ne["negative_mass"]),
+    }
+
+
+def _record(metrics: list[dict], epoch: int | None) -> dict | None:
+    return next((r for r in metrics if r.get("epoch") == epoch), None)
+
+
+def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str | None = None,
+                  metrics: list[dict] | None = None, sigma2: float | None = None,
+                  plot: bool = True, stem: str | None = None) -> CompareResult:
+    """Compares two saved spectra (see :func:`compare_run`) and writes the tables and the plot.
+
+    Args:
+      empirical_path: the Empirical Hessian's spectrum JSON.
+      augmented_path: the Augmented Hessian's spectrum JSON.
+      out_dir: where to write (default: the empirical spectrum's directory).
+      metrics: training metrics records (``metrics.jsonl``); default: read from the run
+        recorded in the spectrum's metadata, if any.
+      sigma2: per-sample Hessian noise variance for Theorem 1; default: the empirical run's
+        estimate (``meta["sigma2"]``), else no predictions.
+      plot: write the side-by-side stem plot.
+      stem: file name stem (default ``compare_e<epoch>``).
+
+    Returns:
+      :class:`CompareResult`.
+    """
+    emp = Spectrum.load(empirical_path)
+    aug = Spectrum.load(augmented_path)
+    me, ma = emp.meta, aug.meta
+    epoch = me.get("epoch")
+    if metrics is None:
+        metrics = []
+        workdir = me.get("workdir")
+        if workdir and os.path.isdir(workdir):
+            from train.metrics_io import read_metrics
+
+            metrics = read_metrics(workdir)
+    record = _record(metrics, epoch) or me.get("train_metrics")
+    sigma2 = me.get("sigma2") if sigma2 is None else sigma2
+    p = me.get("P") or me.get("dim")
+    n_emp = me.get("N")
+    q = p / n_emp if p and n_emp else float("nan")
+    comparison = compare_spectra(emp, aug, q=q, sigma2=sigma2)
+    for key in ("P", "epoch", "model", "bn_mode"):
+        if ma.get(key) != me.get(key):
+            raise ValueError(f"the spectra differ in {key}: {me.get(key)!r} vs {ma.get(key)!r}")
+    data = {
+        "run": me.get("config"), "workdir": me.get("workdir"), "model": me.get("model"),
+        "dataset": me.get("dataset"), "epoch": epoch, "P": p, "bn_mode": me.get("bn_mode"),
+        "N_empirical": n_emp, "N_augmented": ma.get("N"), "num_images": me.get("num_images"),
+        "num_per_image": ma.get("num_per_image"), "m_empirical": int(emp.nodes.size),
+        "m_augmented": int(aug.nodes.size), "q_empirical": q,
+        "q_augmented": p / ma["N"] if p and ma.get("N") else None,
+        "sigma2": sigma2, "sigma2_stderr": me.get("sigma2_stderr"),
+        "time_s": {"empirical": me.get("time_s"), "augmented": ma.get("time_s")},
+        "table": table_row(emp, aug, record),
+        "negative": {"empirical": negative_stats(emp), "augmented": negative_stats(aug)},
+        "top_weights": {"empirical": [list(t) for t in emp.top_weights(3)],
+                        "augmented": [list(t) for t in aug.top_weights(3)]},
+        "claims": claims(emp, aug),
+        "theorem1": comparison.to_dict(),
+        "spectra": {"empirical": os.path.abspath(empirical_path),
+                    "augmented": os.path.abspath(augmented_path)},
+    }
+    out_dir = os.path.dirname(os.path.abspath(empirical_path)) if out_dir is None else out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    stem = stem or (f"compare_e{int(epoch):04d}" if epoch is not None else "compare")
+    paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("json", "md", "csv")}
+    if plot:
+        from jaxspec.plotting import stem_plots
+
+        paths["png"] = os.path.join(out_dir, f"{stem}.png")
+        stem_plots({f"Empirical: N={n_emp:,}, m={emp.nodes.size}": emp,
+                    f"Augmented: N={ma.get('N', 0):,}, m={aug.nodes.size}": aug},
+                   path=paths["png"],
+                   suptitle=f"{data['model']} {data['dataset']} epoch {epoch} "
+                            f"(P={p:,}, BN {data['bn_mode']})")
+    data["figures"] = {k: os.path.basename(v) for k, v in paths.items() if k == "png"}
+    _write(paths["json"], json.dumps(_clean(data), indent=1, allow_nan=False))
+    _write(paths["csv"], comparison.to_csv())
+    _write(paths["md"], to_markdown(data, comparison_md=comparison.to_markdown()))
+    return CompareResult(data, paths)
+
+
+def _clean(x: Any) -> Any:
+    """JSON-ready copy: NaN/Inf -> None, tuples -> lists, NumPy scalars -> Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str | None = None,
+                out_dir: str | None = None, sigma2: float | None = None,
+                plot: bool = True) -> CompareResult:
+    """Compares the empirical and augmented spectra of ``workdir`` at ``epoch``.
+
+    Args:
+      workdir: the training run.
+      epoch: the checkpoint epoch both spectra were computed at.
+      spectra_dir: where the spectra are (default ``<workdir>/spectra``).
+      out_dir: where to write (default: ``spectra_dir``).
+      sigma2: override the empirical run's ``sigma^2`` estimate.
+      plot: write the side-by-side plot.
+
+    Returns:
+      :class:`CompareResult`; ``data["table"]`` is the paper's table row.
+    """
+    from experiments.spectrum import spectrum_path
+    from train.metrics_io import read_metrics
+
+    if spectra_dir is None:
+        spectra_dir = os.path.join(os.fspath(workdir), "spectra")
+    return compare_paths(spectrum_path(spectra_dir, "empirical", epoch),
+                         spectrum_path(spectra_dir, "augmented", epoch),
+                         out_dir=out_dir or spectra_dir, metrics=read_metrics(workdir),
+                         sigma2=sigma2, plot=plot)
+
+
+def _f(x: Any, spec: str = ".4g") -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    return format(float(x), spec)
+
+
+def _md(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) -> str:
+    """The comparison as Markdown: Table 1/2 row, negative Ritz values, Table 3, claims, Thm 1.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> e, a = Spectrum([-2.0, 0.0, 5.0], [0.2, 0.6, 0.2]), Spectrum([0.0, 1.0], [0.9, 0.1])
+      >>> d = {"table": table_row(e, a, None), "claims": claims(e, a),
+      ...      "negative": {"empirical": negative_stats(e), "augmented": negative_stats(a)},
+      ...      "top_weights": {"empirical": e.top_weights(3), "augmented": a.top_weights(3)}}
+      >>> to_markdown(d).splitlines()[4]
+      '| 5 | -2 | 1 | 0 | - | - | - | - |'
+    """
+    t = data["table"]
+    title = (f"# Empirical vs Augmented Hessian: {data.get('model', '?')} on "
+             f"{data.get('dataset', '?')}, epoch {data.get('epoch', '?')}")
+    lines = [title, "",
+             _md(["lambda'_1 (emp)", "lambda'_n (emp)", "lambda_1 (aug)", "lambda_n (aug)",
+                  "test acc", "train acc", "test loss", "train loss"]),
+             _md(["---"] * 8),
+             _md([_f(t[k]) for k in ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")]
+                 + [_f(t["test_acc"], ".2f"), _f(t["train_acc"], ".2f"), _f(t["test_loss"]),
+                    _f(t["train_loss"])]),
+             ""]
+    if "P" in data:
+        lines += [f"P = {_f(data['P'])}; empirical N = {_f(data.get('N_empirical'))} "
+                  f"(q = {_f(data.get('q_empirical'))}), m = {data.get('m_empirical')}; "
+                  f"augmented N = {_f(data.get('N_augmented'))} = {_f(data.get('num_images'))} x "
+                  f"{data.get('num_per_image')} (q = {_f(data.get('q_augmented'))}), "
+                  f"m = {data.get('m_augmented')}; BatchNorm {data.get('bn_mode')}; "
+                  f"sigma^2 = {_f(data.get('sigma2'))}.", ""]
+    lines += ["## Negative Ritz values", "",
+              _md(["spectrum", "negative / m", "separated", "separated mass"]),
+              _md(["---"] * 4)]
+    for name in ("empirical", "augmented"):
+        n = data["negative"][name]
+        lines.append(_md([name, f"{n['num_negative']}/{n['num_nodes']}",
+                          n["num_negative_separated"], _f(n["negative_mass"])]))
+    lines += ["", "## Largest-weight Ritz values (Table 3) [weight, value]", "",
+              _md(["spectrum", "[rho_0, lambda_0]", "[rho_1, lambda_1]", "[rho_2, lambda_2]"]),
+              _md(["---"] * 4)]
+    for name in ("empirical", "augmented"):
+        tops = [f"[{w:.3g}, {v:.3g}]" for w, v in data["top_weights"][name]]
+        lines.append(_md([name, *tops, *["-"] * (3 - len(tops))]))
+    lines += ["", "## The paper's claims on these spectra", "",
+              _md(["claim", "holds"]), _md(["---"] * 2)]
+    names = {"narrower": "augmented spectrum narrower",
+             "smaller_top": "lambda_1 (aug) < lambda'_1 (emp)",
+             "smaller_bottom": "abs(lambda_n (aug)) < abs(lambda'_n (emp))",
+             "fewer_negative": "smaller fraction of negative Ritz values",
+             "lighter_negative": "lighter separated negative mass"}
+    for k, v in data["claims"].items():
+        lines.append(_md([names.get(k, k), _f(v)]))
+    if comparison_md:
+        lines += ["", "## Theorem 1 (reference = augmented)", "", comparison_md.rstrip()]
+    if data.get("figures", {}).get("png"):
+        lines += ["", f"![empirical vs augmented]({data['figures']['png']})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m experiments.compare --workdir RUN --epoch E``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.compare",
+        description="Empirical vs Augmented Hessian spectra of one run: tables and plots.")
+    parser.add_argument("--workdir", help="training run directory")
+    parser.add_argument("--epoch", type=int, help="checkpoint epoch of both spectra")
+    parser.add_argument("--spectra-dir", help="where the spectra are (default WORKDIR/spectra)")
+    parser.add_argument("--empirical", help="an empirical spectrum JSON (instead of --workdir)")
+    parser.add_argument("--augmented", help="an augmented spectrum JSON (instead of --workdir)")
+    parser.add_argument("--out", help="output directory (default: the spectra's)")
+    parser.add_argument("--sigma2", type=float, default=None,
+                        help="noise variance for Theorem 1 (default: the empirical estimate)")
+    args = parser.parse_args(argv)
+    if args.empirical and args.augmented:
+        result = compare_paths(args.empirical, args.augmented, out_dir=args.out,
+                               sigma2=args.sigma2)
+    elif args.workdir is not None:
+        epoch = args.epoch
+        if epoch is None:
+            from experiments.spectrum import available_epochs
+
+            epochs = available_epochs(args.workdir)
+            if not epochs:
+                parser.error(f"{args.workdir} has no checkpoints")
+            epoch = epochs[-1]
+        result = compare_run(args.workdir, epoch, spectra_dir=args.spectra_dir, out_dir=args.out,
+                             sigma2=args.sigma2)
+    else:
+        parser.error("give --workdir (and --epoch), or --empirical and --augmented")
+    with open(result.paths["md"]) as f:
+        print(f.read())
+    print("wrote", ", ".join(result.paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

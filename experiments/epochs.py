@@ -1,0 +1,188 @@
+"""Spectra of the checkpoints along a training run (the paper's appendix figures).
+
+    python -m experiments.epochs --workdir runs/p110_c100_normal --epochs 0,25,50,75,125,150
+    python -m experiments.epochs --workdir runs/p110_c100_normal --mode augmented \\
+        --num-per-image 100 --steps 10            # appendix: 5 million samples, m = 10
+
+Granziol et al. (2020), appendices H-K, plot the Empirical Hessian spectrum of PreResNet-110 and
+VGG-16-BN (CIFAR-100) at epochs 0, 25, 50, 75, 125 and 150, and augmented spectra with 5 million
+samples and m = 10. For every epoch (default: every checkpoint the run kept) this computes the
+spectrum with ``experiments.spectrum`` (an epoch whose spectrum JSON exists is reused, so an
+interrupted sweep continues where it stopped), which writes one stem plot per epoch, and then
+draws the extremal Ritz values and the negative mass against the epoch:
+``<out>/epochs_<mode>.{png,json,csv}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+
+from experiments.spectrum import (
+    SpectrumSettings,
+    add_settings_arguments,
+    available_epochs,
+    compute_spectrum,
+    format_summary,
+    settings_from_args,
+    spectrum_path,
+)
+from jaxspec import Spectrum
+
+__all__ = ["epoch_rows", "epoch_spectra", "main", "plot_extremal", "write_summary"]
+
+
+def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: SpectrumSettings,
+                  /, *, out_dir: str | None = None, npz: str | None = None,
+                  skip_existing: bool = True, verbose: bool = True) -> dict[int, Spectrum]:
+    """The spectrum (``settings.mode``) of each checkpoint in ``epochs``, computed or reused.
+
+    Args:
+      workdir: the training run.
+      epochs: checkpoint epochs.
+      settings: as for :func:`experiments.spectrum.compute_spectrum`.
+      out_dir: default ``<workdir>/spectra``.
+      npz: local ``.npz`` of the run's data.
+      skip_existing: reuse a spectrum JSON already written for an epoch.
+      verbose: print a line per epoch.
+
+    Returns:
+      ``{epoch: Spectrum}``.
+    """
+    out_dir = os.path.join(os.fspath(workdir), "spectra") if out_dir is None else out_dir
+    result = {}
+    for epoch in epochs:
+        path = spectrum_path(out_dir, settings.mode, epoch)
+        if skip_existing and os.path.exists(path):
+            result[epoch] = Spectrum.load(path)
+            if verbose:
+                print(f"exists: {path}")
+            continue
+        r = compute_spectrum(workdir, epoch, settings, out_dir=out_dir, npz=npz)
+        if verbose:
+            print(format_summary(r))
+        result[epoch] = r.spectrum
+    return result
+
+
+def epoch_rows(spectra: dict[int, Spectrum], /) -> list[dict[str, Any]]:
+    """One row per epoch: extremal Ritz values, negative count and mass, training metrics.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> epoch_rows({3: Spectrum([-1.0, 0.0, 2.0], [0.1, 0.8, 0.1])})[0]["lambda_max"]
+      2.0
+    """
+    rows = []
+    for epoch in sorted(spectra):
+        s = spectra[epoch]
+        neg = s.negative()
+        rec = s.meta.get("train_metrics") or {}
+        rows.append({"epoch": int(epoch), "lambda_max": s.lambda_max, "lambda_min": s.lambda_min,
+                     "num_nodes": int(s.nodes.size), "num_negative": neg.count,
+                     "num_negative_separated": neg.count_separated, "negative_mass": neg.mass,
+                     "test_accuracy": rec.get("test_accuracy"),
+                     "train_accuracy": rec.get("train_accuracy")})
+    return rows
+
+
+def plot_extremal(rows: Sequence[dict[str, Any]], path: str, /, *, title: str | None = None):
+    """Extremal Ritz values against the epoch (left) and the negative mass (right).
+
+    Example:
+      >>> import os, tempfile
+      >>> p = os.path.join(tempfile.mkdtemp(), "e.png")
+      >>> plot_extremal([{"epoch": 0, "lambda_max": 3.0, "lambda_min": -1.0,
+      ...                 "negative_mass": 0.1}], p)
+      >>> os.path.exists(p)
+      True
+    """
+    import matplotlib
+
+    if not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs, [r["lambda_max"] for r in rows], "o-", label=r"$\lambda_{max}$")
+    a.plot(epochs, [r["lambda_min"] for r in rows], "s-", label=r"$\lambda_{min}$")
+    a.axhline(0.0, color="0.6", lw=0.8)
+    a.set_xlabel("epoch")
+    a.set_ylabel("extremal Ritz value")
+    a.legend()
+    b.plot(epochs, [max(r["negative_mass"], 1e-12) for r in rows], "o-", color="C3")
+    b.set_yscale("log")
+    b.set_xlabel("epoch")
+    b.set_ylabel("separated negative mass")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_summary(rows: Sequence[dict[str, Any]], out_dir: str, mode: str, /, *,
+                  title: str | None = None) -> dict[str, str]:
+    """Writes ``epochs_<mode>.{json,csv,png}`` and returns their paths."""
+    paths = {ext: os.path.join(out_dir, f"epochs_{mode}.{ext}") for ext in ("json", "csv", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump(list(rows), f, indent=1)
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot_extremal(rows, paths["png"], title=title)
+    return paths
+
+
+def _parse_epochs(text: str | None, workdir: str) -> list[int]:
+    available = available_epochs(workdir)
+    if text is None:
+        return available
+    epochs = [int(e) for e in text.replace(" ", "").split(",") if e]
+    missing = sorted(set(epochs) - set(available))
+    if missing:
+        raise SystemExit(f"no checkpoint for epochs {missing} in {workdir}; available: {available}")
+    return epochs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m experiments.epochs --workdir RUN [--epochs 0,25,50]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.epochs",
+        description="Hessian spectra of the checkpoints along a training run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="training run directory")
+    parser.add_argument("--epochs", default=None,
+                        help="comma-separated checkpoint epochs (default: all kept)")
+    parser.add_argument("--mode", choices=("empirical", "augmented"), default="empirical")
+    parser.add_argument("--out", default=None, help="output directory (default WORKDIR/spectra)")
+    add_settings_arguments(parser)
+    args = parser.parse_args(argv)
+    epochs = _parse_epochs(args.epochs, args.workdir)
+    if not epochs:
+        parser.error(f"{args.workdir} has no checkpoints")
+    out = args.out or os.path.join(args.workdir, "spectra")
+    spectra = epoch_spectra(args.workdir, epochs, settings_from_args(args, args.mode),
+                            out_dir=out, npz=args.npz)
+    rows = epoch_rows(spectra)
+    meta = spectra[epochs[-1]].meta
+    paths = write_summary(rows, out, args.mode,
+                          title=f"{args.mode} Hessian of {meta.get('model')} on "
+                                f"{meta.get('dataset')} along training")
+    for r in rows:
+        print(f"epoch {r['epoch']:5d}: lambda_max={r['lambda_max']:.5g} "
+              f"lambda_min={r['lambda_min']:.5g} negative={r['num_negative']}/{r['num_nodes']} "
+              f"mass={r['negative_mass']:.3g}")
+    print("wrote", ", ".join(paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

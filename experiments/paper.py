@@ -1,0 +1,524 @@
+"""The paper's experiments end to end: train -> spectra -> compare -> report.
+
+    python -m experiments.paper --print-commands --runs-dir runs     # the GPU commands, all runs
+    python -m experiments.paper --report --runs-dir runs             # runs/report.md from results
+    python -m experiments.paper --preset cpu --npz cifar10.npz --out runs/cpu   # ~5-10 min, CPU
+    python -m experiments.paper --preset smoke --out /tmp/smoke                 # ~1 min, tests
+
+Granziol et al. (2020), "Towards understanding the true loss surface of deep neural networks using
+random matrix theory and iterative spectral methods" (ICLR 2020 submission), section 6 and
+appendix A: PreResNet-110 and VGG-16 on CIFAR-10/100 with the Normal and Overfit schedules; the
+Empirical Hessian (training set, m = 100) and the Augmented Hessian (1.5M augmented samples,
+m = 80) at the final weights. Their reported numbers (PreResNet-110 only; the paper gives no
+VGG-16 table) are copied below as constants, with the table or section they come from, and the
+report puts ours next to them.
+
+``--preset cpu`` runs the whole chain at toy scale on a CPU: a 2x256 MLP trained for 10 epochs on
+3,000 CIFAR-10 images (``--npz`` a local copy, else synthetic data), spectra with m = 30 / 24 and
+K = 4 variants per image, the empirical spectra along training, the comparison and the report.
+``--preset smoke`` is the same chain in miniature, for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+__all__ = [
+    "PAPER",
+    "PRESETS",
+    "PaperNumbers",
+    "PaperRun",
+    "Preset",
+    "RUNS",
+    "ReportEntry",
+    "build_report",
+    "collect_entries",
+    "commands",
+    "main",
+    "run_preset",
+]
+
+
+class PaperNumbers(NamedTuple):
+    """One run's numbers as reported by Granziol et al. (2020).
+
+    ``negative_*`` are ``(count, m, mass)``; ``top3_*`` the three largest-weight Ritz values
+    ``(weight, value)``; ``None`` where the paper does not report the number.
+    """
+
+    lambda1_emp: float
+    lambdan_emp: float
+    lambda1_aug: float
+    lambdan_aug: float
+    test_acc: float
+    train_acc: float
+    test_loss: float
+    train_loss: float
+    negative_emp: tuple[int, int, float] | None
+    negative_aug: tuple[int, int, float] | None
+    top3_emp: tuple[tuple[float, float], ...]
+    top3_aug: tuple[tuple[float, float], ...]
+    source: str
+
+
+# Granziol et al. (2020), ICLR 2020 submission (OpenReview). PreResNet-110,
+# final weights; empirical N = 50,000, m = 100; augmented N = 1,500,000, m = 80.
+#   Tables 1 (CIFAR-100) and 2 (CIFAR-10), appendix A: extremal eigenvalues, accuracies, losses.
+#   Section 6.1 text: negative Ritz counts/masses of the Normal runs, and CIFAR-10 Normal's
+#     augmented edges 0.5825 / -0.0061 (Table 2 repeats CIFAR-100's 3.025 / -0.014 there, a
+#     copying error; the text and Figure 3 agree on 0.5825 / -0.0061).
+#   Section 6.2 text: CIFAR-100 Overfit 43/100 (mass 0.032) -> 0 negative; CIFAR-10 Overfit
+#     augmented: one negative Ritz value near the origin with weight 0.086.
+#   Table 3: the three largest-weight Ritz values [weight, value].
+#   Table 2's CIFAR-10 Overfit losses (1.85 / 0.026) equal Table 1's CIFAR-100 Overfit ones, as
+#     printed.
+PAPER: dict[tuple[str, str, str], PaperNumbers] = {
+    ("preresnet110", "cifar100", "normal"): PaperNumbers(
+        20.56, -6.54, 3.025, -0.014, 77.24, 99.85, 0.99, 0.021,
+        (43, 100, 0.05), (5, 80, 0.00016),
+        ((0.92, 0.0014), (0.05, -0.03), (0.018, 0.06)),
+        ((0.84, 0.0017), (0.1, -0.0007), (0.045, 0.003)),
+        "Table 1; section 6.1; Table 3"),
+    ("preresnet110", "cifar100", "overfit"): PaperNumbers(
+        281.32, -7.33, 45.68, 2e-5, 56.85, 99.62, 1.85, 0.026,
+        (43, 100, 0.032), (0, 80, 0.0),
+        ((0.65, -0.026), (0.34, 0.05), (0.006, 0.58)),
+        ((0.86, 1.67e-5), (0.1, 0.0039), (0.019, 0.018)),
+        "Table 1; section 6.2; Table 3"),
+    ("preresnet110", "cifar10", "normal"): PaperNumbers(
+        6.82, -1.37, 0.5825, -0.0061, 95.32, 99.98, 0.18, 0.0034,
+        (35, 100, 0.09), (3, 80, 0.03),
+        ((0.88, 0.007), (0.085, -0.01), (0.023, 0.02)),
+        ((0.88, -3.87e-6), (0.073, 0.0006), (0.03, -0.0007)),
+        "Table 2; section 6.1 (augmented edges); Table 3"),
+    ("preresnet110", "cifar10", "overfit"): PaperNumbers(
+        184.4, -2.9, 15.6, -9e-4, 86.46, 99.91, 1.85, 0.026,
+        None, (1, 80, 0.086),
+        ((0.77, 0.01), (0.22, -0.04), (0.005, 0.32)),
+        ((0.89, 0.00013), (0.086, -0.00094), (0.016, 0.0058)),
+        "Table 2; section 6.2; Table 3"),
+}
+
+
+class PaperRun(NamedTuple):
+    """One of the paper's runs: the training config, the epoch of its spectra, its numbers."""
+
+    config: str
+    label: str
+    model: str
+    dataset: str
+    schedule: str
+    epoch: int
+    reference: PaperNumbers | None
+
+
+def _runs() -> list[PaperRun]:
+    from train.configs import get_config
+
+    runs = []
+    for model, label in (("preresnet110", "PreResNet-110"), ("vgg16", "VGG-16")):
+        for dataset, dlabel in (("cifar100", "CIFAR-100"), ("cifar10", "CIFAR-10")):
+            for schedule in ("normal", "overfit"):
+                name = f"{model}_{dataset}_{schedule}"
+                runs.append(PaperRun(name, f"{label} {dlabel} {schedule.capitalize()}", model,
+                                     dataset, schedule, get_config(name).epochs,
+                                     PAPER.get((model, dataset, schedule))))
+    return runs
+
+
+#: The paper's eight runs (PreResNet-110 and VGG-16 x CIFAR-100/10 x Normal/Overfit).
+RUNS: list[PaperRun] = _runs()
+
+
+def commands(run: PaperRun, runs_dir: str = "runs", /, *, epochs_sweep: bool = False) -> list[str]:
+    """The shell commands of one run: train, both spectra, compare (and the epoch sweep).
+
+    Example:
+      >>> commands(RUNS[0], "runs")[1].split()[3:]
+      ['--workdir', 'runs/preresnet110_cifar100_normal', '--epoch', '225', '--mode', 'empirical']
+    """
+    wd = shlex.quote(os.path.join(runs_dir, run.config))
+    cmds = [
+        f"python -m train --config {run.config} --workdir {wd}",
+        f"python -m experiments.spectrum --workdir {wd} --epoch {run.epoch} --mode empirical",
+        f"python -m experiments.spectrum --workdir {wd} --epoch {run.epoch} --mode augmented",
+        f"python -m experiments.compare --workdir {wd} --epoch {run.epoch}",
+    ]
+    if epochs_sweep:
+        cmds.append(f"python -m experiments.epochs --workdir {wd} --epochs 0,25,50,75,125,150")
+    return cmds
+
+
+def print_commands(runs_dir: str = "runs", /) -> str:
+    """All the paper's commands, one block per run, then the report (as printed by the CLI)."""
+    lines = ["# Granziol et al. (2020), section 6: train -> spectra -> compare, per run.",
+             "# Times are ESTIMATES for one H100 (see docs/paper.md); spectra use every GPU.", ""]
+    for run in RUNS:
+        lines.append(f"# {run.label} (spectra at epoch {run.epoch})")
+        # The appendix sweeps (figures 14-20 and 23-29) are of the CIFAR-100 Normal runs.
+        lines += commands(run, runs_dir,
+                          epochs_sweep=run.dataset == "cifar100" and run.schedule == "normal")
+        lines.append("")
+    # Appendices H-I: VGG-16-BN (CIFAR-100) along training, and augmented spectra with
+    # 5 million samples (K = 100) and m = 10 (figures 13 and 22).
+    bn = "vgg16bn_cifar100_normal"
+    wd = shlex.quote(os.path.join(runs_dir, bn))
+    p110 = shlex.quote(os.path.join(runs_dir, "preresnet110_cifar100_normal"))
+    lines += ["# Appendix I: VGG-16-BN CIFAR-100 Normal along training; appendix H/I: 5M-sample "
+              "augmented spectra, m = 10",
+              f"python -m train --config {bn} --workdir {wd}",
+              f"python -m experiments.epochs --workdir {wd} --epochs 0,25,50,75,125,150,300",
+              f"python -m experiments.spectrum --workdir {wd} --epoch 300 --mode augmented "
+              f"--num-per-image 100 --steps 10 --out {wd}/spectra_5m",
+              f"python -m experiments.spectrum --workdir {p110} --epoch 225 --mode augmented "
+              f"--num-per-image 100 --steps 10 --out {p110}/spectra_5m", ""]
+    lines.append(f"python -m experiments.paper --report --runs-dir {shlex.quote(runs_dir)}")
+    return "\n".join(lines)
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+
+class ReportEntry(NamedTuple):
+    """A run in the report: its label, our comparison (or None), the paper's numbers (or None)."""
+
+    label: str
+    ours: dict[str, Any] | None
+    reference: PaperNumbers | None
+    figures: tuple[str, ...] = ()
+    note: str = ""
+
+
+def collect_entries(runs_dir: str, /) -> list[ReportEntry]:
+    """One :class:`ReportEntry` per paper run, with our comparison where it has been computed."""
+    entries = []
+    for run in RUNS:
+        sdir = os.path.join(runs_dir, run.config, "spectra")
+        path = os.path.join(sdir, f"compare_e{run.epoch:04d}.json")
+        ours, figures = None, []
+        if os.path.exists(path):
+            with open(path) as f:
+                ours = json.load(f)
+            figures = [os.path.join(sdir, n) for n in (f"compare_e{run.epoch:04d}.png",
+                                                       "epochs_empirical.png")]
+        entries.append(ReportEntry(run.label, ours, run.reference,
+                                   tuple(p for p in figures if os.path.exists(p)),
+                                   "" if run.reference else "the paper reports no numbers"))
+    return entries
+
+
+def _f(x: Any, spec: str = ".4g") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return format(float(x), spec)
+
+
+def _md(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _neg(n: Any) -> tuple[str, str]:
+    if n is None:
+        return "-", "-"
+    if isinstance(n, dict):
+        return f"{n['num_negative']}/{n['num_nodes']}", _f(n["negative_mass"], ".3g")
+    return f"{n[0]}/{n[1]}", _f(n[2], ".3g")
+
+
+def _tops(t: Any) -> list[str]:
+    cells = [f"[{w:.3g}, {v:.3g}]" for w, v in (t or [])][:3]
+    return cells + ["-"] * (3 - len(cells))
+
+
+def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | None = None,
+                 preamble: str = "") -> dict[str, Any]:
+    """Writes the Markdown report (and ``<path>.json`` beside it); returns the JSON content.
+
+    Every table has a ``paper`` row (the reported numbers) and an ``ours`` row per run.
+    """
+    out_dir = os.path.dirname(os.path.abspath(path))
+    title = title or "Empirical vs Augmented Hessian spectra: ours next to Granziol et al. (2020)"
+    lines = [f"# {title}", ""]
+    if preamble:
+        lines += [preamble.rstrip(), ""]
+    lines += ["Paper: PreResNet-110, final weights, empirical N = 50,000 (m = 100), augmented "
+              "N = 1,500,000 (m = 80); Tables 1-3 and section 6 of Granziol et al. (2020). "
+              "lambda' = Empirical Hessian, lambda = Augmented Hessian; accuracies in %.", "",
+              "## Extremal eigenvalues, accuracy and loss (Tables 1 and 2)", "",
+              _md(["run", "source", "epoch", "N emp / aug", "m emp / aug", "lambda'_1",
+                   "lambda'_n", "lambda_1", "lambda_n", "test acc", "train acc", "test loss",
+                   "train loss"]),
+              _md(["---"] * 13)]
+    records = []
+    for e in entries:
+        ref, ours = e.reference, e.ours
+        if ref is not None:
+            lines.append(_md([e.label, "paper", "final", "50,000 / 1,500,000", "100 / 80",
+                              *[_f(getattr(ref, k)) for k in
+                                ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")],
+                              _f(ref.test_acc, ".2f"), _f(ref.train_acc, ".2f"),
+                              _f(ref.test_loss), _f(ref.train_loss)]))
+        if ours is not None:
+            t = ours["table"]
+            lines.append(_md([e.label, "ours", ours.get("epoch"),
+                              f"{_f(ours.get('N_empirical'))} / {_f(ours.get('N_augmented'))}",
+                              f"{ours.get('m_empirical')} / {ours.get('m_augmented')}",
+                              *[_f(t[k]) for k in
+                                ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")],
+                              _f(t["test_acc"], ".2f"), _f(t["train_acc"], ".2f"),
+                              _f(t["test_loss"]), _f(t["train_loss"])]))
+        elif ref is None:
+            lines.append(_md([e.label, "ours", "not run"] + ["-"] * 10))
+        records.append({"label": e.label, "ours": ours,
+                        "paper": None if ref is None else ref._asdict(), "note": e.note})
+
+    lines += ["", "## Negative Ritz values (section 6)", "",
+              _md(["run", "source", "emp negative / m", "emp separated mass",
+                   "aug negative / m", "aug separated mass"]), _md(["---"] * 6)]
+    for e in entries:
+        if e.reference is not None:
+            lines.append(_md([e.label, "paper", *_neg(e.reference.negative_emp),
+                              *_neg(e.reference.negative_aug)]))
+        if e.ours is not None:
+            lines.append(_md([e.label, "ours", *_neg(e.ours["negative"]["empirical"]),
+                              *_neg(e.ours["negative"]["augmented"])]))
+
+    lines += ["", "## Largest-weight Ritz values [weight, value] (Table 3)", "",
+              _md(["run", "source", "spectrum", "[rho_0, lambda_0]", "[rho_1, lambda_1]",
+                   "[rho_2, lambda_2]"]), _md(["---"] * 6)]
+    for e in entries:
+        for spec, key_ref, key_ours in (("empirical", "top3_emp", "empirical"),
+                                        ("augmented", "top3_aug", "augmented")):
+            if e.reference is not None:
+                lines.append(_md([e.label, "paper", spec,
+                                  *_tops(getattr(e.reference, key_ref))]))
+            if e.ours is not None:
+                lines.append(_md([e.label, "ours", spec,
+                                  *_tops(e.ours["top_weights"][key_ours])]))
+
+    lines += ["", "## The paper's qualitative claims on our spectra", "",
+              _md(["run", "augmented narrower", "lambda_1 < lambda'_1",
+                   "abs(lambda_n) < abs(lambda'_n)", "fewer negative (fraction)",
+                   "lighter negative mass"]), _md(["---"] * 6)]
+    for e in entries:
+        if e.ours is not None:
+            c = e.ours["claims"]
+            lines.append(_md([e.label, *[_f(c[k]) for k in
+                                         ("narrower", "smaller_top", "smaller_bottom",
+                                          "fewer_negative", "lighter_negative")]]))
+
+    lines += ["", "## Theorem 1 (augmented taken as the True Hessian)", "",
+              _md(["run", "q = P/N", "sigma^2 (estimated)", "lambda'_1 measured",
+                   "lambda'_1 predicted", "lambda'_n measured", "lambda'_n predicted",
+                   "implied sigma^2 (top / bottom)"]), _md(["---"] * 8)]
+    for e in entries:
+        if e.ours is None:
+            continue
+        rows = {r["quantity"]: r for r in e.ours["theorem1"]["rows"]}
+        params = {r["quantity"]: r["value"] for r in e.ours["theorem1"]["parameters"]}
+        lines.append(_md([e.label, _f(e.ours.get("q_empirical")), _f(e.ours.get("sigma2")),
+                          _f(rows["lambda_max"]["empirical"]),
+                          _f(rows["lambda_max"]["predicted_empirical"]),
+                          _f(rows["lambda_min"]["empirical"]),
+                          _f(rows["lambda_min"]["predicted_empirical"]),
+                          f"{_f(params.get('implied_sigma2_top'))} / "
+                          f"{_f(params.get('implied_sigma2_bottom'))}"]))
+
+    figs = [(e.label, f) for e in entries for f in e.figures]
+    if figs:
+        lines += ["", "## Figures", ""]
+        for label, f in figs:
+            rel = os.path.relpath(os.path.abspath(f), out_dir)
+            lines += [f"**{label}**: `{os.path.basename(f)}`", "", f"![{label}]({rel})", ""]
+    text = "\n".join(lines).rstrip() + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    data = {"title": title, "entries": records}
+    json_path = os.path.splitext(path)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump(data, f, indent=1)
+    return data
+
+
+# ---- the presets ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A toy-scale version of the whole chain."""
+
+    name: str
+    make_config: Callable[[str | None], Any]
+    empirical_steps: int
+    augmented_steps: int
+    num_per_image: int
+    hvp_batch_size: int
+    sweep_epochs: tuple[int, ...]
+    description: str
+
+
+def _cpu_config(npz: str | None):
+    from train import TrainConfig
+
+    real = npz is not None
+    return TrainConfig(
+        name="paper_cpu_preset", model="mlp", model_kwargs={"hidden": [256, 256]},
+        dataset="cifar10" if real else "synthetic", npz_path=npz,
+        synthetic_size=(3000, 1000), train_per_class=300 if real else None,
+        test_per_class=100 if real else None, epochs=10, base_lr=0.05, weight_decay=5e-4,
+        batch_size=128, eval_batch_size=500, checkpoint_epochs=(0, 5, 10), prng_impl="rbg",
+        progress=False)
+
+
+def _smoke_config(npz: str | None):
+    from train import TrainConfig
+
+    real = npz is not None
+    return TrainConfig(
+        name="paper_smoke_preset", model="mlp", model_kwargs={"hidden": [16]},
+        dataset="cifar10" if real else "synthetic", npz_path=npz, synthetic_size=(128, 64),
+        train_per_class=13 if real else None, test_per_class=7 if real else None,
+        epochs=2, base_lr=0.05, weight_decay=5e-4, batch_size=32, eval_batch_size=64,
+        checkpoint_epochs=(0, 2), prng_impl="rbg", progress=False)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset("cpu", _cpu_config, empirical_steps=30, augmented_steps=24, num_per_image=4,
+                  hvp_batch_size=128, sweep_epochs=(0, 5, 10),
+                  description="2x256 MLP, 3,000 CIFAR-10 images (300 per class), 10 epochs; "
+                              "m = 30 empirical / 24 augmented, K = 4 (12,000 samples)"),
+    "smoke": Preset("smoke", _smoke_config, empirical_steps=8, augmented_steps=6,
+                    num_per_image=2, hvp_batch_size=32, sweep_epochs=(0, 2),
+                    description="1x16 MLP, 128 images, 2 epochs; m = 8 / 6, K = 2"),
+}
+
+
+def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
+               verbose: bool = True) -> dict[str, Any]:
+    """Runs the whole chain of preset ``name`` in ``out_dir``; returns the artefacts and timings.
+
+    ``out_dir/run`` holds the training run and ``run/spectra`` its spectra, plots and
+    comparison; ``out_dir/report.md`` (and ``report.json``) is the report. Rerunning reuses what
+    exists (training resumes, spectra are skipped).
+    """
+    from experiments.compare import compare_run
+    from experiments.epochs import epoch_rows, epoch_spectra, write_summary
+    from experiments.spectrum import SpectrumSettings, compute_spectrum, spectrum_path
+    from train import train_and_evaluate
+
+    preset = PRESETS[name]
+    config = preset.make_config(None if npz is None else os.path.abspath(npz))
+    workdir = os.path.join(out_dir, "run")
+    spectra_dir = os.path.join(workdir, "spectra")
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"[{name} {time.perf_counter() - t_all:6.1f}s] {msg}", flush=True)
+
+    t = time.perf_counter()
+    log(f"training {config.model} {config.model_kwargs} on {config.dataset} for {config.epochs} "
+        "epochs")
+    records = train_and_evaluate(config, workdir)
+    times["train"] = time.perf_counter() - t
+    final = config.epochs
+    log(f"trained: test accuracy {records[-1]['test_accuracy']:.4f}")
+    common = dict(batch_size=preset.hvp_batch_size, progress=verbose)
+    settings = {
+        "empirical": SpectrumSettings(mode="empirical", num_steps=preset.empirical_steps,
+                                      **common),
+        "augmented": SpectrumSettings(mode="augmented", num_steps=preset.augmented_steps,
+                                      num_per_image=preset.num_per_image, **common),
+    }
+    for mode, s in settings.items():
+        t = time.perf_counter()
+        if not os.path.exists(spectrum_path(spectra_dir, mode, final)):
+            r = compute_spectrum(workdir, final, s)
+            log(f"{mode}: lambda_max {r.spectrum.lambda_max:.4g}, lambda_min "
+                f"{r.spectrum.lambda_min:.4g}")
+        times[f"spectrum_{mode}"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sweep = epoch_spectra(workdir, preset.sweep_epochs, settings["empirical"], verbose=False)
+    epoch_paths = write_summary(epoch_rows(sweep), spectra_dir, "empirical",
+                                title=f"Empirical Hessian along training ({name} preset)")
+    times["epochs"] = time.perf_counter() - t
+    log("epoch sweep done")
+    t = time.perf_counter()
+    cmp = compare_run(workdir, final)
+    times["compare"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t_all
+    ref_key = ("preresnet110", "cifar10", "normal")
+    data_txt = (f"{config.dataset} from {os.path.basename(npz)}" if npz else "synthetic data")
+    entry = ReportEntry(f"{name} preset: MLP, {data_txt}", cmp.data, None,
+                        (cmp.paths["png"], epoch_paths["png"]))
+    context = ReportEntry("PreResNet-110 CIFAR-10 Normal (paper, for scale)", None,
+                          PAPER[ref_key])
+    import jax
+
+    preamble = (f"Preset `{name}`: {preset.description}. Data: {data_txt}. "
+                f"Wall time of the chain: {times['total']:.0f} s on {jax.default_backend()} "
+                f"({os.cpu_count()} cores; train {times['train']:.0f} s, empirical "
+                f"{times['spectrum_empirical']:.0f} s, augmented {times['spectrum_augmented']:.0f}"
+                f" s, epoch sweep {times['epochs']:.0f} s). At this scale only the paper's "
+                "qualitative claims can be checked; the paper's row is its PreResNet-110 "
+                "CIFAR-10 Normal run, for scale.")
+    report_path = os.path.join(out_dir, "report.md")
+    build_report([entry, context], report_path,
+                 title=f"Empirical vs Augmented Hessian: {name} preset", preamble=preamble)
+    log(f"report: {report_path}")
+    return {"report": report_path, "report_json": os.path.splitext(report_path)[0] + ".json",
+            "workdir": workdir, "compare": cmp.paths, "epochs": epoch_paths, "times": times,
+            "spectra": {m: spectrum_path(spectra_dir, m, final) for m in settings},
+            "claims": cmp.data["claims"], "table": cmp.data["table"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``--print-commands``, ``--report`` or ``--preset cpu|smoke``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.paper",
+        description="Granziol et al. (2020): commands, CPU presets, and the report.")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--print-commands", action="store_true",
+                      help="print the commands of every paper run")
+    what.add_argument("--report", action="store_true",
+                      help="write the report from the runs under --runs-dir")
+    what.add_argument("--preset", choices=sorted(PRESETS), help="run a toy-scale chain")
+    parser.add_argument("--runs-dir", default="runs", help="where the paper runs live")
+    parser.add_argument("--out", default=None,
+                        help="report path (--report; default RUNS_DIR/report.md) or preset "
+                             "directory (--preset; default runs/paper_<preset>)")
+    parser.add_argument("--npz", default=None,
+                        help="local CIFAR-10 .npz for --preset (default: synthetic data)")
+    args = parser.parse_args(argv)
+    if args.print_commands:
+        print(print_commands(args.runs_dir))
+        return 0
+    if args.report:
+        out = args.out or os.path.join(args.runs_dir, "report.md")
+        entries = collect_entries(args.runs_dir)
+        build_report(entries, out)
+        done = sum(e.ours is not None for e in entries)
+        print(f"wrote {out} ({done}/{len(entries)} runs with results)")
+        return 0
+    out = args.out or os.path.join("runs", f"paper_{args.preset}")
+    result = run_preset(args.preset, out, npz=args.npz)
+    with open(result["report"]) as f:
+        print(f.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

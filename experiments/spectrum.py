@@ -1,0 +1,545 @@
+"""Hessian spectrum of a training checkpoint by SLQ: Empirical (training set) or Augmented.
+
+    python -m experiments.spectrum --workdir runs/p110_c100_normal --epoch 225 --mode empirical
+    python -m experiments.spectrum --workdir runs/p110_c100_normal --epoch 225 --mode augmented
+
+Granziol et al. (2020), section 6:
+
+* **Empirical Hessian** (``--mode empirical``): the training set without augmentation, ``m = 100``
+  Lanczos steps.
+* **Augmented Hessian** (``--mode augmented``): the training set times ``K`` fixed crop/flip
+  variants per image (``--num-per-image``, default 30: CIFAR's 50,000 images give the paper's
+  1,500,000 samples), ``m = 80``. The ``(N, K)`` variant table is drawn once from
+  ``--variant-seed`` and every augmented batch is built on the device inside each HVP
+  (:mod:`jaxspec.augmented`), so every HVP of the run sees the same matrix.
+
+The data are those the run was trained on (its config, ``--npz`` to point at a local copy),
+normalised with the run's own statistics (``data.json``). BatchNorm in ``--bn-mode batch`` (the
+paper: statistics of fixed, unshuffled batches of ``--batch-size`` 128) or ``running``
+(PyHessian's convention); dropout off; no weight-decay term. One probe vector
+(``--probe-seed``), as the paper.
+
+With more than one device the operator is data parallel over all of them
+(:mod:`jaxspec.parallel`). A symmetry probe (two HVPs) runs first. The Lanczos state is
+checkpointed every ``--checkpoint-every`` steps under ``<out>/.lanczos_<mode>_e<epoch>/``; a
+killed run, restarted with the same command, resumes there and gives the same Ritz values. The
+empirical run also estimates the per-sample Hessian noise variance ``sigma^2`` (two passes over
+the data per ``--noise-probes``), which ``experiments.compare`` feeds to Theorem 1.
+
+Writes ``<out>/<mode>_e<epoch>.json`` (nodes, weights, settings, model, P, N, BatchNorm mode,
+times: :class:`jaxspec.Spectrum`) and its stem plot ``<mode>_e<epoch>.png``; ``<out>`` defaults
+to ``<workdir>/spectra``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import jaxspec
+from jaxspec import augmented as aug_lib
+from jaxspec import rmt
+from jaxspec.data import ImageDataset, normalize
+
+__all__ = [
+    "DEFAULT_NUM_PER_IMAGE",
+    "DEFAULT_STEPS",
+    "MODES",
+    "SpectrumResult",
+    "SpectrumSettings",
+    "available_epochs",
+    "build_operator",
+    "compute_spectrum",
+    "load_training_set",
+    "main",
+    "spectrum_path",
+]
+
+#: Lanczos steps m of the paper (Granziol et al. 2020, section 6): 100 for the Empirical Hessian
+#: on the 50,000 training images, 80 for the Augmented Hessian on 1,500,000 samples.
+DEFAULT_STEPS = {"empirical": 100, "augmented": 80}
+#: K: 30 variants per image turn CIFAR's 50,000 training images into the paper's 1,500,000.
+DEFAULT_NUM_PER_IMAGE = 30
+MODES = ("empirical", "augmented")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumSettings:
+    """What a spectrum depends on besides the checkpoint (recorded in its JSON).
+
+    Attributes:
+      mode: ``"empirical"`` or ``"augmented"``.
+      num_steps: Lanczos steps m; ``None``: the paper's (:data:`DEFAULT_STEPS`).
+      num_per_image: ``K`` variants per image (augmented mode).
+      variant_seed: seed of the variant table (augmented mode).
+      probe_seed: seed of the SLQ probe vector.
+      bn_mode: ``"batch"`` (the paper) or ``"running"`` (PyHessian).
+      batch_size: HVP batch size (the BatchNorm statistics in batch mode).
+      num_images: use the first ``num_images`` training images; ``None``: all.
+      driver: Lanczos driver, ``"auto"`` (host on a single CPU, compiled otherwise),
+        ``"host"`` or ``"compiled"``.
+      checkpoint_every: Lanczos steps between checkpoints of its state.
+      group_size: batches per jitted call of the host-driven HVP.
+      noise_probes: probes of the ``sigma^2`` estimate (empirical mode; 0: skip it).
+      progress: progress bar over Lanczos steps.
+    """
+
+    mode: str = "empirical"
+    num_steps: int | None = None
+    num_per_image: int = DEFAULT_NUM_PER_IMAGE
+    variant_seed: int = 0
+    probe_seed: int = 0
+    bn_mode: str = "batch"
+    batch_size: int = 128
+    num_images: int | None = None
+    driver: str = "auto"
+    checkpoint_every: int = 5
+    group_size: int = 1
+    noise_probes: int = 1
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.bn_mode not in ("batch", "running"):
+            raise ValueError(f"bn_mode must be 'batch' or 'running', got {self.bn_mode!r}")
+        if self.driver not in ("auto", "host", "compiled"):
+            raise ValueError(f"driver must be auto, host or compiled, got {self.driver!r}")
+
+    @property
+    def steps(self) -> int:
+        """``num_steps``, or the paper's m for the mode."""
+        return DEFAULT_STEPS[self.mode] if self.num_steps is None else int(self.num_steps)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the operator and the probe (a resumed run must match them)."""
+        d = dataclasses.asdict(self)
+        for k in ("driver", "checkpoint_every", "group_size", "noise_probes", "progress"):
+            d.pop(k)
+        d["num_steps"] = self.steps
+        if self.mode == "empirical":
+            d.pop("num_per_image")
+            d.pop("variant_seed")
+        return d
+
+
+class SpectrumResult(NamedTuple):
+    """What :func:`compute_spectrum` wrote: the spectrum and the paths of its JSON and plot."""
+
+    spectrum: jaxspec.Spectrum
+    json_path: str
+    png_path: str
+
+
+def spectrum_path(out_dir: str | os.PathLike, mode: str, epoch: int, ext: str = "json") -> str:
+    """``<out_dir>/<mode>_e<epoch:04d>.<ext>``: where a spectrum and its plot are written.
+
+    Example:
+      >>> spectrum_path("runs/a/spectra", "augmented", 25)
+      'runs/a/spectra/augmented_e0025.json'
+    """
+    return os.path.join(os.fspath(out_dir), f"{mode}_e{int(epoch):04d}.{ext}")
+
+
+def available_epochs(workdir: str | os.PathLike, /) -> list[int]:
+    """Epochs with a checkpoint in a training run's ``checkpoints/`` directory, ascending.
+
+    Example:
+      >>> import tempfile
+      >>> available_epochs(tempfile.mkdtemp())
+      []
+    """
+    from train.loop import CHECKPOINT_DIR
+
+    d = os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+    if not os.path.isdir(d):
+        return []
+    return sorted(int(n) for n in os.listdir(d)
+                  if n.isdigit() and os.path.isdir(os.path.join(d, n)))
+
+
+def load_training_set(workdir: str | os.PathLike, config: Any, /, *, npz: str | None = None,
+                      num_images: int | None = None) -> tuple[ImageDataset, dict[str, Any]]:
+    """The training set a run was trained on, and its ``data.json`` (normalisation statistics).
+
+    Loads ``config``'s data set (``npz`` overrides its ``npz_path``), subsampled as in training,
+    and checks it against ``data.json``: same size, same classes.
+
+    Args:
+      workdir: the training run.
+      config: its :class:`train.TrainConfig`.
+      npz: a local ``.npz`` copy of the data set instead of the config's source.
+      num_images: keep the first ``num_images`` training images.
+
+    Returns:
+      ``(data, info)``.
+    """
+    from train.loop import load_data, read_data_info
+
+    info = read_data_info(workdir)
+    if npz is not None:
+        config = dataclasses.replace(config, npz_path=os.fspath(npz))
+    data = load_data(config)
+    if data.x_train.shape[0] != info["num_train"] or data.num_classes != info["num_classes"]:
+        raise ValueError(
+            f"{workdir} was trained on {info['num_train']} images of {info['num_classes']} "
+            f"classes, but the data loaded now has {data.x_train.shape[0]} of "
+            f"{data.num_classes}: pass --npz with the run's data set")
+    if num_images is not None:
+        if not 1 <= num_images <= data.x_train.shape[0]:
+            raise ValueError(f"num_images must be in [1, {data.x_train.shape[0]}]")
+        data = data._replace(x_train=data.x_train[:num_images], y_train=data.y_train[:num_images])
+    return data, info
+
+
+class Operator(NamedTuple):
+    """A Hessian operator ready for SLQ: ``matvec`` and how to drive it."""
+
+    matvec: Callable[[jax.Array], jax.Array]  # what the Lanczos driver takes
+    eager: Callable[[jax.Array], jax.Array]  # the same, callable eagerly (jitted if traceable)
+    driver: str
+    num_samples: int
+    meta: dict
+    batched: Any  # host (NumPy) Batched of the empirical data, for the sigma^2 estimate
+
+
+def _apply(op, v):
+    return op(v)
+
+
+_jit_apply = jax.jit(_apply)
+
+
+def _resolve_driver(driver: str, num_devices: int) -> str:
+    if driver != "auto":
+        return driver
+    return "host" if jax.default_backend() == "cpu" and num_devices == 1 else "compiled"
+
+
+def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dict,
+                   settings: SpectrumSettings, /) -> Operator:
+    """The Empirical or Augmented Hessian operator for ``settings.mode`` over ``data.x_train``.
+
+    One device: :func:`jaxspec.host_hessian_matvec` / :func:`jaxspec.hessian_matvec` (or their
+    augmented counterparts) by driver. Several devices: the data-parallel operators of
+    :mod:`jaxspec.parallel` / :mod:`jaxspec.augmented` over all devices.
+    """
+    num_devices = jax.device_count()
+    driver = _resolve_driver(settings.driver, num_devices)
+    bs = settings.batch_size
+    mesh = None
+    if num_devices > 1:
+        from jaxspec.parallel import data_mesh
+
+        mesh = data_mesh()
+    shards = 1 if mesh is None else mesh.size
+    meta: dict[str, Any] = {}
+    host_batched = None
+    if settings.mode == "empirical":
+        images = normalize(data.x_train, mean=np.asarray(info["mean"]), std=np.asarray(info["std"]))
+        batch = {"image": images, "label": data.y_train.astype(np.int32)}
+        host_batched = jaxspec.batch_dataset(batch, bs, num_shards=shards)
+        num_samples = int(data.x_train.shape[0])
+        if mesh is not None:
+            from jaxspec.parallel import sharded_hessian_matvec
+
+            op = sharded_hessian_matvec(loss_fn, params, host_batched, mesh=mesh)
+        elif driver == "host":
+            op = jaxspec.host_hessian_matvec(loss_fn, params, host_batched,
+                                             group_size=settings.group_size)
+        else:
+            op = jaxspec.hessian_matvec(loss_fn, params, jax.device_put(host_batched))
+    else:
+        t = time.perf_counter()
+        aug = aug_lib.augmented_data(
+            data.x_train, data.y_train, mean=info["mean"], std=info["std"],
+            num_per_image=settings.num_per_image, seed=settings.variant_seed)
+        meta["variant_table_s"] = time.perf_counter() - t
+        meta["variants_sha1"] = aug_lib.variants_digest(aug)
+        num_samples = aug_lib.num_augmented(aug)
+        batched = aug_lib.augmented_batches(aug, bs, num_shards=shards)
+        if mesh is not None:
+            op = aug_lib.sharded_augmented_hessian_matvec(loss_fn, params, aug, batched,
+                                                          mesh=mesh)
+        elif driver == "host":
+            op = aug_lib.host_augmented_hessian_matvec(loss_fn, params, aug, batched,
+                                                       group_size=settings.group_size)
+        else:
+            op = aug_lib.augmented_hessian_matvec(loss_fn, params, jax.device_put(aug),
+                                                  jax.device_put(batched))
+    # A traceable operator called eagerly (symmetry probe, sigma^2, host driver) runs jitted.
+    if mesh is not None or driver == "compiled":
+        eager = functools.partial(_jit_apply, op)
+        matvec = eager if driver == "host" else op
+    else:
+        eager = matvec = op
+    meta.update({"driver": driver, "num_devices": num_devices})
+    return Operator(matvec, eager, driver, num_samples, meta, host_batched)
+
+
+def estimate_sigma2(loss_fn: Callable, params: Any, batched: Any, full_matvec: Callable,
+                    key: jax.Array, /, *, num_probes: int = 1) -> dict[str, Any] | None:
+    """Per-sample Hessian noise variance ``sigma^2`` from the batch HVPs of the empirical set.
+
+    :func:`jaxspec.rmt.estimate_noise_variance` over the full batches of ``batched`` (host
+    NumPy), with ``full_matvec`` as ``H_N v``: ``num_probes`` x (one pass + one HVP). With
+    BatchNorm in batch mode a "sample" is a batch's contribution; the estimate is still the
+    variance that enters Theorem 1 for these batches. ``None`` with fewer than 2 full batches.
+    """
+    weights = np.asarray(batched.weights)
+    full = [b for b in range(weights.shape[0] if batched.batches is not None else 0)
+            if weights[b] != 0]
+    if len(full) < 2 or num_probes < 1:
+        return None
+    flat, unravel = ravel_pytree(params)
+    bs = int(np.shape(jax.tree.leaves(batched.batches)[0])[1])
+    n = jaxspec.num_samples(batched)
+    one = jax.jit(lambda p, b, v: ravel_pytree(jaxspec.hvp(loss_fn, p, b, unravel(v)))[0])
+
+    def hvp_on_batch(i, v):
+        return one(params, jax.tree.map(lambda x: x[full[i]], batched.batches), v)
+
+    probes = jax.random.normal(key, (num_probes, flat.shape[0]), flat.dtype)
+    t = time.perf_counter()
+    def full_hvp(v):
+        # Via the host: a data-parallel product lives on every device, the batch HVPs on one.
+        return jnp.asarray(np.asarray(full_matvec(v)))
+
+    res = rmt.estimate_noise_variance(hvp_on_batch, probes, num_batches=len(full),
+                                      batch_size=bs, num_samples=n, full_hvp=full_hvp)
+    stderr = float(res.stderr)
+    return {"sigma2": float(res.sigma2), "sigma2_stderr": None if np.isnan(stderr) else stderr,
+            "sigma2_probes": int(num_probes), "sigma2_batches": len(full),
+            "sigma2_s": time.perf_counter() - t}
+
+
+def _checkpoint_dir(out_dir: str, mode: str, epoch: int) -> str:
+    return os.path.join(out_dir, f".lanczos_{mode}_e{int(epoch):04d}")
+
+
+def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
+    """Creates the Lanczos checkpoint directory, or checks that the one there is for ``identity``.
+
+    Returns whether a run is being resumed.
+    """
+    settings_file = os.path.join(path, "settings.json")
+    if os.path.isdir(path) and restart:
+        shutil.rmtree(path)
+    if os.path.exists(settings_file):
+        with open(settings_file) as f:
+            saved = json.load(f)
+        if saved != identity:
+            raise ValueError(
+                f"{path} holds the Lanczos state of a run with other settings "
+                f"(saved {saved}, now {identity}); rerun with --restart to discard it")
+        return any(n.startswith("lanczos_") for n in os.listdir(path))
+    os.makedirs(path, exist_ok=True)
+    with open(settings_file + ".tmp", "w") as f:
+        json.dump(identity, f, indent=1, sort_keys=True)
+    os.replace(settings_file + ".tmp", settings_file)
+    return False
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=lambda o: np.asarray(o).tolist()))
+
+
+def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumSettings, /, *,
+                     out_dir: str | os.PathLike | None = None, npz: str | None = None,
+                     restart: bool = False, keep_checkpoint: bool = False,
+                     plot: bool = True) -> SpectrumResult:
+    """Computes, saves and plots the spectrum of the checkpoint ``epoch`` of the run ``workdir``.
+
+    Args:
+      workdir: a training run directory (``python -m train``).
+      epoch: the checkpoint (completed epochs; 0 = initialisation).
+      settings: mode, m, K, seeds, BatchNorm mode, ...
+      out_dir: where to write; default ``<workdir>/spectra``.
+      npz: a local ``.npz`` of the run's data set (overrides the config's source).
+      restart: discard a Lanczos checkpoint left by an interrupted run instead of resuming.
+      keep_checkpoint: keep the Lanczos state after success (it is ``(m + 1) x P`` floats).
+      plot: write the stem plot.
+
+    Returns:
+      :class:`SpectrumResult`.
+    """
+    from jaxspec.models import hessian_loss
+    from train import load_checkpoint
+
+    t_start = time.perf_counter()
+    workdir = os.path.abspath(os.fspath(workdir))
+    out_dir = os.path.join(workdir, "spectra") if out_dir is None else os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    model, config, metrics = load_checkpoint(workdir, epoch=epoch)
+    data, info = load_training_set(workdir, config, npz=npz, num_images=settings.num_images)
+    loss_fn, params = hessian_loss(model, bn_mode=settings.bn_mode)
+    flat = ravel_pytree(params)[0]
+    dim = int(flat.shape[0])
+    dtype = flat.dtype
+    op = build_operator(loss_fn, params, data, info, settings)
+
+    identity = {**settings.identity(), "workdir": workdir, "epoch": int(epoch), "P": dim,
+                "N": op.num_samples, **({"variants_sha1": op.meta["variants_sha1"]}
+                                        if "variants_sha1" in op.meta else {})}
+    ckpt = _checkpoint_dir(out_dir, settings.mode, epoch)
+    resumed = _prepare_checkpoint(ckpt, identity, restart=restart)
+
+    key = jax.random.key(settings.probe_seed)
+    k_probe, k_sym, k_noise = jax.random.split(key, 3)
+    t = time.perf_counter()
+    sym = jaxspec.assert_symmetric(op.eager, k_sym, dim, dtype=dtype)
+    symmetry_s = time.perf_counter() - t
+    label = f"{settings.mode} e{epoch}" if settings.progress else False
+    t = time.perf_counter()
+    # slq draws its probe from split(k_probe, 1)[0]: a restarted run gets the same v0.
+    spectrum = jaxspec.slq(op.matvec, k_probe, dim, settings.steps, dtype=dtype,
+                           driver=op.driver, progress=label, checkpoint_dir=ckpt,
+                           chunk_size=settings.checkpoint_every)
+    lanczos_s = time.perf_counter() - t
+
+    noise = None
+    if settings.mode == "empirical" and settings.noise_probes > 0:
+        noise = estimate_sigma2(loss_fn, params, op.batched, op.eager, k_noise,
+                                num_probes=settings.noise_probes)
+
+    record = next((r for r in metrics if r.get("epoch") == epoch), None)
+    meta = {
+        **spectrum.meta,
+        **identity,
+        "model": config.model,
+        "model_kwargs": config.model_kwargs,
+        "config": config.name,
+        "dataset": info.get("name", config.dataset),
+        "num_classes": int(info["num_classes"]),
+        "num_images": int(data.x_train.shape[0]),
+        "q": dim / op.num_samples,
+        "symmetry_relative_error": float(sym.relative_error),
+        "resumed": resumed,
+        "time_s": lanczos_s,
+        "symmetry_s": symmetry_s,
+        "total_time_s": time.perf_counter() - t_start,
+        "train_metrics": record,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+        "host": platform.node(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **op.meta,
+        **(noise or {}),
+    }
+    spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
+                                num_vectors=spectrum.num_vectors, meta=_jsonable(meta))
+    json_path = spectrum_path(out_dir, settings.mode, epoch)
+    spectrum.save(json_path)
+    png_path = spectrum_path(out_dir, settings.mode, epoch, "png")
+    if plot:
+        from jaxspec.plotting import stem_plot
+
+        n_txt = (f"N={op.num_samples:,}" if settings.mode == "empirical" else
+                 f"N={data.x_train.shape[0]:,}x{settings.num_per_image}={op.num_samples:,}")
+        stem_plot(spectrum, path=png_path,
+                  title=f"{settings.mode.capitalize()} Hessian, {config.model}, epoch {epoch}, "
+                        f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
+    if not keep_checkpoint:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return SpectrumResult(spectrum, json_path, png_path)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
+    """The :class:`SpectrumSettings` options, shared by the experiment scripts."""
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Lanczos steps m (default: 100 empirical, 80 augmented, as the paper)")
+    parser.add_argument("--num-per-image", type=int, default=DEFAULT_NUM_PER_IMAGE,
+                        help="K variants per image in augmented mode (30: CIFAR -> 1.5M samples)")
+    parser.add_argument("--variant-seed", type=int, default=0, help="seed of the variant table")
+    parser.add_argument("--probe-seed", type=int, default=0, help="seed of the SLQ probe vector")
+    parser.add_argument("--bn-mode", choices=("batch", "running"), default="batch",
+                        help="BatchNorm statistics: of each batch (the paper) or running")
+    parser.add_argument("--batch-size", type=int, default=128, help="HVP batch size")
+    parser.add_argument("--num-images", type=int, default=None,
+                        help="use only the first N training images (default: all)")
+    parser.add_argument("--driver", choices=("auto", "host", "compiled"), default="auto",
+                        help="Lanczos driver (auto: host on one CPU, compiled otherwise)")
+    parser.add_argument("--checkpoint-every", type=int, default=5,
+                        help="Lanczos steps between checkpoints of its state")
+    parser.add_argument("--group-size", type=int, default=1,
+                        help="batches per jitted call of the host-driven HVP")
+    parser.add_argument("--noise-probes", type=int, default=1,
+                        help="probes of the sigma^2 estimate (empirical mode; 0 skips it)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--npz", default=None,
+                        help="local .npz copy of the run's data set (else the run's config)")
+
+
+def settings_from_args(args: argparse.Namespace, mode: str) -> SpectrumSettings:
+    """:class:`SpectrumSettings` from the options of :func:`add_settings_arguments`."""
+    return SpectrumSettings(
+        mode=mode, num_steps=args.steps, num_per_image=args.num_per_image,
+        variant_seed=args.variant_seed, probe_seed=args.probe_seed, bn_mode=args.bn_mode,
+        batch_size=args.batch_size, num_images=args.num_images, driver=args.driver,
+        checkpoint_every=args.checkpoint_every, group_size=args.group_size,
+        noise_probes=args.noise_probes, progress=not args.no_progress)
+
+
+def format_summary(result: SpectrumResult, /) -> str:
+    """One line: extremal Ritz values, negative count and mass, time."""
+    s = result.spectrum
+    neg = s.negative()
+    m = s.meta
+    return (f"{m.get('mode')} e{m.get('epoch')}: lambda_max={s.lambda_max:.6g} "
+            f"lambda_min={s.lambda_min:.6g} negative={neg.count}/{s.nodes.size} "
+            f"(separated {neg.count_separated}, mass {neg.mass:.3g}) P={m.get('P')} "
+            f"N={m.get('N')} time={m.get('time_s', 0):.1f}s -> {result.json_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m experiments.spectrum --workdir RUN --epoch E --mode MODE``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.spectrum",
+        description="Empirical or Augmented Hessian spectrum (SLQ) of a training checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="training run directory")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="checkpoint epoch (default: the latest)")
+    parser.add_argument("--mode", choices=MODES, default="empirical")
+    parser.add_argument("--out", default=None, help="output directory (default WORKDIR/spectra)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the Lanczos checkpoint of an interrupted run")
+    parser.add_argument("--keep-checkpoint", action="store_true",
+                        help="keep the Lanczos state after success")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="do nothing if the spectrum JSON exists")
+    add_settings_arguments(parser)
+    args = parser.parse_args(argv)
+    epoch = args.epoch
+    if epoch is None:
+        epochs = available_epochs(args.workdir)
+        if not epochs:
+            parser.error(f"{args.workdir} has no checkpoints")
+        epoch = epochs[-1]
+    out = args.out or os.path.join(args.workdir, "spectra")
+    if args.skip_existing and os.path.exists(spectrum_path(out, args.mode, epoch)):
+        print(f"exists: {spectrum_path(out, args.mode, epoch)}")
+        return 0
+    result = compute_spectrum(args.workdir, epoch, settings_from_args(args, args.mode),
+                              out_dir=out, npz=args.npz, restart=args.restart,
+                              keep_checkpoint=args.keep_checkpoint)
+    print(format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Tests of experiments/: the whole paper chain at smoke scale, resume, commands and report."""
+
+import importlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import paper
+from experiments.spectrum import SpectrumSettings, compute_spectrum, main as spectrum_main
+from jaxspec import Spectrum
+
+# The module, not the function jaxspec.lanczos that the package exports under the same name.
+lanczos_module = importlib.import_module("jaxspec.lanczos")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke preset's whole chain (train -> spectra -> epochs -> compare -> report)."""
+    out = str(tmp_path_factory.mktemp("paper_smoke"))
+    return paper.run_preset("smoke", out, verbose=False)
+
+
+def _md_tables(text):
+    """Markdown tables of a document as lists of rows of cells (header and rule dropped)."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current is None:
+                current = {"header": cells, "rows": []}
+                tables.append(current)
+            elif not all(set(c) <= {"-"} for c in cells):
+                current["rows"].append(cells)
+        else:
+            current = None
+    return tables
+
+
+def test_smoke_chain_writes_every_artefact(smoke):
+    spectra_dir = os.path.join(smoke["workdir"], "spectra")
+    for mode in ("empirical", "augmented"):
+        path = smoke["spectra"][mode]
+        with open(path) as f:
+            d = json.load(f)
+        assert {"nodes", "weights", "meta", "summary"} <= set(d)
+        meta = d["meta"]
+        for key in ("mode", "model", "P", "N", "bn_mode", "time_s", "num_steps", "batch_size",
+                    "epoch", "symmetry_relative_error", "driver"):
+            assert key in meta, key
+        assert meta["mode"] == mode and meta["bn_mode"] == "batch"
+        assert len(d["nodes"]) == meta["num_steps"] == (8 if mode == "empirical" else 6)
+        assert os.path.exists(path.replace(".json", ".png"))
+    emp = Spectrum.load(smoke["spectra"]["empirical"])
+    aug = Spectrum.load(smoke["spectra"]["augmented"])
+    assert aug.meta["N"] == 2 * emp.meta["N"] == 2 * 128  # K x N
+    assert aug.meta["num_per_image"] == 2 and "variants_sha1" in aug.meta
+    assert emp.meta["sigma2"] > 0 and emp.meta["q"] == pytest.approx(emp.meta["P"] / 128)
+    for ext in ("json", "md", "csv", "png"):
+        assert os.path.exists(smoke["compare"][ext])
+    for ext in ("json", "csv", "png"):
+        assert os.path.exists(smoke["epochs"][ext])
+    assert os.path.exists(os.path.join(spectra_dir, "empirical_e0000.png"))  # per-epoch figure
+    assert not any(n.startswith(".lanczos") for n in os.listdir(spectra_dir))  # cleaned up
+
+    # The comparison: the paper's table row, Table 3, negatives, claims, Theorem 1.
+    with open(smoke["compare"]["json"]) as f:
+        cmp = json.load(f)
+    assert cmp["table"]["lambda1_emp"] == emp.lambda_max
+    assert cmp["table"]["lambdan_aug"] == aug.lambda_min
+    assert 0 <= cmp["table"]["test_acc"] <= 100
+    assert len(cmp["top_weights"]["empirical"]) == 3
+    assert set(cmp["claims"]) == {"narrower", "smaller_top", "smaller_bottom", "fewer_negative",
+                                  "lighter_negative"}
+    rows = {r["quantity"]: r for r in cmp["theorem1"]["rows"]}
+    assert rows["lambda_max"]["predicted_empirical"] is not None  # sigma^2 was estimated
+
+    # The report parses: every table row has its header's width, our numbers are numbers.
+    with open(smoke["report"]) as f:
+        text = f.read()
+    tables = _md_tables(text)
+    assert len(tables) >= 5
+    for t in tables:
+        assert all(len(r) == len(t["header"]) for r in t["rows"]), t["header"]
+    main = tables[0]
+    ours = [r for r in main["rows"] if r[1] == "ours"]
+    assert len(ours) == 1
+    values = [float(x) for x in ours[0][5:9]]
+    assert values == pytest.approx([emp.lambda_max, emp.lambda_min, aug.lambda_max,
+                                    aug.lambda_min], rel=1e-3)
+    assert any(r[1] == "paper" and r[5] == "6.82" for r in main["rows"])
+    for fig in ("compare_e0002.png", "epochs_empirical.png"):
+        assert fig in text
+    with open(smoke["report_json"]) as f:
+        assert json.load(f)["entries"][0]["ours"]["claims"] == cmp["claims"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path, monkeypatch):
+    workdir = smoke["workdir"]
+    reference = Spectrum.load(smoke["spectra"]["empirical"])  # uninterrupted, same settings
+    settings = SpectrumSettings(mode="empirical", num_steps=8, batch_size=32, noise_probes=0,
+                                checkpoint_every=3, progress=False)
+    save = lanczos_module.save_lanczos_state
+    calls = []
+
+    def save_then_die(path, state):
+        save(path, state)
+        calls.append(int(state.step))
+        raise _Killed  # the process dies right after its first checkpoint
+
+    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save_then_die)
+    with pytest.raises(_Killed):
+        compute_spectrum(workdir, 2, settings, out_dir=str(tmp_path), plot=False)
+    assert calls == [3]
+    ckpt = tmp_path / ".lanczos_empirical_e0002"
+    assert (ckpt / "lanczos_0.npz").exists()
+    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save)
+
+    # Other settings must not resume that state.
+    with pytest.raises(ValueError, match="other settings"):
+        compute_spectrum(workdir, 2, SpectrumSettings(mode="empirical", num_steps=7,
+                                                      batch_size=32, noise_probes=0,
+                                                      progress=False),
+                         out_dir=str(tmp_path), plot=False)
+    resumed = compute_spectrum(workdir, 2, settings, out_dir=str(tmp_path), plot=False).spectrum
+    assert resumed.meta["resumed"] is True and reference.meta["resumed"] is False
+    np.testing.assert_allclose(resumed.nodes, reference.nodes, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(resumed.weights, reference.weights, rtol=1e-5, atol=1e-12)
+    assert not ckpt.exists()
+
+
+def test_print_commands_cover_every_paper_run(capsys):
+    assert paper.main(["--print-commands", "--runs-dir", "R"]) == 0
+    out = capsys.readouterr().out
+    assert len(paper.RUNS) == 8
+    for run in paper.RUNS:
+        assert f"python -m train --config {run.config} --workdir R/{run.config}" in out
+        for mode in ("empirical", "augmented"):
+            assert (f"python -m experiments.spectrum --workdir R/{run.config} --epoch "
+                    f"{run.epoch} --mode {mode}") in out
+        assert f"python -m experiments.compare --workdir R/{run.config} --epoch {run.epoch}" in out
+    assert "python -m experiments.paper --report --runs-dir R" in out
+    # The paper's constants, Table 1 / section 6.1.
+    c100 = paper.PAPER[("preresnet110", "cifar100", "normal")]
+    assert (c100.lambda1_emp, c100.lambdan_emp, c100.negative_emp) == (20.56, -6.54,
+                                                                       (43, 100, 0.05))
+
+
+def test_report_from_a_runs_directory(smoke, tmp_path):
+    # One paper run "done" (our smoke comparison in its place), the others not run yet.
+    run = paper.RUNS[0]
+    sdir = tmp_path / run.config / "spectra"
+    sdir.mkdir(parents=True)
+    shutil.copy(smoke["compare"]["json"], sdir / f"compare_e{run.epoch:04d}.json")
+    shutil.copy(smoke["compare"]["png"], sdir / f"compare_e{run.epoch:04d}.png")
+    assert paper.main(["--report", "--runs-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    main = _md_tables(text)[0]
+    labels = {(r[0], r[1]) for r in main["rows"]}
+    assert (run.label, "ours") in labels and (run.label, "paper") in labels
+    assert ("VGG-16 CIFAR-10 Overfit", "ours") in labels  # no paper numbers: listed, not run
+    assert f"{run.config}/spectra/compare_e{run.epoch:04d}.png" in text
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert sum(e["ours"] is not None for e in data["entries"]) == 1
+
+
+def test_spectrum_cli_skips_existing(smoke, capsys):
+    assert spectrum_main(["--workdir", smoke["workdir"], "--mode", "augmented",
+                          "--skip-existing"]) == 0
+    assert "exists" in capsys.readouterr().out
