@@ -10,7 +10,8 @@ import pytest
 import jaxspec
 
 MODULES = ["jaxspec", "jaxspec.rmt", "jaxspec.compare", "jaxspec.checks", "jaxspec.plotting",
-           "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel"]
+           "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel",
+           "jaxspec.augmented"]
 
 
 def test_core_imports_no_flax_optax_or_tfds():
