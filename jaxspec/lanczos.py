@@ -15,12 +15,20 @@ state after every chunk, from which an interrupted run resumes with identical re
 
 Deviations from the textbook algorithm, and why:
 
-* Every new vector is orthogonalised against the whole basis by classical Gram-Schmidt, twice
-  ("twice is enough"), instead of against the last two vectors only: without it, the Ritz values
-  of a long run in float32 grow spurious copies ("ghosts") and the quadrature weights are wrong.
-  The projections read only the filled rows of the basis, in blocks of ``block_size`` rows, so a
-  step costs O(i P), not O(m P), and use ``Precision.HIGHEST`` so that GPUs do not drop to TF32.
-* ``alpha_i`` is the sum of the two Gram-Schmidt coefficients on ``q_i`` and ``beta_i`` is the
+* Every new vector goes through the three-term recurrence and is then orthogonalised against the
+  whole basis by classical Gram-Schmidt; a second pass runs only where the first removed more than
+  half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, ``lax.cond``: a step that passes it reads the
+  basis twice instead of four times). Without it, the Ritz values of
+  a long run in float32 grow spurious copies ("ghosts") and the quadrature weights are wrong.
+  The passes use ``Precision.HIGHEST`` so that GPUs do not drop to TF32.
+* The basis is read in blocks of ``block_size`` rows, each under a ``lax.cond`` on whether it
+  holds a filled row, so a step costs O(i P), not O(m P), with one compilation for all steps.
+  The compiled driver reads the blocks as static slices of the state's ``(rows, P)`` basis (on a
+  GPU a slice of contiguous rows feeding a GEMM is cheap; on XLA:CPU it is copied first). The
+  host driver keeps the blocks as separate arrays, so XLA:CPU reads them in place (2-4x faster
+  there than slicing), writes each new row into its block in place (donated), and assembles the
+  ``(rows, P)`` basis only for checkpoints and ``return_basis``.
+* ``alpha_i`` is the sum of all the Gram-Schmidt coefficients on ``q_i`` and ``beta_i`` is the
   norm after re-orthogonalisation, so T matches the re-orthogonalised basis.
 * Breakdown (``beta_i <= tol * |A q_i|``: the Krylov space is invariant) is masked: the remaining
   steps leave the state untouched, and ``num_valid`` says how much of T to use. A matvec that
@@ -154,7 +162,7 @@ def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> L
       >>> import jax.numpy as jnp
       >>> from jaxspec import lanczos_init
       >>> s = lanczos_init(jnp.array([3.0, 4.0]), 2, block_size=4)
-      >>> s.basis.shape, s.basis[0].round(6).tolist()
+      >>> s.basis.shape, [round(x, 6) for x in s.basis[0].tolist()]
       ((4, 2), [0.6, 0.8])
     """
     _check_v0(v0)
@@ -165,23 +173,84 @@ def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> L
     return LanczosState(basis, zeros(), zeros(), i32(0), i32(0), jnp.asarray(False), i32(-1))
 
 
-def _project_out(basis: jax.Array, w: jax.Array, count: jax.Array, block: int):
-    """One classical Gram-Schmidt pass against rows ``0 .. count-1``, read in blocks."""
-    num_blocks = (count + block - 1) // block
+def _active(state: LanczosState) -> jax.Array:
+    return ~state.broken_down & (state.nonfinite_step < 0)
 
-    def coeffs(k, h):
-        rows = jax.lax.dynamic_slice_in_dim(basis, k * block, block)
-        return jax.lax.dynamic_update_slice_in_dim(h, jnp.dot(rows, w, precision=_HIGHEST),
-                                                   k * block, 0)
 
-    h = jax.lax.fori_loop(0, num_blocks, coeffs, jnp.zeros(basis.shape[0], w.dtype))
+def _block_readers(basis, block: int) -> list:
+    """Zero-argument functions returning the ``(block, P)`` blocks of the basis, in row order.
 
-    def subtract(k, acc):
-        rows = jax.lax.dynamic_slice_in_dim(basis, k * block, block)
-        hk = jax.lax.dynamic_slice_in_dim(h, k * block, block)
-        return acc - jnp.dot(hk, rows, precision=_HIGHEST)
+    A ``(rows, P)`` array (the state's basis; the compiled driver) is read by static slices, a
+    tuple of ``(block, P)`` arrays (the host driver's basis) block by block, as is.
+    """
+    if isinstance(basis, (tuple, list)):
+        return [lambda b=b: b for b in basis]
+    return [lambda k=k: basis[k * block:(k + 1) * block] for k in range(basis.shape[0] // block)]
 
-    return jax.lax.fori_loop(0, num_blocks, subtract, w), h
+
+def _project_out(blocks: list, w: jax.Array, count: jax.Array):
+    """One classical Gram-Schmidt pass, ``w - Q^T (Q w)``, against rows ``0 .. count-1``.
+
+    ``blocks`` are readers from :func:`_block_readers`. Each block is read under a ``lax.cond``
+    on whether it holds a filled row, so the pass reads the filled blocks only, and each one
+    as a whole array (on XLA:CPU a slice of an operand, static or dynamic, is copied before a
+    dot; a block that is a whole argument is not). Returns the new ``w`` and ``h = Q w``.
+    """
+    h = []
+    for k, read in enumerate(blocks):
+        rows = jax.eval_shape(read).shape[0]
+        h.append(jax.lax.cond(k * rows < count,
+                              lambda read=read: jnp.dot(read(), w, precision=_HIGHEST),
+                              lambda rows=rows: jnp.zeros((rows,), w.dtype)))
+    for k, (read, hk) in enumerate(zip(blocks, h)):
+        w = jax.lax.cond(k * hk.shape[0] < count,
+                         lambda w, hk, read=read: w - jnp.dot(hk, read(), precision=_HIGHEST),
+                         lambda w, hk: w, w, hk)
+    return w, jnp.concatenate(h)
+
+
+_DGKS = 2.0 ** -0.5
+
+
+def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Array,
+             blocks: list, tol: float | None) -> tuple[jax.Array, LanczosState]:
+    """The step mathematics, shared by both drivers: folds ``w = A q_i`` into the state.
+
+    Returns ``q_{i+1}`` (zero if the step is masked) and the state with everything updated but
+    the basis, which each driver writes in its own layout.
+    """
+    tol = _default_tol(w.dtype) if tol is None else tol
+    i = state.step
+    active = _active(state)
+    finite = jnp.all(jnp.isfinite(w))
+    keep = active & finite
+    w = jnp.where(keep, w, jnp.zeros_like(w))
+    w_norm = jnp.linalg.norm(w)
+    # the three-term recurrence ...
+    beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0)
+    w = w - beta_prev * q_prev
+    a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
+    w = w - a0 * q_cur
+    # ... then one Gram-Schmidt pass against the filled basis, and a second one only where the
+    # first removed more than half of |w|^2 (Daniel-Gragg-Kaufman-Stewart)
+    before = jnp.linalg.norm(w)
+    w, h1 = _project_out(blocks, w, i + 1)
+    w, h2 = jax.lax.cond(jnp.linalg.norm(w) > _DGKS * before,
+                         lambda w: (w, jnp.zeros_like(h1)),
+                         lambda w: _project_out(blocks, w, i + 1), w)
+    alpha = a0 + h1[i] + h2[i]
+    beta = jnp.linalg.norm(w)
+    go_on = keep & (beta > tol * w_norm)
+    q_next = jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
+    zero = jnp.zeros((), w.dtype)
+    return q_next, state._replace(
+        alphas=state.alphas.at[i].set(jnp.where(keep, alpha, zero)),
+        betas=state.betas.at[i].set(jnp.where(go_on, beta, zero)),
+        step=i + 1,
+        num_valid=jnp.where(keep, i + 1, state.num_valid).astype(jnp.int32),
+        broken_down=state.broken_down | (keep & ~go_on),
+        nonfinite_step=jnp.where(active & ~finite, i, state.nonfinite_step).astype(jnp.int32),
+    )
 
 
 def lanczos_step(
@@ -189,12 +258,13 @@ def lanczos_step(
 ) -> LanczosState:
     """Folds ``w = A q_i`` (``i = state.step``) into the state: one Lanczos step.
 
-    Shared by both drivers. ``w`` is re-orthogonalised against the filled basis (two classical
-    Gram-Schmidt passes over blocks of ``block_size`` rows, the value given to
-    :func:`lanczos_init`), ``alpha_i`` and ``beta_i`` are recorded, and ``q_{i+1} = w / beta_i``
-    is written. If the run has already broken down, or ``w`` is not finite, or ``beta_i`` is at or
-    below ``tol * |w|`` (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that
-    follows uses it, and no NaN enters the state.
+    Shared by both drivers. ``w`` goes through the three-term recurrence and is then
+    re-orthogonalised against the filled basis (classical Gram-Schmidt over blocks of
+    ``block_size`` rows, the value given to :func:`lanczos_init`; a second pass where the first
+    removed more than half of ``|w|^2``), ``alpha_i`` and ``beta_i`` are recorded, and
+    ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``w`` is not
+    finite, or ``beta_i`` is at or below ``tol * |w|`` (default ``sqrt(eps)`` of the dtype), the
+    step is masked: nothing that follows uses it, and no NaN enters the state.
 
     Example:
       >>> import jax.numpy as jnp
@@ -208,35 +278,12 @@ def lanczos_step(
     if state.basis.shape[0] % block_size:
         raise ValueError(f"block_size={block_size} does not divide the basis rows "
                          f"({state.basis.shape[0]}); pass the block_size given to lanczos_init")
-    tol = _default_tol(w.dtype) if tol is None else tol
     i = state.step
-    active = ~state.broken_down & (state.nonfinite_step < 0)
-    finite = jnp.all(jnp.isfinite(w))
-    keep = active & finite
-    w = jnp.where(keep, w, jnp.zeros_like(w))
-    w_norm = jnp.linalg.norm(w)
-    w, h1 = _project_out(state.basis, w, i + 1, block_size)
-    w, h2 = _project_out(state.basis, w, i + 1, block_size)
-    alpha = h1[i] + h2[i]
-    beta = jnp.linalg.norm(w)
-    go_on = keep & (beta > tol * w_norm)
-    q_next = jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
-    zero = jnp.zeros((), w.dtype)
-    return LanczosState(
-        basis=state.basis.at[i + 1].set(q_next, mode="drop"),
-        alphas=state.alphas.at[i].set(jnp.where(keep, alpha, zero)),
-        betas=state.betas.at[i].set(jnp.where(go_on, beta, zero)),
-        step=i + 1,
-        num_valid=jnp.where(keep, i + 1, state.num_valid).astype(jnp.int32),
-        broken_down=state.broken_down | (keep & ~go_on),
-        nonfinite_step=jnp.where(active & ~finite, i,
-                                 state.nonfinite_step).astype(jnp.int32),
-    )
-
-
-def _active(state: LanczosState) -> jax.Array:
-    return ~state.broken_down & (state.nonfinite_step < 0)
-
+    q_cur = state.basis[i]
+    q_prev = state.basis[jnp.maximum(i - 1, 0)]
+    q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, block_size),
+                             tol)
+    return state._replace(basis=state.basis.at[i + 1].set(q_next, mode="drop"))
 
 def lanczos_continue(
     matvec: Callable[[jax.Array], jax.Array],
@@ -407,6 +454,42 @@ def _resume(path, v0, num_steps, block_size) -> LanczosState | None:
     return state
 
 
+def _host_advance(state: LanczosState, w, q_prev, q_cur, tol):
+    """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is a tuple of blocks."""
+    q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol)
+    return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
+
+
+# The host driver's jitted pieces, shared by all runs (a jit made inside run_lanczos would be
+# recompiled, seconds on a loaded CPU, on every call). The blocks are read, not written, by the
+# step; the new row is written into its block in place by _write_row (donated).
+_host_step = jax.jit(_host_advance, static_argnames="tol")
+_write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(block, q, r, 0),
+                     donate_argnums=0)
+
+
+class _HostBasis:
+    """The host driver's basis: separate ``(block, P)`` arrays, the last rows ``q_{i-1}, q_i``."""
+
+    def __init__(self, state: LanczosState, block: int):
+        basis, i = state.basis, int(state.step)
+        self.block = block
+        self.blocks = [basis[k:k + block] for k in range(0, basis.shape[0], block)]
+        self.q_cur = basis[i]
+        self.q_prev = basis[max(i - 1, 0)]
+
+    def push(self, i: int, q_next: jax.Array) -> None:
+        """Writes ``q_{i+1}`` (row ``i + 1``)."""
+        k, r = divmod(i + 1, self.block)
+        if k < len(self.blocks):
+            self.blocks[k] = _write_row(self.blocks[k], q_next, r)
+        self.q_prev, self.q_cur = self.q_cur, q_next
+
+    def state(self, rest: LanczosState, as_numpy: bool = False) -> LanczosState:
+        cat = np.concatenate if as_numpy else jnp.concatenate
+        return rest._replace(basis=cat([np.asarray(b) if as_numpy else b for b in self.blocks]))
+
+
 def run_lanczos(
     matvec: Callable[[jax.Array], jax.Array],
     v0: jax.Array,
@@ -488,8 +571,8 @@ def run_lanczos(
                                               block_size=block_size), donate_argnums=0)
         chunk = lambda s, k: compiled(s, k, operator)  # noqa: E731
     else:
-        step_fn = jax.jit(lambda s, w: lanczos_step(s, w, tol=tol, block_size=block_size),
-                          donate_argnums=0)
+        host = _HostBasis(state, block_size)
+        state = state._replace(basis=tuple(host.blocks))
     try:
         while int(state.step) < num_steps and bool(_active(state)):
             before = int(state.step)
@@ -497,21 +580,26 @@ def run_lanczos(
                 state = chunk(state, min(chunk_size, num_steps - before))
                 _raise_if_nonfinite(state.nonfinite_step)
             else:
-                for _ in range(min(chunk_size, num_steps - before)):
-                    w = matvec(state.basis[state.step])
+                for i in range(before, before + min(chunk_size, num_steps - before)):
+                    w = matvec(host.q_cur)
                     if w.shape != v0.shape or w.dtype != v0.dtype:
                         raise TypeError(
                             f"the matvec must map shape {v0.shape} {v0.dtype} to the same; it "
                             f"returned {w.shape} {w.dtype}")
-                    state = step_fn(state, w)
+                    q_next, state = _host_step(state._replace(basis=tuple(host.blocks)), w,
+                                               host.q_prev, host.q_cur, tol=tol)
+                    host.push(i, q_next)
                     _raise_if_nonfinite(state.nonfinite_step)
                     if bool(state.broken_down):
                         break
             if checkpoint is not None:
-                save_lanczos_state(checkpoint, state)
+                save_lanczos_state(checkpoint, state if driver == "compiled"
+                                   else host.state(state, as_numpy=True))
             if bar is not None:
                 bar.update(int(state.step) - before)
     finally:
         if bar is not None:
             bar.close()
+    if driver == "host":
+        state = host.state(state)
     return _result(state, num_steps, return_basis)

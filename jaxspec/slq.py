@@ -380,8 +380,8 @@ def slq(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jaxspec import slq
-      >>> A = jnp.diag(jnp.array([-1.0, 0.0, 0.0, 0.0, 10.0]))
-      >>> s = slq(lambda v: A @ v, jax.random.key(0), 5, 5)
+      >>> A = jnp.diag(jnp.array([-1.0, 0.0, 0.0, 0.0, 10.0], jnp.float32))
+      >>> s = slq(lambda v: A @ v, jax.random.key(0), 5, 5)  # float32 probes by default
       >>> round(s.lambda_max, 4), round(s.lambda_min, 4)
       (10.0, -1.0)
     """

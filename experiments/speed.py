@@ -1,0 +1,177 @@
+"""Speed of the core engine: dataset gradient vs HVP vs Lanczos, on a small CNN and an MLP.
+
+    python -m experiments.speed                 # N = 512 CIFAR-shaped samples, batch 128, m = 50
+    python -m experiments.speed --drivers host compiled --m 50 --n 512
+
+For each model it prints the time of one dataset gradient, one dataset HVP (host-driven and
+compiled-in-a-loop), their ratio, the unrolled HVP (all batches in one jitted function, no XLA
+loop: the floor on CPU), the Lanczos time per driver (first run, with compilation, and warm), and
+Lanczos / (m x HVP) of the warm run: how much the re-orthogonalisation and bookkeeping add on top
+of the HVPs. Ratios are measured in the same run; absolute times on a shared machine mean little
+(the load average is printed). Peak memory: the process's max RSS on CPU, the device's peak bytes
+in use on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import jaxspec
+
+
+def _time(fn, *args, repeat: int = 3) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def cnn_init(key):
+    ks = jax.random.split(key, 4)
+    he = lambda k, shape: jax.random.normal(k, shape) * np.sqrt(2.0 / np.prod(shape[:-1]))  # noqa: E731
+    return {
+        "c1": he(ks[0], (3, 3, 3, 16)),
+        "c2": he(ks[1], (3, 3, 16, 32)),
+        "c3": he(ks[2], (3, 3, 32, 32)),
+        "fc": {"w": he(ks[3], (32, 10)), "b": jnp.zeros(10)},
+    }
+
+
+def cnn_apply(p, x):
+    conv = lambda x, w, s: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(conv(x, p["c1"], 1))
+    h = jax.nn.relu(conv(h, p["c2"], 2))
+    h = jax.nn.relu(conv(h, p["c3"], 2))
+    return h.mean(axis=(1, 2)) @ p["fc"]["w"] + p["fc"]["b"]
+
+
+def mlp_init(key, width=256):
+    ks = jax.random.split(key, 3)
+    dense = lambda k, a, b: {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}  # noqa: E731
+    return [dense(ks[0], 3072, width), dense(ks[1], width, width), dense(ks[2], width, 10)]
+
+
+def mlp_apply(p, x):
+    h = x.reshape(x.shape[0], -1)
+    for layer in p[:-1]:
+        h = jnp.tanh(h @ layer["w"] + layer["b"])
+    return h @ p[-1]["w"] + p[-1]["b"]
+
+
+def make_loss(apply):
+    def loss(params, batch):
+        logits = apply(params, batch["image"])
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, batch["label"][:, None], axis=1))
+
+    return loss
+
+
+def peak_memory() -> str:
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return f"device peak {stats['peak_bytes_in_use'] / 2**20:.0f} MiB"
+    return f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
+
+
+def bench(name, init, apply, args):
+    key = jax.random.key(0)
+    params = init(key)
+    flat, unravel = ravel_pytree(params)
+    P = flat.size
+    rng = np.random.default_rng(0)
+    data = {"image": rng.standard_normal((args.n, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, args.n).astype(np.int32)}
+    loss = make_loss(apply)
+    batched = jaxspec.batch_dataset(jax.tree.map(jnp.asarray, data), args.batch_size)
+    v = jax.random.normal(jax.random.key(1), (P,), flat.dtype)
+
+    # one dataset gradient, host-driven like the host HVP (jitted per batch, Python loop)
+    grad_b = jax.jit(jax.grad(loss))
+    nb = batched.weights.shape[0]
+    batches = [jax.tree.map(lambda x: x[i], batched.batches) for i in range(nb)]
+
+    def dataset_grad(p):
+        acc = jax.tree.map(jnp.zeros_like, p)
+        for i, b in enumerate(batches):
+            acc = jax.tree.map(lambda a, g: a + batched.weights[i] * g, acc, grad_b(p, b))
+        return acc
+
+    t_grad = _time(dataset_grad, params)
+    host_mv = jaxspec.host_hessian_matvec(loss, params, batched)
+    t_hvp_host = _time(host_mv, v)
+    scan_mv = jaxspec.hessian_matvec(loss, params, batched)
+    t_hvp_scan = _time(jax.jit(lambda op, v: op(v)), scan_mv, v)
+
+    @jax.jit
+    def unrolled(v, params, batches):  # every batch in one program, no XLA loop: the CPU floor
+        t = unravel(v)
+        out = jnp.zeros_like(v)
+        for i, b in enumerate(batches):
+            out = out + batched.weights[i] * ravel_pytree(jaxspec.hvp(loss, params, b, t))[0]
+        return out
+
+    t_hvp_unrolled = _time(unrolled, v, params, batches)
+    rows = [("P (parameters)", f"{P:,}"),
+            ("dataset gradient", f"{t_grad * 1e3:9.1f} ms"),
+            ("dataset HVP, host-driven", f"{t_hvp_host * 1e3:9.1f} ms"),
+            ("dataset HVP, lax.scan", f"{t_hvp_scan * 1e3:9.1f} ms"),
+            ("dataset HVP, unrolled (floor)", f"{t_hvp_unrolled * 1e3:9.1f} ms"),
+            ("HVP(host) / gradient", f"{t_hvp_host / t_grad:9.2f}"),
+            ("HVP(host) / HVP(unrolled)", f"{t_hvp_host / t_hvp_unrolled:9.2f}")]
+    v0 = jax.random.normal(jax.random.key(2), (P,), flat.dtype)
+    for driver in args.drivers:
+        mv = host_mv if driver == "host" else scan_mv
+        hvp_time = t_hvp_host if driver == "host" else t_hvp_scan
+        run = lambda: jaxspec.run_lanczos(mv, v0, args.m, driver=driver,  # noqa: E731
+                                          block_size=args.block_size).alphas
+        t = time.perf_counter()
+        jax.block_until_ready(run())  # first run: includes compiling the step (or the loop)
+        t_first = time.perf_counter() - t
+        t = time.perf_counter()
+        jax.block_until_ready(run())  # warm: the jitted step is shared by all runs
+        t_lz = time.perf_counter() - t
+        rows += [(f"Lanczos m={args.m}, {driver}, first", f"{t_first:9.2f} s"),
+                 (f"Lanczos m={args.m}, {driver}, warm", f"{t_lz:9.2f} s"),
+                 (f"Lanczos / (m x HVP), {driver}", f"{t_lz / (args.m * hvp_time):9.2f}")]
+    rows.append(("peak memory", peak_memory()))
+    rows.append(("Krylov basis (m+1) x P floats", f"{(args.m + 1) * P * 4 / 2**20:9.1f} MiB"))
+    print(f"\n== {name}  (N={args.n}, batch={args.batch_size}, backend={jax.default_backend()}, "
+          f"devices={jax.device_count()})")
+    for k, val in rows:
+        print(f"  {k:34s} {val}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--m", type=int, default=50)
+    ap.add_argument("--block-size", type=int, default=16,
+                    help="basis rows per re-orthogonalisation block")
+    ap.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
+    ap.add_argument("--drivers", nargs="+", default=["host", "compiled"],
+                    choices=["host", "compiled"])
+    args = ap.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    models = {"cnn": (cnn_init, cnn_apply), "mlp": (mlp_init, mlp_apply)}
+    for name in args.models:
+        bench(name, *models[name], args)
+
+
+if __name__ == "__main__":
+    main()
