@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
@@ -60,6 +60,8 @@ def test_hvp_matches_dense_hessian_nested_params(key):
     np.testing.assert_allclose(ravel_pytree(out)[0], H @ v, rtol=1e-10, atol=1e-12)
 
 
+# every example has new shapes, so new compilations: fewer examples keep the suite fast
+@settings(max_examples=12)
 @given(n=st.integers(1, 40), batch_size=st.integers(1, 12), num_shards=st.integers(1, 4))
 def test_dataset_operator_equals_full_data_hessian(n, batch_size, num_shards):
     params = mlp_params(jax.random.key(0))
