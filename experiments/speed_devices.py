@@ -74,7 +74,6 @@ def measure(
       True
     """
     import jax
-    import jax.numpy as jnp
     from flax import nnx
     from jax.flatten_util import ravel_pytree
 

@@ -630,7 +630,6 @@ def _run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]]
         k: functools.partial(_apply_operator, v) for k, v in ops.items()}
     steps = {"empirical": cfg.lanczos_steps, "heldout": cfg.lanczos_steps,
              "true": cfg.true_lanczos_steps}
-    sizes = {"empirical": n, "heldout": n, "true": m_true}
 
     # 2. the True Hessian first: its extremal Ritz vectors feed the directional noise variance
     spectra: dict[str, Spectrum] = {}
@@ -842,7 +841,7 @@ def _plot_point(spectra: dict[str, Spectrum], path: str, title: str) -> None:
 
     items = [(f"Empirical (train, N = {spectra['empirical'].meta.get('num_samples', '?')})",
               spectra["empirical"]),
-             (f"Held-out empirical (N fresh)", spectra["heldout"]),
+             ("Held-out empirical (N fresh)", spectra["heldout"]),
              (f"True (M = {spectra['true'].meta.get('num_samples', '?')} fresh)",
               spectra["true"])]
     stem_plots(items, path=path, suptitle=title)

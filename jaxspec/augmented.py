@@ -46,7 +46,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from jaxspec.augment import IDENTITY_VARIANT, NUM_VARIANTS, PADDING, apply_variants
 from jaxspec.augment import choose_variants
@@ -409,55 +408,14 @@ def sharded_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: Augment
       >>> jax.jit(lambda op, v: op(v))(mv, jnp.array([1.0, 0.0], jnp.float32)).tolist()
       [4.0, 0.0]
     """
-    from jaxspec.parallel import data_mesh, replicate, shard_batched
+    from jaxspec.parallel import _sharded_operator, data_mesh
 
     mesh = data_mesh() if mesh is None else mesh
     if axis_name not in mesh.shape:
         raise ValueError(f"mesh has no axis {axis_name!r} (axes: {mesh.axis_names})")
-    last = int(mesh.shape[axis_name]) - 1
-    batched = shard_batched(batched, mesh, axis_name=axis_name)
-    _, unravel = ravel_pytree(params)
-    params = replicate(params, mesh)
-    data = replicate(data, mesh)
-    has_batches = batched.batches is not None
-    has_tail = batched.tail is not None
     pad = int(padding)
 
-    def local(params, data, batches, weights, tail, tail_weight, v):
-        params = jax.tree.map(lambda x: _vary(x, axis_name), params)
-        v = _vary(v, axis_name)
-        tangent = unravel(v)
+    def batch_hvp(params, data, batch, tangent):
+        return _batch_hvp_flat(loss_fn, pad, params, data, batch["sample"], tangent)
 
-        def one(samples):
-            return _batch_hvp_flat(loss_fn, pad, params, data, samples, tangent)
-
-        zeros = jnp.zeros_like(v)
-        acc = _vary(zeros, axis_name)
-        if has_batches:
-
-            def body(acc, xs):
-                batch, w = xs
-                out = jax.lax.cond(
-                    w != 0,
-                    lambda: _vary(w.astype(v.dtype) * one(batch["sample"]), axis_name),
-                    lambda: _vary(zeros, axis_name),
-                )
-                return acc + out, None
-
-            acc, _ = jax.lax.scan(body, acc, (batches, weights))
-        if has_tail:
-            on_last = jax.lax.axis_index(axis_name) == last
-            acc = acc + jax.lax.cond(
-                on_last,
-                lambda: _vary(tail_weight.astype(v.dtype) * one(tail["sample"]), axis_name),
-                lambda: _vary(zeros, axis_name),
-            )
-        return jax.lax.psum(acc, axis_name)
-
-    split, whole = P(axis_name), P()
-    mapped = jax.shard_map(local, mesh=mesh,
-                           in_specs=(whole, whole, split, split, whole, whole, whole),
-                           out_specs=whole)
-    return jax.tree_util.Partial(
-        mapped, params, data, batched.batches, batched.weights if has_batches else None,
-        batched.tail, batched.tail_weight if has_tail else None)
+    return _sharded_operator(batch_hvp, params, data, batched, mesh=mesh, axis_name=axis_name)

@@ -280,14 +280,30 @@ def sharded_hessian_matvec(
     """
     if mesh is None:
         mesh = _mesh_of(batched) or data_mesh()
+
+    def batch_hvp(params, _, batch, tangent):
+        return ravel_pytree(hvp(loss_fn, params, batch, tangent))[0]
+
+    return _sharded_operator(batch_hvp, params, None, batched, mesh=mesh, axis_name=axis_name)
+
+
+def _sharded_operator(batch_hvp: Callable, params: Any, extra: Any, batched: Batched, /, *,
+                      mesh: Mesh, axis_name: str) -> Callable[[jax.Array], jax.Array]:
+    """The shard_map reduction behind :func:`sharded_hessian_matvec` and
+    :func:`jaxspec.augmented.sharded_augmented_hessian_matvec`.
+
+    ``batch_hvp(params, extra, batch, tangent) -> flat H_b v`` for one batch; ``extra`` is a
+    replicated pytree (e.g. the images an augmented batch indexes into), or None.
+    """
     last = _axis_size(mesh, axis_name) - 1
     batched = shard_batched(batched, mesh, axis_name=axis_name)
     _, unravel = ravel_pytree(params)
     params = replicate(params, mesh)
+    extra = replicate(extra, mesh)
     has_batches = batched.batches is not None
     has_tail = batched.tail is not None
 
-    def local(params, batches, weights, tail, tail_weight, v):
+    def local(params, extra, batches, weights, tail, tail_weight, v):
         # Params and v are replicated (invariant over the axis). Differentiating an invariant
         # value used with per-device data makes shard_map sum its cotangent over devices (an
         # all-reduce inside every batch's HVP). Marking them per-device keeps each device's
@@ -297,7 +313,7 @@ def sharded_hessian_matvec(
         tangent = unravel(v)
 
         def one(batch):
-            return ravel_pytree(hvp(loss_fn, params, batch, tangent))[0]
+            return batch_hvp(params, extra, batch, tangent)
 
         zeros = jnp.zeros_like(v)
         acc = _vary(zeros, axis_name)
@@ -329,7 +345,7 @@ def sharded_hessian_matvec(
     mapped = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(whole, split, split, whole, whole, whole),
+        in_specs=(whole, whole, split, split, whole, whole, whole),
         out_specs=whole,
     )
     # A Partial is a pytree whose leaves are the arrays: a jitted driver can take the matvec as
@@ -337,7 +353,8 @@ def sharded_hessian_matvec(
     # The jit makes eager calls (driver="host") one cached program; an eager shard_map would be
     # compiled again at every call. Inside an outer jit it is inlined.
     return jax.tree_util.Partial(
-        jax.jit(mapped), params, batched.batches, batched.weights if has_batches else None,
+        jax.jit(mapped), params, extra, batched.batches,
+        batched.weights if has_batches else None,
         batched.tail, batched.tail_weight if has_tail else None)
 
 

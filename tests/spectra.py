@@ -1,6 +1,5 @@
 """Test helpers: symmetric matrices with prescribed spectra."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
