@@ -337,14 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = compare_paths(args.empirical, args.augmented, out_dir=args.out,
                                sigma2=args.sigma2)
     elif args.workdir is not None:
-        epoch = args.epoch
-        if epoch is None:
-            from experiments.spectrum import available_epochs
+        from experiments.spectrum import resolve_epoch
 
-            epochs = available_epochs(args.workdir)
-            if not epochs:
-                parser.error(f"{args.workdir} has no checkpoints")
-            epoch = epochs[-1]
+        epoch = resolve_epoch(parser, args.workdir, args.epoch)
         result = compare_run(args.workdir, epoch, spectra_dir=args.spectra_dir, out_dir=args.out,
                              sigma2=args.sigma2)
     else:

@@ -154,6 +154,16 @@ def spectrum_path(out_dir: str | os.PathLike, mode: str, epoch: int, ext: str = 
     return os.path.join(os.fspath(out_dir), f"{mode}_e{int(epoch):04d}.{ext}")
 
 
+def resolve_epoch(parser, workdir: str, epoch: int | None) -> int:
+    """``epoch``, or the latest checkpointed epoch of ``workdir`` (a CLI error if there is none)."""
+    if epoch is not None:
+        return epoch
+    epochs = available_epochs(workdir)
+    if not epochs:
+        parser.error(f"{workdir} has no checkpoints")
+    return epochs[-1]
+
+
 def available_epochs(workdir: str | os.PathLike, /) -> list[int]:
     """Epochs with a checkpoint in a training run's ``checkpoints/`` directory, ascending.
 
@@ -524,12 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do nothing if the spectrum JSON exists")
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
-    epoch = args.epoch
-    if epoch is None:
-        epochs = available_epochs(args.workdir)
-        if not epochs:
-            parser.error(f"{args.workdir} has no checkpoints")
-        epoch = epochs[-1]
+    epoch = resolve_epoch(parser, args.workdir, args.epoch)
     out = args.out or os.path.join(args.workdir, "spectra")
     if args.skip_existing and os.path.exists(spectrum_path(out, args.mode, epoch)):
         print(f"exists: {spectrum_path(out, args.mode, epoch)}")
