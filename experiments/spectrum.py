@@ -107,7 +107,7 @@ class SpectrumSettings:
     num_images: int | None = None
     driver: str = "auto"
     checkpoint_every: int = 5
-    group_size: int = 1
+    group_size: int = 4
     noise_probes: int = 1
     progress: bool = True
 
@@ -485,7 +485,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
                         help="Lanczos driver (auto: host on one CPU, compiled otherwise)")
     parser.add_argument("--checkpoint-every", type=int, default=5,
                         help="Lanczos steps between checkpoints of its state")
-    parser.add_argument("--group-size", type=int, default=1,
+    parser.add_argument("--group-size", type=int, default=4,
                         help="batches per jitted call of the host-driven HVP")
     parser.add_argument("--noise-probes", type=int, default=1,
                         help="probes of the sigma^2 estimate (empirical mode; 0 skips it)")

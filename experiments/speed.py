@@ -3,13 +3,17 @@
     python -m experiments.speed                 # N = 512 CIFAR-shaped samples, batch 128, m = 50
     python -m experiments.speed --drivers host compiled --m 50 --n 512
 
-For each model it prints the time of one dataset gradient, one dataset HVP (host-driven and
-compiled-in-a-loop), their ratio, the unrolled HVP (all batches in one jitted function, no XLA
-loop: the floor on CPU), the Lanczos time per driver (first run, with compilation, and warm), and
-Lanczos / (m x HVP) of the warm run: how much the re-orthogonalisation and bookkeeping add on top
-of the HVPs. Ratios are measured in the same run; absolute times on a shared machine mean little
-(the load average is printed). Peak memory: the process's max RSS on CPU, the device's peak bytes
-in use on a GPU.
+For each model it prints the time of one dataset gradient (all batches in one jitted function),
+one dataset HVP (host-driven, compiled in a ``lax.scan``, and unrolled: all batches in one jitted
+function, no XLA loop, the floor on CPU), their ratios, the Lanczos time per driver (first run,
+with compilation, and warm), and Lanczos / (m x HVP): how much the re-orthogonalisation and
+bookkeeping add on top of the HVPs. It also prints the re-orthogonalisation floor: two reads of
+exactly the filled rows of the basis per step (the dots, then the update), timed on this machine.
+
+Absolute times on a shared machine mean little (the load average is printed) and the load drifts
+within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
+run is paired with its own HVP timing. Peak memory: the process's max RSS on CPU, the device's
+peak bytes in use on a GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 import jaxspec
 
 
-def _time(fn, *args, repeat: int = 3) -> float:
+def _time(fn, *args, repeat: int = 5) -> float:
     jax.block_until_ready(fn(*args))  # compile + warm up
     best = float("inf")
     for _ in range(repeat):
@@ -35,6 +39,35 @@ def _time(fn, *args, repeat: int = 3) -> float:
         jax.block_until_ready(fn(*args))
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def _race(fns: dict, rounds: int = 7) -> dict:
+    """The best time of each zero-argument function, timed in turn, round after round: on a
+    shared machine the load drifts within seconds, and timing one function after the other
+    would put the drift into their ratio."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # compile + warm up
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def reorth_floor(dim: int, m: int, dtype) -> float:
+    """Seconds that full re-orthogonalisation cannot go below here: over m steps, one Gram-Schmidt
+    pass (``h = Q u``, then ``u - h Q``: two reads) over exactly the ``i + 1`` filled rows of
+    a contiguous basis. Timed for a few row counts, fitted by a line (the cost is linear in the
+    rows), and summed over the steps."""
+    pass_ = jax.jit(lambda q, u: u - jnp.dot(jnp.dot(q, u, precision="highest"), q,
+                                             precision="highest"))
+    u = jnp.ones((dim,), dtype)
+    ks = sorted({min(k, m + 1) for k in (4, 16, 32, 48)})
+    ts = [_time(pass_, jnp.ones((k, dim), dtype), u) for k in ks]
+    slope, icpt = np.polyfit(ks, ts, 1) if len(ks) > 1 else (ts[0] / ks[0], 0.0)
+    return float(sum(icpt + slope * (i + 1) for i in range(m)))
 
 
 def cnn_init(key):
@@ -99,22 +132,19 @@ def bench(name, init, apply, args):
     batched = jaxspec.batch_dataset(jax.tree.map(jnp.asarray, data), args.batch_size)
     v = jax.random.normal(jax.random.key(1), (P,), flat.dtype)
 
-    # one dataset gradient, host-driven like the host HVP (jitted per batch, Python loop)
-    grad_b = jax.jit(jax.grad(loss))
     nb = batched.weights.shape[0]
     batches = [jax.tree.map(lambda x: x[i], batched.batches) for i in range(nb)]
 
-    def dataset_grad(p):
+    @jax.jit
+    def dataset_grad(p, batches):  # one dataset gradient, all batches in one program (unrolled)
         acc = jax.tree.map(jnp.zeros_like, p)
         for i, b in enumerate(batches):
-            acc = jax.tree.map(lambda a, g: a + batched.weights[i] * g, acc, grad_b(p, b))
+            acc = jax.tree.map(lambda a, g: a + batched.weights[i] * g, acc, jax.grad(loss)(p, b))
         return acc
 
-    t_grad = _time(dataset_grad, params)
     host_mv = jaxspec.host_hessian_matvec(loss, params, batched)
-    t_hvp_host = _time(host_mv, v)
     scan_mv = jaxspec.hessian_matvec(loss, params, batched)
-    t_hvp_scan = _time(jax.jit(lambda op, v: op(v)), scan_mv, v)
+    t_hvp_scan = _time(jax.jit(lambda op, v: op(v)), scan_mv, v, repeat=2)  # slow on CPU convs
 
     @jax.jit
     def unrolled(v, params, batches):  # every batch in one program, no XLA loop: the CPU floor
@@ -124,7 +154,9 @@ def bench(name, init, apply, args):
             out = out + batched.weights[i] * ravel_pytree(jaxspec.hvp(loss, params, b, t))[0]
         return out
 
-    t_hvp_unrolled = _time(unrolled, v, params, batches)
+    best = _race({"grad": lambda: dataset_grad(params, batches), "host": lambda: host_mv(v),
+                  "unrolled": lambda: unrolled(v, params, batches)})
+    t_grad, t_hvp_host, t_hvp_unrolled = best["grad"], best["host"], best["unrolled"]
     rows = [("P (parameters)", f"{P:,}"),
             ("dataset gradient", f"{t_grad * 1e3:9.1f} ms"),
             ("dataset HVP, host-driven", f"{t_hvp_host * 1e3:9.1f} ms"),
@@ -135,18 +167,35 @@ def bench(name, init, apply, args):
     v0 = jax.random.normal(jax.random.key(2), (P,), flat.dtype)
     for driver in args.drivers:
         mv = host_mv if driver == "host" else scan_mv
-        hvp_time = t_hvp_host if driver == "host" else t_hvp_scan
         run = lambda: jaxspec.run_lanczos(mv, v0, args.m, driver=driver,  # noqa: E731
                                           block_size=args.block_size).alphas
         t = time.perf_counter()
         jax.block_until_ready(run())  # first run: includes compiling the step (or the loop)
         t_first = time.perf_counter() - t
-        t = time.perf_counter()
-        jax.block_until_ready(run())  # warm: the jitted step is shared by all runs
-        t_lz = time.perf_counter() - t
+        # Each warm run is paired with m HVPs run back to back (each waited for, as a Lanczos step
+        # waits for its HVP): both are averages over m products, taken seconds apart, so neither
+        # the load drift nor a best-of-few bias gets into their ratio. The median round is kept.
+        apply = mv if driver == "host" else jax.jit(lambda v, op=mv: op(v))
+        rounds = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            for _ in range(args.m):
+                jax.block_until_ready(apply(v))
+            t_hvps = time.perf_counter() - t
+            t = time.perf_counter()
+            jax.block_until_ready(run())
+            rounds.append((time.perf_counter() - t, t_hvps))
+        t_lz, t_hvps = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]
         rows += [(f"Lanczos m={args.m}, {driver}, first", f"{t_first:9.2f} s"),
                  (f"Lanczos m={args.m}, {driver}, warm", f"{t_lz:9.2f} s"),
-                 (f"Lanczos / (m x HVP), {driver}", f"{t_lz / (args.m * hvp_time):9.2f}")]
+                 ("  m HVPs alone, same round", f"{t_hvps:9.2f} s"),
+                 (f"  per step beyond the HVP, {driver}",
+                  f"{(t_lz - t_hvps) / args.m * 1e3:9.1f} ms"),
+                 (f"Lanczos / (m x HVP), {driver}",
+                  f"{t_lz / t_hvps:9.2f}  (rounds: "
+                  f"{' '.join(f'{a / b:.2f}' for a, b in rounds)})")]
+    floor = reorth_floor(P, args.m, flat.dtype)
+    rows.append(("re-orth floor per step (2 reads)", f"{floor / args.m * 1e3:9.1f} ms"))
     rows.append(("peak memory", peak_memory()))
     rows.append(("Krylov basis (m+1) x P floats", f"{(args.m + 1) * P * 4 / 2**20:9.1f} MiB"))
     print(f"\n== {name}  (N={args.n}, batch={args.batch_size}, backend={jax.default_backend()}, "
@@ -162,6 +211,8 @@ def main(argv=None):
     ap.add_argument("--m", type=int, default=50)
     ap.add_argument("--block-size", type=int, default=16,
                     help="basis rows per re-orthogonalisation block")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="warm Lanczos runs, each paired with an HVP timing (the machine is noisy)")
     ap.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     ap.add_argument("--drivers", nargs="+", default=["host", "compiled"],
                     choices=["host", "compiled"])

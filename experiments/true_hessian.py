@@ -666,7 +666,7 @@ def _run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]]
 
     def hvp_on_batch(i, v):
         batch = (x_f[i * b:(i + 1) * b], y_f[i * b:(i + 1) * b], ones)
-        if driver == "host":  # the true operator's compiled batch HVP, same shapes: no compile
+        if driver == "host":  # one batch: the host operator's one-batch group HVP
             return host_hessian_matvec(weighted_cross_entropy, params,
                                        batch_dataset(batch, b))(v)
         return _batch_hvp(params, batch, v)

@@ -315,7 +315,7 @@ def _group_augmented_hvp(loss_fn, unravel, padding, acc, v, params, data, groups
 
 
 def host_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,
-                                  batched: Batched, /, *, group_size: int = 1,
+                                  batched: Batched, /, *, group_size: int = 4,
                                   padding: int = PADDING) -> Callable:
     """The augmented-set Hessian as a host-driven matvec (Python loop over jitted groups).
 

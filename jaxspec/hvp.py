@@ -252,31 +252,41 @@ def hessian_matvec(loss_fn: LossFn, params: Any, batched: Batched, /) -> Callabl
 
 # Module-level jit, loss_fn static: operators with the same loss_fn and shapes share one
 # compilation (a jit made per host_hessian_matvec call recompiled for every new operator).
-@functools.partial(jax.jit, static_argnums=0)
-def _group_hvp(loss_fn, acc, v, params, batches, weights):
+# ``acc`` is donated: the running sum is updated in place, group after group.
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _group_hvp(loss_fn, acc, v, params, stacked, start, weights):
+    """``acc + sum_j weights[j] H_{start + j} v`` over ``len(weights)`` consecutive batches of
+    ``stacked``. The batches are cut out inside the program (``dynamic_index_in_dim``): a
+    slice taken eagerly outside would cost a dispatch and a copy per array per batch."""
     tangent = ravel_pytree(params)[1](v)
-    for j in range(len(batches)):  # unrolled: no XLA loop around the convolutions
-        out = ravel_pytree(hvp(loss_fn, params, batches[j], tangent))[0]
+    for j in range(weights.shape[0]):  # unrolled: no XLA loop around the convolutions
+        batch = jax.tree.map(
+            lambda x: jax.lax.dynamic_index_in_dim(x, start + j, keepdims=False), stacked)
+        out = ravel_pytree(hvp(loss_fn, params, batch, tangent))[0]
         acc = acc + weights[j].astype(out.dtype) * out
     return acc
 
 
 def host_hessian_matvec(
-    loss_fn: LossFn, params: Any, batched: Batched, /, *, group_size: int = 1
+    loss_fn: LossFn, params: Any, batched: Batched, /, *, group_size: int = 4
 ) -> Callable:
     """The data-set Hessian as a host-driven matvec: a Python loop over jitted batch HVPs.
 
-    Each call loops over the batches in groups of ``group_size`` (unrolled inside one jitted
-    function, so no convolution runs inside an XLA loop) and accumulates ``w_b H_b v`` on the
-    device. The batches may be NumPy arrays in host memory: each group is copied to the device
-    when it is used, so data sets larger than device memory work. Not traceable; use it with
-    ``driver="host"`` in :func:`jaxspec.run_lanczos` / :func:`jaxspec.slq`.
+    Each call loops over the batches in groups of ``group_size`` consecutive batches (unrolled
+    inside one jitted function, so no convolution runs inside an XLA loop) and accumulates
+    ``w_b H_b v`` on the device. Batches already on the device are passed whole and cut out
+    inside the compiled function. NumPy batches stay in host memory: each group is copied to the
+    device when it is used, so data sets larger than device memory work. Zero-weight (padding)
+    batches are skipped. Not traceable; use it with ``driver="host"`` in
+    :func:`jaxspec.run_lanczos` / :func:`jaxspec.slq`.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
       params: pytree of parameters.
       batched: the data set, from :func:`batch_dataset`.
-      group_size: batches per compiled call (more batches: fewer dispatches, longer compile).
+      group_size: batches per compiled call. More batches: fewer dispatches, and on CPU XLA
+        runs the independent batch HVPs of a call side by side (measured on 2 cores: 4 batches
+        per call 1.2-1.5x faster than 1); but the compile time grows with it.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np
@@ -286,26 +296,40 @@ def host_hessian_matvec(
       >>> mv(jnp.array([1.0, 0.0])).tolist()
       [2.0, 0.0]
     """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if not (isinstance(group_size, (int, np.integer)) and group_size >= 1):
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     flat = ravel_pytree(params)[0]
     # params and data are arguments, not closed-over constants of the compiled function
     group_hvp = functools.partial(_group_hvp, loss_fn)
 
-    num_batches = 0 if batched.batches is None else int(np.shape(batched.weights)[0])
     weights = np.asarray(batched.weights)
-    real = [b for b in range(num_batches) if weights[b] != 0]
-    groups = [real[i : i + group_size] for i in range(0, len(real), group_size)]
-
-    def take(b):
-        return jax.tree.map(lambda x: x[b], batched.batches)
+    groups = []  # (start, stop): runs of consecutive nonzero-weight batches, cut to group_size
+    b = 0
+    while b < weights.shape[0]:
+        if weights[b] == 0:
+            b += 1
+            continue
+        stop = b
+        while stop < min(weights.shape[0], b + group_size) and weights[stop] != 0:
+            stop += 1
+        groups.append((b, stop))
+        b = stop
+    on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(batched.batches))
+    tail = None
+    if batched.tail is not None:  # a stack of one batch, made once
+        tail = jax.tree.map(lambda x: x[None], batched.tail)
+        tail_weight = np.asarray([batched.tail_weight])
 
     def matvec(v):
         acc = jnp.zeros_like(flat)
-        for g in groups:
-            acc = group_hvp(acc, v, params, tuple(take(b) for b in g), weights[np.asarray(g)])
-        if batched.tail is not None:
-            acc = group_hvp(acc, v, params, (batched.tail,), np.asarray([batched.tail_weight]))
+        for start, stop in groups:
+            if on_device:
+                acc = group_hvp(acc, v, params, batched.batches, start, weights[start:stop])
+            else:
+                group = jax.tree.map(lambda x: x[start:stop], batched.batches)
+                acc = group_hvp(acc, v, params, group, 0, weights[start:stop])
+        if tail is not None:
+            acc = group_hvp(acc, v, params, tail, 0, tail_weight)
         return acc
 
     return matvec

@@ -17,26 +17,36 @@ Deviations from the textbook algorithm, and why:
 
 * Every new vector goes through the three-term recurrence and is then orthogonalised against the
   whole basis by classical Gram-Schmidt; a second pass runs only where the first removed more than
-  half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, ``lax.cond``: a step that passes it reads the
-  basis twice instead of four times). Without it, the Ritz values of
-  a long run in float32 grow spurious copies ("ghosts") and the quadrature weights are wrong.
-  The passes use ``Precision.HIGHEST`` so that GPUs do not drop to TF32.
-* The basis is read in blocks of ``block_size`` rows, each under a ``lax.cond`` on whether it
-  holds a filled row, so a step costs O(i P), not O(m P), with one compilation for all steps.
-  The compiled driver reads the blocks as static slices of the state's ``(rows, P)`` basis (on a
-  GPU a slice of contiguous rows feeding a GEMM is cheap; on XLA:CPU it is copied first). The
-  host driver keeps the blocks as separate arrays, so XLA:CPU reads them in place (2-4x faster
-  there than slicing), writes each new row into its block in place (donated), and assembles the
-  ``(rows, P)`` basis only for checkpoints and ``return_basis``.
+  half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a ``lax.cond``; ``|w|^2``
+  before the pass comes from Pythagoras, ``|h|^2 + |w'|^2``). A step that passes the test reads
+  the basis twice (the coefficients ``h = Q w``, then ``w - h Q``) instead of four times.
+  Without the second pass where it is due, the Ritz values of a long run in float32 grow
+  spurious copies ("ghosts") and the quadrature weights are wrong. The passes use
+  ``Precision.HIGHEST`` so that GPUs do not drop to TF32, and every reduction is a dot (on
+  XLA:CPU a reduce first materialises its input: one more pass over ``P`` floats).
+* Those two reads of the filled rows are the floor of a step: the dots must all be done before
+  the update starts, and XLA does not fuse a ``Q w`` and an ``h Q`` into one pass over ``Q``
+  (a column-tiled ``fori_loop`` that does both per tile ran 1.3-1.7x *slower* on XLA:CPU than
+  the two passes). ``python -m experiments.speed`` prints that floor next to the real step.
+* The basis is read in blocks of ``block_size`` rows, so a step costs O(i P), not O(m P). The
+  compiled driver reads every block of the state's ``(rows, P)`` basis as a static slice under
+  a ``lax.cond`` on whether it holds a filled row (one compilation for all steps; on a GPU a
+  slice of contiguous rows feeding a GEMM is cheap). The host driver keeps the blocks as
+  separate arrays and passes the step only those that hold a filled row, so XLA:CPU reads them
+  in place with no ``lax.cond`` (one compilation per block count, ``ceil((m + 1) / block_size)``
+  in all). It allocates a block when its first row is written, writes each new row in place
+  (donated), and assembles the ``(rows, P)`` basis only for checkpoints and ``return_basis``.
 * ``alpha_i`` is the sum of all the Gram-Schmidt coefficients on ``q_i`` and ``beta_i`` is the
   norm after re-orthogonalisation, so T matches the re-orthogonalised basis.
 * Breakdown (``beta_i <= tol * |A q_i|``: the Krylov space is invariant) is masked: the remaining
   steps leave the state untouched, and ``num_valid`` says how much of T to use. A matvec that
-  returns NaN or Inf is treated the same way and reported in ``nonfinite_step``.
+  returns NaN or Inf (or a vector whose norm overflows the dtype) is treated the same way and
+  reported in ``nonfinite_step``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Callable, NamedTuple
@@ -166,9 +176,22 @@ def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> L
       ((4, 2), [0.6, 0.8])
     """
     _check_v0(v0)
-    rows = -(-(num_steps + 1) // block_size) * block_size
-    basis = jnp.zeros((rows, v0.shape[0]), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    zeros = lambda: jnp.zeros((num_steps,), v0.dtype)  # noqa: E731  (distinct buffers: donated)
+    return _fresh_state(_first_rows(v0, _num_rows(num_steps, block_size)), num_steps, v0.dtype)
+
+
+def _num_rows(num_steps: int, block_size: int) -> int:
+    return -(-(num_steps + 1) // block_size) * block_size
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first_rows(v0: jax.Array, rows: int) -> jax.Array:
+    """``(rows, P)`` zeros with ``v0 / |v0|`` in row 0, written in one pass (jitted: eagerly,
+    ``.at[0].set`` would copy the whole array once more)."""
+    return jnp.zeros((rows, v0.shape[0]), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+
+
+def _fresh_state(basis, num_steps: int, dtype) -> LanczosState:
+    zeros = lambda: jnp.zeros((num_steps,), dtype)  # noqa: E731  (distinct buffers: donated)
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
     return LanczosState(basis, zeros(), zeros(), i32(0), i32(0), jnp.asarray(False), i32(-1))
 
@@ -188,14 +211,22 @@ def _block_readers(basis, block: int) -> list:
     return [lambda k=k: basis[k * block:(k + 1) * block] for k in range(basis.shape[0] // block)]
 
 
-def _project_out(blocks: list, w: jax.Array, count: jax.Array):
+def _project_out(blocks: list, w: jax.Array, count: jax.Array | None):
     """One classical Gram-Schmidt pass, ``w - Q^T (Q w)``, against rows ``0 .. count-1``.
 
-    ``blocks`` are readers from :func:`_block_readers`. Each block is read under a ``lax.cond``
-    on whether it holds a filled row, so the pass reads the filled blocks only, and each one
-    as a whole array (on XLA:CPU a slice of an operand, static or dynamic, is copied before a
-    dot; a block that is a whole argument is not). Returns the new ``w`` and ``h = Q w``.
+    ``blocks`` are readers from :func:`_block_readers`. With a traced ``count`` each block is
+    read under a ``lax.cond`` on whether it holds a filled row, so the pass reads the filled
+    blocks only, with one compilation for every step (the compiled driver). ``count=None`` means
+    that every block given holds a filled row (the host driver passes just those), and no
+    ``lax.cond`` is needed. Each block is read as a whole array: on XLA:CPU a slice of an
+    operand, static or dynamic, is copied before a dot; a block that is a whole argument is
+    not. Returns the new ``w`` and ``h = Q w``.
     """
+    if count is None:
+        h = [jnp.dot(read(), w, precision=_HIGHEST) for read in blocks]
+        for read, hk in zip(blocks, h):
+            w = w - jnp.dot(hk, read(), precision=_HIGHEST)
+        return w, jnp.concatenate(h)
     h = []
     for k, read in enumerate(blocks):
         rows = jax.eval_shape(read).shape[0]
@@ -209,37 +240,42 @@ def _project_out(blocks: list, w: jax.Array, count: jax.Array):
     return w, jnp.concatenate(h)
 
 
-_DGKS = 2.0 ** -0.5
-
-
 def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Array,
-             blocks: list, tol: float | None) -> tuple[jax.Array, LanczosState]:
+             blocks: list, tol: float | None, all_filled: bool = False
+             ) -> tuple[jax.Array, LanczosState]:
     """The step mathematics, shared by both drivers: folds ``w = A q_i`` into the state.
 
-    Returns ``q_{i+1}`` (zero if the step is masked) and the state with everything updated but
-    the basis, which each driver writes in its own layout.
+    ``blocks`` hold the basis (``all_filled``: only blocks that hold a filled row). Returns
+    ``q_{i+1}`` (zero if the step is masked) and the state with everything updated but the
+    basis, which each driver writes in its own layout.
     """
     tol = _default_tol(w.dtype) if tol is None else tol
     i = state.step
     active = _active(state)
-    finite = jnp.all(jnp.isfinite(w))
+    # Every reduction is a dot: on XLA:CPU a dot streams its operands once, where a reduce
+    # materialises its input first. |w|^2 also tells whether w is finite (a NaN or Inf entry,
+    # or a norm that overflows). A masked step's w is not zeroed: nothing it touches is kept.
+    w_norm = jnp.sqrt(jnp.dot(w, w, precision=_HIGHEST))
+    finite = jnp.isfinite(w_norm)
     keep = active & finite
-    w = jnp.where(keep, w, jnp.zeros_like(w))
-    w_norm = jnp.linalg.norm(w)
-    # the three-term recurrence ...
+    # the three-term recurrence (alpha's first part: the Gram-Schmidt pass adds the rest) ...
     beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0)
-    w = w - beta_prev * q_prev
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
-    w = w - a0 * q_cur
+    w = w - beta_prev * q_prev - a0 * q_cur
     # ... then one Gram-Schmidt pass against the filled basis, and a second one only where the
-    # first removed more than half of |w|^2 (Daniel-Gragg-Kaufman-Stewart)
-    before = jnp.linalg.norm(w)
-    w, h1 = _project_out(blocks, w, i + 1)
-    w, h2 = jax.lax.cond(jnp.linalg.norm(w) > _DGKS * before,
-                         lambda w: (w, jnp.zeros_like(h1)),
-                         lambda w: _project_out(blocks, w, i + 1), w)
+    # first removed more than half of |w|^2 (Daniel-Gragg-Kaufman-Stewart), that is where
+    # |h|^2 > |w - Q^T h|^2 (Pythagoras: no norm of w before the pass is needed)
+    count = None if all_filled else i + 1
+    w, h1 = _project_out(blocks, w, count)
+    after = jnp.dot(w, w, precision=_HIGHEST)
+    w, h2, after = jax.lax.cond(
+        after >= jnp.dot(h1, h1, precision=_HIGHEST),
+        lambda w: (w, jnp.zeros_like(h1), after),
+        lambda w: (lambda w, h: (w, h, jnp.dot(w, w, precision=_HIGHEST)))(
+            *_project_out(blocks, w, count)),
+        w)
     alpha = a0 + h1[i] + h2[i]
-    beta = jnp.linalg.norm(w)
+    beta = jnp.sqrt(after)
     go_on = keep & (beta > tol * w_norm)
     q_next = jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
     zero = jnp.zeros((), w.dtype)
@@ -262,9 +298,10 @@ def lanczos_step(
     re-orthogonalised against the filled basis (classical Gram-Schmidt over blocks of
     ``block_size`` rows, the value given to :func:`lanczos_init`; a second pass where the first
     removed more than half of ``|w|^2``), ``alpha_i`` and ``beta_i`` are recorded, and
-    ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``w`` is not
-    finite, or ``beta_i`` is at or below ``tol * |w|`` (default ``sqrt(eps)`` of the dtype), the
-    step is masked: nothing that follows uses it, and no NaN enters the state.
+    ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``|w|`` is not
+    finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below ``tol * |w|``
+    (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows uses it, and
+    no NaN enters the state.
 
     Example:
       >>> import jax.numpy as jnp
@@ -455,8 +492,11 @@ def _resume(path, v0, num_steps, block_size) -> LanczosState | None:
 
 
 def _host_advance(state: LanczosState, w, q_prev, q_cur, tol):
-    """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is a tuple of blocks."""
-    q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol)
+    """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is a tuple of the blocks
+    that hold a filled row (rows ``0 .. step``); their number is static, so a step reads exactly
+    those blocks with no ``lax.cond``, at the price of one compilation per block count."""
+    q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol,
+                             all_filled=True)
     return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
 
 
@@ -469,25 +509,48 @@ _write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(blo
 
 
 class _HostBasis:
-    """The host driver's basis: separate ``(block, P)`` arrays, the last rows ``q_{i-1}, q_i``."""
+    """The host driver's basis: separate ``(block, P)`` arrays, the last rows ``q_{i-1}, q_i``.
 
-    def __init__(self, state: LanczosState, block: int):
-        basis, i = state.basis, int(state.step)
-        self.block = block
-        self.blocks = [basis[k:k + block] for k in range(0, basis.shape[0], block)]
-        self.q_cur = basis[i]
-        self.q_prev = basis[max(i - 1, 0)]
+    Blocks are allocated when their first row is written, and the ``(rows, P)`` basis is only
+    assembled for a checkpoint or ``return_basis``.
+    """
+
+    def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array):
+        self.blocks = blocks
+        self.q_prev, self.q_cur = q_prev, q_cur
+        first = blocks[0]
+        self.block, self.dim, self.dtype = first.shape[0], first.shape[1], first.dtype
+
+    @classmethod
+    def fresh(cls, v0: jax.Array, num_rows: int, block: int) -> "_HostBasis":
+        first = _first_rows(v0, block)  # only the first block exists
+        return cls([first] + [None] * (num_rows // block - 1), first[0], first[0])
+
+    @classmethod
+    def resume(cls, basis: jax.Array, step: int, block: int) -> "_HostBasis":
+        blocks = [basis[k:k + block] for k in range(0, basis.shape[0], block)]
+        return cls(blocks, basis[max(step - 1, 0)], basis[step])
+
+    def filled(self, i: int) -> tuple:
+        """The blocks that hold a filled row when ``q_i`` is the newest row."""
+        return tuple(self.blocks[: i // self.block + 1])
 
     def push(self, i: int, q_next: jax.Array) -> None:
         """Writes ``q_{i+1}`` (row ``i + 1``)."""
         k, r = divmod(i + 1, self.block)
         if k < len(self.blocks):
+            if self.blocks[k] is None:
+                self.blocks[k] = jnp.zeros((self.block, self.dim), self.dtype)
             self.blocks[k] = _write_row(self.blocks[k], q_next, r)
         self.q_prev, self.q_cur = self.q_cur, q_next
 
-    def state(self, rest: LanczosState, as_numpy: bool = False) -> LanczosState:
-        cat = np.concatenate if as_numpy else jnp.concatenate
-        return rest._replace(basis=cat([np.asarray(b) if as_numpy else b for b in self.blocks]))
+    def basis(self, as_numpy: bool = False):
+        """The ``(rows, P)`` basis (rows not yet written are zero)."""
+        blocks = [np.zeros((self.block, self.dim), self.dtype) if b is None else b
+                  for b in self.blocks]
+        if as_numpy:
+            return np.concatenate([np.asarray(b) for b in blocks])
+        return jnp.concatenate([jnp.asarray(b) for b in blocks])
 
 
 def run_lanczos(
@@ -553,7 +616,15 @@ def run_lanczos(
     if driver == "compiled":
         _check_matvec(matvec, v0)
     state = _resume(checkpoint, v0, num_steps, block_size)
-    if state is None:
+    host = None
+    if driver == "host":  # the basis lives in host.blocks; the state carries the rest
+        if state is None:
+            host = _HostBasis.fresh(v0, _num_rows(num_steps, block_size), block_size)
+            state = _fresh_state((), num_steps, v0.dtype)
+        else:
+            host = _HostBasis.resume(state.basis, int(state.step), block_size)
+            state = state._replace(basis=())
+    elif state is None:
         state = lanczos_init(v0, num_steps, block_size=block_size)
     bar = None
     if progress:
@@ -570,9 +641,6 @@ def run_lanczos(
             lambda s, k, op: lanczos_continue(matvec if op is None else op, s, k, tol=tol,
                                               block_size=block_size), donate_argnums=0)
         chunk = lambda s, k: compiled(s, k, operator)  # noqa: E731
-    else:
-        host = _HostBasis(state, block_size)
-        state = state._replace(basis=tuple(host.blocks))
     try:
         while int(state.step) < num_steps and bool(_active(state)):
             before = int(state.step)
@@ -586,20 +654,20 @@ def run_lanczos(
                         raise TypeError(
                             f"the matvec must map shape {v0.shape} {v0.dtype} to the same; it "
                             f"returned {w.shape} {w.dtype}")
-                    q_next, state = _host_step(state._replace(basis=tuple(host.blocks)), w,
+                    q_next, state = _host_step(state._replace(basis=host.filled(i)), w,
                                                host.q_prev, host.q_cur, tol=tol)
                     host.push(i, q_next)
                     _raise_if_nonfinite(state.nonfinite_step)
                     if bool(state.broken_down):
                         break
             if checkpoint is not None:
-                save_lanczos_state(checkpoint, state if driver == "compiled"
-                                   else host.state(state, as_numpy=True))
+                save_lanczos_state(checkpoint, state if host is None
+                                   else state._replace(basis=host.basis(as_numpy=True)))
             if bar is not None:
                 bar.update(int(state.step) - before)
     finally:
         if bar is not None:
             bar.close()
-    if driver == "host":
-        state = host.state(state)
+    if host is not None:
+        state = state._replace(basis=host.basis() if return_basis else None)
     return _result(state, num_steps, return_basis)

@@ -92,6 +92,24 @@ def test_host_operator_streams_numpy_batches():
         np.testing.assert_allclose(mv(v), H @ v, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_host_operator_on_device_batches(num_shards):
+    """Device batches are passed whole and cut out inside the compiled group HVP; zero-weight
+    padding batches (num_shards) are skipped, groups do not run past them."""
+    params = mlp_params(jax.random.key(0))
+    data = make_data(jax.random.key(6), 37)  # 4 full batches of 8 (+ 2 padding at 3 shards)
+    batched = batch_dataset(data, 8, num_shards=num_shards)
+    assert isinstance(batched.batches["x"], jax.Array)
+    flat, _ = ravel_pytree(params)
+    v = jax.random.normal(jax.random.key(7), flat.shape)
+    H = dense_hessian(mlp_loss, params, data)
+    for group in (1, 3, 4, 10):
+        mv = host_hessian_matvec(mlp_loss, params, batched, group_size=group)
+        np.testing.assert_allclose(mv(v), H @ v, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="group_size"):
+        host_hessian_matvec(mlp_loss, params, batched, group_size=0)
+
+
 def test_ragged_tail_is_exact_not_averaged_per_batch():
     # a loss whose Hessian depends on the data only through its mean: 1/num_batches weighting of
     # a ragged tail would give a visibly different answer

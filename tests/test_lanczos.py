@@ -131,7 +131,10 @@ def test_drivers_agree():
                                rtol=1e-10, atol=1e-12)
 
 
-def test_host_resume_from_checkpoint_is_identical(tmp_path):
+@pytest.mark.parametrize("block_size", [16, 4])
+def test_host_resume_from_checkpoint_is_identical(tmp_path, block_size):
+    """Block 16: the kill falls in the first block; block 4: past two block boundaries, so the
+    host driver's lazily allocated blocks are saved and rebuilt."""
     A, _ = matrix_with_spectrum(spectrum_of_kind("spread", 50, 9), 9)
     v0 = jnp.asarray(np.random.default_rng(5).standard_normal(50))
     path = tmp_path / "state.npz"
@@ -144,16 +147,22 @@ def test_host_resume_from_checkpoint_is_identical(tmp_path):
         return A @ v
 
     with pytest.raises(KeyboardInterrupt):
-        run_lanczos(dying, v0, 20, driver="host", chunk_size=4, checkpoint=path)
+        run_lanczos(dying, v0, 20, driver="host", chunk_size=4, checkpoint=path,
+                    block_size=block_size)
     assert int(load_lanczos_state(path).step) == 8
     with pytest.raises(ValueError, match="another shape"):  # another run: refused
-        run_lanczos(lambda v: A @ v, v0, 30, driver="host", checkpoint=path)
+        run_lanczos(lambda v: A @ v, v0, 30, driver="host", checkpoint=path,
+                    block_size=block_size)
     with pytest.raises(ValueError, match="start vector"):
-        run_lanczos(lambda v: A @ v, 2 * v0 + 1, 20, driver="host", checkpoint=path)
-    resumed = run_lanczos(lambda v: A @ v, v0, 20, driver="host", chunk_size=4, checkpoint=path)
-    full = run_lanczos(lambda v: A @ v, v0, 20, driver="host")
+        run_lanczos(lambda v: A @ v, 2 * v0 + 1, 20, driver="host", checkpoint=path,
+                    block_size=block_size)
+    resumed = run_lanczos(lambda v: A @ v, v0, 20, driver="host", chunk_size=4, checkpoint=path,
+                          block_size=block_size, return_basis=True)
+    full = run_lanczos(lambda v: A @ v, v0, 20, driver="host", block_size=block_size,
+                       return_basis=True)
     np.testing.assert_array_equal(np.asarray(resumed.alphas), np.asarray(full.alphas))
     np.testing.assert_array_equal(np.asarray(resumed.betas), np.asarray(full.betas))
+    np.testing.assert_array_equal(np.asarray(resumed.basis), np.asarray(full.basis))
 
 
 def test_compiled_resume_after_interrupt(tmp_path, monkeypatch):
