@@ -274,3 +274,33 @@ def test_host_driver_orthogonality_float32_ill_conditioned():
     assert np.abs(Q @ Q.T - np.eye(m + 1)).max() <= 1e-5
     comp = run_lanczos(lambda v: A @ v, v0, m, driver="compiled", block_size=8)
     np.testing.assert_allclose(host.alphas, comp.alphas, rtol=1e-4, atol=1e-6)
+
+
+def test_second_gram_schmidt_pass_where_the_first_removed_most():
+    """A w whose old-basis component dwarfs its new direction (1e6 against 1e3 in float32, still
+    above the breakdown threshold sqrt(eps) |w|): one Gram-Schmidt pass leaves 1.3e-4 of q_0 in
+    q_next; the DGKS test must call the second pass, in both drivers' layouts."""
+    lz = importlib.import_module("jaxspec.lanczos")
+    n = 1000
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((n, 3)))
+    q0, q1, r = (jnp.asarray(q[:, k], jnp.float32) for k in range(3))
+    # after step 0 with beta_0 = 0: the three-term recurrence leaves the q_0 component alone
+    state = lanczos_init(q0, 4, block_size=4)
+    state = state._replace(basis=state.basis.at[1].set(q1), step=jnp.int32(1))
+    w = 1e6 * q0 + 3.0 * q1 + 1e3 * r
+
+    def check(q_next, alpha, beta):
+        assert abs(float(jnp.dot(q_next, q0))) < 1e-5
+        assert abs(float(jnp.dot(q_next, q1))) < 1e-5
+        np.testing.assert_allclose(float(jnp.linalg.norm(q_next)), 1.0, rtol=1e-6)
+        # w itself carries float32 rounding of eps * 1e6 / sqrt(n) ~ 2e-3 per entry
+        np.testing.assert_allclose(float(jnp.dot(q_next, r)), 1.0, rtol=1e-4)
+        np.testing.assert_allclose(float(beta), 1e3, rtol=1e-4)
+        np.testing.assert_allclose(float(alpha), 3.0, rtol=1e-2)
+
+    s = lz.lanczos_step(state, w, block_size=4)  # compiled layout: (rows, P) basis, lax.cond
+    check(s.basis[2], s.alphas[1], s.betas[1])
+    host = state._replace(basis=(state.basis[:4],))  # host layout: the filled blocks only
+    q_next, s = lz._host_step(host, w, q0, q1, tol=None)
+    check(q_next, s.alphas[1], s.betas[1])
