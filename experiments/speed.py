@@ -194,9 +194,10 @@ def bench(name, init, apply, args):
                  (f"Lanczos / (m x HVP), {driver}",
                   f"{t_lz / t_hvps:9.2f}  (rounds: "
                   f"{' '.join(f'{a / b:.2f}' for a, b in rounds)})")]
+    peak = peak_memory()  # before the floor's own test arrays are allocated
     floor = reorth_floor(P, args.m, flat.dtype)
     rows.append(("re-orth floor per step (2 reads)", f"{floor / args.m * 1e3:9.1f} ms"))
-    rows.append(("peak memory", peak_memory()))
+    rows.append(("peak memory", peak))
     rows.append(("Krylov basis (m+1) x P floats", f"{(args.m + 1) * P * 4 / 2**20:9.1f} MiB"))
     print(f"\n== {name}  (N={args.n}, batch={args.batch_size}, backend={jax.default_backend()}, "
           f"devices={jax.device_count()})")
