@@ -23,6 +23,7 @@ import sys
 from typing import Any, Sequence
 
 
+from experiments.compare import negative_stats
 from experiments.spectrum import (
     SpectrumSettings,
     add_settings_arguments,
@@ -81,12 +82,9 @@ def epoch_rows(spectra: dict[int, Spectrum], /) -> list[dict[str, Any]]:
     rows = []
     for epoch in sorted(spectra):
         s = spectra[epoch]
-        neg = s.negative()
         rec = s.meta.get("train_metrics") or {}
         rows.append({"epoch": int(epoch), "lambda_max": s.lambda_max, "lambda_min": s.lambda_min,
-                     "num_nodes": int(s.nodes.size), "num_negative": neg.count,
-                     "num_negative_separated": neg.count_separated, "negative_mass": neg.mass,
-                     "test_accuracy": rec.get("test_accuracy"),
+                     **negative_stats(s), "test_accuracy": rec.get("test_accuracy"),
                      "train_accuracy": rec.get("train_accuracy")})
     return rows
 

@@ -234,9 +234,8 @@ _jit_apply = jax.jit(_apply)
 
 
 def _resolve_driver(driver: str, num_devices: int) -> str:
-    if driver != "auto":
-        return driver
-    return "host" if jax.default_backend() == "cpu" and num_devices == 1 else "compiled"
+    # several devices: the data-parallel operator is traceable only (shard_map), so compiled
+    return "compiled" if driver == "auto" and num_devices > 1 else jaxspec.resolve_driver(driver)
 
 
 def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dict,

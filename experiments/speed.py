@@ -19,6 +19,7 @@ peak bytes in use on a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import time
@@ -29,16 +30,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
+from experiments.speed_devices import _best
 
 
 def _time(fn, *args, repeat: int = 5) -> float:
     jax.block_until_ready(fn(*args))  # compile + warm up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
+    return _best(fn, *args, repeats=repeat)
 
 
 def _race(fns: dict, rounds: int = 7) -> dict:
@@ -144,7 +141,8 @@ def bench(name, init, apply, args):
 
     host_mv = jaxspec.host_hessian_matvec(loss, params, batched)
     scan_mv = jaxspec.hessian_matvec(loss, params, batched)
-    t_hvp_scan = _time(jax.jit(lambda op, v: op(v)), scan_mv, v, repeat=2)  # slow on CPU convs
+    apply = jax.jit(lambda op, v: op(v))  # one compilation of the scan HVP, used twice
+    t_hvp_scan = _time(apply, scan_mv, v, repeat=2)  # slow on CPU convs
 
     @jax.jit
     def unrolled(v, params, batches):  # every batch in one program, no XLA loop: the CPU floor
@@ -175,12 +173,12 @@ def bench(name, init, apply, args):
         # Each warm run is paired with m HVPs run back to back (each waited for, as a Lanczos step
         # waits for its HVP): both are averages over m products, taken seconds apart, so neither
         # the load drift nor a best-of-few bias gets into their ratio. The median round is kept.
-        apply = mv if driver == "host" else jax.jit(lambda v, op=mv: op(v))
+        hvp = mv if driver == "host" else functools.partial(apply, mv)
         rounds = []
         for _ in range(args.repeat):
             t = time.perf_counter()
             for _ in range(args.m):
-                jax.block_until_ready(apply(v))
+                jax.block_until_ready(hvp(v))
             t_hvps = time.perf_counter() - t
             t = time.perf_counter()
             jax.block_until_ready(run())

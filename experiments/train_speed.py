@@ -2,7 +2,8 @@
 
 Times :func:`train.steps.build_trainer`'s jitted step (gather from the device-resident set,
 augmentation, forward, backward, SGD update) on synthetic CIFAR-shaped data, after compilation.
-Defaults: PreResNet-20 on a CPU, PreResNet-110 on a GPU/TPU, batch 128, all local devices.
+Defaults: PreResNet-20 on a CPU, PreResNet-20 and PreResNet-110 on a GPU/TPU, batch 128, all
+local devices.
 
     python -m experiments.train_speed                       # the default model for this machine
     python -m experiments.train_speed --model vgg16 --steps 50

@@ -67,7 +67,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxspec import (Spectrum, batch_dataset, hessian_matvec, host_hessian_matvec, hvp,
-                     random_probe, run_lanczos, slq)
+                     random_probe, resolve_driver, run_lanczos, slq)
 from jaxspec import rmt
 from jaxspec.compare import compare_spectra
 
@@ -407,14 +407,6 @@ def evaluate(params: Params, x: np.ndarray, y: np.ndarray, /, *,
 
 # ---- Hessian operators ------------------------------------------------------------------------
 
-def _resolve_driver(driver: str) -> str:
-    if driver == "auto":
-        return "host" if jax.default_backend() == "cpu" else "compiled"
-    if driver not in ("host", "compiled"):
-        raise ValueError(f"driver must be 'auto', 'host' or 'compiled', got {driver!r}")
-    return driver
-
-
 def weighted_cross_entropy(params: Params, batch: tuple[jax.Array, ...], /) -> jax.Array:
     """``sum_i w_i nll_i / len(batch)`` for ``batch = (x, y, w)``: the study's HVP ``loss_fn``.
 
@@ -588,7 +580,7 @@ def _run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]]
     t_point = time.perf_counter()
     times: dict[str, float] = {}
     os.makedirs(outdir, exist_ok=True)
-    driver = _resolve_driver(cfg.driver)
+    driver = resolve_driver(cfg.driver)
     widths = [cfg.input_dim, *cfg.student_widths, cfg.num_classes]
     q = p / n
     m_true = pools["fresh"]["x"].shape[0]
@@ -1044,7 +1036,7 @@ def run_study(config: StudyConfig, workdir: str | os.PathLike, /, *, progress: b
     m_true = int(math.ceil(config.true_ratio * p / b)) * b
     _log(f"True-Hessian study: P = {p}, M = {m_true} fresh samples (P/M = {p / m_true:.3g}), "
          f"N in {ns}, backend {jax.default_backend()}, driver "
-         f"{_resolve_driver(config.driver)}", quiet)
+         f"{resolve_driver(config.driver)}", quiet)
 
     teacher = mlp_init([config.seed, 0, 0],
                        [config.input_dim, *config.teacher_widths, config.num_classes])

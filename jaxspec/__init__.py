@@ -27,6 +27,7 @@ from jaxspec.lanczos import lanczos_continue
 from jaxspec.lanczos import lanczos_init
 from jaxspec.lanczos import lanczos_step
 from jaxspec.lanczos import load_lanczos_state
+from jaxspec.lanczos import resolve_driver
 from jaxspec.lanczos import run_lanczos
 from jaxspec.lanczos import save_lanczos_state
 from jaxspec.parallel import data_mesh
@@ -71,6 +72,7 @@ __all__ = [
     "lanczos_step",
     "load_lanczos_state",
     "num_samples",
+    "resolve_driver",
     "run_lanczos",
     "save_lanczos_state",
     "shard_batched",

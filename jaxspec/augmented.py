@@ -306,8 +306,11 @@ def augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,
                                  params, data, batched)
 
 
-def _group_augmented_hvp(loss_fn, unravel, padding, acc, v, params, data, groups, weights):
-    tangent = unravel(v)
+# Module-level jit (loss_fn and padding static, the accumulator donated), as hvp._group_hvp: a
+# jit made per operator recompiled for every new operator (new parameters, say).
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+def _group_augmented_hvp(loss_fn, padding, acc, v, params, data, groups, weights):
+    tangent = ravel_pytree(params)[1](v)
     for j, samples in enumerate(groups):  # unrolled: no XLA loop around the convolutions
         out = _batch_hvp_flat(loss_fn, padding, params, data, samples, tangent)
         acc = acc + weights[j].astype(out.dtype) * out
@@ -343,9 +346,9 @@ def host_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedD
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    flat, unravel = ravel_pytree(params)
+    flat = ravel_pytree(params)[0]
     data = jax.device_put(data)
-    group_hvp = jax.jit(functools.partial(_group_augmented_hvp, loss_fn, unravel, int(padding)))
+    group_hvp = functools.partial(_group_augmented_hvp, loss_fn, int(padding))
     num_batches = 0 if batched.batches is None else int(np.shape(batched.weights)[0])
     weights = np.asarray(batched.weights)
     real = [b for b in range(num_batches) if weights[b] != 0]
@@ -363,15 +366,6 @@ def host_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedD
         return acc
 
     return matvec
-
-
-def _vary(x: jax.Array, axis_name: str) -> jax.Array:
-    # As jaxspec.parallel: mark a device-invariant value as varying over the axis, so that
-    # scan carries and cond branches agree, and differentiating replicated params stays local.
-    mat = getattr(jax.typeof(x), "manual_axis_type", None)
-    if mat is not None and axis_name in mat.varying:
-        return x
-    return jax.lax.pcast(x, (axis_name,), to="varying")
 
 
 def sharded_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,

@@ -303,17 +303,11 @@ def host_hessian_matvec(
     group_hvp = functools.partial(_group_hvp, loss_fn)
 
     weights = np.asarray(batched.weights)
-    groups = []  # (start, stop): runs of consecutive nonzero-weight batches, cut to group_size
-    b = 0
-    while b < weights.shape[0]:
-        if weights[b] == 0:
-            b += 1
-            continue
-        stop = b
-        while stop < min(weights.shape[0], b + group_size) and weights[stop] != 0:
-            stop += 1
-        groups.append((b, stop))
-        b = stop
+    # (start, stop): runs of consecutive nonzero-weight batches, cut into groups of group_size
+    real = np.flatnonzero(weights)
+    runs = np.split(real, np.flatnonzero(np.diff(real) != 1) + 1) if real.size else []
+    groups = [(int(run[k]), int(run[min(k + group_size, run.size) - 1]) + 1)
+              for run in runs for k in range(0, run.size, group_size)]
     on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(batched.batches))
     tail = None
     if batched.tail is not None:  # a stack of one batch, made once

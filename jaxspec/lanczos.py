@@ -63,6 +63,7 @@ __all__ = [
     "lanczos_init",
     "lanczos_step",
     "load_lanczos_state",
+    "resolve_driver",
     "run_lanczos",
     "save_lanczos_state",
 ]
@@ -466,7 +467,20 @@ def _is_pytree_operator(matvec) -> bool:
                                 for x in leaves)
 
 
-def _resolve_driver(driver: str) -> str:
+def resolve_driver(driver: str = "auto", /) -> str:
+    """The Lanczos driver that ``driver`` stands for on this backend.
+
+    ``"auto"`` is ``"host"`` on CPU (XLA:CPU runs convolutions inside loops very slowly) and
+    ``"compiled"`` elsewhere; ``"host"`` and ``"compiled"`` are returned as they are.
+
+    Example:
+      >>> import jax
+      >>> from jaxspec import resolve_driver
+      >>> resolve_driver("auto") == ("host" if jax.default_backend() == "cpu" else "compiled")
+      True
+      >>> resolve_driver("compiled")
+      'compiled'
+    """
     if driver == "auto":
         return "host" if jax.default_backend() == "cpu" else "compiled"
     if driver not in ("compiled", "host"):
@@ -498,6 +512,15 @@ def _host_advance(state: LanczosState, w, q_prev, q_cur, tol):
     q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol,
                              all_filled=True)
     return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
+
+
+# The compiled driver's chunk, one jit for all runs: a jit made inside run_lanczos recompiled the
+# whole Lanczos program on every call (every probe of an SLQ run). A pytree operator is an
+# argument; any other matvec is static (hashed by identity: pass the same function to reuse).
+@functools.partial(jax.jit, static_argnames=("matvec", "tol", "block_size"), donate_argnums=0)
+def _compiled_chunk(state, num_new_steps, operator, *, matvec, tol, block_size):
+    return lanczos_continue(matvec if operator is None else operator, state, num_new_steps,
+                            tol=tol, block_size=block_size)
 
 
 # The host driver's jitted pieces, shared by all runs (a jit made inside run_lanczos would be
@@ -608,7 +631,7 @@ def run_lanczos(
     """
     _check_v0(v0)
     num_steps = _clamp_steps(num_steps, v0.shape[0])
-    driver = _resolve_driver(driver)
+    driver = resolve_driver(driver)
     if chunk_size is None:
         chunk_size = 10 if checkpoint is not None else num_steps
     if chunk_size < 1:
@@ -636,11 +659,10 @@ def run_lanczos(
     if driver == "compiled":
         # A pytree operator (hessian_matvec returns a jax.tree_util.Partial) is passed as an
         # argument, so its parameters and data are not baked into the program as constants.
-        operator = matvec if _is_pytree_operator(matvec) else None
-        compiled = jax.jit(
-            lambda s, k, op: lanczos_continue(matvec if op is None else op, s, k, tol=tol,
-                                              block_size=block_size), donate_argnums=0)
-        chunk = lambda s, k: compiled(s, k, operator)  # noqa: E731
+        pytree = _is_pytree_operator(matvec)
+        chunk = functools.partial(_compiled_chunk, operator=matvec if pytree else None,
+                                  matvec=None if pytree else matvec, tol=tol,
+                                  block_size=block_size)
     try:
         while int(state.step) < num_steps and bool(_active(state)):
             before = int(state.step)

@@ -39,6 +39,7 @@ devices. ``jaxspec.run_lanczos`` (hence ``jaxspec.slq``) and :func:`sharded_lanc
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Callable, NamedTuple, Sequence
@@ -378,6 +379,29 @@ def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
     return LanczosState(basis, whole, whole, whole, whole, whole, whole)
 
 
+@functools.lru_cache(maxsize=16)
+def _sharded_programs(mesh: Mesh, shard_basis: bool, axis_name: str, num_steps: int, dim: int,
+                      pad: int, tol: float | None, block_size: int):
+    """The jitted init and run of :func:`sharded_lanczos`, made once per configuration (made per
+    call, every call recompiled the whole run)."""
+    shardings = lanczos_state_sharding(mesh, shard_basis=shard_basis, axis_name=axis_name)
+    init = jax.jit(lambda v: lanczos_init(jnp.pad(v, (0, pad)), num_steps,
+                                          block_size=block_size),
+                   out_shardings=shardings)
+
+    def steps(mv, state):
+        def padded(v):
+            return jnp.pad(mv(v[:dim]), (0, pad)) if pad else mv(v)
+
+        return lanczos_continue(padded, state, num_steps, tol=tol, block_size=block_size)
+
+    # The matvec is an argument (a pytree, see sharded_hessian_matvec), not a closure: arrays on
+    # other processes' devices cannot be closed over. Donating the state lets the output basis
+    # reuse the input's memory (XLA:CPU cannot donate).
+    donate = (1,) if jax.default_backend() != "cpu" else ()
+    return init, jax.jit(steps, out_shardings=shardings, donate_argnums=donate)
+
+
 def sharded_lanczos(
     matvec: Callable[[jax.Array], jax.Array],
     v0: jax.Array,
@@ -441,24 +465,9 @@ def sharded_lanczos(
     # device count. The padding coordinates of v0 and of every product are 0, so the Krylov
     # space, T and the Ritz values are those of the unpadded operator.
     pad = (-dim) % _axis_size(mesh, axis_name) if shard_basis else 0
-    shardings = lanczos_state_sharding(mesh, shard_basis=shard_basis, axis_name=axis_name)
     v0 = _place(v0, NamedSharding(mesh, P()))
-
-    init = jax.jit(lambda v: lanczos_init(jnp.pad(v, (0, pad)), num_steps,
-                                          block_size=block_size),
-                   out_shardings=shardings)
-
-    def steps(mv, state):
-        def padded(v):
-            return jnp.pad(mv(v[:dim]), (0, pad)) if pad else mv(v)
-
-        return lanczos_continue(padded, state, num_steps, tol=tol, block_size=block_size)
-
-    # The matvec is an argument (a pytree, see sharded_hessian_matvec), not a closure: arrays on
-    # other processes' devices cannot be closed over. Donating the state lets the output basis
-    # reuse the input's memory (XLA:CPU cannot donate).
-    donate = (1,) if jax.default_backend() != "cpu" else ()
-    run = jax.jit(steps, out_shardings=shardings, donate_argnums=donate)
+    init, run = _sharded_programs(mesh, shard_basis, axis_name, num_steps, dim, pad, tol,
+                                  block_size)
     mv = matvec if isinstance(matvec, jax.tree_util.Partial) else jax.tree_util.Partial(matvec)
     state = run(mv, init(v0))
     step = int(state.nonfinite_step)

@@ -225,14 +225,13 @@ def train_and_evaluate(
     start = mngr.latest_step()
     if start is None:
         start = 0
-        metrics_io.truncate_metrics(workdir, max_epoch=0)
+        records = metrics_io.truncate_metrics(workdir, max_epoch=0)
         if 0 in config.checkpoint_epochs:
             mngr.save(0, args=ocp.args.StandardSave(state))
     else:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = mngr.restore(start, args=ocp.args.StandardRestore(abstract))
-        metrics_io.truncate_metrics(workdir, max_epoch=start)
-    records = metrics_io.read_metrics(workdir)
+        records = metrics_io.truncate_metrics(workdir, max_epoch=start)
     elapsed = records[-1]["elapsed"] if records else 0.0
     end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
     steps = trainer.steps_per_epoch
