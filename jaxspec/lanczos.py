@@ -55,6 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec._atomic import replacing
+
 __all__ = [
     "LanczosResult",
     "LanczosState",
@@ -83,6 +85,15 @@ class LanczosState(NamedTuple):
       num_valid: number of valid steps; stops growing at breakdown or at a non-finite matvec.
       broken_down: whether the Krylov space became invariant (``beta ~ 0``): the run is complete.
       nonfinite_step: the first step whose matvec returned NaN/Inf, or -1.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec import lanczos_init
+      >>> s = lanczos_init(jnp.ones(3), 2, block_size=4)  # advance with lanczos_continue
+      >>> int(s.step), int(s.num_valid), bool(s.broken_down), int(s.nonfinite_step)
+      (0, 0, False, -1)
+      >>> s.num_steps, s.basis.shape
+      (2, (4, 3))
     """
 
     basis: jax.Array
@@ -108,6 +119,15 @@ class LanczosResult(NamedTuple):
       num_valid: number of valid steps (less than ``num_steps`` after a breakdown).
       nonfinite_step: first step whose matvec returned NaN/Inf, or -1.
       basis: ``(num_steps + 1, P)`` orthonormal basis rows, or ``None`` unless asked for.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec import lanczos
+      >>> res = lanczos(lambda v: jnp.array([1.0, 3.0]) * v, jnp.ones(2), 2, return_basis=True)
+      >>> int(res.num_valid), int(res.nonfinite_step), res.basis.shape
+      (2, -1, (3, 2))
+      >>> [round(a, 4) for a in res.alphas.tolist()], round(float(res.betas[0]), 4)
+      ([2.0, 2.0], 1.0)
     """
 
     alphas: jax.Array
@@ -367,6 +387,13 @@ def _result(state: LanczosState, num_steps: int, return_basis: bool) -> LanczosR
     )
 
 
+def _stop(state: LanczosState) -> bool:
+    """Waits for ``state``'s flags (one transfer): raises on a NaN/Inf, True at a breakdown."""
+    nonfinite_step, broken_down = jax.device_get((state.nonfinite_step, state.broken_down))
+    _raise_if_nonfinite(nonfinite_step)
+    return bool(broken_down)
+
+
 def _raise_if_nonfinite(step) -> None:
     step = int(step)
     if step >= 0:
@@ -436,10 +463,8 @@ def save_lanczos_state(path: str | os.PathLike, state: LanczosState, /) -> None:
       >>> int(load_lanczos_state(path).step)
       0
     """
-    path = os.fspath(path)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in state._asdict().items()})
-    os.replace(tmp, path)
+    with replacing(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **{k: np.asarray(v) for k, v in state._asdict().items()})
 
 
 def load_lanczos_state(path: str | os.PathLike, /) -> LanczosState:
@@ -671,7 +696,12 @@ def run_lanczos(
                 _raise_if_nonfinite(state.nonfinite_step)
             else:
                 for i in range(before, before + min(chunk_size, num_steps - before)):
+                    # The HVP is dispatched before the last step's flags are read: the wait for
+                    # them then overlaps the Python work of the dispatch. After a breakdown or a
+                    # NaN that one HVP (of the zero vector) is thrown away.
                     w = matvec(host.q_cur)
+                    if i > before and _stop(state):
+                        break
                     if w.shape != v0.shape or w.dtype != v0.dtype:
                         raise TypeError(
                             f"the matvec must map shape {v0.shape} {v0.dtype} to the same; it "
@@ -679,9 +709,8 @@ def run_lanczos(
                     q_next, state = _host_step(state._replace(basis=host.filled(i)), w,
                                                host.q_prev, host.q_cur, tol=tol)
                     host.push(i, q_next)
-                    _raise_if_nonfinite(state.nonfinite_step)
-                    if bool(state.broken_down):
-                        break
+                else:
+                    _stop(state)
             if checkpoint is not None:
                 save_lanczos_state(checkpoint, state if host is None
                                    else state._replace(basis=host.basis(as_numpy=True)))
