@@ -30,6 +30,7 @@ from experiments.spectrum import (
     available_epochs,
     compute_spectrum,
     format_summary,
+    load_training_set,
     settings_from_args,
     spectrum_path,
 )
@@ -57,6 +58,7 @@ def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: S
     """
     out_dir = os.path.join(os.fspath(workdir), "spectra") if out_dir is None else out_dir
     result = {}
+    training_set = None  # loaded once, for the first epoch that needs it
     for epoch in epochs:
         path = spectrum_path(out_dir, settings.mode, epoch)
         if skip_existing and os.path.exists(path):
@@ -64,7 +66,13 @@ def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: S
             if verbose:
                 print(f"exists: {path}")
             continue
-        r = compute_spectrum(workdir, epoch, settings, out_dir=out_dir, npz=npz)
+        if training_set is None:
+            from train.loop import read_config
+
+            training_set = load_training_set(workdir, read_config(workdir), npz=npz,
+                                             num_images=settings.num_images)
+        r = compute_spectrum(workdir, epoch, settings, out_dir=out_dir, npz=npz,
+                             training_set=training_set)
         if verbose:
             print(format_summary(r))
         result[epoch] = r.spectrum

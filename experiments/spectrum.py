@@ -52,6 +52,7 @@ from jax.flatten_util import ravel_pytree
 import jaxspec
 from jaxspec import augmented as aug_lib
 from jaxspec import rmt
+from jaxspec._atomic import write_text
 from jaxspec.data import ImageDataset, normalize
 
 __all__ = [
@@ -356,9 +357,7 @@ def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
                 f"(saved {saved}, now {identity}); rerun with --restart to discard it")
         return any(n.startswith("lanczos_") for n in os.listdir(path))
     os.makedirs(path, exist_ok=True)
-    with open(settings_file + ".tmp", "w") as f:
-        json.dump(identity, f, indent=1, sort_keys=True)
-    os.replace(settings_file + ".tmp", settings_file)
+    write_text(settings_file, json.dumps(identity, indent=1, sort_keys=True))
     return False
 
 
@@ -369,7 +368,9 @@ def _jsonable(x: Any) -> Any:
 def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumSettings, /, *,
                      out_dir: str | os.PathLike | None = None, npz: str | None = None,
                      restart: bool = False, keep_checkpoint: bool = False,
-                     plot: bool = True) -> SpectrumResult:
+                     plot: bool = True,
+                     training_set: tuple[ImageDataset, dict[str, Any]] | None = None
+                     ) -> SpectrumResult:
     """Computes, saves and plots the spectrum of the checkpoint ``epoch`` of the run ``workdir``.
 
     Args:
@@ -381,6 +382,9 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
       restart: discard a Lanczos checkpoint left by an interrupted run instead of resuming.
       keep_checkpoint: keep the Lanczos state after success (it is ``(m + 1) x P`` floats).
       plot: write the stem plot.
+      training_set: ``load_training_set(workdir, config, npz=npz,
+        num_images=settings.num_images)``, loaded once by a caller that computes several
+        spectra of the run (:func:`experiments.epochs.epoch_spectra`); default: loaded here.
 
     Returns:
       :class:`SpectrumResult`.
@@ -393,7 +397,8 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     out_dir = os.path.join(workdir, "spectra") if out_dir is None else os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     model, config, metrics = load_checkpoint(workdir, epoch=epoch)
-    data, info = load_training_set(workdir, config, npz=npz, num_images=settings.num_images)
+    data, info = training_set or load_training_set(workdir, config, npz=npz,
+                                                   num_images=settings.num_images)
     loss_fn, params = hessian_loss(model, bn_mode=settings.bn_mode)
     flat = ravel_pytree(params)[0]
     dim = int(flat.shape[0])

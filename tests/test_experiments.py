@@ -135,6 +135,21 @@ def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path, monkeypat
     assert not ckpt.exists()
 
 
+def test_epoch_sweep_loads_the_training_set_once(smoke, tmp_path, monkeypatch):
+    from experiments import epochs
+
+    loads = []
+    load = epochs.load_training_set
+    monkeypatch.setattr(epochs, "load_training_set",
+                        lambda *a, **k: loads.append(1) or load(*a, **k))
+    settings = SpectrumSettings(mode="empirical", num_steps=4, batch_size=32, noise_probes=0,
+                                progress=False)
+    sweep = epochs.epoch_spectra(smoke["workdir"], (0, 2), settings, out_dir=str(tmp_path),
+                                 verbose=False)
+    assert sorted(sweep) == [0, 2] and len(loads) == 1
+    assert sweep[0].meta["N"] == sweep[2].meta["N"] == 128
+
+
 def test_print_commands_cover_every_paper_run(capsys):
     assert paper.main(["--print-commands", "--runs-dir", "R"]) == 0
     out = capsys.readouterr().out

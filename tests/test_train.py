@@ -184,6 +184,20 @@ def test_run_writes_config_metrics_and_checkpoints(full_run):
         load_checkpoint(workdir, epoch=2)
 
 
+def test_load_checkpoint_traces_the_model_once(full_run):
+    """A sweep over checkpoints builds the model template once, and each load is its own."""
+    from train import loop
+
+    workdir, _ = full_run
+    loop._model_template.cache_clear()
+    first, last = _params(workdir, epoch=0), _params(workdir, epoch=3)
+    info = loop._model_template.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    differs = jax.tree.map(lambda a, b: not np.array_equal(a, b), first, last)
+    assert any(jax.tree.leaves(differs))
+    assert loop.read_config(workdir) == RUN
+
+
 def test_killed_run_resumes_on_the_same_trajectory(full_run, tmp_path, capsys):
     from train.__main__ import main
 

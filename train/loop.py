@@ -23,6 +23,7 @@ out systematically. Model, optimiser, devices and BatchNorm semantics: :mod:`tra
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -36,6 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxspec import data as data_lib
+from jaxspec._atomic import write_text
 from train import metrics_io
 from train.configs import RUN_CONTROL_FIELDS, TrainConfig
 from train.schedules import paper_lr
@@ -48,7 +50,7 @@ from train.steps import (
     make_optimizer,
 )
 
-__all__ = ["load_checkpoint", "load_data", "read_data_info", "train_and_evaluate"]
+__all__ = ["load_checkpoint", "load_data", "read_config", "read_data_info", "train_and_evaluate"]
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -123,10 +125,7 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
                 f"{workdir} holds a run with a different config; differing keys "
                 f"(saved, given): {diff}. Use another --workdir, or the same settings to resume."
             )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(config.to_dict(), indent=2))
 
 
 def _write_data_info(workdir: str, data: data_lib.ImageDataset) -> None:
@@ -139,10 +138,7 @@ def _write_data_info(workdir: str, data: data_lib.ImageDataset) -> None:
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
     }
-    tmp = os.path.join(workdir, DATA_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, DATA_FILE))
+    write_text(os.path.join(workdir, DATA_FILE), json.dumps(info, indent=2))
 
 
 def read_data_info(workdir: str | os.PathLike, /) -> dict[str, Any]:
@@ -164,6 +160,31 @@ def read_data_info(workdir: str | os.PathLike, /) -> dict[str, Any]:
     """
     with open(os.path.join(os.fspath(workdir), DATA_FILE)) as f:
         return json.load(f)
+
+
+def read_config(workdir: str | os.PathLike, /) -> TrainConfig:
+    """The :class:`TrainConfig` a run in ``workdir`` was trained with (its ``config.json``).
+
+    Raises:
+      FileNotFoundError: if ``workdir`` holds no run.
+
+    Example:
+      >>> import tempfile
+      >>> from train import TrainConfig, train_and_evaluate
+      >>> from train.loop import read_config
+      >>> d = tempfile.mkdtemp()
+      >>> cfg = TrainConfig(model="mlp", model_kwargs={"hidden": [16]}, dataset="synthetic",
+      ...                   synthetic_size=(64, 32), epochs=1, batch_size=32, progress=False)
+      >>> _ = train_and_evaluate(cfg, d)
+      >>> read_config(d) == cfg
+      True
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE}; not a training run directory")
+    with open(path) as f:
+        return TrainConfig.from_dict(json.load(f))
 
 
 def train_and_evaluate(
@@ -304,6 +325,22 @@ def _evaluate_test(
     return loss_sum / n, correct / n
 
 
+@functools.lru_cache(maxsize=8)
+def _model_template(model: str, model_kwargs: str, seed: int, prng_impl: str,
+                    num_classes: int) -> tuple:
+    """``(graphdef, abstract params, abstract batch stats, other_init)`` of a model, cached per
+    model so that a sweep over checkpoints traces it once. ``other_init()`` is jitted and returns
+    fresh arrays of the model's remaining state (its RNG streams); the parameter initialisers are
+    dead code there, so it costs neither their compilation nor their compute."""
+    config = TrainConfig(model=model, model_kwargs=json.loads(model_kwargs), seed=seed,
+                         prng_impl=prng_impl)
+    create = lambda: build_model(config, num_classes=num_classes)  # noqa: E731
+    graphdef, params, batch_stats, _ = nnx.split(nnx.eval_shape(create), nnx.Param,
+                                                 nnx.BatchStat, ...)
+    other_init = jax.jit(lambda: nnx.state(create(), nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))))
+    return graphdef, params, batch_stats, other_init
+
+
 def load_checkpoint(
     workdir: str | os.PathLike, /, *, epoch: int | None = None
 ) -> tuple[nnx.Module, TrainConfig, list[dict[str, Any]]]:
@@ -336,11 +373,7 @@ def load_checkpoint(
       (1, 'mlp')
     """
     workdir = os.path.abspath(os.fspath(workdir))
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE}; not a training run directory")
-    with open(path) as f:
-        config = TrainConfig.from_dict(json.load(f))
+    config = read_config(workdir)
     if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
         raise FileNotFoundError(f"{workdir}: no checkpoints")
     mngr = _checkpoint_manager(workdir, config, read_only=True)
@@ -354,10 +387,9 @@ def load_checkpoint(
                 f"{workdir}: no checkpoint at epoch {epoch}; available: {sorted(steps)}"
             )
         num_classes = int(read_data_info(workdir)["num_classes"])
-        create = lambda: build_model(config, num_classes=num_classes)  # noqa: E731
-        graphdef, params, batch_stats, _ = nnx.split(
-            nnx.eval_shape(create), nnx.Param, nnx.BatchStat, ...
-        )
+        graphdef, params, batch_stats, other_init = _model_template(
+            config.model, json.dumps(config.model_kwargs, sort_keys=True), config.seed,
+            config.prng_impl, num_classes)
         tx = make_optimizer(config, steps_per_epoch=1)  # the schedule is not state
         target = TrainState(params, batch_stats, jax.eval_shape(tx.init, params))
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -367,10 +399,7 @@ def load_checkpoint(
         state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     finally:
         mngr.close()
-    # The rest of the model (RNG streams) from a jitted init: the parameter initialisers are dead
-    # code there, so this costs neither their compilation nor their compute.
-    other = jax.jit(lambda: nnx.state(create(), nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))))()
-    model = nnx.merge(graphdef, state.params, state.batch_stats, other)
+    model = nnx.merge(graphdef, state.params, state.batch_stats, other_init())
     metrics = [r for r in metrics_io.read_metrics(workdir) if r.get("epoch", 0) <= step]
     return model, config, metrics
 
