@@ -31,7 +31,10 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from experiments._markdown import fmt as _f
+from experiments._markdown import row as _md
 from jaxspec import Spectrum
+from jaxspec._atomic import write_text
 from jaxspec.compare import compare_spectra
 
 __all__ = [
@@ -192,9 +195,9 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
                    suptitle=f"{data['model']} {data['dataset']} epoch {epoch} "
                             f"(P={p:,}, BN {data['bn_mode']})")
     data["figures"] = {k: os.path.basename(v) for k, v in paths.items() if k == "png"}
-    _write(paths["json"], json.dumps(_clean(data), indent=1, allow_nan=False))
-    _write(paths["csv"], comparison.to_csv())
-    _write(paths["md"], to_markdown(data, comparison_md=comparison.to_markdown()))
+    write_text(paths["json"], json.dumps(_clean(data), indent=1, allow_nan=False))
+    write_text(paths["csv"], comparison.to_csv())
+    write_text(paths["md"], to_markdown(data, comparison_md=comparison.to_markdown()))
     return CompareResult(data, paths)
 
 
@@ -211,12 +214,6 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     return x
-
-
-def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str | None = None,
@@ -244,20 +241,6 @@ def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str |
                          spectrum_path(spectra_dir, "augmented", epoch),
                          out_dir=out_dir or spectra_dir, metrics=read_metrics(workdir),
                          sigma2=sigma2, plot=plot)
-
-
-def _f(x: Any, spec: str = ".4g") -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    return format(float(x), spec)
-
-
-def _md(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) -> str:

@@ -30,6 +30,9 @@ import sys
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
+from experiments._markdown import fmt as _f
+from experiments._markdown import row as _md
+
 __all__ = [
     "PAPER",
     "PRESETS",
@@ -214,20 +217,6 @@ def collect_entries(runs_dir: str, /) -> list[ReportEntry]:
     return entries
 
 
-def _f(x: Any, spec: str = ".4g") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return format(float(x), spec)
-
-
-def _md(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
 def _neg(n: Any) -> tuple[str, str]:
     if n is None:
         return "-", "-"
@@ -247,6 +236,8 @@ def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | N
 
     Every table has a ``paper`` row (the reported numbers) and an ``ours`` row per run.
     """
+    from jaxspec._atomic import write_text
+
     out_dir = os.path.dirname(os.path.abspath(path))
     title = title or "Empirical vs Augmented Hessian spectra: ours next to Granziol et al. (2020)"
     lines = [f"# {title}", ""]
@@ -342,13 +333,10 @@ def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | N
             rel = os.path.relpath(os.path.abspath(f), out_dir)
             lines += [f"**{label}**: `{os.path.basename(f)}`", "", f"![{label}]({rel})", ""]
     text = "\n".join(lines).rstrip() + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(path, text)
     data = {"title": title, "entries": records}
     json_path = os.path.splitext(path)[0] + ".json"
-    with open(json_path, "w") as f:
-        json.dump(data, f, indent=1)
+    write_text(json_path, json.dumps(data, indent=1))
     return data
 
 

@@ -69,6 +69,7 @@ from jax.flatten_util import ravel_pytree
 from jaxspec import (Spectrum, batch_dataset, hessian_matvec, host_hessian_matvec, hvp,
                      random_probe, resolve_driver, run_lanczos, slq)
 from jaxspec import rmt
+from jaxspec._atomic import replacing, write_text
 from jaxspec.compare import compare_spectra
 
 __all__ = [
@@ -504,10 +505,7 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def _save_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=False, default=_json_default)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, allow_nan=False, default=_json_default))
 
 
 def _json_default(x):
@@ -521,10 +519,9 @@ def _finite(x: float | None) -> float | None:
 
 
 def _save_params(path: str, params: Params) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{f"{i}_{k}": np.asarray(v) for i, layer in enumerate(params)
-                     for k, v in layer.items()})
-    os.replace(tmp, path)
+    with replacing(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **{f"{i}_{k}": np.asarray(v) for i, layer in enumerate(params)
+                         for k, v in layer.items()})
 
 
 def _load_params(path: str, like: Params) -> Params:

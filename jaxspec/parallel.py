@@ -55,6 +55,7 @@ from jaxspec.hvp import Batched, hvp
 from jaxspec.lanczos import (
     LanczosResult,
     LanczosState,
+    _raise_if_nonfinite,
     lanczos_continue,
     lanczos_init,
 )
@@ -470,11 +471,7 @@ def sharded_lanczos(
                                   block_size)
     mv = matvec if isinstance(matvec, jax.tree_util.Partial) else jax.tree_util.Partial(matvec)
     state = run(mv, init(v0))
-    step = int(state.nonfinite_step)
-    if step >= 0:
-        raise FloatingPointError(
-            f"the matvec returned NaN or Inf at Lanczos step {step} (0-based); the steps before "
-            "it are valid. Check the loss at these parameters, or the data of that HVP.")
+    _raise_if_nonfinite(state.nonfinite_step)
     return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
                          state.basis[: num_steps + 1, :dim] if return_basis else None)
 

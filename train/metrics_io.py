@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from jaxspec._atomic import write_text
+
 __all__ = ["METRICS_FILE", "append_metrics", "read_metrics", "truncate_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -79,10 +81,5 @@ def truncate_metrics(workdir: str | os.PathLike, /, *, max_epoch: int) -> list[d
     """
     kept = [r for r in read_metrics(workdir) if r.get("epoch", 0) <= max_epoch]
     path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept), fsync=True)
     return kept
