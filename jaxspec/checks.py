@@ -19,6 +19,13 @@ class SymmetryReport(NamedTuple):
         about ``eps * sqrt(P)`` for a symmetric operator in floating point.
       vAw: ``v^T A w`` of the first pair.
       wAv: ``w^T A v`` of the first pair.
+
+    Example:
+      >>> import jax
+      >>> from jaxspec import assert_symmetric
+      >>> r = assert_symmetric(lambda v: 2.0 * v, jax.random.key(0), 3)
+      >>> r.relative_error, r.vAw == r.wAv
+      (0.0, True)
     """
 
     relative_error: float

@@ -59,6 +59,12 @@ class ImageDataset(NamedTuple):
       num_classes: number of classes.
       mean: ``float32`` ``(C,)`` per-channel mean of the full training split, pixel units 0..255.
       std: ``float32`` ``(C,)`` per-channel standard deviation of the full training split.
+
+    Example:
+      >>> from jaxspec.data import synthetic_cifar
+      >>> d = synthetic_cifar(num_train=6, num_test=3, num_classes=3)
+      >>> d.name, d.num_classes, d.x_test.shape, d.mean.shape
+      ('synthetic', 3, (3, 32, 32, 3), (3,))
     """
 
     name: str

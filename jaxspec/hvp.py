@@ -79,6 +79,15 @@ class Batched(NamedTuple):
 
     The data-set loss is ``sum_b weights[b] * loss(batches[b]) + tail_weight * loss(tail)``, which
     equals the mean over all N samples exactly, including when the last batch is smaller.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxspec import batch_dataset
+      >>> b = batch_dataset({"x": np.arange(10.0)}, 4)
+      >>> b.batches["x"].shape, b.tail["x"].tolist(), float(b.tail_weight)
+      ((2, 4), [8.0, 9.0], 0.2)
+      >>> round(float(b.weights.sum() + b.tail_weight), 6)
+      1.0
     """
 
     batches: Any

@@ -63,7 +63,16 @@ Side = Literal["top", "bottom"]
 
 
 class Edges(NamedTuple):
-    """The support ``[lower, upper]`` of a limiting spectral law."""
+    """The support ``[lower, upper]`` of a limiting spectral law.
+
+    Returned by :func:`semicircle_edges` and :func:`marchenko_pastur_edges`.
+
+    Example:
+      >>> from jaxspec.rmt import semicircle_edges
+      >>> e = semicircle_edges(s2=1.0)
+      >>> float(e.lower), float(e.upper)
+      (-2.0, 2.0)
+    """
 
     lower: jax.Array
     upper: jax.Array
@@ -81,6 +90,12 @@ class TrueEdge(NamedTuple):
         ``s = sqrt(q sigma^2)``. When not identifiable, all one can say is ``lambda_1 <= bound``
         (top) or ``lambda_P >= bound`` (bottom): the empirical edge is the noise's bulk edge.
         When identifiable, ``value`` lies beyond ``bound``.
+
+    Example:
+      >>> from jaxspec.rmt import true_edge
+      >>> t = true_edge(2.5, q=4.0, sigma2=0.25)
+      >>> float(t.value), bool(t.identifiable), float(t.bound)
+      (2.0, True, 1.0)
     """
 
     value: jax.Array
@@ -98,6 +113,14 @@ class NoiseVariance(NamedTuple):
         the square root of their number, treating them as independent (batches of one shuffle
         are slightly negatively correlated and all probes share the same samples). NaN with a
         single term.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.rmt import noise_variance
+      >>> hb = jnp.array([[[1.0, 0.0], [-1.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]])  # (k, m, P)
+      >>> nv = noise_variance(hb, jnp.zeros((2, 2)), jnp.ones((2, 2)), batch_size=1, num_samples=2)
+      >>> float(nv.sigma2), nv.per_probe.tolist(), round(float(nv.stderr), 3)
+      (0.75, [0.5, 1.0], 0.433)
     """
 
     sigma2: jax.Array

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec._atomic import replacing, write_text
 from jaxspec.lanczos import LanczosResult, run_lanczos
 
 __all__ = ["NegativeMass", "Spectrum", "random_probe", "slq"]
@@ -32,6 +33,12 @@ class NegativeMass(NamedTuple):
       count: number of negative Ritz values.
       count_separated: number of negative Ritz values well separated from the origin cluster.
       mass: total weight of the separated negative Ritz values.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> m = Spectrum([-2.0, 1.0, 3.0], [0.25, 0.25, 0.5]).negative()
+      >>> m.count, m.count_separated, m.mass
+      (1, 1, 0.25)
     """
 
     count: int
@@ -282,17 +289,14 @@ class Spectrum:
           {'model': 'mlp'}
         """
         path = os.fspath(path)
-        tmp = path + ".tmp"
         if path.endswith(".npz"):
-            with open(tmp, "wb") as f:
+            with replacing(path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, nodes=self.nodes, weights=self.weights,
                          num_vectors=self.num_vectors, meta=json.dumps(self.meta))
         elif path.endswith(".json"):
-            with open(tmp, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, default=_json_default)
+            write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default))
         else:
             raise ValueError(f"unknown spectrum format for {path!r}: use .json or .npz")
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, /) -> "Spectrum":

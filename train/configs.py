@@ -60,6 +60,14 @@ class TrainConfig:
       stop_after: stop after this many epochs (the schedule still spans ``epochs``); ``None`` runs
         to the end. Rerun with a larger value, or ``None``, to continue.
       progress: show a progress bar per epoch.
+
+    Example:
+      >>> from train.configs import TrainConfig, get_config
+      >>> c = get_config("cpu_synthetic")
+      >>> c.name, c.model, c.dataset
+      ('cpu_synthetic', 'smallcnn', 'synthetic')
+      >>> TrainConfig(model="mlp", epochs=3).epochs
+      3
     """
 
     name: str = "custom"
