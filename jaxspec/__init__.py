@@ -16,6 +16,7 @@ from jaxspec.hvp import Batched
 from jaxspec.hvp import batch_dataset
 from jaxspec.hvp import dataset_hvp
 from jaxspec.hvp import dataset_loss
+from jaxspec.hvp import dataset_mean
 from jaxspec.hvp import hessian_matvec
 from jaxspec.hvp import host_hessian_matvec
 from jaxspec.hvp import hvp
@@ -62,6 +63,7 @@ __all__ = [
     "data_mesh",
     "dataset_hvp",
     "dataset_loss",
+    "dataset_mean",
     "global_batched",
     "hessian_matvec",
     "host_hessian_matvec",

@@ -50,7 +50,7 @@ from jax.sharding import Mesh
 from jaxspec.augment import IDENTITY_VARIANT, NUM_VARIANTS, PADDING, apply_variants
 from jaxspec.augment import choose_variants
 from jaxspec.data import normalize
-from jaxspec.hvp import Batched, _reduce, batch_dataset, hvp
+from jaxspec.hvp import Batched, batch_dataset, dataset_mean, hvp
 
 __all__ = [
     "AugmentedData",
@@ -266,7 +266,7 @@ def _flat_augmented_hvp(loss_fn, padding, params, data, batched, v):
     def per_batch(b):
         return _batch_hvp_flat(loss_fn, padding, params, data, b["sample"], tangent)
 
-    return _reduce(per_batch, batched, v)
+    return dataset_mean(per_batch, batched, v)
 
 
 def augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,

@@ -30,6 +30,7 @@ __all__ = [
     "batch_dataset",
     "dataset_hvp",
     "dataset_loss",
+    "dataset_mean",
     "hessian_matvec",
     "host_hessian_matvec",
     "hvp",
@@ -176,8 +177,21 @@ def num_samples(batched: Batched, /) -> int:
     return n
 
 
-def _reduce(per_batch: Callable[[Any], Any], batched: Batched, like: Any) -> Any:
-    """``sum_b w_b per_batch(batch_b)`` over stacked batches (lax.scan) plus the tail."""
+def dataset_mean(per_batch: Callable[[Any], Any], batched: Batched, like: Any, /) -> Any:
+    """The data-set mean of a per-batch quantity: ``sum_b w_b per_batch(batch_b)``.
+
+    ``per_batch`` maps one batch to a pytree shaped like ``like`` that is the mean over that
+    batch's samples (a loss, a gradient, an HVP); the batch weights ``w_b`` (size over N) make
+    the sum the mean over all N samples, exactly, with a ragged tail. The stacked batches are
+    reduced with ``lax.scan``, so under ``jax.jit`` it is one XLA program.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec import batch_dataset, dataset_mean
+      >>> b = batch_dataset({"x": jnp.arange(10.0)}, 4)  # batches of 4, 4 and a tail of 2
+      >>> float(dataset_mean(lambda batch: batch["x"].mean(), b, jnp.zeros(())))
+      4.5
+    """
     total = jax.tree.map(jnp.zeros_like, like)
     if batched.batches is not None:
 
@@ -216,7 +230,7 @@ def dataset_hvp(loss_fn: LossFn, params: Any, batched: Batched, v: Any, /) -> An
       >>> dataset_hvp(loss, jnp.ones(2), data, jnp.ones(2)).tolist()
       [2.0, 2.0]
     """
-    return _reduce(lambda b: hvp(loss_fn, params, b, v), batched, params)
+    return dataset_mean(lambda b: hvp(loss_fn, params, b, v), batched, params)
 
 
 def dataset_loss(loss_fn: LossFn, params: Any, batched: Batched, /) -> jax.Array:
@@ -229,7 +243,7 @@ def dataset_loss(loss_fn: LossFn, params: Any, batched: Batched, /) -> jax.Array
       2.0
     """
     like = jnp.zeros((), jnp.result_type(*jax.tree.leaves(params)))
-    return _reduce(lambda b: loss_fn(params, b), batched, like)
+    return dataset_mean(lambda b: loss_fn(params, b), batched, like)
 
 
 def _flat_dataset_hvp(loss_fn: LossFn, params: Any, batched: Batched, v: jax.Array) -> jax.Array:

@@ -12,6 +12,7 @@ from jaxspec import (
     batch_dataset,
     dataset_hvp,
     dataset_loss,
+    dataset_mean,
     hessian_matvec,
     host_hessian_matvec,
     hvp,
@@ -128,3 +129,16 @@ def test_batch_dataset_rejects_bad_input():
         batch_dataset(np.zeros((0, 3)), 2)
     with pytest.raises(ValueError, match="no arrays"):
         batch_dataset({}, 2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), batch_size=st.integers(1, 12), num_shards=st.integers(1, 3))
+def test_dataset_mean_is_the_mean_over_all_samples(n, batch_size, num_shards):
+    """Any split into batches (ragged tail, shard padding) gives the plain mean of a pytree."""
+    x = np.random.default_rng(n).standard_normal((n, 3))
+    batched = batch_dataset({"x": x}, batch_size, num_shards=num_shards)
+    like = {"m": jnp.zeros(3), "s": jnp.zeros(())}
+    got = jax.jit(lambda b: dataset_mean(
+        lambda batch: {"m": batch["x"].mean(0), "s": (batch["x"] ** 2).mean()}, b, like))(batched)
+    np.testing.assert_allclose(got["m"], x.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["s"], (x ** 2).mean(), rtol=1e-12)
