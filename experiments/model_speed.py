@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments._timing import best_time, peak_memory
 from jaxspec import hvp
 from jaxspec.models import count_params, create_model, hessian_loss
 
@@ -54,18 +54,9 @@ def measure(name: str, *, batch: int, num_classes: int, bn_mode: str, repeat: in
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
     jax.block_until_ready(compiled(params, data, v))  # first run: allocation, autotuning
-    runs = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(params, data, v))
-        runs.append(time.perf_counter() - t)
-
+    hvp_s = best_time(compiled, params, data, v, repeats=repeat)
     device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform == "gpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        peak, peak_kind = stats["peak_bytes_in_use"], "device peak"
-    else:  # ru_maxrss is in KiB on Linux
-        peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "max RSS"
+    peak, peak_kind = peak_memory()
     return {
         "model": name,
         "params": count_params(model),
@@ -75,7 +66,7 @@ def measure(name: str, *, batch: int, num_classes: int, bn_mode: str, repeat: in
         "init_s": init_s,
         "trace_s": trace_s,
         "compile_s": compile_s,
-        "hvp_s": min(runs),
+        "hvp_s": hvp_s,
         "peak_gib": peak / 2**30,
         "peak_kind": peak_kind,
     }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import resource
 import time
 
 import jax
@@ -31,12 +30,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
-from experiments.speed_devices import _best
+from experiments._timing import best_time, peak_memory
 
 
 def _time(fn, *args, repeat: int = 5) -> float:
     jax.block_until_ready(fn(*args))  # compile + warm up
-    return _best(fn, *args, repeats=repeat)
+    return best_time(fn, *args, repeats=repeat)
 
 
 def _race(fns: dict, rounds: int = 7) -> dict:
@@ -113,14 +112,6 @@ def make_loss(apply):
         return -jnp.mean(jnp.take_along_axis(logp, batch["label"][:, None], axis=1))
 
     return loss
-
-
-def peak_memory() -> str:
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        return f"device peak {stats['peak_bytes_in_use'] / 2**20:.0f} MiB"
-    return f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
 
 
 def bench(name, init, apply, args):
@@ -202,12 +193,12 @@ def bench(name, init, apply, args):
                  (f"Lanczos / (m x HVP), {driver}",
                   f"{t_lz / t_hvps:9.2f}  (rounds: "
                   f"{' '.join(f'{a / b:.2f}' for a, b in rounds)})")]
-    peak = peak_memory()  # before the floor's own test arrays are allocated
+    peak_bytes, peak_kind = peak_memory()  # before the floor's own test arrays are allocated
     floor = reorth_floor(P, args.m, flat.dtype)
     rows.append(("re-orth floor per step (2 reads)", f"{floor / args.m * 1e3:9.1f} ms"))
     if args.drivers:  # the best ratio any exact full re-orthogonalisation can reach here
         rows.append(("  Lanczos / (m x HVP) at the floor", f"{(t_hvps + floor) / t_hvps:9.2f}"))
-    rows.append(("peak memory", peak))
+    rows.append(("peak memory", f"{peak_kind} {peak_bytes / 2**20:.0f} MiB"))
     rows.append(("Krylov basis (m+1) x P floats", f"{(args.m + 1) * P * 4 / 2**20:9.1f} MiB"))
     print(f"\n== {name}  (N={args.n}, batch={args.batch_size}, backend={jax.default_backend()}, "
           f"devices={jax.device_count()})")

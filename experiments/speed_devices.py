@@ -24,18 +24,9 @@ import sys
 import time
 from typing import Any, Sequence
 
+from experiments._timing import best_time
+
 __all__ = ["main", "measure", "measure_in_subprocess"]
-
-
-def _best(fn, *args, repeats: int) -> float:
-    import jax
-
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def measure(
@@ -102,7 +93,7 @@ def measure(
            "num_params": int(flat.size), "num_samples": num_samples, "batch_size": batch_size,
            "hvp_compile_s": time.perf_counter() - t}
     jax.block_until_ready(compiled(matvec, v))  # warm-up
-    out["hvp_s"] = _best(compiled, matvec, v, repeats=repeats)
+    out["hvp_s"] = best_time(compiled, matvec, v, repeats=repeats)
     if lanczos_steps > 0:
         state = lanczos_init(v, lanczos_steps)
         run = jax.jit(lambda op, s: lanczos_continue(op, s, lanczos_steps))
