@@ -56,6 +56,7 @@ __all__ = [
     "epoch_key",
     "make_mesh",
     "make_optimizer",
+    "model_kwargs",
 ]
 
 # fold_in tags separating the random streams derived from the seed.
@@ -200,9 +201,20 @@ def build_model(config: TrainConfig, /, *, num_classes: int) -> nnx.Module:
       >>> type(build_model(config, num_classes=10)).__name__
       'MLP'
     """
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_kwargs.items()}
     rngs = nnx.Rngs(jax.random.fold_in(base_key(config), _INIT))
-    return create_model(config.model, num_classes=num_classes, rngs=rngs, **kwargs)
+    return create_model(config.model, num_classes=num_classes, rngs=rngs, **model_kwargs(config))
+
+
+def model_kwargs(config: TrainConfig, /) -> dict[str, Any]:
+    """The config's ``model_kwargs`` as the model classes take them (JSON lists as tuples).
+
+    Example:
+      >>> from train.configs import TrainConfig
+      >>> from train.steps import model_kwargs
+      >>> model_kwargs(TrainConfig(model="mlp", model_kwargs={"hidden": [8, 8]}))
+      {'hidden': (8, 8)}
+    """
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_kwargs.items()}
 
 
 def _fresh_rngs(template: Any, key: jax.Array) -> Any:

@@ -18,15 +18,15 @@ from flax import nnx
 
 from jaxspec.models.preresnet import PreResNet
 from jaxspec.models.small import MLP, SmallCNN
-from jaxspec.models.vgg import VGG
+from jaxspec.models.vgg import VGG16, VGG16BN, VGG19, VGG19BN
 
 __all__ = ["abstract_model", "count_params", "create_model", "model_names", "param_count"]
 
 _FIXED: dict[str, Callable[..., nnx.Module]] = {
-    "vgg16": lambda c, **kw: VGG(c, depth=16, batch_norm=False, **kw),
-    "vgg16bn": lambda c, **kw: VGG(c, depth=16, batch_norm=True, **kw),
-    "vgg19": lambda c, **kw: VGG(c, depth=19, batch_norm=False, **kw),
-    "vgg19bn": lambda c, **kw: VGG(c, depth=19, batch_norm=True, **kw),
+    "vgg16": VGG16,
+    "vgg16bn": VGG16BN,
+    "vgg19": VGG19,
+    "vgg19bn": VGG19BN,
     "mlp": MLP,
     "smallcnn": SmallCNN,
 }
