@@ -397,8 +397,9 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     out_dir = os.path.join(workdir, "spectra") if out_dir is None else os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     model, config, metrics = load_checkpoint(workdir, epoch=epoch)
-    data, info = training_set or load_training_set(workdir, config, npz=npz,
-                                                   num_images=settings.num_images)
+    if training_set is None:
+        training_set = load_training_set(workdir, config, npz=npz, num_images=settings.num_images)
+    data, info = training_set
     loss_fn, params = hessian_loss(model, bn_mode=settings.bn_mode)
     flat = ravel_pytree(params)[0]
     dim = int(flat.shape[0])

@@ -114,8 +114,7 @@ def _checkpoint_manager(
 def _check_config(workdir: str, config: TrainConfig) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = TrainConfig.from_dict(json.load(f)).to_dict()
+        saved = read_config(workdir).to_dict()
         current = config.to_dict()
         diff = {
             k: (saved.get(k), current.get(k))

@@ -319,10 +319,11 @@ def build_trainer(
       >>> import numpy as np
       >>> from train.configs import TrainConfig
       >>> from train.steps import build_trainer
-      >>> t = build_trainer(TrainConfig(model="mlp", batch_size=8), num_classes=10, num_train=20,
-      ...                   mean=np.zeros(3), std=np.ones(3))
-      >>> t.steps_per_epoch
-      2
+      >>> build_trainer(TrainConfig(model="mlp", batch_size=8), num_classes=10, num_train=5,
+      ...               mean=np.zeros(3), std=np.ones(3))
+      Traceback (most recent call last):
+      ...
+      ValueError: 5 training images are fewer than one batch of 8
     """
     mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
