@@ -22,11 +22,15 @@ K = 4 variants per image, the empirical spectra along training, the comparison a
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import functools
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -46,6 +50,7 @@ __all__ = [
     "commands",
     "main",
     "run_preset",
+    "trained_preset",
 ]
 
 
@@ -391,6 +396,34 @@ PRESETS: dict[str, Preset] = {
                     num_per_image=2, hvp_batch_size=32, sweep_epochs=(0, 2),
                     description="1x16 MLP, 128 images, 2 epochs; m = 8 / 6, K = 2"),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def trained_preset(name: str = "smoke", /) -> str:
+    """Trains preset ``name`` on synthetic data once per process; returns the run's workdir.
+
+    For examples and quick looks at the experiment functions, which take a training run's
+    workdir: the run goes to a temporary directory, removed when the process exits, and later
+    calls with the same name return the same workdir. ``"smoke"`` (a 1x16 MLP, 128 images, two
+    epochs, checkpoints at epochs 0 and 2) takes seconds on a CPU.
+
+    Example:
+      >>> from experiments.paper import trained_preset
+      >>> workdir = trained_preset("smoke")
+      >>> sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+      ['0', '2']
+      >>> trained_preset("smoke") == workdir
+      True
+    """
+    from train import train_and_evaluate
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    root = tempfile.mkdtemp(prefix=f"jaxspec-{name}-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    workdir = os.path.join(root, "run")
+    train_and_evaluate(PRESETS[name].make_config(None), workdir)
+    return workdir
 
 
 def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,

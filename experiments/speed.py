@@ -9,7 +9,8 @@ function, no XLA loop, the floor on CPU), their ratios, the Lanczos time per dri
 with compilation, and warm), and Lanczos / (m x HVP): how much the re-orthogonalisation and
 bookkeeping add on top of the HVPs. It also prints the re-orthogonalisation floor: two reads of
 exactly the filled rows of the basis per step (the dots, then the update), timed on this machine,
-and the ratio that floor alone gives (no exact full re-orthogonalisation can go below it).
+and the ratio that floor alone gives (no step that re-orthogonalises its vector before the next
+HVP can go below it; see the notes in :mod:`jaxspec.lanczos`).
 
 Absolute times on a shared machine mean little (the load average is printed) and the load drifts
 within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
