@@ -106,7 +106,15 @@ class LanczosState(NamedTuple):
 
     @property
     def num_steps(self) -> int:
-        """The number of steps the state was allocated for."""
+        """The number of steps the state was allocated for.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from jaxspec import lanczos_init
+          >>> s = lanczos_init(jnp.ones(3), 5)
+          >>> s.num_steps, int(s.step)   # allocated for 5 steps, none taken yet
+          (5, 0)
+        """
         return self.alphas.shape[0]
 
 
@@ -601,6 +609,36 @@ class _HostBasis:
         return jnp.concatenate([jnp.asarray(b) for b in blocks])
 
 
+def _drive(state: LanczosState, num_steps: int, chunk_size: int,
+           advance: Callable[[LanczosState, int], LanczosState], /, *,
+           checkpoint: str | os.PathLike | None = None, progress: bool | str = False,
+           snapshot: Callable[[LanczosState], LanczosState] | None = None) -> LanczosState:
+    """The chunk loop of every driver: ``advance(state, n)`` takes up to ``n`` more steps (and
+    raises on a NaN); between chunks ``snapshot(state)`` (default: ``state``) is saved to
+    ``checkpoint`` and the progress bar (``progress``: True or its label) moves. Stops after
+    ``num_steps`` steps or at a breakdown."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        label = progress if isinstance(progress, str) else "lanczos"
+        bar = tqdm(total=num_steps, initial=int(state.step), desc=label, unit="step")
+    try:
+        while int(state.step) < num_steps and bool(_active(state)):
+            before = int(state.step)
+            state = advance(state, min(chunk_size, num_steps - before))
+            if checkpoint is not None:
+                save_lanczos_state(checkpoint, state if snapshot is None else snapshot(state))
+            if bar is not None:
+                bar.update(int(state.step) - before)
+    finally:
+        if bar is not None:
+            bar.close()
+    return state
+
+
 def run_lanczos(
     matvec: Callable[[jax.Array], jax.Array],
     v0: jax.Array,
@@ -659,8 +697,6 @@ def run_lanczos(
     driver = resolve_driver(driver)
     if chunk_size is None:
         chunk_size = 10 if checkpoint is not None else num_steps
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if driver == "compiled":
         _check_matvec(matvec, v0)
     state = _resume(checkpoint, v0, num_steps, block_size)
@@ -674,12 +710,6 @@ def run_lanczos(
             state = state._replace(basis=())
     elif state is None:
         state = lanczos_init(v0, num_steps, block_size=block_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        label = progress if isinstance(progress, str) else "lanczos"
-        bar = tqdm(total=num_steps, initial=int(state.step), desc=label, unit="step")
     # The state is donated: without it every step would copy the (m + 1) x P basis.
     if driver == "compiled":
         # A pytree operator (hessian_matvec returns a jax.tree_util.Partial) is passed as an
@@ -688,37 +718,36 @@ def run_lanczos(
         chunk = functools.partial(_compiled_chunk, operator=matvec if pytree else None,
                                   matvec=None if pytree else matvec, tol=tol,
                                   block_size=block_size)
-    try:
-        while int(state.step) < num_steps and bool(_active(state)):
+
+        def advance(state, n):
+            state = chunk(state, n)
+            _raise_if_nonfinite(state.nonfinite_step)
+            return state
+    else:
+        def advance(state, n):
             before = int(state.step)
-            if driver == "compiled":
-                state = chunk(state, min(chunk_size, num_steps - before))
-                _raise_if_nonfinite(state.nonfinite_step)
+            for i in range(before, before + n):
+                # The HVP is dispatched before the last step's flags are read: the wait for
+                # them then overlaps the Python work of the dispatch. After a breakdown or a
+                # NaN that one HVP (of the zero vector) is thrown away.
+                w = matvec(host.q_cur)
+                if i > before and _stop(state):
+                    break
+                if w.shape != v0.shape or w.dtype != v0.dtype:
+                    raise TypeError(
+                        f"the matvec must map shape {v0.shape} {v0.dtype} to the same; it "
+                        f"returned {w.shape} {w.dtype}")
+                q_next, state = _host_step(state._replace(basis=host.filled(i)), w,
+                                           host.q_prev, host.q_cur, tol=tol)
+                host.push(i, q_next)
             else:
-                for i in range(before, before + min(chunk_size, num_steps - before)):
-                    # The HVP is dispatched before the last step's flags are read: the wait for
-                    # them then overlaps the Python work of the dispatch. After a breakdown or a
-                    # NaN that one HVP (of the zero vector) is thrown away.
-                    w = matvec(host.q_cur)
-                    if i > before and _stop(state):
-                        break
-                    if w.shape != v0.shape or w.dtype != v0.dtype:
-                        raise TypeError(
-                            f"the matvec must map shape {v0.shape} {v0.dtype} to the same; it "
-                            f"returned {w.shape} {w.dtype}")
-                    q_next, state = _host_step(state._replace(basis=host.filled(i)), w,
-                                               host.q_prev, host.q_cur, tol=tol)
-                    host.push(i, q_next)
-                else:
-                    _stop(state)
-            if checkpoint is not None:
-                save_lanczos_state(checkpoint, state if host is None
-                                   else state._replace(basis=host.basis(as_numpy=True)))
-            if bar is not None:
-                bar.update(int(state.step) - before)
-    finally:
-        if bar is not None:
-            bar.close()
+                _stop(state)
+            return state
+
+    state = _drive(state, num_steps, chunk_size, advance, checkpoint=checkpoint,
+                   progress=progress,
+                   snapshot=None if host is None
+                   else lambda s: s._replace(basis=host.basis(as_numpy=True)))
     if host is not None:
         state = state._replace(basis=host.basis() if return_basis else None)
     return _result(state, num_steps, return_basis)

@@ -55,7 +55,9 @@ from jaxspec.hvp import Batched, hvp
 from jaxspec.lanczos import (
     LanczosResult,
     LanczosState,
+    _drive,
     _raise_if_nonfinite,
+    _resume,
     lanczos_continue,
     lanczos_init,
 )
@@ -390,17 +392,17 @@ def _sharded_programs(mesh: Mesh, shard_basis: bool, axis_name: str, num_steps: 
                                           block_size=block_size),
                    out_shardings=shardings)
 
-    def steps(mv, state):
+    def steps(mv, state, num_new_steps):
         def padded(v):
             return jnp.pad(mv(v[:dim]), (0, pad)) if pad else mv(v)
 
-        return lanczos_continue(padded, state, num_steps, tol=tol, block_size=block_size)
+        return lanczos_continue(padded, state, num_new_steps, tol=tol, block_size=block_size)
 
     # The matvec is an argument (a pytree, see sharded_hessian_matvec), not a closure: arrays on
     # other processes' devices cannot be closed over. Donating the state lets the output basis
     # reuse the input's memory (XLA:CPU cannot donate).
     donate = (1,) if jax.default_backend() != "cpu" else ()
-    return init, jax.jit(steps, out_shardings=shardings, donate_argnums=donate)
+    return init, jax.jit(steps, out_shardings=shardings, donate_argnums=donate), shardings
 
 
 def sharded_lanczos(
@@ -415,6 +417,9 @@ def sharded_lanczos(
     tol: float | None = None,
     block_size: int = 16,
     return_basis: bool = False,
+    chunk_size: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool | str = False,
 ) -> LanczosResult:
     """:func:`jaxspec.lanczos` with its state on a mesh, the basis optionally sharded.
 
@@ -427,6 +432,13 @@ def sharded_lanczos(
     compiler and the new vector is all-gathered for the next product. Use it when
     ``(num_steps + 1) x P`` floats do not fit next to the model (VGG-16, 100 steps: 6.2 GB).
 
+    As in :func:`jaxspec.run_lanczos`, the run can go in chunks of steps (one compiled program
+    serves every chunk length) with a progress bar, and with ``checkpoint`` set the state is
+    saved there after every chunk (gathered to the host: ``(m + 1) x P`` floats of host memory)
+    and a run started with the same arguments resumes from it, with the same result as an
+    uninterrupted run and the basis sharded as before. Checkpoints need every device of the mesh
+    in this process: with several processes a ``checkpoint`` is refused.
+
     Args:
       matvec: traceable ``v -> A v``, e.g. from :func:`sharded_hessian_matvec`.
       v0: the start vector (the same in every process).
@@ -435,6 +447,10 @@ def sharded_lanczos(
       shard_basis: split the basis along the parameter axis.
       axis_name: the mesh axis.
       tol, block_size, return_basis: as in :func:`jaxspec.lanczos`.
+      chunk_size: steps between checkpoints / progress updates (default: all at once without a
+        checkpoint, 10 with one).
+      checkpoint: path of an ``.npz`` file for the state; resumed from if it exists.
+      progress: show a progress bar (a string is used as its label).
 
     Returns:
       A :class:`jaxspec.LanczosResult`. The basis, if returned, is ``(m + 1, P)`` and stays on
@@ -466,12 +482,27 @@ def sharded_lanczos(
     # device count. The padding coordinates of v0 and of every product are 0, so the Krylov
     # space, T and the Ritz values are those of the unpadded operator.
     pad = (-dim) % _axis_size(mesh, axis_name) if shard_basis else 0
-    v0 = _place(v0, NamedSharding(mesh, P()))
-    init, run = _sharded_programs(mesh, shard_basis, axis_name, num_steps, dim, pad, tol,
-                                  block_size)
+    if checkpoint is not None and jax.process_count() > 1:
+        raise ValueError("a checkpoint of sharded_lanczos needs every device of the mesh in one "
+                         f"process; this run has {jax.process_count()} processes")
+    if chunk_size is None:
+        chunk_size = 10 if checkpoint is not None else num_steps
+    init, run, shardings = _sharded_programs(mesh, shard_basis, axis_name, num_steps, dim, pad,
+                                             tol, block_size)
+    state = None
+    if checkpoint is not None:  # validated against the padded start vector, then placed
+        state = _resume(checkpoint, np.pad(host, (0, pad)), num_steps, block_size)
+    state = init(_place(v0, NamedSharding(mesh, P()))) if state is None else jax.device_put(
+        state, shardings)
     mv = matvec if isinstance(matvec, jax.tree_util.Partial) else jax.tree_util.Partial(matvec)
-    state = run(mv, init(v0))
-    _raise_if_nonfinite(state.nonfinite_step)
+
+    def advance(state, n):
+        state = run(mv, state, n)
+        _raise_if_nonfinite(state.nonfinite_step)
+        return state
+
+    state = _drive(state, num_steps, chunk_size, advance, checkpoint=checkpoint,
+                   progress=progress)
     return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
                          state.basis[: num_steps + 1, :dim] if return_basis else None)
 
@@ -556,6 +587,15 @@ class ProcessShare(NamedTuple):
         the processes' slices are contiguous, disjoint and balanced to within one batch).
       tail: the slice of the global tail (the last ``N mod batch_size`` samples), which every
         process loads; ``None`` when ``batch_size`` divides N.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxspec.parallel import process_share
+      >>> shares = [process_share(10, 4, process_index=p, process_count=2) for p in range(2)]
+      >>> [np.arange(10)[s.batches].tolist() for s in shares], shares[1].tail
+      ([[0, 1, 2, 3], [4, 5, 6, 7]], slice(8, 10, None))
+      >>> process_share(8, 4, process_index=0, process_count=2).tail is None
+      True
     """
 
     batches: slice

@@ -82,6 +82,51 @@ def probe(dim: int, seed: int = 2) -> np.ndarray:
 COLLECTIVES = r"\b(psum\w*|all_gather\w*|all_to_all|ppermute|reduce_scatter|pmax|pmin)\b"
 
 
+def resumed_after_kill(sharded_lanczos, mesh) -> dict:
+    """A padded, basis-sharded run killed after its second checkpoint, then resumed: the steps
+    saved before the kill and the resumed run's Ritz values."""
+    import importlib
+    import os
+    import tempfile
+
+    import jax.numpy as jnp
+
+    lanczos_module = importlib.import_module("jaxspec.lanczos")
+    from jaxspec import Spectrum
+
+    path = os.path.join(tempfile.mkdtemp(), "state.npz")
+    save, saved = lanczos_module.save_lanczos_state, []
+
+    def save_then_die(p, state):
+        save(p, state)
+        saved.append(int(state.step))
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    diag = lambda v: jnp.arange(1.0, 14.0) * v  # noqa: E731
+    args = dict(mesh=mesh, shard_basis=True, chunk_size=4, checkpoint=path)
+    lanczos_module.save_lanczos_state = save_then_die
+    try:
+        sharded_lanczos(diag, jnp.ones(13), 13, **args)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lanczos_module.save_lanczos_state = save
+    resumed = []  # the steps the resumed run saves at: it starts from step 8
+
+    def save_and_count(p, state):
+        save(p, state)
+        resumed.append(int(state.step))
+
+    lanczos_module.save_lanczos_state = save_and_count
+    try:
+        res = sharded_lanczos(diag, jnp.ones(13), 13, **args)
+    finally:
+        lanczos_module.save_lanczos_state = save
+    return {"killed_at": saved, "resumed_saves": resumed,
+            "ritz": Spectrum.from_lanczos(res).nodes.tolist()}
+
+
 def run(device_counts: list[int]) -> dict:
     """Measurements on meshes of each of ``device_counts`` devices (JAX must not have started).
 
@@ -136,6 +181,7 @@ def run(device_counts: list[int]) -> dict:
             res = sharded_lanczos(lambda v: jnp.arange(1.0, 14.0) * v, jnp.ones(13), 13,
                                   mesh=mesh, shard_basis=True)
             out["ritz_padded_diag"] = Spectrum.from_lanczos(res).nodes.tolist()
+            out["resumed_padded_diag"] = resumed_after_kill(sharded_lanczos, mesh)
         try:  # a stack of batches that does not split evenly is refused, not truncated
             shard_batched(batch_dataset(make_data(1000), 64), mesh)
             out["uneven_refused"] = 15 % num_devices == 0

@@ -11,6 +11,7 @@ one device, in float64.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import socket
@@ -226,6 +227,48 @@ def test_sharded_lanczos_checks_its_arguments():
         sharded_lanczos(lambda v: v, jnp.ones(3), 4)
 
 
+def test_sharded_lanczos_resumes_from_a_checkpoint(tmp_path, monkeypatch):
+    """Killed right after its second checkpoint, the run resumes to the uninterrupted result."""
+    lanczos_module = importlib.import_module("jaxspec.lanczos")
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(40, 40))
+    a = jnp.asarray(m + m.T)
+    v0 = jnp.asarray(rng.normal(size=40))
+    matvec = lambda v: a @ v  # noqa: E731
+    full = sharded_lanczos(matvec, v0, 25, shard_basis=True, return_basis=True)
+    path = str(tmp_path / "state.npz")
+    save, saved = lanczos_module.save_lanczos_state, []
+
+    def save_then_die(p, state):
+        save(p, state)
+        saved.append(int(state.step))
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4, checkpoint=path)
+    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save)
+    assert saved == [4, 8]
+    with pytest.raises(ValueError, match="another start vector"):
+        sharded_lanczos(matvec, 2 * v0 + 1, 25, shard_basis=True, checkpoint=path)
+    with pytest.raises(ValueError, match="another shape"):
+        sharded_lanczos(matvec, v0, 30, shard_basis=True, checkpoint=path)
+    saved.clear()
+    monkeypatch.setattr(lanczos_module, "save_lanczos_state",
+                        lambda p, state: (save(p, state), saved.append(int(state.step))))
+    resumed = sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4, checkpoint=path,
+                              return_basis=True)
+    assert saved == [12, 16, 20, 24, 25]  # it went on from step 8
+    for field in ("alphas", "betas", "num_valid", "basis"):
+        np.testing.assert_array_equal(np.asarray(getattr(resumed, field)),
+                                      np.asarray(getattr(full, field)))
+    assert resumed.basis.sharding.spec == jax.P(None, "data")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="one process"):
+        sharded_lanczos(matvec, v0, 25, shard_basis=True, checkpoint=path)
+
+
 def test_initialize_reads_the_environment(monkeypatch):
     for var in ("JAXSPEC_COORDINATOR", "JAXSPEC_NUM_PROCESSES", "JAXSPEC_PROCESS_ID",
                 "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
@@ -279,6 +322,9 @@ def test_parameter_sharded_krylov_basis(workers):
     assert out["basis_shard_shape"] == [pw.NUM_STEPS + 1, 280 // 8]  # P / devices columns
     assert_ritz_close(out["ritz_sharded_basis"], "mlp_uneven")
     np.testing.assert_allclose(out["ritz_padded_diag"], np.arange(1.0, 14.0), atol=1e-10)
+    resumed = out["resumed_padded_diag"]  # killed after two chunks of 4 steps, then resumed
+    assert resumed["killed_at"] == [4, 8] and resumed["resumed_saves"] == [12, 13]
+    np.testing.assert_allclose(resumed["ritz"], np.arange(1.0, 14.0), atol=1e-10)
 
 
 @pytest.mark.slow
