@@ -28,26 +28,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspec.models.small import conv_init, torch_batch_norm, torch_linear
+from jaxspec.models.small import torch_batch_norm, torch_conv, torch_linear
 
 __all__ = ["PreResNet", "PreResNet20", "PreResNet110", "PreResNet164"]
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int, rngs: nnx.Rngs, **dt: Any) -> nnx.Conv:
-    # Explicit symmetric padding: Flax's "SAME" pads (0, 1) for a stride-2 3x3 conv on an even
-    # input, PyTorch's padding=1 pads (1, 1); the outputs would differ.
-    pad = (k - 1) // 2
-    return nnx.Conv(
-        c_in,
-        c_out,
-        (k, k),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_init,
-        rngs=rngs,
-        **dt,
-    )
+    return torch_conv(c_in, c_out, k, stride=stride, use_bias=False, rngs=rngs, **dt)
 
 
 class _BasicBlock(nnx.Module):

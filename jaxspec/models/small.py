@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["MLP", "SmallCNN", "conv_init", "torch_batch_norm", "torch_linear"]
+__all__ = ["MLP", "SmallCNN", "conv_init", "torch_batch_norm", "torch_conv", "torch_linear"]
 
 # He-normal, fan-out: for a kernel (k, k, in, out) jax's fan_out is k * k * out, as in SWA's
 # ``n = k * k * out_channels; normal_(0, sqrt(2 / n))``. "normal" is untruncated, like torch.
@@ -60,6 +60,39 @@ def torch_linear(
         # variance_scaling(1/3, fan_in, uniform): limit sqrt(3 * (1/3) / fan_in) = 1/sqrt(fan_in).
         kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=_torch_bias_init(in_features),
+        param_dtype=param_dtype,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def torch_conv(
+    in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1,
+    use_bias: bool = True, rngs: nnx.Rngs, param_dtype: Any, dtype: Any
+) -> nnx.Conv:
+    """``nnx.Conv`` as PyTorch's ``Conv2d(padding=(k - 1) // 2)``, He-initialised (``conv_init``).
+
+    The padding is explicit and symmetric: Flax's ``"SAME"`` pads (0, 1) for a stride-2 3x3
+    convolution of an even input where PyTorch pads (1, 1), and the outputs would differ. The
+    bias, if any, starts at zero, as in the SWA code the paper trains with.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> conv = torch_conv(3, 16, stride=2, rngs=nnx.Rngs(0), param_dtype=jnp.float32,
+      ...                   dtype=None)
+      >>> conv.kernel.shape, conv.padding, conv(jnp.ones((1, 32, 32, 3))).shape
+      ((3, 3, 3, 16), ((1, 1), (1, 1)), (1, 16, 16, 16))
+    """
+    pad = (kernel_size - 1) // 2
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        (kernel_size, kernel_size),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=conv_init,
         param_dtype=param_dtype,
         dtype=dtype,
         rngs=rngs,
@@ -167,17 +200,9 @@ class SmallCNN(nnx.Module):
         c_in = in_channels
         for c in widths:
             convs.append(
-                nnx.Conv(
-                    c_in,
-                    c,
-                    (3, 3),
-                    padding=((1, 1), (1, 1)),
-                    use_bias=not batch_norm,  # a bias before BatchNorm is redundant
-                    kernel_init=conv_init,
-                    param_dtype=param_dtype,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
+                # a bias before BatchNorm is redundant
+                torch_conv(c_in, c, use_bias=not batch_norm, rngs=rngs, param_dtype=param_dtype,
+                           dtype=dtype)
             )
             if batch_norm:
                 norms.append(torch_batch_norm(c, rngs=rngs, param_dtype=param_dtype, dtype=dtype))

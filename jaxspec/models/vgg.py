@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspec.models.small import conv_init, torch_batch_norm, torch_linear
+from jaxspec.models.small import torch_batch_norm, torch_conv, torch_linear
 
 __all__ = ["VGG", "VGG16", "VGG16BN", "VGG19", "VGG19BN", "VGG_CFG"]
 
@@ -72,12 +72,7 @@ class VGG(nnx.Module):
         for v in self.cfg:
             if v == "M":
                 continue
-            convs.append(
-                nnx.Conv(
-                    c_in, int(v), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                    rngs=rngs, **dt,
-                )
-            )  # fmt: skip
+            convs.append(torch_conv(c_in, int(v), rngs=rngs, **dt))
             if batch_norm:
                 norms.append(torch_batch_norm(int(v), rngs=rngs, **dt))
             c_in = int(v)
