@@ -1,4 +1,5 @@
-"""Markdown table cells and rows, shared by the report scripts (no JAX import)."""
+"""Markdown table cells and rows, and JSON-ready values, shared by the report scripts (no JAX
+import)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,25 @@ def row(cells: Sequence[Any]) -> str:
       '| a | 1 |'
     """
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def jsonable(x: Any) -> Any:
+    """A copy of ``x`` that strict JSON takes: NaN/Inf -> None, tuples -> lists, NumPy -> Python.
+
+    Example:
+      >>> import numpy as np
+      >>> from experiments._markdown import jsonable
+      >>> jsonable({"q": float("nan"), "m": np.int64(3), "t": (np.float32(0.5), np.bool_(True))})
+      {'q': None, 'm': 3, 't': [0.5, True]}
+    """
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return x

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from experiments._markdown import fmt as _f
+from experiments._markdown import jsonable
 from experiments._markdown import row as _md
 from jaxspec import Spectrum
 from jaxspec._atomic import write_text
@@ -50,7 +51,17 @@ __all__ = [
 
 
 class CompareResult(NamedTuple):
-    """The comparison (a JSON-ready dict) and the files written."""
+    """The comparison (a JSON-ready dict) and the files written.
+
+    ``data`` is what ``paths["json"]`` holds (there NaN is written as null); ``paths`` maps
+    ``json``, ``md``, ``csv`` (and ``png`` if plotted) to the files.
+
+    Example:
+      >>> from experiments.compare import CompareResult
+      >>> r = CompareResult({"epoch": 2}, {"md": "compare_e0002.md"})
+      >>> r.data["epoch"], r.paths["md"]
+      (2, 'compare_e0002.md')
+    """
 
     data: dict[str, Any]
     paths: dict[str, str]
@@ -142,6 +153,34 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
 
     Returns:
       :class:`CompareResult`.
+
+    Raises:
+      ValueError: if the spectra differ in ``P``, ``epoch``, ``model`` or ``bn_mode``.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.compare import compare_paths
+      >>> d = tempfile.mkdtemp()
+      >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "dataset": "toy", "bn_mode": "train"}
+      >>> emp, aug = os.path.join(d, "emp.json"), os.path.join(d, "aug.json")
+      >>> Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1],
+      ...          meta={**meta, "N": 100, "sigma2": 0.25}).save(emp)
+      >>> Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}).save(aug)
+      >>> r = compare_paths(emp, aug, plot=False)
+      >>> sorted(os.path.relpath(p, d) for p in r.paths.values())
+      ['compare_e0002.csv', 'compare_e0002.json', 'compare_e0002.md']
+      >>> r.data["q_empirical"], r.data["table"]["lambda1_emp"], r.data["table"]["lambdan_aug"]
+      (4.0, 2.5, 0.0)
+      >>> r.data["negative"]["empirical"]["num_negative"], r.data["claims"]["lighter_negative"]
+      (1, True)
+
+      Theorem 1 with ``q = 400 / 100`` and ``sigma^2 = 0.25`` maps the augmented top edge 2 to
+      ``2 + q sigma^2 / 2 = 2.5``:
+
+      >>> top = r.data["theorem1"]["rows"][0]
+      >>> top["quantity"], top["reference"], top["predicted_empirical"]
+      ('lambda_max', 2.0, 2.5)
     """
     emp = Spectrum.load(empirical_path)
     aug = Spectrum.load(augmented_path)
@@ -189,31 +228,17 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
         from jaxspec.plotting import stem_plots
 
         paths["png"] = os.path.join(out_dir, f"{stem}.png")
-        stem_plots({f"Empirical: N={n_emp:,}, m={emp.nodes.size}": emp,
-                    f"Augmented: N={ma.get('N', 0):,}, m={aug.nodes.size}": aug},
+        # _f: a spectrum saved without its N or P (e.g. by hand) is plotted with "-" for it
+        stem_plots({f"Empirical: N={_f(n_emp)}, m={emp.nodes.size}": emp,
+                    f"Augmented: N={_f(ma.get('N'))}, m={aug.nodes.size}": aug},
                    path=paths["png"],
-                   suptitle=f"{data['model']} {data['dataset']} epoch {epoch} "
-                            f"(P={p:,}, BN {data['bn_mode']})")
+                   suptitle=f"{data['model'] or ''} {data['dataset'] or ''} epoch {_f(epoch)} "
+                            f"(P={_f(p)}, BN {data['bn_mode'] or '-'})".strip())
     data["figures"] = {k: os.path.basename(v) for k, v in paths.items() if k == "png"}
-    write_text(paths["json"], json.dumps(_clean(data), indent=1, allow_nan=False))
+    write_text(paths["json"], json.dumps(jsonable(data), indent=1, allow_nan=False))
     write_text(paths["csv"], comparison.to_csv())
     write_text(paths["md"], to_markdown(data, comparison_md=comparison.to_markdown()))
     return CompareResult(data, paths)
-
-
-def _clean(x: Any) -> Any:
-    """JSON-ready copy: NaN/Inf -> None, tuples -> lists, NumPy scalars -> Python."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
 
 
 def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str | None = None,
@@ -231,6 +256,32 @@ def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str |
 
     Returns:
       :class:`CompareResult`; ``data["table"]`` is the paper's table row.
+
+    In the example, two toy spectra stand in for those of :mod:`experiments.spectrum`; the
+    accuracies come from the run's ``metrics.jsonl``.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.compare import compare_run
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import spectrum_path
+      >>> from train.metrics_io import read_metrics
+      >>> workdir = trained_preset("smoke")  # a 1x16 MLP trained for 2 epochs
+      >>> sdir = tempfile.mkdtemp()
+      >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "bn_mode": "train"}
+      >>> Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1], meta={**meta, "N": 100}).save(
+      ...     spectrum_path(sdir, "empirical", 2))
+      >>> Spectrum([0.0, 1.0], [0.9, 0.1], meta={**meta, "N": 400}).save(
+      ...     spectrum_path(sdir, "augmented", 2))
+      >>> r = compare_run(workdir, 2, spectra_dir=sdir, plot=False)
+      >>> r.data["table"]["lambda1_emp"], r.data["table"]["lambda1_aug"]
+      (3.0, 1.0)
+      >>> record = read_metrics(workdir)[-1]
+      >>> record["epoch"], r.data["table"]["test_acc"] == 100 * record["test_accuracy"]
+      (2, True)
+      >>> os.path.dirname(r.paths["md"]) == sdir
+      True
     """
     from experiments.spectrum import spectrum_path
     from train.metrics_io import read_metrics
@@ -256,8 +307,11 @@ def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) ->
       '| 5 | -2 | 1 | 0 | - | - | - | - |'
     """
     t = data["table"]
-    title = (f"# Empirical vs Augmented Hessian: {data.get('model', '?')} on "
-             f"{data.get('dataset', '?')}, epoch {data.get('epoch', '?')}")
+    def known(key: str) -> Any:  # absent, or saved as None
+        return "?" if data.get(key) is None else data[key]
+
+    title = (f"# Empirical vs Augmented Hessian: {known('model')} on {known('dataset')}, "
+             f"epoch {known('epoch')}")
     lines = [title, "",
              _md(["lambda'_1 (emp)", "lambda'_n (emp)", "lambda_1 (aug)", "lambda_n (aug)",
                   "test acc", "train acc", "test loss", "train loss"]),
@@ -270,8 +324,8 @@ def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) ->
         lines += [f"P = {_f(data['P'])}; empirical N = {_f(data.get('N_empirical'))} "
                   f"(q = {_f(data.get('q_empirical'))}), m = {data.get('m_empirical')}; "
                   f"augmented N = {_f(data.get('N_augmented'))} = {_f(data.get('num_images'))} x "
-                  f"{data.get('num_per_image')} (q = {_f(data.get('q_augmented'))}), "
-                  f"m = {data.get('m_augmented')}; BatchNorm {data.get('bn_mode')}; "
+                  f"{_f(data.get('num_per_image'))} (q = {_f(data.get('q_augmented'))}), "
+                  f"m = {data.get('m_augmented')}; BatchNorm {known('bn_mode')}; "
                   f"sigma^2 = {_f(data.get('sigma2'))}.", ""]
     lines += ["## Negative Ritz values", "",
               _md(["spectrum", "negative / m", "separated", "separated mass"]),
@@ -303,7 +357,27 @@ def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m experiments.compare --workdir RUN --epoch E``."""
+    """Command line: ``python -m experiments.compare --workdir RUN --epoch E``.
+
+    Prints the Markdown comparison and the files written (with the side-by-side plot).
+
+    Example:
+      >>> import contextlib, io, os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.compare import main
+      >>> d = tempfile.mkdtemp()
+      >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "dataset": "toy", "bn_mode": "train"}
+      >>> emp, aug = os.path.join(d, "emp.json"), os.path.join(d, "aug.json")
+      >>> Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1], meta={**meta, "N": 100}).save(emp)
+      >>> Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}).save(aug)
+      >>> out = io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     code = main(["--empirical", emp, "--augmented", aug, "--out", d])
+      >>> code, out.getvalue().splitlines()[0]
+      (0, '# Empirical vs Augmented Hessian: mlp on toy, epoch 2')
+      >>> sorted(f for f in os.listdir(d) if f.startswith("compare"))
+      ['compare_e0002.csv', 'compare_e0002.json', 'compare_e0002.md', 'compare_e0002.png']
+    """
     parser = argparse.ArgumentParser(
         prog="python -m experiments.compare",
         description="Empirical vs Augmented Hessian spectra of one run: tables and plots.")

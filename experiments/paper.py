@@ -35,6 +35,7 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 from experiments._markdown import fmt as _f
+from experiments._markdown import jsonable
 from experiments._markdown import row as _md
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "collect_entries",
     "commands",
     "main",
+    "print_commands",
     "run_preset",
     "trained_preset",
 ]
@@ -59,6 +61,14 @@ class PaperNumbers(NamedTuple):
 
     ``negative_*`` are ``(count, m, mass)``; ``top3_*`` the three largest-weight Ritz values
     ``(weight, value)``; ``None`` where the paper does not report the number.
+
+    Example:
+      >>> from experiments.paper import PAPER
+      >>> ref = PAPER[("preresnet110", "cifar10", "normal")]
+      >>> ref.lambda1_emp, ref.lambda1_aug, ref.test_acc, ref.negative_emp
+      (6.82, 0.5825, 95.32, (35, 100, 0.09))
+      >>> ref.top3_aug[0], PAPER[("preresnet110", "cifar10", "overfit")].negative_emp
+      ((0.88, -3.87e-06), None)
     """
 
     lambda1_emp: float
@@ -116,7 +126,16 @@ PAPER: dict[tuple[str, str, str], PaperNumbers] = {
 
 
 class PaperRun(NamedTuple):
-    """One of the paper's runs: the training config, the epoch of its spectra, its numbers."""
+    """One of the paper's runs: the training config, the epoch of its spectra, its numbers.
+
+    Example:
+      >>> from experiments.paper import RUNS
+      >>> run = RUNS[0]
+      >>> run.config, run.label, run.epoch, run.reference.lambda1_emp
+      ('preresnet110_cifar100_normal', 'PreResNet-110 CIFAR-100 Normal', 225, 20.56)
+      >>> [(r.config, r.epoch) for r in RUNS if r.reference is None][:2]
+      [('vgg16_cifar100_normal', 300), ('vgg16_cifar100_overfit', 1000)]
+    """
 
     config: str
     label: str
@@ -165,7 +184,16 @@ def commands(run: PaperRun, runs_dir: str = "runs", /, *, epochs_sweep: bool = F
 
 
 def print_commands(runs_dir: str = "runs", /) -> str:
-    """All the paper's commands, one block per run, then the report (as printed by the CLI)."""
+    """All the paper's commands, one block per run, then the report (as printed by the CLI).
+
+    Example:
+      >>> from experiments.paper import print_commands
+      >>> lines = print_commands("runs").splitlines()
+      >>> sum(line.startswith("python -m train ") for line in lines)  # 8 runs and VGG-16-BN
+      9
+      >>> lines[-1]
+      'python -m experiments.paper --report --runs-dir runs'
+    """
     lines = ["# Granziol et al. (2020), section 6: train -> spectra -> compare, per run.",
              "# Times are ESTIMATES for one H100 (see docs/paper.md); spectra use every GPU.", ""]
     for run in RUNS:
@@ -195,7 +223,15 @@ def print_commands(runs_dir: str = "runs", /) -> str:
 
 
 class ReportEntry(NamedTuple):
-    """A run in the report: its label, our comparison (or None), the paper's numbers (or None)."""
+    """A run in the report: its label, our comparison (or None), the paper's numbers (or None).
+
+    Example:
+      >>> from experiments.paper import PAPER, ReportEntry
+      >>> e = ReportEntry("PreResNet-110 CIFAR-10 Normal", None,
+      ...                 PAPER[("preresnet110", "cifar10", "normal")])
+      >>> e.ours, e.reference.lambdan_aug, e.figures, e.note
+      (None, -0.0061, (), '')
+    """
 
     label: str
     ours: dict[str, Any] | None
@@ -205,7 +241,24 @@ class ReportEntry(NamedTuple):
 
 
 def collect_entries(runs_dir: str, /) -> list[ReportEntry]:
-    """One :class:`ReportEntry` per paper run, with our comparison where it has been computed."""
+    """One :class:`ReportEntry` per paper run, with our comparison where it has been computed.
+
+    Reads ``<runs_dir>/<config>/spectra/compare_e<epoch>.json`` (written by
+    :func:`experiments.compare.compare_run`) of each of :data:`RUNS`.
+
+    Example:
+      >>> import json, os, tempfile
+      >>> from experiments.paper import RUNS, collect_entries
+      >>> runs = tempfile.mkdtemp()
+      >>> sdir = os.path.join(runs, RUNS[0].config, "spectra"); os.makedirs(sdir)
+      >>> with open(os.path.join(sdir, f"compare_e{RUNS[0].epoch:04d}.json"), "w") as f:
+      ...     json.dump({"epoch": RUNS[0].epoch}, f)  # a stand-in for compare_run's JSON
+      >>> entries = collect_entries(runs)
+      >>> len(entries), entries[0].label, entries[0].ours, entries[1].ours
+      (8, 'PreResNet-110 CIFAR-100 Normal', {'epoch': 225}, None)
+      >>> entries[0].reference.lambda1_emp, entries[-1].reference, entries[-1].note
+      (20.56, None, 'the paper reports no numbers')
+    """
     entries = []
     for run in RUNS:
         sdir = os.path.join(runs_dir, run.config, "spectra")
@@ -240,6 +293,31 @@ def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | N
     """Writes the Markdown report (and ``<path>.json`` beside it); returns the JSON content.
 
     Every table has a ``paper`` row (the reported numbers) and an ``ours`` row per run.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.compare import compare_paths
+      >>> from experiments.paper import PAPER, ReportEntry, build_report
+      >>> d = tempfile.mkdtemp()
+      >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "bn_mode": "train"}
+      >>> emp, aug = os.path.join(d, "emp.json"), os.path.join(d, "aug.json")
+      >>> Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1], meta={**meta, "N": 100}).save(emp)
+      >>> Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}).save(aug)
+      >>> ours = compare_paths(emp, aug, plot=False).data
+      >>> ref = PAPER[("preresnet110", "cifar10", "normal")]
+      >>> data = build_report([ReportEntry("toy MLP", ours, None),
+      ...                      ReportEntry("PreResNet-110 CIFAR-10 Normal", None, ref)],
+      ...                     os.path.join(d, "report.md"))
+      >>> [(r["label"], r["ours"] is not None, r["paper"] is not None) for r in data["entries"]]
+      [('toy MLP', True, False), ('PreResNet-110 CIFAR-10 Normal', False, True)]
+      >>> with open(os.path.join(d, "report.md")) as f:
+      ...     lines = f.read().splitlines()
+      >>> ours_rows = [r.split(" | ") for r in lines if r.startswith("| toy MLP | ours |")]
+      >>> len(ours_rows), ours_rows[0][3:9]  # Tables 1/2, negatives, Table 3 x 2; N, m, edges
+      (4, ['100 / 1,600', '3 / 2', '2.5', '-2', '2', '0'])
+      >>> sum(r.startswith("| PreResNet-110 CIFAR-10 Normal | paper |") for r in lines)
+      4
     """
     from jaxspec._atomic import write_text
 
@@ -341,7 +419,7 @@ def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | N
     write_text(path, text)
     data = {"title": title, "entries": records}
     json_path = os.path.splitext(path)[0] + ".json"
-    write_text(json_path, json.dumps(data, indent=1))
+    write_text(json_path, json.dumps(jsonable(data), indent=1, allow_nan=False))  # NaN -> null
     return data
 
 
@@ -350,7 +428,21 @@ def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | N
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A toy-scale version of the whole chain."""
+    """A toy-scale version of the whole chain.
+
+    ``make_config(npz)`` gives the training config (synthetic data when ``npz`` is None); the
+    other fields set the spectra of :func:`run_preset`: Lanczos steps m of each, variants per
+    image K, the Hessian-vector-product batch size and the epochs of the sweep.
+
+    Example:
+      >>> from experiments.paper import PRESETS
+      >>> smoke = PRESETS["smoke"]
+      >>> smoke.empirical_steps, smoke.augmented_steps, smoke.num_per_image, smoke.sweep_epochs
+      (8, 6, 2, (0, 2))
+      >>> config = smoke.make_config(None)
+      >>> config.model, config.model_kwargs, config.dataset, config.epochs
+      ('mlp', {'hidden': [16]}, 'synthetic', 2)
+    """
 
     name: str
     make_config: Callable[[str | None], Any]
@@ -433,7 +525,25 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     ``out_dir/run`` holds the training run and ``run/spectra`` its spectra, plots and
     comparison; ``out_dir/report.md`` (and ``report.json``) is the report. Rerunning reuses what
     exists (training resumes, spectra are skipped).
+
+    Raises:
+      ValueError: if ``name`` is not one of :data:`PRESETS`.
+
+    The ``smoke`` chain takes about a minute on a CPU, so the example shows only its settings
+    and the error for an unknown name (``tests/test_experiments.py`` runs the chain).
+
+    Example:
+      >>> import tempfile
+      >>> from experiments.paper import PRESETS, run_preset
+      >>> PRESETS["smoke"].description
+      '1x16 MLP, 128 images, 2 epochs; m = 8 / 6, K = 2'
+      >>> run_preset("tiny", tempfile.mkdtemp())
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown preset 'tiny'; choose from ['cpu', 'smoke']
     """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     from experiments.compare import compare_run
     from experiments.epochs import epoch_rows, epoch_spectra, write_summary
     from experiments.spectrum import SpectrumSettings, compute_spectrum, spectrum_path
@@ -507,7 +617,22 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``--print-commands``, ``--report`` or ``--preset cpu|smoke``."""
+    """Command line: ``--print-commands``, ``--report`` or ``--preset cpu|smoke``.
+
+    Example:
+      >>> import contextlib, io, os, tempfile
+      >>> from experiments.paper import main
+      >>> out = io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     code = main(["--print-commands", "--runs-dir", "R"])
+      >>> code, out.getvalue().splitlines()[-1]
+      (0, 'python -m experiments.paper --report --runs-dir R')
+      >>> runs, out = tempfile.mkdtemp(), io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     code = main(["--report", "--runs-dir", runs])
+      >>> code, out.getvalue().strip().split("(")[-1], sorted(os.listdir(runs))
+      (0, '0/8 runs with results)', ['report.json', 'report.md'])
+    """
     parser = argparse.ArgumentParser(
         prog="python -m experiments.paper",
         description="Granziol et al. (2020): commands, CPU presets, and the report.")

@@ -189,3 +189,18 @@ def test_spectrum_cli_skips_existing(smoke, capsys):
     assert spectrum_main(["--workdir", smoke["workdir"], "--mode", "augmented",
                           "--skip-existing"]) == 0
     assert "exists" in capsys.readouterr().out
+
+
+def test_compare_spectra_saved_without_metadata(tmp_path):
+    """Spectra saved by hand (no N, P, model): the plot is drawn and no 'None' is written."""
+    from experiments.compare import compare_paths
+
+    for name, nodes in (("e", [-1.0, 0.0, 3.0]), ("a", [0.0, 2.0])):
+        Spectrum(nodes, np.full(len(nodes), 1.0 / len(nodes))).save(str(tmp_path / f"{name}.json"))
+    res = compare_paths(str(tmp_path / "e.json"), str(tmp_path / "a.json"), plot=True)
+    assert os.path.getsize(res.paths["png"]) > 0
+    with open(res.paths["md"]) as f:
+        md = f.read()
+    assert md.startswith("# Empirical vs Augmented Hessian: ? on ?, epoch ?") and "None" not in md
+    with open(res.paths["json"]) as f:
+        assert json.load(f)["q_empirical"] is None  # NaN written as null
