@@ -29,6 +29,7 @@ from experiments.spectrum import (
     add_settings_arguments,
     available_epochs,
     compute_spectrum,
+    existing_spectrum,
     format_summary,
     load_training_set,
     settings_from_args,
@@ -50,19 +51,41 @@ def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: S
       settings: as for :func:`experiments.spectrum.compute_spectrum`.
       out_dir: default ``<workdir>/spectra``.
       npz: local ``.npz`` of the run's data.
-      skip_existing: reuse a spectrum JSON already written for an epoch.
+      skip_existing: reuse a spectrum JSON already written for an epoch with these settings
+        (one written with other settings raises ``ValueError``).
       verbose: print a line per epoch.
 
     Returns:
       ``{epoch: Spectrum}``.
+
+    Example:
+      An epoch whose spectrum JSON is already there (here a stand-in for epoch 0) is loaded,
+      the others are computed:
+
+      >>> import contextlib, io, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.epochs import epoch_spectra
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import SpectrumSettings, spectrum_path
+      >>> workdir, out = trained_preset("smoke"), tempfile.mkdtemp()
+      >>> Spectrum([-1.0, 2.0], [0.5, 0.5]).save(spectrum_path(out, "empirical", 0))
+      >>> settings = SpectrumSettings(num_steps=4, batch_size=32, num_images=32,
+      ...                             noise_probes=0, progress=False)
+      >>> with contextlib.redirect_stdout(io.StringIO()) as f:
+      ...     sweep = epoch_spectra(workdir, (0, 2), settings, out_dir=out)
+      >>> sweep[0].nodes.tolist(), sweep[2].nodes.size, sweep[2].meta["epoch"]
+      ([-1.0, 2.0], 4, 2)
+      >>> [line.split(":")[0] for line in f.getvalue().splitlines()]
+      ['exists', 'empirical e2']
     """
     out_dir = os.path.join(os.fspath(workdir), "spectra") if out_dir is None else out_dir
     result = {}
     training_set = None  # loaded once, for the first epoch that needs it
     for epoch in epochs:
         path = spectrum_path(out_dir, settings.mode, epoch)
-        if skip_existing and os.path.exists(path):
-            result[epoch] = Spectrum.load(path)
+        existing = existing_spectrum(path, settings) if skip_existing else None
+        if existing is not None:
+            result[epoch] = existing
             if verbose:
                 print(f"exists: {path}")
             continue
@@ -135,7 +158,24 @@ def plot_extremal(rows: Sequence[dict[str, Any]], path: str, /, *, title: str | 
 
 def write_summary(rows: Sequence[dict[str, Any]], out_dir: str, mode: str, /, *,
                   title: str | None = None) -> dict[str, str]:
-    """Writes ``epochs_<mode>.{json,csv,png}`` and returns their paths."""
+    """Writes ``epochs_<mode>.{json,csv,png}`` and returns their paths.
+
+    Example:
+      >>> import json, os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.epochs import epoch_rows, write_summary
+      >>> rows = epoch_rows({0: Spectrum([-1.0, 0.5, 3.0], [0.2, 0.5, 0.3]),
+      ...                    2: Spectrum([-0.5, 0.1, 6.0], [0.1, 0.7, 0.2])})
+      >>> paths = write_summary(rows, tempfile.mkdtemp(), "empirical", title="MLP")
+      >>> sorted(paths), os.path.basename(paths["png"])
+      (['csv', 'json', 'png'], 'epochs_empirical.png')
+      >>> with open(paths["json"]) as f:
+      ...     [(r["epoch"], r["lambda_max"], r["negative_mass"]) for r in json.load(f)]
+      [(0, 3.0, 0.2), (2, 6.0, 0.1)]
+      >>> with open(paths["csv"]) as f:
+      ...     f.readline().split(",")[:3]
+      ['epoch', 'lambda_max', 'lambda_min']
+    """
     paths = {ext: os.path.join(out_dir, f"epochs_{mode}.{ext}") for ext in ("json", "csv", "png")}
     with open(paths["json"], "w") as f:
         json.dump(list(rows), f, indent=1)
@@ -159,7 +199,29 @@ def _parse_epochs(text: str | None, workdir: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m experiments.epochs --workdir RUN [--epochs 0,25,50]``."""
+    """Command line: ``python -m experiments.epochs --workdir RUN [--epochs 0,25,50]``.
+
+    Example:
+      >>> import contextlib, io, os, tempfile
+      >>> from experiments.epochs import main
+      >>> from experiments.paper import trained_preset
+      >>> workdir, out = trained_preset("smoke"), tempfile.mkdtemp()
+      >>> argv = ["--workdir", workdir, "--out", out, "--steps", "4", "--batch-size", "32",
+      ...         "--num-images", "32", "--noise-probes", "0", "--no-progress"]
+      >>> with contextlib.redirect_stdout(io.StringIO()) as f:
+      ...     code = main(argv + ["--epochs", "2"])
+      >>> lines = f.getvalue().splitlines()
+      >>> code, [line.split(":")[0] for line in lines[:2]], lines[2].split()[0]
+      (0, ['empirical e2', 'epoch     2'], 'wrote')
+      >>> sorted(os.listdir(out))  # doctest: +NORMALIZE_WHITESPACE
+      ['empirical_e0002.json', 'empirical_e0002.png', 'epochs_empirical.csv',
+       'epochs_empirical.json', 'epochs_empirical.png']
+      >>> try:
+      ...     main(argv + ["--epochs", "1"])
+      ... except SystemExit as e:
+      ...     print(str(e).replace(workdir, "RUN"))
+      no checkpoint for epochs [1] in RUN; available: [0, 2]
+    """
     parser = argparse.ArgumentParser(
         prog="python -m experiments.epochs",
         description="Hessian spectra of the checkpoints along a training run.",

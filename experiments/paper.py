@@ -546,7 +546,8 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     from experiments.compare import compare_run
     from experiments.epochs import epoch_rows, epoch_spectra, write_summary
-    from experiments.spectrum import SpectrumSettings, compute_spectrum, spectrum_path
+    from experiments.spectrum import (SpectrumSettings, compute_spectrum, existing_spectrum,
+                                      spectrum_path)
     from train import train_and_evaluate
 
     preset = PRESETS[name]
@@ -576,7 +577,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     }
     for mode, s in settings.items():
         t = time.perf_counter()
-        if not os.path.exists(spectrum_path(spectra_dir, mode, final)):
+        if existing_spectrum(spectrum_path(spectra_dir, mode, final), s) is None:
             r = compute_spectrum(workdir, final, s)
             log(f"{mode}: lambda_max {r.spectrum.lambda_max:.4g}, lambda_min "
                 f"{r.spectrum.lambda_min:.4g}")

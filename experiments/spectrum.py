@@ -59,13 +59,20 @@ __all__ = [
     "DEFAULT_NUM_PER_IMAGE",
     "DEFAULT_STEPS",
     "MODES",
+    "Operator",
     "SpectrumResult",
     "SpectrumSettings",
+    "add_settings_arguments",
     "available_epochs",
     "build_operator",
     "compute_spectrum",
+    "estimate_sigma2",
+    "existing_spectrum",
+    "format_summary",
     "load_training_set",
     "main",
+    "resolve_epoch",
+    "settings_from_args",
     "spectrum_path",
 ]
 
@@ -96,6 +103,16 @@ class SpectrumSettings:
       group_size: batches per jitted call of the host-driven HVP.
       noise_probes: probes of the ``sigma^2`` estimate (empirical mode; 0: skip it).
       progress: progress bar over Lanczos steps.
+
+    Example:
+      >>> from experiments.spectrum import SpectrumSettings
+      >>> s = SpectrumSettings(mode="augmented", num_per_image=2, batch_size=32)
+      >>> s.steps, s.num_per_image, s.bn_mode
+      (80, 2, 'batch')
+      >>> SpectrumSettings(mode="train")
+      Traceback (most recent call last):
+        ...
+      ValueError: mode must be one of ('empirical', 'augmented'), got 'train'
     """
 
     mode: str = "empirical"
@@ -122,11 +139,32 @@ class SpectrumSettings:
 
     @property
     def steps(self) -> int:
-        """``num_steps``, or the paper's m for the mode."""
+        """``num_steps``, or the paper's m for the mode.
+
+        Example:
+          >>> from experiments.spectrum import SpectrumSettings
+          >>> SpectrumSettings().steps, SpectrumSettings(mode="augmented").steps
+          (100, 80)
+          >>> SpectrumSettings(num_steps=8).steps
+          8
+        """
         return DEFAULT_STEPS[self.mode] if self.num_steps is None else int(self.num_steps)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that define the operator and the probe (a resumed run must match them)."""
+        """The settings that define the operator and the probe (a resumed run must match them).
+
+        Example:
+          >>> import dataclasses
+          >>> from experiments.spectrum import SpectrumSettings
+          >>> s = SpectrumSettings(num_steps=8, batch_size=32)
+          >>> s.identity()  # doctest: +NORMALIZE_WHITESPACE
+          {'mode': 'empirical', 'num_steps': 8, 'probe_seed': 0, 'bn_mode': 'batch',
+           'batch_size': 32, 'num_images': None}
+          >>> s.identity() == dataclasses.replace(s, driver="host", progress=False).identity()
+          True
+          >>> SpectrumSettings(mode="augmented").identity()["num_per_image"]
+          30
+        """
         d = dataclasses.asdict(self)
         for k in ("driver", "checkpoint_every", "group_size", "noise_probes", "progress"):
             d.pop(k)
@@ -138,7 +176,19 @@ class SpectrumSettings:
 
 
 class SpectrumResult(NamedTuple):
-    """What :func:`compute_spectrum` wrote: the spectrum and the paths of its JSON and plot."""
+    """What :func:`compute_spectrum` wrote: the spectrum and the paths of its JSON and plot.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> from experiments.spectrum import SpectrumResult
+      >>> r = SpectrumResult(Spectrum([-0.5, 1.0, 4.0], [0.1, 0.6, 0.3]),
+      ...                    "spectra/empirical_e0002.json", "spectra/empirical_e0002.png")
+      >>> r.spectrum.lambda_max, r.png_path
+      (4.0, 'spectra/empirical_e0002.png')
+      >>> spectrum, json_path, png_path = r
+      >>> json_path
+      'spectra/empirical_e0002.json'
+    """
 
     spectrum: jaxspec.Spectrum
     json_path: str
@@ -155,8 +205,64 @@ def spectrum_path(out_dir: str | os.PathLike, mode: str, epoch: int, ext: str = 
     return os.path.join(os.fspath(out_dir), f"{mode}_e{int(epoch):04d}.{ext}")
 
 
+def existing_spectrum(path: str | os.PathLike, settings: SpectrumSettings, /
+                      ) -> jaxspec.Spectrum | None:
+    """The spectrum saved at ``path``, if any, once checked against ``settings``.
+
+    A spectrum written by :func:`compute_spectrum` records its settings; one made with other
+    settings (steps, probe, batch size, images, BatchNorm mode, variants) is refused with a
+    ``ValueError`` rather than reused as if it were the one asked for. A spectrum saved without
+    those records (by hand) is taken as it is.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.spectrum import SpectrumSettings, existing_spectrum
+      >>> path = os.path.join(tempfile.mkdtemp(), "empirical_e0002.json")
+      >>> settings = SpectrumSettings(num_steps=8, batch_size=32)
+      >>> existing_spectrum(path, settings) is None
+      True
+      >>> Spectrum([1.0, 2.0], [0.5, 0.5], meta={"settings": settings.identity()}).save(path)
+      >>> existing_spectrum(path, settings).nodes.tolist()
+      [1.0, 2.0]
+      >>> existing_spectrum(path, SpectrumSettings(num_steps=30, batch_size=32))
+      Traceback (most recent call last):
+      ...
+      ValueError: .../empirical_e0002.json was made with other settings (num_steps: 8 there, 30 here); delete it, write elsewhere, or do not skip existing spectra
+    """
+    if not os.path.exists(path):
+        return None
+    spectrum = jaxspec.Spectrum.load(path)
+    # compute_spectrum records the settings under "settings"; older files have them at the top
+    # level, where "num_images" is the count used rather than the setting (None: all)
+    recorded = spectrum.meta.get("settings")
+    if recorded is None:
+        recorded = {k: v for k, v in spectrum.meta.items() if k != "num_images"}
+    differ = [f"{k}: {recorded[k]!r} there, {v!r} here"
+              for k, v in _jsonable(settings.identity()).items()
+              if k in recorded and recorded[k] != v]
+    if differ:
+        raise ValueError(f"{os.fspath(path)} was made with other settings ({'; '.join(differ)});"
+                         " delete it, write elsewhere, or do not skip existing spectra")
+    return spectrum
+
+
 def resolve_epoch(parser, workdir: str, epoch: int | None) -> int:
-    """``epoch``, or the latest checkpointed epoch of ``workdir`` (a CLI error if there is none)."""
+    """``epoch``, or the latest checkpointed epoch of ``workdir`` (a CLI error if there is none).
+
+    Example:
+      >>> import argparse, tempfile
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import resolve_epoch
+      >>> parser = argparse.ArgumentParser(prog="spectrum")
+      >>> workdir = trained_preset("smoke")  # checkpoints at epochs 0 and 2
+      >>> resolve_epoch(parser, workdir, None), resolve_epoch(parser, workdir, 0)
+      (2, 0)
+      >>> resolve_epoch(parser, tempfile.mkdtemp(), None)  # prints the error to stderr
+      Traceback (most recent call last):
+        ...
+      SystemExit: 2
+    """
     if epoch is not None:
         return epoch
     epochs = available_epochs(workdir)
@@ -197,6 +303,17 @@ def load_training_set(workdir: str | os.PathLike, config: Any, /, *, npz: str | 
 
     Returns:
       ``(data, info)``.
+
+    Example:
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import load_training_set
+      >>> from train.loop import read_config
+      >>> workdir = trained_preset("smoke")  # trained on 128 synthetic images
+      >>> data, info = load_training_set(workdir, read_config(workdir), num_images=32)
+      >>> data.x_train.shape[0], data.y_train.shape, info["num_train"]
+      (32, (32,), 128)
+      >>> data.num_classes == info["num_classes"]
+      True
     """
     from train.loop import load_data, read_data_info
 
@@ -217,7 +334,18 @@ def load_training_set(workdir: str | os.PathLike, config: Any, /, *, npz: str | 
 
 
 class Operator(NamedTuple):
-    """A Hessian operator ready for SLQ: ``matvec`` and how to drive it."""
+    """A Hessian operator ready for SLQ: ``matvec`` and how to drive it.
+
+    Example:
+      :func:`build_operator` makes them; any symmetric ``v -> A v`` fits:
+
+      >>> import numpy as np
+      >>> from experiments.spectrum import Operator
+      >>> diag = lambda v: np.array([1.0, 2.0, 3.0]) * v  # a stand-in for H v
+      >>> op = Operator(diag, diag, "host", num_samples=3, meta={}, batched=None)
+      >>> op.matvec(np.ones(3)).tolist(), op.driver, op.num_samples
+      ([1.0, 2.0, 3.0], 'host', 3)
+    """
 
     matvec: Callable[[jax.Array], jax.Array]  # what the Lanczos driver takes
     eager: Callable[[jax.Array], jax.Array]  # the same, callable eagerly (jitted if traceable)
@@ -246,6 +374,23 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
     One device: :func:`jaxspec.host_hessian_matvec` / :func:`jaxspec.hessian_matvec` (or their
     augmented counterparts) by driver. Several devices: the data-parallel operators of
     :mod:`jaxspec.parallel` / :mod:`jaxspec.augmented` over all devices.
+
+    Example:
+      >>> import jaxspec
+      >>> from jaxspec.models import hessian_loss
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import SpectrumSettings, build_operator, load_training_set
+      >>> from train import load_checkpoint
+      >>> workdir = trained_preset("smoke")
+      >>> model, config, _ = load_checkpoint(workdir, epoch=2)
+      >>> data, info = load_training_set(workdir, config, num_images=32)
+      >>> loss_fn, params = hessian_loss(model, bn_mode="batch")
+      >>> settings = SpectrumSettings(batch_size=32, driver="host")
+      >>> op = build_operator(loss_fn, params, data, info, settings)
+      >>> op.driver, op.num_samples, jaxspec.num_samples(op.batched)
+      ('host', 32, 32)
+      >>> op.batched.batches["image"].shape[:2]  # one batch of 32 normalised images
+      (1, 32)
     """
     num_devices = jax.device_count()
     driver = _resolve_driver(settings.driver, num_devices)
@@ -308,6 +453,25 @@ def estimate_sigma2(loss_fn: Callable, params: Any, batched: Any, full_matvec: C
     NumPy), with ``full_matvec`` as ``H_N v``: ``num_probes`` x (one pass + one HVP). With
     BatchNorm in batch mode a "sample" is a batch's contribution; the estimate is still the
     variance that enters Theorem 1 for these batches. ``None`` with fewer than 2 full batches.
+
+    Example:
+      A quadratic loss whose per-sample Hessians ``E_i`` are Wigner matrices (``sigma^2 = 1``):
+
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> import jaxspec
+      >>> from experiments.spectrum import estimate_sigma2
+      >>> E = np.random.default_rng(0).normal(size=(64, 40, 40)).astype(np.float32)
+      >>> E = np.triu(E) + np.swapaxes(np.triu(E, 1), 1, 2)
+      >>> loss = lambda w, b: 0.5 * jnp.mean(jnp.einsum("i,nij,j->n", w, b["E"], w))
+      >>> batched = jaxspec.batch_dataset({"E": E}, 8)  # 8 batches of 8
+      >>> full = lambda v: E.mean(0) @ v  # H_N v
+      >>> r = estimate_sigma2(loss, jnp.zeros(40), batched, full, jax.random.key(0),
+      ...                     num_probes=4)
+      >>> r["sigma2_batches"], r["sigma2_probes"], bool(abs(r["sigma2"] - 1.0) < 0.15)
+      (8, 4, True)
+      >>> one_batch = jaxspec.batch_dataset({"E": E}, 64)
+      >>> print(estimate_sigma2(loss, jnp.zeros(40), one_batch, full, jax.random.key(0)))
+      None
     """
     weights = np.asarray(batched.weights)
     full = [b for b in range(weights.shape[0] if batched.batches is not None else 0)
@@ -388,6 +552,27 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
 
     Returns:
       :class:`SpectrumResult`.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import SpectrumSettings, compute_spectrum
+      >>> workdir = trained_preset("smoke")  # 1x16 MLP, checkpoints at epochs 0 and 2
+      >>> settings = SpectrumSettings(num_steps=4, batch_size=32, num_images=32,
+      ...                             noise_probes=0, progress=False)
+      >>> r = compute_spectrum(workdir, 2, settings, out_dir=tempfile.mkdtemp(), plot=False)
+      >>> s = r.spectrum
+      >>> s.nodes.size, s.meta["N"], s.meta["num_steps"], s.meta["epoch"], s.meta["resumed"]
+      (4, 32, 4, 2, False)
+      >>> bool(s.lambda_min < s.lambda_max), round(float(s.weights.sum()), 5)
+      (True, 1.0)
+      >>> bool(s.meta["symmetry_relative_error"] < 1e-4), s.meta["q"] == s.meta["P"] / 32
+      (True, True)
+      >>> os.path.basename(r.json_path), os.path.exists(r.png_path)  # plot=False: no PNG
+      ('empirical_e0002.json', False)
+      >>> Spectrum.load(r.json_path).nodes.tolist() == s.nodes.tolist()
+      True
     """
     from jaxspec.models import hessian_loss
     from train import load_checkpoint
@@ -434,6 +619,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     meta = {
         **spectrum.meta,
         **identity,
+        "settings": settings.identity(),  # read by existing_spectrum
         "model": config.model,
         "model_kwargs": config.model_kwargs,
         "config": config.name,
@@ -474,7 +660,17 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
-    """The :class:`SpectrumSettings` options, shared by the experiment scripts."""
+    """The :class:`SpectrumSettings` options, shared by the experiment scripts.
+
+    Example:
+      >>> import argparse
+      >>> from experiments.spectrum import add_settings_arguments
+      >>> parser = argparse.ArgumentParser()
+      >>> add_settings_arguments(parser)
+      >>> args = parser.parse_args(["--steps", "8", "--bn-mode", "running", "--no-progress"])
+      >>> args.steps, args.bn_mode, args.no_progress, args.batch_size, args.npz
+      (8, 'running', True, 128, None)
+    """
     parser.add_argument("--steps", type=int, default=None,
                         help="Lanczos steps m (default: 100 empirical, 80 augmented, as the paper)")
     parser.add_argument("--num-per-image", type=int, default=DEFAULT_NUM_PER_IMAGE,
@@ -500,7 +696,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, mode: str) -> SpectrumSettings:
-    """:class:`SpectrumSettings` from the options of :func:`add_settings_arguments`."""
+    """:class:`SpectrumSettings` from the options of :func:`add_settings_arguments`.
+
+    Example:
+      >>> import argparse
+      >>> from experiments.spectrum import add_settings_arguments, settings_from_args
+      >>> parser = argparse.ArgumentParser()
+      >>> add_settings_arguments(parser)
+      >>> args = parser.parse_args(["--num-per-image", "2", "--batch-size", "32",
+      ...                           "--no-progress"])
+      >>> s = settings_from_args(args, "augmented")
+      >>> s.mode, s.steps, s.num_per_image, s.batch_size, s.progress
+      ('augmented', 80, 2, 32, False)
+    """
     return SpectrumSettings(
         mode=mode, num_steps=args.steps, num_per_image=args.num_per_image,
         variant_seed=args.variant_seed, probe_seed=args.probe_seed, bn_mode=args.bn_mode,
@@ -510,7 +718,18 @@ def settings_from_args(args: argparse.Namespace, mode: str) -> SpectrumSettings:
 
 
 def format_summary(result: SpectrumResult, /) -> str:
-    """One line: extremal Ritz values, negative count and mass, time."""
+    """One line: extremal Ritz values, negative count and mass, time.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> from experiments.spectrum import SpectrumResult, format_summary
+      >>> meta = {"mode": "empirical", "epoch": 2, "P": 3, "N": 8, "time_s": 1.5}
+      >>> s = Spectrum([-0.5, 1e-6, 4.0], [0.1, 0.6, 0.3], meta=meta)
+      >>> result = SpectrumResult(s, "out/empirical_e0002.json", "out/empirical_e0002.png")
+      >>> print(format_summary(result))  # doctest: +NORMALIZE_WHITESPACE
+      empirical e2: lambda_max=4 lambda_min=-0.5 negative=1/3 (separated 1, mass 0.1)
+      P=3 N=8 time=1.5s -> out/empirical_e0002.json
+    """
     s = result.spectrum
     neg = s.negative()
     m = s.meta
@@ -521,7 +740,26 @@ def format_summary(result: SpectrumResult, /) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m experiments.spectrum --workdir RUN --epoch E --mode MODE``."""
+    """Command line: ``python -m experiments.spectrum --workdir RUN --epoch E --mode MODE``.
+
+    Example:
+      >>> import contextlib, io, os, tempfile
+      >>> from experiments.paper import trained_preset
+      >>> from experiments.spectrum import main
+      >>> workdir, out = trained_preset("smoke"), tempfile.mkdtemp()
+      >>> argv = ["--workdir", workdir, "--out", out, "--steps", "4", "--batch-size", "32",
+      ...         "--num-images", "32", "--noise-probes", "0", "--no-progress"]
+      >>> with contextlib.redirect_stdout(io.StringIO()) as f:
+      ...     code = main(argv)  # the latest epoch, 2
+      >>> code, f.getvalue().startswith("empirical e2: lambda_max=")
+      (0, True)
+      >>> sorted(os.listdir(out))  # the Lanczos checkpoint is gone
+      ['empirical_e0002.json', 'empirical_e0002.png']
+      >>> with contextlib.redirect_stdout(io.StringIO()) as f:
+      ...     code = main(argv + ["--skip-existing"])
+      >>> code, f.getvalue().split() == ["exists:", os.path.join(out, "empirical_e0002.json")]
+      (0, True)
+    """
     parser = argparse.ArgumentParser(
         prog="python -m experiments.spectrum",
         description="Empirical or Augmented Hessian spectrum (SLQ) of a training checkpoint.",
@@ -536,15 +774,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-checkpoint", action="store_true",
                         help="keep the Lanczos state after success")
     parser.add_argument("--skip-existing", action="store_true",
-                        help="do nothing if the spectrum JSON exists")
+                        help="do nothing if the spectrum JSON exists (made with the same "
+                             "settings; one made with others is an error)")
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
     epoch = resolve_epoch(parser, args.workdir, args.epoch)
     out = args.out or os.path.join(args.workdir, "spectra")
-    if args.skip_existing and os.path.exists(spectrum_path(out, args.mode, epoch)):
-        print(f"exists: {spectrum_path(out, args.mode, epoch)}")
-        return 0
-    result = compute_spectrum(args.workdir, epoch, settings_from_args(args, args.mode),
+    settings = settings_from_args(args, args.mode)
+    if args.skip_existing:
+        try:
+            found = existing_spectrum(spectrum_path(out, args.mode, epoch), settings)
+        except ValueError as e:
+            parser.error(str(e))
+        if found is not None:
+            print(f"exists: {spectrum_path(out, args.mode, epoch)}")
+            return 0
+    result = compute_spectrum(args.workdir, epoch, settings,
                               out_dir=out, npz=args.npz, restart=args.restart,
                               keep_checkpoint=args.keep_checkpoint)
     print(format_summary(result))

@@ -63,17 +63,35 @@ def reorth_floor(dim: int, m: int, dtype) -> float:
     """Seconds that full re-orthogonalisation cannot go below here: over m steps, one Gram-Schmidt
     pass (``h = Q u``, then ``u - h Q``: two reads) over exactly the ``i + 1`` filled rows of
     a contiguous basis. Timed for a few row counts, fitted by a line (the cost is linear in the
-    rows), and summed over the steps."""
+    rows), and summed over the steps.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from experiments.speed import reorth_floor
+      >>> floor = reorth_floor(64, 3, jnp.float32)   # seconds, for 3 steps on 64 parameters
+      >>> isinstance(floor, float) and floor > 0
+      True
+    """
     pass_ = jax.jit(lambda q, u: u - jnp.dot(jnp.dot(q, u, precision="highest"), q,
                                              precision="highest"))
     u = jnp.ones((dim,), dtype)
     ks = sorted({min(k, m + 1) for k in (4, 16, 32, 48)})
     ts = [_time(pass_, jnp.ones((k, dim), dtype), u) for k in ks]
     slope, icpt = np.polyfit(ks, ts, 1) if len(ks) > 1 else (ts[0] / ks[0], 0.0)
-    return float(sum(icpt + slope * (i + 1) for i in range(m)))
+    return float(sum(max(icpt + slope * (i + 1), 0.0) for i in range(m)))  # a read is >= 0
 
 
 def cnn_init(key):
+    """Parameters of the small CNN of the benchmark: three 3x3 convolutions (16, 32 and 32
+    channels; the last two with stride 2) and a dense layer to 10 classes, He-normal weights.
+
+    Example:
+      >>> import jax
+      >>> from experiments.speed import cnn_init
+      >>> p = jax.eval_shape(cnn_init, jax.random.key(0))   # shapes only, nothing computed
+      >>> p["c2"].shape, p["fc"]["w"].shape, sum(x.size for x in jax.tree.leaves(p))
+      ((3, 3, 16, 32), (32, 10), 14586)
+    """
     ks = jax.random.split(key, 4)
     he = lambda k, shape: jax.random.normal(k, shape) * np.sqrt(2.0 / np.prod(shape[:-1]))  # noqa: E731
     return {
@@ -85,6 +103,17 @@ def cnn_init(key):
 
 
 def cnn_apply(p, x):
+    """Logits of the small CNN (:func:`cnn_init`) on NHWC images: ReLU convolutions, global
+    average pooling, a dense layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from experiments.speed import cnn_apply, cnn_init
+      >>> p = jax.eval_shape(cnn_init, jax.random.key(0))   # shapes only, nothing computed
+      >>> x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+      >>> jax.eval_shape(cnn_apply, p, x).shape
+      (2, 10)
+    """
     conv = lambda x, w, s: jax.lax.conv_general_dilated(  # noqa: E731
         x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     h = jax.nn.relu(conv(x, p["c1"], 1))
@@ -94,12 +123,29 @@ def cnn_apply(p, x):
 
 
 def mlp_init(key, width=256):
+    """Parameters of the benchmark's tanh MLP on flattened 32x32x3 images: two hidden layers of
+    ``width``, 10 outputs; weights ``N(0, 1/fan_in)``, zero biases.
+
+    Example:
+      >>> import jax
+      >>> from experiments.speed import mlp_init
+      >>> [layer["w"].shape for layer in mlp_init(jax.random.key(0))]
+      [(3072, 256), (256, 256), (256, 10)]
+    """
     ks = jax.random.split(key, 3)
     dense = lambda k, a, b: {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}  # noqa: E731
     return [dense(ks[0], 3072, width), dense(ks[1], width, width), dense(ks[2], width, 10)]
 
 
 def mlp_apply(p, x):
+    """Logits of the MLP (:func:`mlp_init`); the images are flattened first.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from experiments.speed import mlp_apply, mlp_init
+      >>> mlp_apply(mlp_init(jax.random.key(0)), jnp.ones((2, 32, 32, 3))).shape
+      (2, 10)
+    """
     h = x.reshape(x.shape[0], -1)
     for layer in p[:-1]:
         h = jnp.tanh(h @ layer["w"] + layer["b"])
@@ -107,6 +153,18 @@ def mlp_apply(p, x):
 
 
 def make_loss(apply):
+    """The mean cross-entropy ``loss(params, batch)`` of the model ``apply(params, images)`` on
+    a batch ``{"image", "label"}``: the loss whose gradient, HVP and Lanczos are timed.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from experiments.speed import make_loss, mlp_apply, mlp_init
+      >>> p = mlp_init(jax.random.key(0))
+      >>> p[-1]["w"] = jnp.zeros_like(p[-1]["w"])    # all logits 0: the loss is log 10
+      >>> batch = {"image": jnp.ones((2, 32, 32, 3)), "label": jnp.array([0, 3])}
+      >>> round(float(make_loss(mlp_apply)(p, batch)), 4)
+      2.3026
+    """
     def loss(params, batch):
         logits = apply(params, batch["image"])
         logp = jax.nn.log_softmax(logits)
@@ -116,6 +174,25 @@ def make_loss(apply):
 
 
 def bench(name, init, apply, args):
+    """Times one model and prints its table (see the module docstring): ``init(key)`` and
+    ``apply(params, images)`` define it, ``args`` are :func:`main`'s parsed options (``n``,
+    ``batch_size``, ``m``, ``block_size``, ``repeat``, ``drivers``).
+
+    Example:
+      >>> import argparse, contextlib, io
+      >>> from experiments.speed import bench, mlp_apply, mlp_init
+      >>> args = argparse.Namespace(n=4, batch_size=4, m=2, block_size=16, repeat=1,
+      ...                           drivers=["host"])
+      >>> out = io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     bench("mlp", mlp_init, mlp_apply, args)
+      >>> lines = out.getvalue().splitlines()
+      >>> lines[1].startswith("== mlp  (N=4, batch=4,")
+      True
+      >>> rows = {line[2:36].strip(): line[37:].strip() for line in lines[2:]}
+      >>> len(rows), rows["P (parameters)"], rows["Krylov basis (m+1) x P floats"]
+      (16, '855,050', '9.8 MiB')
+    """
     key = jax.random.key(0)
     params = init(key)
     flat, unravel = ravel_pytree(params)
@@ -208,6 +285,24 @@ def bench(name, init, apply, args):
 
 
 def main(argv=None):
+    """Command line entry point (see the module docstring): the version line, then
+    :func:`bench`'s table for each model.
+
+    Example:
+      >>> import contextlib, io
+      >>> from experiments.speed import main
+      >>> out = io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     main(["--models", "mlp", "--n", "4", "--batch-size", "4", "--m", "2",
+      ...           "--repeat", "1", "--drivers", "host"])
+      >>> lines = out.getvalue().splitlines()
+      >>> lines[0].startswith("jax "), lines[2].startswith("== mlp  (N=4, batch=4,")
+      (True, True)
+      >>> [line.split()[-1] for line in lines[3:] if line.startswith("  P (parameters)")]
+      ['855,050']
+      >>> [line[2:36].strip() for line in lines if line.startswith("  Lanczos m=")]
+      ['Lanczos m=2, host, first', 'Lanczos m=2, host, warm']
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=128)

@@ -129,6 +129,14 @@ class StudyConfig:
         so all HVPs of the study share one compilation.
       driver: Lanczos driver, ``"auto"`` (host on CPU, compiled elsewhere), ``"host"``,
         ``"compiled"``.
+
+    Example:
+      >>> from experiments.true_hessian import StudyConfig, mlp_init, num_params
+      >>> c = StudyConfig(qs=(1.0, 10.0), lanczos_steps=10)
+      >>> c.qs, c.lanczos_steps, c.true_lanczos_steps   # unset fields keep their defaults
+      ((1.0, 10.0), 10, 30)
+      >>> num_params(mlp_init(c.seed, [c.input_dim, *c.student_widths, c.num_classes]))  # P
+      2092
     """
 
     seed: int = 0

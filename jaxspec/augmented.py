@@ -80,6 +80,16 @@ class AugmentedData(NamedTuple):
         (indices in ``[0, 162)``, see :func:`jaxspec.augment.variant_params`).
       mean: ``float32`` ``(C,)`` per-channel mean used in training, pixel units.
       std: ``float32`` ``(C,)`` per-channel standard deviation used in training, pixel units.
+
+    Example:
+      >>> import jax
+      >>> import numpy as np
+      >>> from jaxspec.augmented import AugmentedData, identity_variants, num_augmented
+      >>> images, labels = np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1], np.int32)
+      >>> d = AugmentedData(images, labels, identity_variants(2, 3),
+      ...                   mean=np.zeros(3, np.float32), std=np.ones(3, np.float32))
+      >>> num_augmented(d), len(jax.tree.leaves(d))   # 2 images x 3 variants; 5 array leaves
+      (6, 5)
     """
 
     images: Any

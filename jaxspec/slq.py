@@ -148,12 +148,24 @@ class Spectrum:
     # ---- summaries ----------------------------------------------------------------------
     @property
     def lambda_max(self) -> float:
-        """Largest Ritz value (converges first to the largest eigenvalue)."""
+        """Largest Ritz value (converges first to the largest eigenvalue).
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([3.0, -1.0, 0.5], [0.2, 0.3, 0.5]).lambda_max
+          3.0
+        """
         return float(self.nodes[-1])
 
     @property
     def lambda_min(self) -> float:
-        """Smallest Ritz value (converges first to the smallest eigenvalue)."""
+        """Smallest Ritz value (converges first to the smallest eigenvalue).
+
+        Example:
+          >>> from jaxspec import Spectrum
+          >>> Spectrum([3.0, -1.0, 0.5], [0.2, 0.3, 0.5]).lambda_min
+          -1.0
+        """
         return float(self.nodes[0])
 
     def origin_cluster(self, *, origin_tol: float = 1e-3) -> np.ndarray:

@@ -148,6 +148,11 @@ def test_epoch_sweep_loads_the_training_set_once(smoke, tmp_path, monkeypatch):
                                  verbose=False)
     assert sorted(sweep) == [0, 2] and len(loads) == 1
     assert sweep[0].meta["N"] == sweep[2].meta["N"] == 128
+    # a rerun with other settings does not take those spectra for its own
+    longer = SpectrumSettings(mode="empirical", num_steps=6, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="num_steps: 4 there, 6 here"):
+        epochs.epoch_spectra(smoke["workdir"], (0, 2), longer, out_dir=str(tmp_path),
+                             verbose=False)
 
 
 def test_print_commands_cover_every_paper_run(capsys):
@@ -186,9 +191,13 @@ def test_report_from_a_runs_directory(smoke, tmp_path):
 
 
 def test_spectrum_cli_skips_existing(smoke, capsys):
-    assert spectrum_main(["--workdir", smoke["workdir"], "--mode", "augmented",
-                          "--skip-existing"]) == 0
+    argv = ["--workdir", smoke["workdir"], "--mode", "augmented", "--skip-existing"]
+    same = ["--steps", "6", "--num-per-image", "2", "--batch-size", "32"]  # the smoke preset's
+    assert spectrum_main(argv + same) == 0
     assert "exists" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the default settings differ: a usage error
+        spectrum_main(argv)
+    assert "num_steps: 6 there, 80 here" in capsys.readouterr().err
 
 
 def test_compare_spectra_saved_without_metadata(tmp_path):

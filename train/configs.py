@@ -229,6 +229,12 @@ def preresnet110_cifar10_normal() -> TrainConfig:
         python -m train --config preresnet110_cifar10_normal --workdir runs/p110_c10_normal
 
     Expected time on one GPU: about 45 minutes (estimate: ~12 s/epoch x 225 epochs).
+
+    Example:
+      >>> from train.configs import preresnet110_cifar10_normal
+      >>> c = preresnet110_cifar10_normal()
+      >>> c.model, c.dataset, c.epochs, c.base_lr, c.weight_decay
+      ('preresnet110', 'cifar10', 225, 0.1, 0.0003)
     """
     return _paper("preresnet110", "cifar10", "normal")
 
@@ -241,6 +247,12 @@ def preresnet110_cifar10_overfit() -> TrainConfig:
         python -m train --config preresnet110_cifar10_overfit --workdir runs/p110_c10_overfit
 
     Expected time on one GPU: about 3.5 hours (estimate: ~12 s/epoch x 1000 epochs).
+
+    Example:
+      >>> from train.configs import preresnet110_cifar10_overfit
+      >>> c = preresnet110_cifar10_overfit()
+      >>> c.dataset, c.epochs, c.base_lr, c.checkpoint_epochs[-2:]
+      ('cifar10', 1000, 0.001, (900, 1000))
     """
     return _paper("preresnet110", "cifar10", "overfit")
 
@@ -253,6 +265,12 @@ def preresnet110_cifar100_normal() -> TrainConfig:
         python -m train --config preresnet110_cifar100_normal --workdir runs/p110_c100_normal
 
     Expected time on one GPU: about 45 minutes (estimate: ~12 s/epoch x 225 epochs).
+
+    Example:
+      >>> from train.configs import preresnet110_cifar100_normal
+      >>> c = preresnet110_cifar100_normal()
+      >>> c.model, c.dataset, c.epochs, c.base_lr
+      ('preresnet110', 'cifar100', 225, 0.1)
     """
     return _paper("preresnet110", "cifar100", "normal")
 
@@ -265,6 +283,12 @@ def preresnet110_cifar100_overfit() -> TrainConfig:
         python -m train --config preresnet110_cifar100_overfit --workdir runs/p110_c100_overfit
 
     Expected time on one GPU: about 3.5 hours (estimate: ~12 s/epoch x 1000 epochs).
+
+    Example:
+      >>> from train.configs import preresnet110_cifar100_overfit
+      >>> c = preresnet110_cifar100_overfit()
+      >>> c.dataset, c.epochs, c.base_lr, c.weight_decay
+      ('cifar100', 1000, 0.001, 0.0003)
     """
     return _paper("preresnet110", "cifar100", "overfit")
 
@@ -277,6 +301,12 @@ def vgg16_cifar10_normal() -> TrainConfig:
         python -m train --config vgg16_cifar10_normal --workdir runs/vgg16_cifar10_normal
 
     Expected time on one GPU: about 30 minutes (estimate: ~6 s/epoch x 300 epochs).
+
+    Example:
+      >>> from train.configs import vgg16_cifar10_normal
+      >>> c = vgg16_cifar10_normal()
+      >>> c.model, c.dataset, c.epochs, c.base_lr, c.weight_decay
+      ('vgg16', 'cifar10', 300, 0.05, 0.0005)
     """
     return _paper("vgg16", "cifar10", "normal")
 
@@ -289,6 +319,12 @@ def vgg16_cifar10_overfit() -> TrainConfig:
         python -m train --config vgg16_cifar10_overfit --workdir runs/vgg16_cifar10_overfit
 
     Expected time on one GPU: about 1.7 hours (estimate: ~6 s/epoch x 1000 epochs).
+
+    Example:
+      >>> from train.configs import vgg16_cifar10_overfit
+      >>> c = vgg16_cifar10_overfit()
+      >>> c.model, c.dataset, c.epochs, c.base_lr, c.weight_decay
+      ('vgg16', 'cifar10', 1000, 0.001, 0.0005)
     """
     return _paper("vgg16", "cifar10", "overfit")
 
@@ -301,6 +337,12 @@ def vgg16_cifar100_normal() -> TrainConfig:
         python -m train --config vgg16_cifar100_normal --workdir runs/vgg16_cifar100_normal
 
     Expected time on one GPU: about 30 minutes (estimate: ~6 s/epoch x 300 epochs).
+
+    Example:
+      >>> from train.configs import vgg16_cifar100_normal
+      >>> c = vgg16_cifar100_normal()
+      >>> c.model, c.dataset, c.epochs, c.base_lr, c.checkpoint_epochs[-1]
+      ('vgg16', 'cifar100', 300, 0.05, 300)
     """
     return _paper("vgg16", "cifar100", "normal")
 
@@ -313,6 +355,12 @@ def vgg16_cifar100_overfit() -> TrainConfig:
         python -m train --config vgg16_cifar100_overfit --workdir runs/vgg16_cifar100_overfit
 
     Expected time on one GPU: about 1.7 hours (estimate: ~6 s/epoch x 1000 epochs).
+
+    Example:
+      >>> from train.configs import vgg16_cifar100_overfit
+      >>> c = vgg16_cifar100_overfit()
+      >>> c.model, c.dataset, c.epochs, c.base_lr
+      ('vgg16', 'cifar100', 1000, 0.001)
     """
     return _paper("vgg16", "cifar100", "overfit")
 
@@ -325,6 +373,12 @@ def vgg16bn_cifar100_normal() -> TrainConfig:
         python -m train --config vgg16bn_cifar100_normal --workdir runs/vgg16bn_cifar100_normal
 
     Expected time on one GPU: about 35 minutes (estimate: ~7 s/epoch x 300 epochs).
+
+    Example:
+      >>> from train.configs import vgg16bn_cifar100_normal
+      >>> c = vgg16bn_cifar100_normal()
+      >>> c.model, c.dataset, c.epochs, c.base_lr, c.weight_decay
+      ('vgg16bn', 'cifar100', 300, 0.05, 0.0005)
     """
     return _paper("vgg16bn", "cifar100", "normal")
 
@@ -337,6 +391,12 @@ def vgg16bn_cifar10_normal() -> TrainConfig:
         python -m train --config vgg16bn_cifar10_normal --workdir runs/vgg16bn_cifar10_normal
 
     Expected time on one GPU: about 35 minutes (estimate: ~7 s/epoch x 300 epochs).
+
+    Example:
+      >>> from train.configs import vgg16bn_cifar10_normal
+      >>> c = vgg16bn_cifar10_normal()
+      >>> c.model, c.dataset, c.epochs, c.base_lr
+      ('vgg16bn', 'cifar10', 300, 0.05)
     """
     return _paper("vgg16bn", "cifar10", "normal")
 
@@ -349,7 +409,7 @@ def cpu_preresnet20_cifar10() -> TrainConfig:
     """PreResNet-20 on 2,500 CIFAR-10 training images (250 per class), 1,000 test images, 6 epochs.
 
     The Normal schedule shortened to T = 6; checkpoints at 0, 3 and 6 for Hessian spectra.
-    Needs CIFAR-10 prepared for tensorflow-datasets, or a local copy:
+    Needs CIFAR-10 prepared for tensorflow-datasets, or a local copy::
 
         python -m train --config cpu_preresnet20_cifar10 --workdir runs/cpu_preresnet20
         python -m train --config cpu_preresnet20_cifar10 --workdir runs/cpu_preresnet20 \\
@@ -357,6 +417,12 @@ def cpu_preresnet20_cifar10() -> TrainConfig:
 
     Expected time: about 7 minutes on a 2-core CPU (estimate: ~50 images/s for training, measured
     by experiments/train_speed.py on a busy 2-core machine, plus evaluation and compilation).
+
+    Example:
+      >>> from train.configs import cpu_preresnet20_cifar10
+      >>> c = cpu_preresnet20_cifar10()
+      >>> c.model, c.train_per_class, c.test_per_class, c.epochs, c.checkpoint_epochs
+      ('preresnet20', 250, 100, 6, (0, 3, 6))
     """
     return TrainConfig(
         name="cpu_preresnet20_cifar10",
@@ -382,6 +448,12 @@ def cpu_mlp_cifar10() -> TrainConfig:
             --set npz_path=/path/to/cifar10.npz
 
     Expected time: about 1 minute on a 2-core CPU (estimate).
+
+    Example:
+      >>> from train.configs import cpu_mlp_cifar10
+      >>> c = cpu_mlp_cifar10()
+      >>> c.model, c.train_per_class, c.epochs, c.base_lr, c.prng_impl
+      ('mlp', 500, 10, 0.05, 'rbg')
     """
     return TrainConfig(
         name="cpu_mlp_cifar10",
@@ -406,6 +478,12 @@ def cpu_synthetic() -> TrainConfig:
         python -m train --config cpu_synthetic --workdir runs/cpu_synthetic
 
     Expected time: about 20 seconds on a 2-core CPU, compilation included (estimate).
+
+    Example:
+      >>> from train.configs import cpu_synthetic
+      >>> c = cpu_synthetic()
+      >>> c.model, c.dataset, c.synthetic_size, c.epochs
+      ('smallcnn', 'synthetic', (1024, 256), 4)
     """
     return TrainConfig(
         name="cpu_synthetic",
