@@ -107,10 +107,10 @@ def cnn_apply(p, x):
     average pooling, a dense layer.
 
     Example:
-      >>> import jax, jax.numpy as jnp
+      >>> import jax
       >>> from experiments.speed import cnn_apply, cnn_init
       >>> p = jax.eval_shape(cnn_init, jax.random.key(0))   # shapes only, nothing computed
-      >>> x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+      >>> x = jax.ShapeDtypeStruct((2, 32, 32, 3), p["c1"].dtype)
       >>> jax.eval_shape(cnn_apply, p, x).shape
       (2, 10)
     """
