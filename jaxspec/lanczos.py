@@ -486,11 +486,7 @@ def load_lanczos_state(path: str | os.PathLike, /) -> LanczosState:
       >>> load_lanczos_state(path).basis.shape
       (16, 3)
     """
-    with np.load(os.fspath(path)) as f:
-        missing = set(LanczosState._fields) - set(f.files)
-        if missing:
-            raise ValueError(f"{path} is not a Lanczos checkpoint (missing {sorted(missing)})")
-        return LanczosState(**{k: jnp.asarray(f[k]) for k in LanczosState._fields})
+    return jax.tree.map(jnp.asarray, _read_state(path))
 
 
 def _is_pytree_operator(matvec) -> bool:
@@ -521,10 +517,21 @@ def resolve_driver(driver: str = "auto", /) -> str:
     return driver
 
 
+def _read_state(path) -> LanczosState:
+    """The state saved at ``path``, as NumPy arrays (not yet on a device)."""
+    with np.load(os.fspath(path)) as f:
+        missing = set(LanczosState._fields) - set(f.files)
+        if missing:
+            raise ValueError(f"{path} is not a Lanczos checkpoint (missing {sorted(missing)})")
+        return LanczosState(**{k: f[k] for k in LanczosState._fields})
+
+
 def _resume(path, v0, num_steps, block_size) -> LanczosState | None:
+    """The checkpoint at ``path`` (on the host: each driver places it), checked against the run,
+    or ``None`` if there is none."""
     if path is None or not os.path.exists(path):
         return None
-    state = load_lanczos_state(path)
+    state = _read_state(path)
     rows = -(-(num_steps + 1) // block_size) * block_size
     if (state.basis.shape != (rows, v0.shape[0]) or state.basis.dtype != v0.dtype
             or state.num_steps != num_steps):
@@ -609,14 +616,16 @@ class _HostBasis:
         return jnp.concatenate([jnp.asarray(b) for b in blocks])
 
 
-def _drive(state: LanczosState, num_steps: int, chunk_size: int,
+def _drive(state: LanczosState, num_steps: int, chunk_size: int | None,
            advance: Callable[[LanczosState, int], LanczosState], /, *,
            checkpoint: str | os.PathLike | None = None, progress: bool | str = False,
            snapshot: Callable[[LanczosState], LanczosState] | None = None) -> LanczosState:
-    """The chunk loop of every driver: ``advance(state, n)`` takes up to ``n`` more steps (and
-    raises on a NaN); between chunks ``snapshot(state)`` (default: ``state``) is saved to
-    ``checkpoint`` and the progress bar (``progress``: True or its label) moves. Stops after
-    ``num_steps`` steps or at a breakdown."""
+    """The chunk loop of every driver: ``advance(state, n)`` takes up to ``n`` more steps; after
+    each chunk a NaN raises, ``snapshot(state)`` (default: ``state``) is saved to ``checkpoint``
+    and the progress bar (``progress``: True or its label) moves. Stops after ``num_steps``
+    steps or at a breakdown. ``chunk_size=None``: all steps at once, 10 with a checkpoint."""
+    if chunk_size is None:
+        chunk_size = 10 if checkpoint is not None else num_steps
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     bar = None
@@ -629,6 +638,7 @@ def _drive(state: LanczosState, num_steps: int, chunk_size: int,
         while int(state.step) < num_steps and bool(_active(state)):
             before = int(state.step)
             state = advance(state, min(chunk_size, num_steps - before))
+            _raise_if_nonfinite(state.nonfinite_step)
             if checkpoint is not None:
                 save_lanczos_state(checkpoint, state if snapshot is None else snapshot(state))
             if bar is not None:
@@ -695,11 +705,11 @@ def run_lanczos(
     _check_v0(v0)
     num_steps = _clamp_steps(num_steps, v0.shape[0])
     driver = resolve_driver(driver)
-    if chunk_size is None:
-        chunk_size = 10 if checkpoint is not None else num_steps
     if driver == "compiled":
         _check_matvec(matvec, v0)
     state = _resume(checkpoint, v0, num_steps, block_size)
+    if state is not None:
+        state = jax.tree.map(jnp.asarray, state)
     host = None
     if driver == "host":  # the basis lives in host.blocks; the state carries the rest
         if state is None:
@@ -715,14 +725,9 @@ def run_lanczos(
         # A pytree operator (hessian_matvec returns a jax.tree_util.Partial) is passed as an
         # argument, so its parameters and data are not baked into the program as constants.
         pytree = _is_pytree_operator(matvec)
-        chunk = functools.partial(_compiled_chunk, operator=matvec if pytree else None,
-                                  matvec=None if pytree else matvec, tol=tol,
-                                  block_size=block_size)
-
-        def advance(state, n):
-            state = chunk(state, n)
-            _raise_if_nonfinite(state.nonfinite_step)
-            return state
+        advance = functools.partial(_compiled_chunk, operator=matvec if pytree else None,
+                                    matvec=None if pytree else matvec, tol=tol,
+                                    block_size=block_size)
     else:
         def advance(state, n):
             before = int(state.step)

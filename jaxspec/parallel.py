@@ -56,7 +56,6 @@ from jaxspec.lanczos import (
     LanczosResult,
     LanczosState,
     _drive,
-    _raise_if_nonfinite,
     _resume,
     lanczos_continue,
     lanczos_init,
@@ -485,24 +484,17 @@ def sharded_lanczos(
     if checkpoint is not None and jax.process_count() > 1:
         raise ValueError("a checkpoint of sharded_lanczos needs every device of the mesh in one "
                          f"process; this run has {jax.process_count()} processes")
-    if chunk_size is None:
-        chunk_size = 10 if checkpoint is not None else num_steps
     init, run, shardings = _sharded_programs(mesh, shard_basis, axis_name, num_steps, dim, pad,
                                              tol, block_size)
-    state = None
-    if checkpoint is not None:  # validated against the padded start vector, then placed
-        state = _resume(checkpoint, np.pad(host, (0, pad)), num_steps, block_size)
+    # A checkpoint is checked against the padded start vector, then placed from the host shard
+    # by shard (the basis is never whole on one device).
+    state = None if checkpoint is None else _resume(checkpoint, np.pad(host, (0, pad)),
+                                                    num_steps, block_size)
     state = init(_place(v0, NamedSharding(mesh, P()))) if state is None else jax.device_put(
         state, shardings)
     mv = matvec if isinstance(matvec, jax.tree_util.Partial) else jax.tree_util.Partial(matvec)
-
-    def advance(state, n):
-        state = run(mv, state, n)
-        _raise_if_nonfinite(state.nonfinite_step)
-        return state
-
-    state = _drive(state, num_steps, chunk_size, advance, checkpoint=checkpoint,
-                   progress=progress)
+    state = _drive(state, num_steps, chunk_size, functools.partial(run, mv),
+                   checkpoint=checkpoint, progress=progress)
     return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
                          state.basis[: num_steps + 1, :dim] if return_basis else None)
 

@@ -84,46 +84,26 @@ COLLECTIVES = r"\b(psum\w*|all_gather\w*|all_to_all|ppermute|reduce_scatter|pmax
 
 def resumed_after_kill(sharded_lanczos, mesh) -> dict:
     """A padded, basis-sharded run killed after its second checkpoint, then resumed: the steps
-    saved before the kill and the resumed run's Ritz values."""
-    import importlib
+    saved before the kill, those saved after (it must go on from step 8), the Ritz values."""
     import os
     import tempfile
 
     import jax.numpy as jnp
 
-    lanczos_module = importlib.import_module("jaxspec.lanczos")
+    from checkpoints import recorded_saves
     from jaxspec import Spectrum
 
-    path = os.path.join(tempfile.mkdtemp(), "state.npz")
-    save, saved = lanczos_module.save_lanczos_state, []
-
-    def save_then_die(p, state):
-        save(p, state)
-        saved.append(int(state.step))
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
     diag = lambda v: jnp.arange(1.0, 14.0) * v  # noqa: E731
-    args = dict(mesh=mesh, shard_basis=True, chunk_size=4, checkpoint=path)
-    lanczos_module.save_lanczos_state = save_then_die
+    args = dict(mesh=mesh, shard_basis=True, chunk_size=4,
+                checkpoint=os.path.join(tempfile.mkdtemp(), "state.npz"))
     try:
-        sharded_lanczos(diag, jnp.ones(13), 13, **args)
+        with recorded_saves(die_after=2) as killed_at:
+            sharded_lanczos(diag, jnp.ones(13), 13, **args)
     except KeyboardInterrupt:
         pass
-    finally:
-        lanczos_module.save_lanczos_state = save
-    resumed = []  # the steps the resumed run saves at: it starts from step 8
-
-    def save_and_count(p, state):
-        save(p, state)
-        resumed.append(int(state.step))
-
-    lanczos_module.save_lanczos_state = save_and_count
-    try:
+    with recorded_saves() as resumed:
         res = sharded_lanczos(diag, jnp.ones(13), 13, **args)
-    finally:
-        lanczos_module.save_lanczos_state = save
-    return {"killed_at": saved, "resumed_saves": resumed,
+    return {"killed_at": killed_at, "resumed_saves": resumed,
             "ritz": Spectrum.from_lanczos(res).nodes.tolist()}
 
 

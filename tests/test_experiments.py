@@ -1,19 +1,16 @@
 """Tests of experiments/: the whole paper chain at smoke scale, resume, commands and report."""
 
-import importlib
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from checkpoints import recorded_saves
 
 from experiments import paper
 from experiments.spectrum import SpectrumSettings, compute_spectrum, main as spectrum_main
 from jaxspec import Spectrum
-
-# The module, not the function jaxspec.lanczos that the package exports under the same name.
-lanczos_module = importlib.import_module("jaxspec.lanczos")
 
 
 @pytest.fixture(scope="module")
@@ -97,30 +94,17 @@ def test_smoke_chain_writes_every_artefact(smoke):
         assert json.load(f)["entries"][0]["ours"]["claims"] == cmp["claims"]
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path, monkeypatch):
+def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path):
     workdir = smoke["workdir"]
     reference = Spectrum.load(smoke["spectra"]["empirical"])  # uninterrupted, same settings
     settings = SpectrumSettings(mode="empirical", num_steps=8, batch_size=32, noise_probes=0,
                                 checkpoint_every=3, progress=False)
-    save = lanczos_module.save_lanczos_state
-    calls = []
-
-    def save_then_die(path, state):
-        save(path, state)
-        calls.append(int(state.step))
-        raise _Killed  # the process dies right after its first checkpoint
-
-    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save_then_die)
-    with pytest.raises(_Killed):
+    # the process dies right after its first checkpoint
+    with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=1) as killed_at:
         compute_spectrum(workdir, 2, settings, out_dir=str(tmp_path), plot=False)
-    assert calls == [3]
+    assert killed_at == [3]
     ckpt = tmp_path / ".lanczos_empirical_e0002"
     assert (ckpt / "lanczos_0.npz").exists()
-    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save)
 
     # Other settings must not resume that state.
     with pytest.raises(ValueError, match="other settings"):

@@ -17,6 +17,7 @@ from jaxspec import (
     load_lanczos_state,
     run_lanczos,
 )
+from checkpoints import recorded_saves
 from spectra import matrix_with_spectrum, spectrum_of_kind
 
 KINDS = ["spread", "clustered", "negative", "near_degenerate"]
@@ -165,26 +166,14 @@ def test_host_resume_from_checkpoint_is_identical(tmp_path, block_size):
     np.testing.assert_array_equal(np.asarray(resumed.basis), np.asarray(full.basis))
 
 
-def test_compiled_resume_after_interrupt(tmp_path, monkeypatch):
+def test_compiled_resume_after_interrupt(tmp_path):
     """Kill the compiled driver right after its second checkpoint, then resume."""
     A, _ = matrix_with_spectrum(spectrum_of_kind("spread", 40, 11), 11)
     v0 = jnp.asarray(np.random.default_rng(6).standard_normal(40))
     path = tmp_path / "state.npz"
-    module = importlib.import_module("jaxspec.lanczos")
-    real_save = module.save_lanczos_state
-    saves = {"n": 0}
-
-    def save_then_die(p, s):
-        real_save(p, s)
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "save_lanczos_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2) as killed_at:
         run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4, checkpoint=path)
-    monkeypatch.setattr(module, "save_lanczos_state", real_save)
-    assert int(load_lanczos_state(path).step) == 8
+    assert killed_at == [4, 8] and int(load_lanczos_state(path).step) == 8
     resumed = run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4,
                           checkpoint=path)
     full = run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4)

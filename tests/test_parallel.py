@@ -11,7 +11,6 @@ one device, in float64.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import socket
@@ -28,6 +27,7 @@ from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import parallel_worker as pw
+from checkpoints import recorded_saves
 from jaxspec import Spectrum, batch_dataset, hessian_matvec, lanczos
 from jaxspec.parallel import (
     data_mesh,
@@ -229,7 +229,6 @@ def test_sharded_lanczos_checks_its_arguments():
 
 def test_sharded_lanczos_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     """Killed right after its second checkpoint, the run resumes to the uninterrupted result."""
-    lanczos_module = importlib.import_module("jaxspec.lanczos")
     rng = np.random.default_rng(0)
     m = rng.normal(size=(40, 40))
     a = jnp.asarray(m + m.T)
@@ -237,28 +236,16 @@ def test_sharded_lanczos_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     matvec = lambda v: a @ v  # noqa: E731
     full = sharded_lanczos(matvec, v0, 25, shard_basis=True, return_basis=True)
     path = str(tmp_path / "state.npz")
-    save, saved = lanczos_module.save_lanczos_state, []
-
-    def save_then_die(p, state):
-        save(p, state)
-        saved.append(int(state.step))
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2) as killed_at:
         sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4, checkpoint=path)
-    monkeypatch.setattr(lanczos_module, "save_lanczos_state", save)
-    assert saved == [4, 8]
+    assert killed_at == [4, 8]
     with pytest.raises(ValueError, match="another start vector"):
         sharded_lanczos(matvec, 2 * v0 + 1, 25, shard_basis=True, checkpoint=path)
     with pytest.raises(ValueError, match="another shape"):
         sharded_lanczos(matvec, v0, 30, shard_basis=True, checkpoint=path)
-    saved.clear()
-    monkeypatch.setattr(lanczos_module, "save_lanczos_state",
-                        lambda p, state: (save(p, state), saved.append(int(state.step))))
-    resumed = sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4, checkpoint=path,
-                              return_basis=True)
+    with recorded_saves() as saved:
+        resumed = sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4,
+                                  checkpoint=path, return_basis=True)
     assert saved == [12, 16, 20, 24, 25]  # it went on from step 8
     for field in ("alphas", "betas", "num_valid", "basis"):
         np.testing.assert_array_equal(np.asarray(getattr(resumed, field)),
