@@ -1,83 +1,87 @@
-"""jaxspec: Hessian spectra of neural-network losses in JAX.
+"""jaxspec: curvature spectra of neural-network losses in JAX.
 
-The core (``hvp``, ``lanczos``, ``slq``, ``rmt``) imports only jax and numpy; models, data and
-plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.augment``,
-``jaxspec.plotting``); import those modules by name. ``jaxspec.parallel`` (data-parallel
-operators) is core and its main functions are exported here.
+One operator, :func:`curvature_operator`, stands for a curvature matrix of a loss over a data set
+(its kind, its batch reduction and its batch transform are fields); :func:`run_lanczos`,
+:func:`slq` and :func:`ritz_pairs` run on it, or on any plain ``v -> A v``.
+
+The core (``hvp``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``, ``slq``,
+``rmt``, ``parallel``) imports only jax and numpy; files and progress bars (``jaxspec.io``),
+models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
+``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
 
 from jaxspec import rmt
+from jaxspec.batching import Batched
+from jaxspec.batching import batch_dataset
+from jaxspec.batching import dataset_loss
+from jaxspec.batching import dataset_mean
+from jaxspec.batching import num_samples
 from jaxspec.checks import SymmetryReport
 from jaxspec.checks import assert_symmetric
 from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
-from jaxspec.hvp import Batched
-from jaxspec.hvp import batch_dataset
-from jaxspec.hvp import dataset_hvp
-from jaxspec.hvp import dataset_loss
-from jaxspec.hvp import dataset_mean
-from jaxspec.hvp import hessian_matvec
-from jaxspec.hvp import host_hessian_matvec
 from jaxspec.hvp import hvp
-from jaxspec.hvp import num_samples
+from jaxspec.lanczos import LanczosHook
 from jaxspec.lanczos import LanczosResult
 from jaxspec.lanczos import LanczosState
 from jaxspec.lanczos import lanczos
 from jaxspec.lanczos import lanczos_continue
 from jaxspec.lanczos import lanczos_init
+from jaxspec.lanczos import lanczos_state_sharding
 from jaxspec.lanczos import lanczos_step
-from jaxspec.lanczos import load_lanczos_state
 from jaxspec.lanczos import resolve_driver
 from jaxspec.lanczos import run_lanczos
-from jaxspec.lanczos import save_lanczos_state
+from jaxspec.operator import CurvatureOperator
+from jaxspec.operator import curvature_operator
 from jaxspec.parallel import data_mesh
 from jaxspec.parallel import global_batched
 from jaxspec.parallel import process_share
 from jaxspec.parallel import shard_batched
-from jaxspec.parallel import sharded_hessian_matvec
-from jaxspec.parallel import sharded_lanczos
+from jaxspec.ritz import RitzPairs
+from jaxspec.ritz import ritz_pairs
 from jaxspec.slq import NegativeMass
 from jaxspec.slq import Spectrum
 from jaxspec.slq import random_probe
 from jaxspec.slq import slq
+from jaxspec.slq import slq_runs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Batched",
+    "CurvatureOperator",
+    "LanczosHook",
+    "LanczosResult",
+    "LanczosState",
     "NegativeMass",
+    "RitzPairs",
     "Spectrum",
     "SpectrumComparison",
     "SymmetryReport",
     "assert_symmetric",
-    "process_share",
-    "random_probe",
-    "rmt",
-    "slq",
-    "symmetry_error",
-    "LanczosResult",
-    "LanczosState",
     "batch_dataset",
     "compare_spectra",
+    "curvature_operator",
     "data_mesh",
-    "dataset_hvp",
     "dataset_loss",
     "dataset_mean",
     "global_batched",
-    "hessian_matvec",
-    "host_hessian_matvec",
     "hvp",
     "lanczos",
     "lanczos_continue",
     "lanczos_init",
+    "lanczos_state_sharding",
     "lanczos_step",
-    "load_lanczos_state",
     "num_samples",
+    "process_share",
+    "random_probe",
     "resolve_driver",
+    "ritz_pairs",
+    "rmt",
     "run_lanczos",
-    "save_lanczos_state",
     "shard_batched",
-    "sharded_hessian_matvec",
-    "sharded_lanczos",
+    "slq",
+    "slq_runs",
+    "symmetry_error",
 ]

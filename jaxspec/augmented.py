@@ -20,52 +20,39 @@ would be 18 GB in float32) and costs a gather and a slice per batch.
 ``batch_size`` augmented images, as in the paper's fixed, unshuffled batches of 128; with ``K = 1``
 and the identity variant the batches are exactly those of the plain training set.
 
-Three operators, as for the plain data set (:mod:`jaxspec.hvp`, :mod:`jaxspec.parallel`):
-
-* :func:`augmented_hessian_matvec`: ``lax.scan`` over batches; traceable, a ``Partial`` pytree
-  whose leaves are the parameters, images, table and sample ids (so a jitted Lanczos takes them
-  as arguments, not as constants baked into the program). The GPU/TPU default.
-* :func:`host_augmented_hessian_matvec`: a Python loop over groups of batches, each group one
-  jitted call (XLA:CPU runs convolutions inside loops very slowly, JAX issue #12868). The CPU
-  default.
-* :func:`sharded_augmented_hessian_matvec`: data parallel over a 1-D device mesh with
-  ``jax.shard_map``; the images and table are replicated, the batches of sample ids split, one
-  ``psum`` per product. Same result for any device count (up to float summation order).
+The set enters a curvature operator as a batch transform, :class:`Augmentation`: the data are
+batches of sample ids, and the transform builds their images inside every product, whatever the
+reduction (``lax.scan``, the host loop, or a device mesh, where the images and table are
+replicated and the batches of ids split).
 
 The module imports only jax and numpy (and :mod:`jaxspec`'s own jax-only modules).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import hashlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
-from jax.sharding import Mesh
 
 from jaxspec.augment import IDENTITY_VARIANT, NUM_VARIANTS, PADDING, apply_variants
 from jaxspec.augment import choose_variants
+from jaxspec.batching import Batched, batch_dataset
 from jaxspec.data import normalize
-from jaxspec.hvp import Batched, batch_dataset, dataset_mean, hvp
 
 __all__ = [
+    "Augmentation",
     "AugmentedData",
     "augmented_batch",
     "augmented_batches",
     "augmented_data",
-    "augmented_hessian_matvec",
-    "host_augmented_hessian_matvec",
     "identity_variants",
     "num_augmented",
-    "sharded_augmented_hessian_matvec",
     "variants_digest",
 ]
-
-LossFn = Callable[[Any, Any], jax.Array]
 
 
 class AugmentedData(NamedTuple):
@@ -262,164 +249,53 @@ def augmented_batch(data: AugmentedData, samples: Any, /, *, padding: int = PADD
             "label": jnp.asarray(data.labels)[image_ids].astype(jnp.int32)}
 
 
-# ---- operators ------------------------------------------------------------------------------
+# ---- the batch transform -------------------------------------------------------------------
 
 
-def _batch_hvp_flat(loss_fn, padding, params, data, samples, tangent):
-    batch = augmented_batch(data, samples, padding=padding)
-    return ravel_pytree(hvp(loss_fn, params, batch, tangent))[0]
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The fixed augmented set as a batch transform of a curvature operator.
 
+    A batch ``{"sample": int32 (B,)}`` of sample ids (:func:`augmented_batches`) becomes the
+    augmented images and labels (:func:`augmented_batch`) inside every product, so the operator
+    over the ``K N`` augmented samples is ``curvature_operator(loss_fn, params,
+    augmented_batches(data, B), transform=Augmentation(data))``, with any reduction. A pytree:
+    the images, labels and table are leaves (placed with the parameters: replicated on a
+    mesh), ``padding`` is static.
 
-def _flat_augmented_hvp(loss_fn, padding, params, data, batched, v):
-    tangent = ravel_pytree(params)[1](v)
-
-    def per_batch(b):
-        return _batch_hvp_flat(loss_fn, padding, params, data, b["sample"], tangent)
-
-    return dataset_mean(per_batch, batched, v)
-
-
-def augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,
-                             batched: Batched, /, *, padding: int = PADDING) -> Callable:
-    """The augmented-set Hessian as a traceable matvec on flat vectors (``lax.scan`` over batches).
-
-    The counterpart of :func:`jaxspec.hessian_matvec`: a ``jax.tree_util.Partial`` whose leaves
-    are ``params``, ``data`` and ``batched``, so ``run_lanczos(driver="compiled")`` passes them
-    into the compiled program as arguments. Put ``data`` on the device first
-    (``jax.device_put``); it is read, never copied per batch.
-
-    Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean over the batch dict
-        ``{"image", "label"}``.
-      params: the parameters (pytree).
+    Attributes:
       data: the augmented set (:func:`augmented_data`).
-      batched: from :func:`augmented_batches`.
-      padding: zero padding before the crop.
-
-    Returns:
-      ``matvec(v) -> H v`` for ``H`` the Hessian of the mean loss over all ``K N`` samples.
+      padding: zero padding before the crop (4 for CIFAR).
 
     Example:
-      >>> import jax, jax.numpy as jnp, numpy as np
-      >>> from jaxspec.augmented import (augmented_batches, augmented_data,
-      ...                                augmented_hessian_matvec)
-      >>> x = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 1), dtype=np.uint8)
-      >>> d = augmented_data(x, np.zeros(6, np.int32), mean=[128], std=[64],
-      ...                    num_per_image=2, seed=0)
-      >>> loss = lambda w, b: 0.5 * jnp.mean(jnp.sum(b["image"], (1, 2, 3)) ** 2) * jnp.sum(w**2)
-      >>> mv = augmented_hessian_matvec(loss, jnp.ones(2, jnp.float32), d,
-      ...                               augmented_batches(d, 4), padding=1)
-      >>> jax.jit(lambda op, v: op(v))(mv, jnp.ones(2, jnp.float32)).shape
-      (2,)
-    """
-    return jax.tree_util.Partial(functools.partial(_flat_augmented_hvp, loss_fn, int(padding)),
-                                 params, data, batched)
-
-
-# Module-level jit (loss_fn and padding static, the accumulator donated), as hvp._group_hvp: a
-# jit made per operator recompiled for every new operator (new parameters, say).
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
-def _group_augmented_hvp(loss_fn, padding, acc, v, params, data, groups, weights):
-    tangent = ravel_pytree(params)[1](v)
-    for j, samples in enumerate(groups):  # unrolled: no XLA loop around the convolutions
-        out = _batch_hvp_flat(loss_fn, padding, params, data, samples, tangent)
-        acc = acc + weights[j].astype(out.dtype) * out
-    return acc
-
-
-def host_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,
-                                  batched: Batched, /, *, group_size: int = 4,
-                                  padding: int = PADDING) -> Callable:
-    """The augmented-set Hessian as a host-driven matvec (Python loop over jitted groups).
-
-    The counterpart of :func:`jaxspec.host_hessian_matvec` for ``driver="host"``: ``data`` is put
-    on the default device once; each call loops over the batches of sample ids in groups of
-    ``group_size`` (one jitted call per group, no XLA loop around the convolutions) and
-    accumulates ``w_b H_b v`` on the device. Not traceable.
-
-    Args:
-      loss_fn, params, data, batched, padding: as :func:`augmented_hessian_matvec`.
-      group_size: batches per compiled call.
-
-    Example:
-      >>> import jax.numpy as jnp, numpy as np
-      >>> from jaxspec.augmented import (augmented_batches, augmented_data,
-      ...                                host_augmented_hessian_matvec)
-      >>> x = np.full((3, 4, 4, 1), 2, np.uint8)
-      >>> d = augmented_data(x, np.zeros(3, np.int32), mean=[0], std=[1],
-      ...                    num_per_image=1, seed=0)
-      >>> loss = lambda w, b: jnp.mean(b["image"][:, 1, 1, 0]) * jnp.sum(w**2)
-      >>> mv = host_augmented_hessian_matvec(loss, jnp.ones(2, jnp.float32), d,
-      ...                                    augmented_batches(d, 2), padding=1)
-      >>> mv(jnp.array([1.0, 0.0], jnp.float32)).tolist()  # the centre pixel survives any crop
-      [4.0, 0.0]
-    """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    flat = ravel_pytree(params)[0]
-    data = jax.device_put(data)
-    group_hvp = functools.partial(_group_augmented_hvp, loss_fn, int(padding))
-    num_batches = 0 if batched.batches is None else int(np.shape(batched.weights)[0])
-    weights = np.asarray(batched.weights)
-    real = [b for b in range(num_batches) if weights[b] != 0]
-    groups = [real[i: i + group_size] for i in range(0, len(real), group_size)]
-    samples = None if batched.batches is None else np.asarray(batched.batches["sample"])
-
-    def matvec(v):
-        acc = jnp.zeros_like(flat)
-        for g in groups:
-            acc = group_hvp(acc, v, params, data, tuple(samples[b] for b in g),
-                            weights[np.asarray(g)])
-        if batched.tail is not None:
-            acc = group_hvp(acc, v, params, data, (np.asarray(batched.tail["sample"]),),
-                            np.asarray([batched.tail_weight]))
-        return acc
-
-    return matvec
-
-
-def sharded_augmented_hessian_matvec(loss_fn: LossFn, params: Any, data: AugmentedData,
-                                     batched: Batched, /, *, mesh: Mesh | None = None,
-                                     axis_name: str = "data",
-                                     padding: int = PADDING) -> Callable:
-    """The augmented-set Hessian, data parallel over a 1-D mesh (``jax.shard_map``).
-
-    Same semantics as :func:`jaxspec.parallel.sharded_hessian_matvec`: the batches of sample ids
-    are split over the devices (make them with ``augmented_batches(data, B,
-    num_shards=mesh.size)``), whole batches per device, zero-weight padding skipped, the ragged
-    tail computed once on the last device, one ``psum`` per product. ``params`` and ``data``
-    (images, table) are replicated: any device can build any augmented image. Traceable; wrap
-    in ``jax.jit`` to call it eagerly.
-
-    Args:
-      loss_fn, params, data, batched, padding: as :func:`augmented_hessian_matvec`.
-      mesh: a 1-D mesh; default :func:`jaxspec.parallel.data_mesh`.
-      axis_name: the mesh axis.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, numpy as np
-      >>> from jaxspec.augmented import (augmented_batches, augmented_data,
-      ...                                sharded_augmented_hessian_matvec)
-      >>> from jaxspec.parallel import data_mesh
-      >>> mesh = data_mesh()
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> from jaxspec.augmented import Augmentation, augmented_batches, augmented_data
       >>> x = np.full((3, 4, 4, 1), 2, np.uint8)
       >>> d = augmented_data(x, np.zeros(3, np.int32), mean=[0], std=[1],
       ...                    num_per_image=2, seed=0)
       >>> loss = lambda w, b: jnp.mean(b["image"][:, 1, 1, 0]) * jnp.sum(w**2)
-      >>> mv = sharded_augmented_hessian_matvec(
-      ...     loss, jnp.ones(2, jnp.float32), d,
-      ...     augmented_batches(d, 2, num_shards=mesh.size), mesh=mesh, padding=1)
-      >>> jax.jit(lambda op, v: op(v))(mv, jnp.array([1.0, 0.0], jnp.float32)).tolist()
+      >>> op = jaxspec.curvature_operator(loss, jnp.ones(2, jnp.float32), augmented_batches(d, 2),
+      ...                                 transform=Augmentation(d, padding=1))
+      >>> op.mv(jnp.array([1.0, 0.0], jnp.float32)).tolist()  # the centre pixel survives any crop
       [4.0, 0.0]
     """
-    from jaxspec.parallel import _sharded_operator, data_mesh
 
-    mesh = data_mesh() if mesh is None else mesh
-    if axis_name not in mesh.shape:
-        raise ValueError(f"mesh has no axis {axis_name!r} (axes: {mesh.axis_names})")
-    pad = int(padding)
+    data: AugmentedData
+    padding: int = PADDING
 
-    def batch_hvp(params, data, batch, tangent):
-        return _batch_hvp_flat(loss_fn, pad, params, data, batch["sample"], tangent)
+    def __call__(self, batch: Any) -> dict:
+        """The augmented batch of the sample ids ``batch["sample"]``.
 
-    return _sharded_operator(batch_hvp, params, data, batched, mesh=mesh, axis_name=axis_name)
+        Example:
+          >>> import numpy as np
+          >>> from jaxspec.augmented import Augmentation, augmented_data, identity_variants
+          >>> x = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+          >>> d = augmented_data(x, np.array([3, 7]), mean=[0, 0, 0], std=[1, 1, 1],
+          ...                    variants=identity_variants(2))
+          >>> Augmentation(d)({"sample": np.array([1])})["label"].tolist()
+          [7]
+        """
+        return augmented_batch(self.data, batch["sample"], padding=self.padding)
+
+
+jax.tree_util.register_dataclass(Augmentation, data_fields=["data"], meta_fields=["padding"])

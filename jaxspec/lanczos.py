@@ -10,8 +10,11 @@ The step mathematics lives in one function, :func:`lanczos_step`; two drivers ca
   convolutions inside loop bodies 25-40x slower than outside (JAX issue #12868), and for
   matvecs that stream data from host memory.
 
-:func:`run_lanczos` drives either in chunks of steps, with a progress bar and a checkpoint of the
-state after every chunk, from which an interrupted run resumes with identical results.
+:func:`run_lanczos` drives either in chunks of steps; between chunks it calls hooks
+(:class:`LanczosHook`: the checkpoints and progress bars of :mod:`jaxspec.io`), and an
+interrupted run resumes from a saved state with identical results. With a device mesh the
+compiled driver keeps the state on the mesh, the basis optionally split along the parameter
+axis.
 
 Deviations from the textbook algorithm, and why:
 
@@ -47,27 +50,25 @@ Deviations from the textbook algorithm, and why:
 from __future__ import annotations
 
 import functools
-import os
 import warnings
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from jaxspec._atomic import replacing
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
+    "LanczosHook",
     "LanczosResult",
     "LanczosState",
     "lanczos",
     "lanczos_continue",
     "lanczos_init",
+    "lanczos_state_sharding",
     "lanczos_step",
-    "load_lanczos_state",
     "resolve_driver",
     "run_lanczos",
-    "save_lanczos_state",
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -457,50 +458,78 @@ def lanczos(
     return _result(state, num_steps, return_basis)
 
 
-def save_lanczos_state(path: str | os.PathLike, state: LanczosState, /) -> None:
-    """Writes a :class:`LanczosState` to ``path`` (``.npz``), atomically.
+class LanczosHook:
+    """Base class of the hooks :func:`run_lanczos` calls between chunks (all methods no-ops).
 
-    The write goes to a temporary file that is then renamed, so a run killed while saving leaves
-    the previous checkpoint intact.
-
-    Example:
-      >>> import jax.numpy as jnp, tempfile, os
-      >>> from jaxspec import lanczos_init, save_lanczos_state, load_lanczos_state
-      >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
-      >>> save_lanczos_state(path, lanczos_init(jnp.ones(3), 2))
-      >>> int(load_lanczos_state(path).step)
-      0
-    """
-    with replacing(path, suffix=".tmp.npz") as tmp:
-        np.savez(tmp, **{k: np.asarray(v) for k, v in state._asdict().items()})
-
-
-def load_lanczos_state(path: str | os.PathLike, /) -> LanczosState:
-    """Reads a state written by :func:`save_lanczos_state` (onto the default device).
+    Checkpoints and progress bars are hooks from the edge (:mod:`jaxspec.io`), so this module
+    holds only the algorithm. ``resume`` returns a saved state (NumPy arrays) to continue from,
+    or None; ``start`` is called once with the first step and the total; ``after_chunk`` after
+    every chunk, with a function that assembles the whole state on the host (call it only if
+    the state is needed: it copies the basis); ``close`` at the end, also after an error.
 
     Example:
-      >>> import jax.numpy as jnp, tempfile, os
-      >>> from jaxspec import lanczos_init, save_lanczos_state, load_lanczos_state
-      >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
-      >>> save_lanczos_state(path, lanczos_init(jnp.ones(3), 2))
-      >>> load_lanczos_state(path).basis.shape
-      (16, 3)
+      >>> import jax.numpy as jnp
+      >>> from jaxspec import LanczosHook, run_lanczos
+      >>> class Steps(LanczosHook):
+      ...     seen = []
+      ...     def after_chunk(self, snapshot, step, num_steps):
+      ...         self.seen.append(step)
+      >>> _ = run_lanczos(lambda v: v, jnp.arange(1.0, 6.0), 5, chunk_size=2, hooks=[Steps()])
+      >>> Steps.seen
+      [1]
     """
-    return jax.tree.map(jnp.asarray, _read_state(path))
+
+    def resume(self, v0, num_steps: int, block_size: int, matvec) -> LanczosState | None:
+        """A saved state to continue from (NumPy arrays), or None.
+
+        Example:
+          >>> from jaxspec import LanczosHook
+          >>> LanczosHook().resume(None, 3, 16, None) is None
+          True
+        """
+        return None
+
+    def start(self, step: int, num_steps: int) -> None:
+        """Called once before the first chunk.
+
+        Example:
+          >>> from jaxspec import LanczosHook
+          >>> LanczosHook().start(0, 10)
+        """
+
+    def after_chunk(self, snapshot: Callable[[], LanczosState], step: int,
+                    num_steps: int) -> None:
+        """Called after every chunk; ``snapshot()`` is the whole state on the host.
+
+        Example:
+          >>> from jaxspec import LanczosHook
+          >>> LanczosHook().after_chunk(lambda: None, 5, 10)
+        """
+
+    def close(self) -> None:
+        """Called at the end of the run, also after an error.
+
+        Example:
+          >>> from jaxspec import LanczosHook
+          >>> LanczosHook().close()
+        """
 
 
 def _is_pytree_operator(matvec) -> bool:
-    """True for a matvec that is a pytree of arrays plus static code (e.g. a ``Partial``)."""
+    """True for a matvec that is a pytree of arrays plus static code (a
+    :class:`jaxspec.CurvatureOperator`, a ``jax.tree_util.Partial``)."""
     leaves = jax.tree.leaves(matvec)
     return bool(leaves) and all(isinstance(x, (jax.Array, np.ndarray, np.generic))
                                 for x in leaves)
 
 
-def resolve_driver(driver: str = "auto", /) -> str:
-    """The Lanczos driver that ``driver`` stands for on this backend.
+def resolve_driver(driver: str = "auto", matvec: Callable | None = None, /) -> str:
+    """The Lanczos driver that ``driver`` stands for, for ``matvec`` on this backend.
 
-    ``"auto"`` is ``"host"`` on CPU (XLA:CPU runs convolutions inside loops very slowly) and
-    ``"compiled"`` elsewhere; ``"host"`` and ``"compiled"`` are returned as they are.
+    ``"auto"``: the driver the operator's reduction is made for (``"host"`` for the host loop,
+    ``"compiled"`` for ``lax.scan`` and the mesh); for any other matvec ``"host"`` on CPU
+    (XLA:CPU runs convolutions inside loops very slowly) and ``"compiled"`` elsewhere.
+    ``"host"`` and ``"compiled"`` are returned as they are.
 
     Example:
       >>> import jax
@@ -511,38 +540,62 @@ def resolve_driver(driver: str = "auto", /) -> str:
       'compiled'
     """
     if driver == "auto":
+        preferred = getattr(getattr(matvec, "reduce", None), "driver", None)
+        if preferred is not None:
+            return preferred
         return "host" if jax.default_backend() == "cpu" else "compiled"
     if driver not in ("compiled", "host"):
         raise ValueError(f"driver must be 'auto', 'compiled' or 'host', got {driver!r}")
     return driver
 
 
-def _read_state(path) -> LanczosState:
-    """The state saved at ``path``, as NumPy arrays (not yet on a device)."""
-    with np.load(os.fspath(path)) as f:
-        missing = set(LanczosState._fields) - set(f.files)
-        if missing:
-            raise ValueError(f"{path} is not a Lanczos checkpoint (missing {sorted(missing)})")
-        return LanczosState(**{k: f[k] for k in LanczosState._fields})
+def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
+                           axis_name: str = "data") -> LanczosState:
+    """Shardings for a :class:`LanczosState` on ``mesh`` (a pytree of ``NamedSharding``).
+
+    Everything is replicated, except, with ``shard_basis=True``, the ``(rows, P)`` Krylov basis,
+    which is split along the parameter axis: ``P(None, axis_name)``.
+
+    Example:
+      >>> from jaxspec import lanczos_state_sharding
+      >>> from jaxspec.parallel import data_mesh
+      >>> lanczos_state_sharding(data_mesh(), shard_basis=True).basis.spec
+      PartitionSpec(None, 'data')
+    """
+    whole = NamedSharding(mesh, PartitionSpec())
+    basis = NamedSharding(mesh, PartitionSpec(None, axis_name)) if shard_basis else whole
+    return LanczosState(basis, whole, whole, whole, whole, whole, whole)
 
 
-def _resume(path, v0, num_steps, block_size) -> LanczosState | None:
-    """The checkpoint at ``path`` (on the host: each driver places it), checked against the run,
-    or ``None`` if there is none."""
-    if path is None or not os.path.exists(path):
-        return None
-    state = _read_state(path)
-    rows = -(-(num_steps + 1) // block_size) * block_size
-    if (state.basis.shape != (rows, v0.shape[0]) or state.basis.dtype != v0.dtype
-            or state.num_steps != num_steps):
-        raise ValueError(f"checkpoint {path} holds a run of another shape or dtype "
-                         f"({state.num_steps} steps, basis {state.basis.shape} "
-                         f"{state.basis.dtype}); delete it or use another path")
-    q0 = np.asarray(v0, np.float64) / np.linalg.norm(np.asarray(v0, np.float64))
-    if not np.allclose(np.asarray(state.basis[0], np.float64), q0, atol=1e-6):
-        raise ValueError(f"checkpoint {path} was made from another start vector; delete it or "
-                         "use another path")
-    return state
+@functools.lru_cache(maxsize=32)
+def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num_steps: int,
+                       dim: int, pad: int, tol: float | None, block_size: int):
+    """The jitted init and chunk of the compiled driver, made once per configuration (made per
+    call, every call, e.g. every probe of an SLQ run, would recompile the whole run).
+
+    The matvec is an argument of the chunk: a pytree operator's arrays go in as arguments, not
+    as constants of the program (arrays on other processes' devices cannot be closed over), and
+    a plain function travels as a leafless ``Partial``, hashed by identity. With a mesh the
+    state is created and kept with :func:`lanczos_state_sharding`. A sharded axis must divide
+    evenly: the vectors are padded with ``pad`` zeros; the padding coordinates of ``v0`` and of
+    every product are 0, so T and the Ritz values are those of the unpadded operator."""
+    shardings = None if mesh is None else lanczos_state_sharding(
+        mesh, shard_basis=shard_basis, axis_name=axis_name)
+
+    def init(v):
+        return lanczos_init(jnp.pad(v, (0, pad)) if pad else v, num_steps, block_size=block_size)
+
+    def chunk(mv, state, num_new_steps):
+        def padded(v):
+            return jnp.pad(mv(v[:dim]), (0, pad)) if pad else mv(v)
+
+        return lanczos_continue(padded, state, num_new_steps, tol=tol, block_size=block_size)
+
+    # Donating the state lets the new basis reuse the old one's memory (else every chunk copies
+    # the (m + 1) x P basis); XLA:CPU cannot donate sharded buffers.
+    donate = (1,) if mesh is None or jax.default_backend() != "cpu" else ()
+    return (jax.jit(init, out_shardings=shardings),
+            jax.jit(chunk, out_shardings=shardings, donate_argnums=donate), shardings)
 
 
 def _host_advance(state: LanczosState, w, q_prev, q_cur, tol):
@@ -552,15 +605,6 @@ def _host_advance(state: LanczosState, w, q_prev, q_cur, tol):
     q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol,
                              all_filled=True)
     return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
-
-
-# The compiled driver's chunk, one jit for all runs: a jit made inside run_lanczos recompiled the
-# whole Lanczos program on every call (every probe of an SLQ run). A pytree operator is an
-# argument; any other matvec is static (hashed by identity: pass the same function to reuse).
-@functools.partial(jax.jit, static_argnames=("matvec", "tol", "block_size"), donate_argnums=0)
-def _compiled_chunk(state, num_new_steps, operator, *, matvec, tol, block_size):
-    return lanczos_continue(matvec if operator is None else operator, state, num_new_steps,
-                            tol=tol, block_size=block_size)
 
 
 # The host driver's jitted pieces, shared by all runs (a jit made inside run_lanczos would be
@@ -616,36 +660,48 @@ class _HostBasis:
         return jnp.concatenate([jnp.asarray(b) for b in blocks])
 
 
-def _drive(state: LanczosState, num_steps: int, chunk_size: int | None,
-           advance: Callable[[LanczosState, int], LanczosState], /, *,
-           checkpoint: str | os.PathLike | None = None, progress: bool | str = False,
-           snapshot: Callable[[LanczosState], LanczosState] | None = None) -> LanczosState:
-    """The chunk loop of every driver: ``advance(state, n)`` takes up to ``n`` more steps; after
-    each chunk a NaN raises, ``snapshot(state)`` (default: ``state``) is saved to ``checkpoint``
-    and the progress bar (``progress``: True or its label) moves. Stops after ``num_steps``
-    steps or at a breakdown. ``chunk_size=None``: all steps at once, 10 with a checkpoint."""
-    if chunk_size is None:
-        chunk_size = 10 if checkpoint is not None else num_steps
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: float | None):
+    """The host driver's chunk: ``advance(state, n)`` takes up to ``n`` steps in Python."""
 
-        label = progress if isinstance(progress, str) else "lanczos"
-        bar = tqdm(total=num_steps, initial=int(state.step), desc=label, unit="step")
+    def advance(state, n):
+        before = int(state.step)
+        for i in range(before, before + n):
+            # The product is dispatched before the last step's flags are read: the wait for
+            # them then overlaps the Python work of the dispatch. After a breakdown or a NaN
+            # that one product (of the zero vector) is thrown away.
+            w = matvec(host.q_cur)
+            if i > before and _stop(state):
+                break
+            if w.shape != v0.shape or w.dtype != v0.dtype:
+                raise TypeError(f"the matvec must map shape {v0.shape} {v0.dtype} to the same; "
+                                f"it returned {w.shape} {w.dtype}")
+            q_next, state = _host_step(state._replace(basis=host.filled(i)), w, host.q_prev,
+                                       host.q_cur, tol=tol)
+            host.push(i, q_next)
+        else:
+            _stop(state)
+        return state
+
+    return advance
+
+
+def _drive(state: LanczosState, num_steps: int, chunk_size: int,
+           advance: Callable[[LanczosState, int], LanczosState], hooks: Sequence[LanczosHook],
+           snapshot: Callable[[LanczosState], LanczosState]) -> LanczosState:
+    """The chunk loop of both drivers: ``advance(state, n)`` takes up to ``n`` more steps; after
+    each chunk a NaN raises and the hooks run. Stops after ``num_steps`` steps or at a
+    breakdown."""
     try:
+        for hook in hooks:
+            hook.start(int(state.step), num_steps)
         while int(state.step) < num_steps and bool(_active(state)):
-            before = int(state.step)
-            state = advance(state, min(chunk_size, num_steps - before))
+            state = advance(state, min(chunk_size, num_steps - int(state.step)))
             _raise_if_nonfinite(state.nonfinite_step)
-            if checkpoint is not None:
-                save_lanczos_state(checkpoint, state if snapshot is None else snapshot(state))
-            if bar is not None:
-                bar.update(int(state.step) - before)
+            for hook in hooks:
+                hook.after_chunk(functools.partial(snapshot, state), int(state.step), num_steps)
     finally:
-        if bar is not None:
-            bar.close()
+        for hook in hooks:
+            hook.close()
     return state
 
 
@@ -656,36 +712,44 @@ def run_lanczos(
     /,
     *,
     driver: str = "auto",
+    mesh: Mesh | None = None,
+    shard_basis: bool = False,
+    axis_name: str = "data",
     chunk_size: int | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    progress: bool | str = False,
+    hooks: Sequence[LanczosHook] = (),
     tol: float | None = None,
     block_size: int = 16,
     return_basis: bool = False,
 ) -> LanczosResult:
-    """Runs Lanczos in chunks of steps, with progress, checkpoints and resume.
+    """Runs Lanczos: the driver for the operator, chunks of steps, hooks, the basis on a mesh.
 
     Two drivers share :func:`lanczos_step`:
 
     * ``"compiled"``: each chunk is one jitted :func:`lanczos_continue` (the matvec must be
-      traceable). The GPU/TPU default.
-    * ``"host"``: a Python loop over steps; the matvec is called eagerly (it may be a
-      :func:`jaxspec.host_hessian_matvec`, or any jitted function) and the step mathematics is
-      jitted. The CPU default, because XLA:CPU runs convolutions inside loops very slowly.
+      traceable; a :class:`jaxspec.CurvatureOperator` goes in as an argument, so its arrays
+      are not baked into the program). With ``mesh`` the state lives on the mesh, and with
+      ``shard_basis=True`` the ``(m + 1) x P`` basis is split along the parameter axis
+      (``jit`` inserts the reductions of the Gram-Schmidt dots and one all-gather of the new
+      vector per step): for models whose basis does not fit on one device.
+    * ``"host"``: a Python loop over steps; the matvec is called eagerly (an operator with the
+      host reduction, or any jitted function) and the step mathematics is jitted.
 
-    ``"auto"`` picks ``"host"`` on CPU and ``"compiled"`` elsewhere. With ``checkpoint`` set, the
-    state is saved there after every chunk, and a run started with the same arguments resumes
-    from it and gives the same result as an uninterrupted run.
+    ``"auto"`` takes the driver the operator's reduction is made for (see
+    :func:`resolve_driver`; with a ``mesh``, the compiled one), so no operator runs on a driver
+    that is slow for it. ``hooks``
+    (:mod:`jaxspec.io`: checkpoints, progress bars) run between chunks; a checkpoint hook's
+    saved state is resumed from, with the same result as an uninterrupted run.
 
     Args:
-      matvec: ``v -> A v`` on flat vectors like ``v0``.
-      v0: the start vector.
+      matvec: ``v -> A v`` on flat vectors like ``v0``: a :class:`jaxspec.CurvatureOperator`
+        or any callable.
+      v0: the start vector (the same in every process).
       num_steps: number of steps m (clamped to ``len(v0)`` with a warning).
       driver: ``"auto"``, ``"compiled"`` or ``"host"``.
-      chunk_size: steps between checkpoints / progress updates of the compiled driver
-        (default: all at once without a checkpoint, 10 with one).
-      checkpoint: path of an ``.npz`` file for the state; resumed from if it exists.
-      progress: show a progress bar (a string is used as its label).
+      mesh, shard_basis, axis_name: the compiled driver's state on ``mesh``, the basis split
+        along ``axis_name`` if ``shard_basis``.
+      chunk_size: steps between hook calls (default: all at once, 10 with a hook).
+      hooks: :class:`LanczosHook` objects.
       tol, block_size, return_basis: as in :func:`lanczos`.
 
     Returns:
@@ -704,55 +768,54 @@ def run_lanczos(
     """
     _check_v0(v0)
     num_steps = _clamp_steps(num_steps, v0.shape[0])
-    driver = resolve_driver(driver)
-    if driver == "compiled":
-        _check_matvec(matvec, v0)
-    state = _resume(checkpoint, v0, num_steps, block_size)
-    if state is not None:
-        state = jax.tree.map(jnp.asarray, state)
-    host = None
+    # the basis on a mesh is the compiled driver's
+    driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
+                                                                                      matvec)
+    hooks = tuple(hooks)
+    chunk_size = (10 if hooks else num_steps) if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if driver == "host" and (mesh is not None or shard_basis):
+        raise ValueError("mesh and shard_basis need driver='compiled'")
+    if shard_basis and mesh is None:
+        raise ValueError("shard_basis=True needs a mesh to shard the basis over")
+    dim = int(v0.shape[0])
+    pad = (-dim) % int(mesh.shape[axis_name]) if shard_basis else 0
+    if mesh is not None and axis_name not in mesh.shape:
+        raise ValueError(f"mesh has no axis {axis_name!r} (axes: {mesh.axis_names})")
+    if hooks and jax.process_count() > 1 and mesh is not None:
+        raise ValueError("hooks that save the state need every device of the mesh in one "
+                         f"process; this run has {jax.process_count()} processes")
+    local = not isinstance(v0, jax.Array) or v0.is_fully_addressable
+    host_v0 = np.pad(np.asarray(v0), (0, pad)) if local else None
+    saved = None
+    for hook in hooks:
+        saved = hook.resume(host_v0, num_steps, block_size, matvec) if saved is None else saved
     if driver == "host":  # the basis lives in host.blocks; the state carries the rest
-        if state is None:
+        if saved is None:
             host = _HostBasis.fresh(v0, _num_rows(num_steps, block_size), block_size)
             state = _fresh_state((), num_steps, v0.dtype)
         else:
-            host = _HostBasis.resume(state.basis, int(state.step), block_size)
-            state = state._replace(basis=())
-    elif state is None:
-        state = lanczos_init(v0, num_steps, block_size=block_size)
-    # The state is donated: without it every step would copy the (m + 1) x P basis.
-    if driver == "compiled":
-        # A pytree operator (hessian_matvec returns a jax.tree_util.Partial) is passed as an
-        # argument, so its parameters and data are not baked into the program as constants.
-        pytree = _is_pytree_operator(matvec)
-        advance = functools.partial(_compiled_chunk, operator=matvec if pytree else None,
-                                    matvec=None if pytree else matvec, tol=tol,
-                                    block_size=block_size)
-    else:
-        def advance(state, n):
-            before = int(state.step)
-            for i in range(before, before + n):
-                # The HVP is dispatched before the last step's flags are read: the wait for
-                # them then overlaps the Python work of the dispatch. After a breakdown or a
-                # NaN that one HVP (of the zero vector) is thrown away.
-                w = matvec(host.q_cur)
-                if i > before and _stop(state):
-                    break
-                if w.shape != v0.shape or w.dtype != v0.dtype:
-                    raise TypeError(
-                        f"the matvec must map shape {v0.shape} {v0.dtype} to the same; it "
-                        f"returned {w.shape} {w.dtype}")
-                q_next, state = _host_step(state._replace(basis=host.filled(i)), w,
-                                           host.q_prev, host.q_cur, tol=tol)
-                host.push(i, q_next)
-            else:
-                _stop(state)
-            return state
-
-    state = _drive(state, num_steps, chunk_size, advance, checkpoint=checkpoint,
-                   progress=progress,
-                   snapshot=None if host is None
-                   else lambda s: s._replace(basis=host.basis(as_numpy=True)))
-    if host is not None:
+            saved = jax.tree.map(jnp.asarray, saved)
+            host = _HostBasis.resume(saved.basis, int(saved.step), block_size)
+            state = saved._replace(basis=())
+        advance = _host_advance_fn(matvec, host, v0, tol)
+        state = _drive(state, num_steps, chunk_size, advance, hooks,
+                       lambda s: s._replace(basis=host.basis(as_numpy=True)))
         state = state._replace(basis=host.basis() if return_basis else None)
-    return _result(state, num_steps, return_basis)
+        return _result(state, num_steps, return_basis)
+    _check_matvec(matvec, v0)
+    init, chunk, shardings = _compiled_programs(mesh, bool(shard_basis), axis_name, num_steps,
+                                                dim, pad, tol, block_size)
+    if saved is not None:
+        state = jax.device_put(saved, shardings) if mesh is not None else jax.tree.map(
+            jnp.asarray, saved)
+    else:
+        from jaxspec.parallel import replicate
+
+        state = init(v0 if mesh is None else replicate(v0, mesh))
+    mv = matvec if _is_pytree_operator(matvec) else jax.tree_util.Partial(matvec)
+    state = _drive(state, num_steps, chunk_size, functools.partial(chunk, mv), hooks,
+                   lambda s: jax.tree.map(np.asarray, s))
+    return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
+                         state.basis[: num_steps + 1, :dim] if return_basis else None)

@@ -1,8 +1,9 @@
-"""Data-parallel Hessian operators over a device mesh, on one host or many.
+"""Data parallelism over a device mesh, on one host or many: placement and the mesh reduction.
 
 The data set, stacked into equal batches by :func:`jaxspec.batch_dataset`, is split over a 1-D
-device mesh along the batch axis (the ``weights`` with it). Each device reduces its own batches
-with ``lax.scan`` and the partial sums meet in one ``psum`` per Hessian-vector product. This is
+device mesh along the batch axis (the ``weights`` with it). With :class:`MeshReduce` as a
+curvature operator's reduction (``curvature_operator(..., reduce=mesh)``) each device reduces its
+own batches with ``lax.scan`` and the partial sums meet in one ``psum`` per product. This is
 written with ``jax.shard_map``: ``jax.pmap`` is in maintenance mode in current JAX and is itself
 implemented on ``shard_map``.
 
@@ -12,69 +13,50 @@ Semantics, independent of the number of devices (up to the order of float additi
   uses per-batch statistics (BatchNorm in batch mode) is normalised over the same ``batch_size``
   samples whatever the device count: the batch, not the device, defines the statistics.
 * **Uneven splits are exact.** When the number of full batches does not divide evenly,
-  zero-weight copies pad it (``batch_dataset(..., num_shards=num_devices)``); a device skips
-  a zero-weight batch (``lax.cond``) instead of computing and discarding it. No sample is
-  dropped or counted twice.
+  zero-weight copies pad it; a device skips a zero-weight batch (``lax.cond``) instead of
+  computing and discarding it. No sample is dropped or counted twice.
 * **The ragged tail** (the last ``N mod batch_size`` samples) is one smaller batch, replicated,
   and computed only on the last device of the mesh, which holds the padding batches (if any),
   so it usually has a free slot. Its weight ``r / N`` is exact.
 
-The whole Lanczos run stays one compiled program: the matvec is traceable, works inside
-``lanczos_continue``'s ``fori_loop`` under ``jit``, and takes a replicated (or parameter-sharded)
-vector. The Krylov basis is replicated on every device by default: it is ``(m + 1) x P`` floats,
-e.g. 101 x 1.17M x 4 B = 470 MB for PreResNet-110, which fits every accelerator, and then
-re-orthogonalisation needs no communication at all. For large models (VGG-16: 101 x 15.3M x 4 B
-= 6.2 GB) :func:`sharded_lanczos` with ``shard_basis=True`` shards the basis along the parameter
-axis (``P(None, "data")``): ``jit`` (GSPMD) then inserts the reductions of the Gram-Schmidt dot
-products (a few floats per block) and one all-gather of the new Lanczos vector per step.
+The whole Lanczos run stays one compiled program: the operator is traceable and takes a
+replicated (or parameter-sharded) vector. ``jaxspec.run_lanczos(..., mesh=mesh,
+shard_basis=True)`` also shards the Krylov basis along the parameter axis.
 
 Many hosts: run the same program in every process after :func:`initialize`. Each process loads
 only its share of the data (:func:`process_share`) and :func:`global_batched` assembles the global
-operator from the per-process shards. Only full batches are distributed; the global tail (fewer
+data set from the per-process shards. Only full batches are distributed; the global tail (fewer
 than ``batch_size`` samples) is loaded by every process and replicated, so the rule stays exact.
-The operator is a pytree (``jax.tree_util.Partial``) and must be passed into jitted functions as
-an argument, never closed over: JAX refuses to close over arrays that live on other processes'
-devices. ``jaxspec.run_lanczos`` (hence ``jaxspec.slq``) and :func:`sharded_lanczos` do this.
+The operator is a pytree and must be passed into jitted functions as an argument, never closed
+over: JAX refuses to close over arrays that live on other processes' devices.
+``jaxspec.run_lanczos`` (hence ``jaxspec.slq``) does this.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxspec.hvp import Batched, hvp
-from jaxspec.lanczos import (
-    LanczosResult,
-    LanczosState,
-    _drive,
-    _resume,
-    lanczos_continue,
-    lanczos_init,
-)
+from jaxspec.batching import Batched
 
 __all__ = [
+    "MeshReduce",
     "ProcessShare",
     "data_mesh",
     "global_batched",
     "initialize",
-    "lanczos_state_sharding",
     "process_share",
     "replicate",
     "shard_batched",
-    "sharded_hessian_matvec",
-    "sharded_lanczos",
 ]
-
-LossFn = Callable[[Any, Any], jax.Array]
 
 
 # ---- meshes and placement -------------------------------------------------------------------
@@ -208,15 +190,7 @@ def shard_batched(batched: Batched, /, mesh: Mesh | None = None, *,
     )
 
 
-def _mesh_of(batched: Batched) -> Mesh | None:
-    for leaf in jax.tree.leaves((batched.batches, batched.weights)):
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
-            return sharding.mesh
-    return None
-
-
-# ---- the data-parallel operator -------------------------------------------------------------
+# ---- the mesh reduction ---------------------------------------------------------------------
 
 
 def _vary(x: jax.Array, axis_name: str) -> jax.Array:
@@ -228,98 +202,41 @@ def _vary(x: jax.Array, axis_name: str) -> jax.Array:
     return jax.lax.pcast(x, (axis_name,), to="varying")
 
 
-def sharded_hessian_matvec(
-    loss_fn: LossFn,
-    params: Any,
-    batched: Batched,
-    /,
-    *,
-    mesh: Mesh | None = None,
-    axis_name: str = "data",
-) -> Callable[[jax.Array], jax.Array]:
-    """The data-set Hessian as a data-parallel, traceable matvec on flat vectors.
+def _pad_batches(batched: Batched, num_shards: int) -> Batched:
+    """Appends zero-weight copies of the first batch until the batches split into ``num_shards``
+    (a padding batch is skipped, never computed)."""
+    num = _num_batches(batched)
+    pad = (-num) % num_shards
+    if not pad:
+        return batched
 
-    The data-parallel counterpart of :func:`jaxspec.hessian_matvec`, with the same result for
-    any number of devices (up to float summation order). Built on ``jax.shard_map`` (``jax.pmap``
-    is in maintenance mode and is itself implemented on ``shard_map``): each device scans over
-    its own whole batches, skipping zero-weight padding, the last device also takes the ragged
-    tail, and one ``psum`` per product adds the partial sums. Batches are never split across
-    devices, so per-batch statistics (BatchNorm in batch mode) are those of ``batch_size``
-    samples, whatever the device count.
+    def stack(x):
+        lib = np if isinstance(x, np.ndarray) else jnp
+        return lib.concatenate([x, lib.repeat(x[:1], pad, axis=0)], axis=0)
 
-    The matvec takes and returns a flat vector of length ``P`` (``ravel_pytree`` order); its
-    input may be replicated or sharded (it is all-gathered), its output is replicated. It can be
-    called eagerly (one cached compiled program: the per-device code is jitted, since an eager
-    ``shard_map`` would recompile at every call), jitted, vmapped, and called inside
-    ``lax.fori_loop``, so a whole :func:`jaxspec.lanczos` / ``run_lanczos(driver="compiled")``
-    run is one program. Like :func:`jaxspec.hessian_matvec` it is a ``jax.tree_util.Partial``
-    whose leaves are the parameters and the data: pass it *into* jitted functions as an
-    argument (``jax.jit(lambda op, v: op(v))(matvec, v)``; ``run_lanczos`` and
-    :func:`sharded_lanczos` do) rather than closing over it. With several processes this is
-    required: JAX refuses to close over arrays on other processes' devices.
-
-    Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean over ``batch``.
-      params: the point at which the Hessian is taken; replicated on the mesh.
-      batched: from :func:`jaxspec.batch_dataset` with ``num_shards`` = the number of devices
-        (placed with :func:`shard_batched` if it is not already), or from
-        :func:`global_batched` with several processes.
-      mesh: a 1-D mesh; default the mesh ``batched`` is on, else :func:`data_mesh`.
-      axis_name: the mesh axis the batches are split over.
-
-    Returns:
-      ``matvec(v) -> H v`` for ``H`` the Hessian of the mean loss over all N samples.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxspec import batch_dataset
-      >>> from jaxspec.parallel import data_mesh, sharded_hessian_matvec
-      >>> mesh = data_mesh()
-      >>> loss = lambda p, x: jnp.mean(x) * jnp.sum(p["a"] ** 2)
-      >>> data = batch_dataset(jnp.ones(5), 2, num_shards=mesh.size)
-      >>> mv = jax.jit(sharded_hessian_matvec(loss, {"a": jnp.ones(2)}, data, mesh=mesh))
-      >>> mv(jnp.array([1.0, 0.0])).tolist()
-      [2.0, 0.0]
-    """
-    if mesh is None:
-        mesh = _mesh_of(batched) or data_mesh()
-
-    def batch_hvp(params, _, batch, tangent):
-        return ravel_pytree(hvp(loss_fn, params, batch, tangent))[0]
-
-    return _sharded_operator(batch_hvp, params, None, batched, mesh=mesh, axis_name=axis_name)
+    weights = np.concatenate([np.asarray(batched.weights), np.zeros(pad)])
+    return batched._replace(batches=jax.tree.map(stack, batched.batches), weights=weights)
 
 
-def _sharded_operator(batch_hvp: Callable, params: Any, extra: Any, batched: Batched, /, *,
-                      mesh: Mesh, axis_name: str) -> Callable[[jax.Array], jax.Array]:
-    """The shard_map reduction behind :func:`sharded_hessian_matvec` and
-    :func:`jaxspec.augmented.sharded_augmented_hessian_matvec`.
+@jax.jit
+def _mesh_apply(op, v):
+    reduce = op.reduce
+    axis_name = reduce.axis_name
+    last = _axis_size(reduce.mesh, axis_name) - 1
+    data = op.data
+    has_batches, has_tail = data.batches is not None, data.tail is not None
 
-    ``batch_hvp(params, extra, batch, tangent) -> flat H_b v`` for one batch; ``extra`` is a
-    replicated pytree (e.g. the images an augmented batch indexes into), or None.
-    """
-    last = _axis_size(mesh, axis_name) - 1
-    batched = shard_batched(batched, mesh, axis_name=axis_name)
-    _, unravel = ravel_pytree(params)
-    params = replicate(params, mesh)
-    extra = replicate(extra, mesh)
-    has_batches = batched.batches is not None
-    has_tail = batched.tail is not None
-
-    def local(params, extra, batches, weights, tail, tail_weight, v):
+    def local(params, transform, batches, weights, tail, tail_weight, v):
         # Params and v are replicated (invariant over the axis). Differentiating an invariant
         # value used with per-device data makes shard_map sum its cotangent over devices (an
-        # all-reduce inside every batch's HVP). Marking them per-device keeps each device's
-        # HVPs local, and the one psum below does the sum.
-        params = jax.tree.map(lambda x: _vary(x, axis_name), params)
+        # all-reduce inside every batch's product). Marking them per-device keeps each device's
+        # products local, and the one psum below does the sum.
+        here = dataclasses.replace(op, params=jax.tree.map(lambda x: _vary(x, axis_name), params),
+                                   transform=transform, data=None)
         v = _vary(v, axis_name)
-        tangent = unravel(v)
-
-        def one(batch):
-            return batch_hvp(params, extra, batch, tangent)
-
-        zeros = jnp.zeros_like(v)
-        acc = _vary(zeros, axis_name)
+        tangent = here.unravel(v)
+        zeros = _vary(jnp.zeros_like(v), axis_name)
+        acc = zeros
         if has_batches:
 
             def body(acc, xs):
@@ -327,177 +244,91 @@ def _sharded_operator(batch_hvp: Callable, params: Any, extra: Any, batched: Bat
                 # Zero-weight batches are padding: skip them rather than multiply them by 0.
                 out = jax.lax.cond(
                     w != 0,
-                    lambda: _vary(w.astype(v.dtype) * one(batch), axis_name),
-                    lambda: _vary(zeros, axis_name),
-                )
+                    lambda: _vary(w.astype(v.dtype) * here.batch_mv(batch, tangent), axis_name),
+                    lambda: zeros)
                 return acc + out, None
 
             acc, _ = jax.lax.scan(body, acc, (batches, weights))
         if has_tail:
             # The tail is replicated; only the last device (which holds the padding, if any)
             # computes it, so it is counted once.
-            on_last = jax.lax.axis_index(axis_name) == last
             acc = acc + jax.lax.cond(
-                on_last,
-                lambda: _vary(tail_weight.astype(v.dtype) * one(tail), axis_name),
-                lambda: _vary(zeros, axis_name),
-            )
+                jax.lax.axis_index(axis_name) == last,
+                lambda: _vary(tail_weight.astype(v.dtype) * here.batch_mv(tail, tangent),
+                              axis_name),
+                lambda: zeros)
         return jax.lax.psum(acc, axis_name)
 
     split, whole = P(axis_name), P()
-    mapped = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(whole, whole, split, split, whole, whole, whole),
-        out_specs=whole,
-    )
-    # A Partial is a pytree whose leaves are the arrays: a jitted driver can take the matvec as
-    # an argument instead of closing over it, which arrays spanning several processes require.
-    # The jit makes eager calls (driver="host") one cached program; an eager shard_map would be
-    # compiled again at every call. Inside an outer jit it is inlined.
-    return jax.tree_util.Partial(
-        jax.jit(mapped), params, extra, batched.batches,
-        batched.weights if has_batches else None,
-        batched.tail, batched.tail_weight if has_tail else None)
+    mapped = jax.shard_map(local, mesh=reduce.mesh,
+                           in_specs=(whole, whole, split, split, whole, whole, whole),
+                           out_specs=whole)
+    return mapped(op.params, op.transform, data.batches,
+                  data.weights if has_batches else None, data.tail,
+                  data.tail_weight if has_tail else None, v)
 
 
-# ---- Lanczos with the basis on the mesh -----------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MeshReduce:
+    """Batches split over a device mesh (``jax.shard_map``), one ``psum`` per product.
 
+    Each device scans over its own whole batches, skipping zero-weight padding; the last device
+    also takes the ragged tail. Parameters and the batch transform are replicated. The result
+    is the same for any number of devices (up to float summation order). Traceable: a whole
+    Lanczos run is one program. Data from :func:`global_batched` (several processes) is used
+    as it is; otherwise it is padded to split evenly and placed with :func:`shard_batched`.
 
-def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
-                           axis_name: str = "data") -> LanczosState:
-    """Shardings for a :class:`jaxspec.LanczosState` on ``mesh`` (a pytree of ``NamedSharding``).
-
-    Everything is replicated, except, with ``shard_basis=True``, the ``(rows, P)`` Krylov basis,
-    which is split along the parameter axis: ``P(None, axis_name)``.
+    Attributes:
+      mesh: the mesh (see :func:`data_mesh`).
+      axis_name: the mesh axis the batches are split over.
 
     Example:
-      >>> from jaxspec.parallel import data_mesh, lanczos_state_sharding
-      >>> lanczos_state_sharding(data_mesh(), shard_basis=True).basis.spec
-      P(None, 'data')
+      >>> import jax.numpy as jnp, jaxspec
+      >>> from jaxspec.parallel import MeshReduce, data_mesh
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(jnp.ones(5), 2),
+      ...                                 reduce=MeshReduce(data_mesh()))
+      >>> op.mv(jnp.array([1.0, 0.0])).tolist()
+      [2.0, 0.0]
     """
-    whole = NamedSharding(mesh, P())
-    basis = NamedSharding(mesh, P(None, axis_name)) if shard_basis else whole
-    return LanczosState(basis, whole, whole, whole, whole, whole, whole)
 
+    mesh: Mesh
+    axis_name: str = "data"
+    driver = "compiled"
 
-@functools.lru_cache(maxsize=16)
-def _sharded_programs(mesh: Mesh, shard_basis: bool, axis_name: str, num_steps: int, dim: int,
-                      pad: int, tol: float | None, block_size: int):
-    """The jitted init and run of :func:`sharded_lanczos`, made once per configuration (made per
-    call, every call recompiled the whole run)."""
-    shardings = lanczos_state_sharding(mesh, shard_basis=shard_basis, axis_name=axis_name)
-    init = jax.jit(lambda v: lanczos_init(jnp.pad(v, (0, pad)), num_steps,
-                                          block_size=block_size),
-                   out_shardings=shardings)
+    def __post_init__(self):
+        _axis_size(self.mesh, self.axis_name)
 
-    def steps(mv, state, num_new_steps):
-        def padded(v):
-            return jnp.pad(mv(v[:dim]), (0, pad)) if pad else mv(v)
+    def prepare(self, op):
+        """Pads and shards the batches, replicates the tail, parameters and transform.
 
-        return lanczos_continue(padded, state, num_new_steps, tol=tol, block_size=block_size)
+        Example:
+          >>> import jax.numpy as jnp, numpy as np, jaxspec
+          >>> from jaxspec.parallel import MeshReduce, data_mesh
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(1),
+          ...                                 jaxspec.batch_dataset(np.ones(8), 2),
+          ...                                 reduce=MeshReduce(data_mesh()))
+          >>> op.data.batches.sharding.spec
+          PartitionSpec('data',)
+        """
+        data = _pad_batches(op.data, _axis_size(self.mesh, self.axis_name))
+        return dataclasses.replace(
+            op, data=shard_batched(data, self.mesh, axis_name=self.axis_name),
+            params=replicate(op.params, self.mesh), transform=replicate(op.transform, self.mesh))
 
-    # The matvec is an argument (a pytree, see sharded_hessian_matvec), not a closure: arrays on
-    # other processes' devices cannot be closed over. Donating the state lets the output basis
-    # reuse the input's memory (XLA:CPU cannot donate).
-    donate = (1,) if jax.default_backend() != "cpu" else ()
-    return init, jax.jit(steps, out_shardings=shardings, donate_argnums=donate), shardings
+    def apply(self, op, v: jax.Array, /) -> jax.Array:
+        """``sum_b w_b A_b v`` over the mesh (called eagerly: one cached program).
 
-
-def sharded_lanczos(
-    matvec: Callable[[jax.Array], jax.Array],
-    v0: jax.Array,
-    num_steps: int,
-    /,
-    *,
-    mesh: Mesh | None = None,
-    shard_basis: bool = False,
-    axis_name: str = "data",
-    tol: float | None = None,
-    block_size: int = 16,
-    return_basis: bool = False,
-    chunk_size: int | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    progress: bool | str = False,
-) -> LanczosResult:
-    """:func:`jaxspec.lanczos` with its state on a mesh, the basis optionally sharded.
-
-    The state is created directly with its sharding (the basis is never whole on one device) and
-    the run is one jitted :func:`jaxspec.lanczos_continue` whose output keeps that sharding.
-    With ``shard_basis=False`` the basis is replicated: re-orthogonalisation needs no
-    communication, and ``run_lanczos(driver="compiled")`` gives the same result with chunks,
-    checkpoints and progress. With ``shard_basis=True`` each device holds ``P / num_devices``
-    columns of the basis; the Gram-Schmidt dot products are reduced across devices by the
-    compiler and the new vector is all-gathered for the next product. Use it when
-    ``(num_steps + 1) x P`` floats do not fit next to the model (VGG-16, 100 steps: 6.2 GB).
-
-    As in :func:`jaxspec.run_lanczos`, the run can go in chunks of steps (one compiled program
-    serves every chunk length) with a progress bar, and with ``checkpoint`` set the state is
-    saved there after every chunk (gathered to the host: ``(m + 1) x P`` floats of host memory)
-    and a run started with the same arguments resumes from it, with the same result as an
-    uninterrupted run and the basis sharded as before. Checkpoints need every device of the mesh
-    in this process: with several processes a ``checkpoint`` is refused.
-
-    Args:
-      matvec: traceable ``v -> A v``, e.g. from :func:`sharded_hessian_matvec`.
-      v0: the start vector (the same in every process).
-      num_steps: number of steps m (at most ``len(v0)``).
-      mesh: the mesh; default :func:`data_mesh`.
-      shard_basis: split the basis along the parameter axis.
-      axis_name: the mesh axis.
-      tol, block_size, return_basis: as in :func:`jaxspec.lanczos`.
-      chunk_size: steps between checkpoints / progress updates (default: all at once without a
-        checkpoint, 10 with one).
-      checkpoint: path of an ``.npz`` file for the state; resumed from if it exists.
-      progress: show a progress bar (a string is used as its label).
-
-    Returns:
-      A :class:`jaxspec.LanczosResult`. The basis, if returned, is ``(m + 1, P)`` and stays on
-      the mesh.
-
-    Raises:
-      FloatingPointError: the matvec returned NaN/Inf; the message names the step.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxspec import Spectrum
-      >>> from jaxspec.parallel import sharded_lanczos
-      >>> A = jnp.diag(jnp.arange(1.0, 9.0))
-      >>> res = sharded_lanczos(lambda v: A @ v, jnp.ones(8), 8, shard_basis=True)
-      >>> Spectrum.from_lanczos(res).nodes.round(5).tolist() == list(range(1, 9))
-      True
-    """
-    mesh = data_mesh() if mesh is None else mesh
-    _axis_size(mesh, axis_name)
-    host = np.asarray(v0) if not isinstance(v0, jax.Array) or v0.is_fully_addressable else None
-    if host is not None:
-        if host.ndim != 1 or not np.all(np.isfinite(host)) or not np.any(host):
-            raise ValueError("v0 must be a finite, nonzero 1-D vector")
-    if not (isinstance(num_steps, (int, np.integer)) and 1 <= num_steps <= np.shape(v0)[0]):
-        raise ValueError(f"num_steps must be an int in [1, len(v0)], got {num_steps!r}")
-    num_steps = int(num_steps)
-    dim = int(np.shape(v0)[0])
-    # A sharded axis must divide evenly: pad the vectors with zeros up to a multiple of the
-    # device count. The padding coordinates of v0 and of every product are 0, so the Krylov
-    # space, T and the Ritz values are those of the unpadded operator.
-    pad = (-dim) % _axis_size(mesh, axis_name) if shard_basis else 0
-    if checkpoint is not None and jax.process_count() > 1:
-        raise ValueError("a checkpoint of sharded_lanczos needs every device of the mesh in one "
-                         f"process; this run has {jax.process_count()} processes")
-    init, run, shardings = _sharded_programs(mesh, shard_basis, axis_name, num_steps, dim, pad,
-                                             tol, block_size)
-    # A checkpoint is checked against the padded start vector, then placed from the host shard
-    # by shard (the basis is never whole on one device).
-    state = None if checkpoint is None else _resume(checkpoint, np.pad(host, (0, pad)),
-                                                    num_steps, block_size)
-    state = init(_place(v0, NamedSharding(mesh, P()))) if state is None else jax.device_put(
-        state, shardings)
-    mv = matvec if isinstance(matvec, jax.tree_util.Partial) else jax.tree_util.Partial(matvec)
-    state = _drive(state, num_steps, chunk_size, functools.partial(run, mv),
-                   checkpoint=checkpoint, progress=progress)
-    return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
-                         state.basis[: num_steps + 1, :dim] if return_basis else None)
-
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> from jaxspec.parallel import MeshReduce, data_mesh
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(jnp.ones(3), 2),
+          ...                                 reduce=MeshReduce(data_mesh()))
+          >>> op.reduce.apply(op, jnp.ones(1)).tolist()
+          [2.0]
+        """
+        return _mesh_apply(op, v)
 
 # ---- many processes -------------------------------------------------------------------------
 
@@ -660,7 +491,7 @@ def global_batched(
       axis_name: the mesh axis.
 
     Returns:
-      A :class:`jaxspec.Batched` of global arrays, ready for :func:`sharded_hessian_matvec`.
+      A :class:`jaxspec.Batched` of global arrays, ready for a :func:`jaxspec.curvature_operator` with ``reduce=mesh``.
 
     Example:
       >>> import numpy as np

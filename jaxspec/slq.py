@@ -11,8 +11,6 @@ comparison with tools that do.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -20,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec._atomic import replacing, write_text
 from jaxspec.lanczos import LanczosResult, run_lanczos
+from jaxspec.ritz import ritz_pairs
 
-__all__ = ["NegativeMass", "Spectrum", "random_probe", "slq"]
+__all__ = ["NegativeMass", "Spectrum", "random_probe", "slq", "slq_runs"]
 
 
 class NegativeMass(NamedTuple):
@@ -50,8 +48,9 @@ class NegativeMass(NamedTuple):
 class Spectrum:
     """A discrete spectral density: Ritz values ``nodes`` (ascending) and ``weights`` (sum 1).
 
-    Held on the host in float64. ``meta`` carries free-form settings (model, N, BatchNorm mode,
-    timings, ...) that are saved with the spectrum.
+    Held on the host in float64; immutable. ``meta`` carries free-form settings (model, N,
+    BatchNorm mode, timings, ...) that are saved with the spectrum
+    (:func:`jaxspec.io.save_spectrum`).
 
     Example:
       >>> from jaxspec import Spectrum
@@ -101,15 +100,13 @@ class Spectrum:
           >>> Spectrum.from_tridiagonal([1.0], []).nodes.tolist()
           [1.0]
         """
-        a = np.asarray(alphas, np.float64)
-        b = np.asarray(betas, np.float64)
+        a = np.asarray(alphas, np.float64).reshape(-1)
+        b = np.asarray(betas, np.float64).reshape(-1)
         if b.shape[0] != a.shape[0] - 1:
             raise ValueError(f"need len(betas) == len(alphas) - 1, got {b.shape[0]} and "
                              f"{a.shape[0]}")
-        T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
-        theta, vecs = np.linalg.eigh(T)
-        w = vecs[0] ** 2
-        return cls(theta, w / w.sum(), meta=dict(meta or {}))
+        result = LanczosResult(a, np.append(b, 0.0), np.int32(a.shape[0]), np.int32(-1))
+        return cls.from_lanczos(result, meta=meta)
 
     @classmethod
     def from_lanczos(cls, result: LanczosResult, /, *, meta: dict | None = None) -> "Spectrum":
@@ -122,11 +119,8 @@ class Spectrum:
           >>> Spectrum.from_lanczos(res).weights.round(3).tolist()
           [0.5, 0.5]
         """
-        k = int(result.num_valid)
-        if k < 1:
-            raise ValueError("the Lanczos run has no valid step")
-        return cls.from_tridiagonal(np.asarray(result.alphas)[:k],
-                                    np.asarray(result.betas)[: k - 1], meta=meta)
+        pairs = ritz_pairs(result)
+        return cls(pairs.values, pairs.weights, meta=dict(meta or {}))
 
     @classmethod
     def average(cls, spectra: Sequence["Spectrum"], /, *, meta: dict | None = None) -> "Spectrum":
@@ -264,80 +258,6 @@ class Spectrum:
             "top_weights": self.top_weights(top),
         }
 
-    # ---- persistence --------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (nodes and weights as lists, full float64 precision).
-
-        Example:
-          >>> from jaxspec import Spectrum
-          >>> Spectrum([1.0], [1.0]).to_dict()["nodes"]
-          [1.0]
-        """
-        return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(),
-                "num_vectors": self.num_vectors, "meta": self.meta, "summary": self.summary()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], /) -> "Spectrum":
-        """Inverse of :meth:`to_dict`.
-
-        Example:
-          >>> from jaxspec import Spectrum
-          >>> s = Spectrum([1.0, 2.0], [0.5, 0.5])
-          >>> Spectrum.from_dict(s.to_dict()) == s
-          True
-        """
-        return cls(np.asarray(d["nodes"]), np.asarray(d["weights"]),
-                   num_vectors=int(d.get("num_vectors", 1)), meta=dict(d.get("meta", {})))
-
-    def save(self, path: str | os.PathLike, /) -> None:
-        """Writes the spectrum to ``.json`` (readable) or ``.npz`` (compact), atomically.
-
-        Example:
-          >>> import os, tempfile
-          >>> from jaxspec import Spectrum
-          >>> p = os.path.join(tempfile.mkdtemp(), "s.json")
-          >>> Spectrum([1.0, 2.0], [0.5, 0.5], meta={"model": "mlp"}).save(p)
-          >>> Spectrum.load(p).meta
-          {'model': 'mlp'}
-        """
-        path = os.fspath(path)
-        if path.endswith(".npz"):
-            with replacing(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, nodes=self.nodes, weights=self.weights,
-                         num_vectors=self.num_vectors, meta=json.dumps(self.meta))
-        elif path.endswith(".json"):
-            write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default))
-        else:
-            raise ValueError(f"unknown spectrum format for {path!r}: use .json or .npz")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, /) -> "Spectrum":
-        """Reads a spectrum written by :meth:`save`.
-
-        Example:
-          >>> import os, tempfile
-          >>> from jaxspec import Spectrum
-          >>> p = os.path.join(tempfile.mkdtemp(), "s.npz")
-          >>> Spectrum([1.0], [1.0]).save(p)
-          >>> Spectrum.load(p).nodes.tolist()
-          [1.0]
-        """
-        path = os.fspath(path)
-        if path.endswith(".npz"):
-            with np.load(path) as f:
-                return cls(f["nodes"], f["weights"], num_vectors=int(f["num_vectors"]),
-                           meta=json.loads(str(f["meta"])))
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
-
-
-def _json_default(x):
-    if isinstance(x, (np.generic, jax.Array)):
-        return np.asarray(x).tolist()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
 
 def random_probe(key: jax.Array, dim: int, /, *, dtype=jnp.float32,
                  distribution: str = "normal") -> jax.Array:
@@ -357,6 +277,52 @@ def random_probe(key: jax.Array, dim: int, /, *, dtype=jnp.float32,
     raise ValueError(f"distribution must be 'normal' or 'rademacher', got {distribution!r}")
 
 
+def slq_runs(
+    matvec: Callable[[jax.Array], jax.Array],
+    key: jax.Array,
+    dim: int,
+    num_steps: int,
+    /,
+    *,
+    num_vectors: int = 1,
+    dtype=jnp.float32,
+    distribution: str = "normal",
+    v0: jax.Array | None = None,
+    hooks: Callable[[int, int], Sequence[Any]] | None = None,
+    **lanczos_kwargs: Any,
+) -> list[LanczosResult]:
+    """The Lanczos runs behind :func:`slq`, one per probe (e.g. to keep their bases).
+
+    Probe ``i`` is drawn from ``jax.random.split(key, num_vectors)[i]`` unless ``v0`` is
+    given (then ``num_vectors`` must be 1); ``hooks(i, num_vectors)`` gives the hooks of run
+    ``i`` (:func:`jaxspec.io.slq_hooks`); ``lanczos_kwargs`` go to :func:`jaxspec.run_lanczos`
+    (``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ``return_basis``, ...).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import ritz_pairs, slq_runs
+      >>> runs = slq_runs(lambda v: jnp.arange(4.0) * v, jax.random.key(0), 4, 4,
+      ...                 return_basis=True)
+      >>> ritz_pairs(runs[0], vectors=[-1]).vectors.shape
+      (1, 4)
+    """
+    if num_vectors < 1:
+        raise ValueError(f"num_vectors must be >= 1, got {num_vectors}")
+    if v0 is not None:
+        if num_vectors != 1:
+            raise ValueError("an explicit start vector v0 makes one probe: num_vectors must be 1")
+        if np.shape(v0) != (dim,):
+            raise ValueError(f"v0 must have shape ({dim},), got {np.shape(v0)}")
+        probes = [v0]
+    else:
+        keys = jax.random.split(key, num_vectors)
+        probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
+                  for i in range(num_vectors)]
+    return [run_lanczos(matvec, probe, num_steps,
+                        hooks=() if hooks is None else hooks(i, num_vectors), **lanczos_kwargs)
+            for i, probe in enumerate(probes)]
+
+
 def slq(
     matvec: Callable[[jax.Array], jax.Array],
     key: jax.Array,
@@ -367,31 +333,33 @@ def slq(
     num_vectors: int = 1,
     dtype=jnp.float32,
     distribution: str = "normal",
-    driver: str = "auto",
-    progress: bool | str = False,
-    checkpoint_dir: str | os.PathLike | None = None,
-    chunk_size: int | None = None,
-    tol: float | None = None,
+    v0: jax.Array | None = None,
+    hooks: Callable[[int, int], Sequence[Any]] | None = None,
     meta: dict | None = None,
+    **lanczos_kwargs: Any,
 ) -> Spectrum:
     """Stochastic Lanczos quadrature: the spectral density of ``matvec`` as a :class:`Spectrum`.
 
-    Each of ``num_vectors`` probes (split from ``key``) gets its own Lanczos run of
-    ``num_steps`` steps through :func:`jaxspec.run_lanczos`; the spectra are merged with
-    :meth:`Spectrum.average`, so the weights still sum to 1. The paper uses one vector.
+    Each of ``num_vectors`` probes (split from ``key``; or the one start vector ``v0``) gets
+    its own Lanczos run of ``num_steps`` steps through :func:`jaxspec.run_lanczos`
+    (:func:`slq_runs`); the spectra are merged with :meth:`Spectrum.average`, so the weights
+    still sum to 1. The paper uses one vector.
 
     Args:
-      matvec: ``v -> A v`` on flat vectors of length ``dim`` (symmetric ``A``).
+      matvec: ``v -> A v`` on flat vectors of length ``dim`` (symmetric ``A``): a
+        :class:`jaxspec.CurvatureOperator` or any callable.
       key: PRNG key for the probes.
       dim: the dimension P.
       num_steps: Lanczos steps per probe (the paper: 100 empirical, 80 augmented).
       num_vectors: number of probes.
       dtype: working precision of the Lanczos vectors.
       distribution: ``"normal"`` or ``"rademacher"`` probes.
-      driver, progress, chunk_size, tol: as in :func:`jaxspec.run_lanczos`.
-      checkpoint_dir: directory for one Lanczos checkpoint per probe (``lanczos_<i>.npz``);
-        a rerun resumes from them.
+      v0: an explicit start vector instead of a random probe.
+      hooks: ``hooks(i, num_vectors)`` -> the hooks of probe ``i``'s run, e.g.
+        ``jaxspec.io.slq_hooks(checkpoint_dir=..., progress="label")``.
       meta: settings recorded with the spectrum.
+      **lanczos_kwargs: ``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ... as
+        in :func:`jaxspec.run_lanczos`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -401,22 +369,8 @@ def slq(
       >>> round(s.lambda_max, 4), round(s.lambda_min, 4)
       (10.0, -1.0)
     """
-    if num_vectors < 1:
-        raise ValueError(f"num_vectors must be >= 1, got {num_vectors}")
-    keys = jax.random.split(key, num_vectors)
-    spectra = []
-    for i in range(num_vectors):
-        v0 = random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
-        ckpt = None
-        if checkpoint_dir is not None:
-            os.makedirs(checkpoint_dir, exist_ok=True)
-            ckpt = os.path.join(os.fspath(checkpoint_dir), f"lanczos_{i}.npz")
-        label = progress
-        if progress and num_vectors > 1:
-            label = f"{progress if isinstance(progress, str) else 'slq'} {i + 1}/{num_vectors}"
-        res = run_lanczos(matvec, v0, num_steps, driver=driver, progress=label,
-                          checkpoint=ckpt, chunk_size=chunk_size, tol=tol)
-        spectra.append(Spectrum.from_lanczos(res))
+    runs = slq_runs(matvec, key, dim, num_steps, num_vectors=num_vectors, dtype=dtype,
+                    distribution=distribution, v0=v0, hooks=hooks, **lanczos_kwargs)
     info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": distribution,
-            "dtype": str(jnp.dtype(dtype)), **(meta or {})}
-    return Spectrum.average(spectra, meta=info)
+            "dtype": str(jnp.dtype(dtype if v0 is None else v0.dtype)), **(meta or {})}
+    return Spectrum.average([Spectrum.from_lanczos(r) for r in runs], meta=info)

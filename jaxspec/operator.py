@@ -1,0 +1,300 @@
+"""One curvature operator: a curvature matrix of a loss over a data set, as a pytree.
+
+:func:`curvature_operator` builds a :class:`CurvatureOperator` from a loss
+``loss_fn(params, batch) -> scalar`` (the mean over ``batch``), the parameters at which the
+matrix is taken, and the data (a :class:`jaxspec.Batched`). Three things are fields, not
+separate constructors:
+
+* ``kind``: which matrix (``"hessian"``; the per-batch products live in :mod:`jaxspec.hvp`);
+* ``reduce``: how the batches are summed (:mod:`jaxspec.reduction`): ``lax.scan`` in one
+  program, a host loop over jitted groups of batches, or a device mesh with one ``psum``;
+* ``transform``: a batch transform applied inside every product (e.g. the fixed augmentation
+  table of :class:`jaxspec.augmented.Augmentation`).
+
+The operator is a pytree in the spirit of lineax's operators: its arrays (parameters, data,
+transform) are leaves and the rest is static, so it can be passed *into* ``jax.jit`` as an
+argument rather than closed over (closed-over arrays become constants of the compiled program,
+and arrays spanning several processes cannot be closed over at all). Called eagerly, ``mv`` runs
+one cached compiled program, so a Python loop of products (the host Lanczos driver) never
+retraces. It accepts flat vectors of length ``P`` (``ravel_pytree`` order of ``params``) or
+pytrees shaped like ``params``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxspec.batching import Batched
+from jaxspec.hvp import hvp
+from jaxspec.reduction import resolve_reduce
+
+__all__ = ["KINDS", "CurvatureOperator", "curvature_operator"]
+
+# The per-batch product of each matrix kind: ``product(loss_fn, params, batch, tangent)``.
+KINDS: dict[str, Callable] = {"hessian": hvp}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CurvatureOperator:
+    """A curvature matrix of a mean loss over a data set, applied by :meth:`mv`.
+
+    Build it with :func:`curvature_operator`. Attributes (the first three are the pytree's
+    leaves, the rest is static):
+
+    Attributes:
+      params: the point at which the matrix is taken (a pytree of float arrays, one dtype).
+      data: the data set, a :class:`jaxspec.Batched`.
+      transform: a pytree callable ``batch -> batch`` applied inside every product, or None.
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean over ``batch``.
+      kind: the matrix, a key of :data:`KINDS`.
+      reduce: the reduction strategy (:mod:`jaxspec.reduction`).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxspec
+      >>> loss = lambda p, x: jnp.mean(x) * jnp.sum(p["a"] ** 2)
+      >>> op = jaxspec.curvature_operator(loss, {"a": jnp.ones(2)},
+      ...                                 jaxspec.batch_dataset(jnp.ones(3), 2))
+      >>> op.shape, op.mv(jnp.array([1.0, 0.0])).tolist()
+      ((2, 2), [2.0, 0.0])
+      >>> jax.jit(lambda op, v: op.mv(v))(op, jnp.ones(2)).tolist()  # an argument of jit
+      [2.0, 2.0]
+    """
+
+    params: Any
+    data: Batched | None
+    transform: Any
+    loss_fn: Callable
+    kind: str = "hessian"
+    reduce: Any = None
+
+    # ---- linear-operator protocol ---------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """The number of parameters P.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> jaxspec.curvature_operator(lambda p, x: jnp.sum(p["w"] ** 2), {"w": jnp.ones(3)},
+          ...                            jaxspec.batch_dataset(jnp.ones(2), 2)).size
+          3
+        """
+        return int(sum(np.size(x) for x in jax.tree.leaves(self.params)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(P, P)``.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(4),
+          ...                            jaxspec.batch_dataset(jnp.ones(2), 2)).shape
+          (4, 4)
+        """
+        return (self.size, self.size)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The dtype of the parameters, of the vectors ``mv`` takes and returns.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(2, jnp.float32),
+          ...                            jaxspec.batch_dataset(jnp.ones(2), 2)).dtype
+          dtype('float32')
+        """
+        return jnp.dtype(jax.tree.leaves(self.params)[0].dtype)
+
+    def mv(self, v: Any, /) -> Any:
+        """The matrix times ``v``: a flat ``(P,)`` vector, or a pytree like ``params``.
+
+        Traceable unless the reduction is the host loop; called eagerly it runs one cached
+        compiled program (for the host loop: one per group of batches).
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p["w"] ** 2),
+          ...                                 {"w": jnp.ones(2)},
+          ...                                 jaxspec.batch_dataset(jnp.full(3, 2.0), 2))
+          >>> op.mv({"w": jnp.array([1.0, 2.0])})["w"].tolist()   # a pytree in, a pytree out
+          [4.0, 8.0]
+        """
+        if isinstance(v, (jax.Array, np.ndarray)) and np.ndim(v) == 1:
+            self._check_vector(v)
+            return self.reduce.apply(self, v)
+        flat = self.ravel(v)
+        return self.unravel(self.reduce.apply(self, flat))
+
+    __call__ = mv
+
+    def batch_mv(self, batch: Any, tangent: Any, /) -> jax.Array:
+        """The product on one batch (the batch transform applied first), flat: what a reduction
+        strategy sums with the batch weights. ``tangent`` is a pytree like ``params``.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(2), jaxspec.batch_dataset(jnp.ones(2), 2))
+          >>> op.batch_mv(jnp.full(2, 3.0), jnp.ones(2)).tolist()
+          [6.0, 6.0]
+        """
+        if self.transform is not None:
+            batch = self.transform(batch)
+        out = KINDS[self.kind](self.loss_fn, self.params, batch, tangent)
+        return ravel_pytree(out)[0]
+
+    # ---- helpers --------------------------------------------------------------------------
+    def ravel(self, tree: Any, /) -> jax.Array:
+        """A pytree like ``params`` as a flat ``(P,)`` vector (``ravel_pytree`` order).
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: 0.0 * p["a"].sum(),
+          ...                                 {"a": jnp.ones(1), "b": jnp.ones(2)},
+          ...                                 jaxspec.batch_dataset(jnp.ones(2), 2))
+          >>> op.ravel({"a": jnp.array([1.0]), "b": jnp.array([2.0, 3.0])}).tolist()
+          [1.0, 2.0, 3.0]
+        """
+        if jax.tree.structure(tree) != jax.tree.structure(self.params):
+            raise TypeError("the vector must be flat (P,) or a pytree like params; got structure "
+                            f"{jax.tree.structure(tree)}")
+        return ravel_pytree(tree)[0]
+
+    def unravel(self, flat: jax.Array, /) -> Any:
+        """A flat ``(P,)`` vector as a pytree like ``params`` (e.g. a Ritz vector).
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: 0.0 * p["a"].sum(),
+          ...                                 {"a": jnp.ones(1), "b": jnp.ones(2)},
+          ...                                 jaxspec.batch_dataset(jnp.ones(2), 2))
+          >>> op.unravel(jnp.array([1.0, 2.0, 3.0]))["b"].tolist()
+          [2.0, 3.0]
+        """
+        return ravel_pytree(self.params)[1](flat)
+
+    def with_params(self, params: Any, /) -> "CurvatureOperator":
+        """The same matrix kind, data and reduction at other parameters (e.g. during training).
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 3),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(jnp.ones(2), 2))
+          >>> op.with_params(jnp.full(1, 2.0)).mv(jnp.ones(1)).tolist()   # 6 p
+          [12.0]
+        """
+        _check_params(params)
+        return self.reduce.prepare(dataclasses.replace(self, params=params))
+
+    def fingerprint(self) -> str:
+        """SHA-1 of what the operator applies: parameters, data, transform, loss and kind.
+
+        Two operators with the same fingerprint are the same matrix; a Lanczos checkpoint
+        records it (:class:`jaxspec.io.LanczosCheckpoint`) so that a run is never resumed under
+        another matrix. Arrays on other processes' devices are hashed by their local shards.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> data = jaxspec.batch_dataset(jnp.ones(2), 2)
+          >>> loss = lambda p, x: jnp.sum(p ** 2)
+          >>> a = jaxspec.curvature_operator(loss, jnp.ones(2), data)
+          >>> a.fingerprint() == a.with_params(jnp.ones(2)).fingerprint()
+          True
+          >>> a.fingerprint() == a.with_params(2 * jnp.ones(2)).fingerprint()
+          False
+        """
+        h = hashlib.sha1()
+        h.update(repr((getattr(self.loss_fn, "__qualname__", repr(self.loss_fn)), self.kind,
+                       type(self.transform).__name__)).encode())
+        leaves, treedef = jax.tree.flatten((self.params, self.data, self.transform))
+        h.update(str(treedef).encode())
+        for leaf in leaves:
+            for part in _local_parts(leaf):
+                h.update(str((part.dtype, part.shape)).encode())
+                h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()
+
+    def _check_vector(self, v: Any) -> None:
+        if v.shape != (self.size,) or v.dtype != self.dtype:
+            raise TypeError(f"the operator acts on vectors of shape ({self.size},) and dtype "
+                            f"{self.dtype}; got shape {v.shape}, dtype {v.dtype}")
+
+
+jax.tree_util.register_dataclass(CurvatureOperator, data_fields=["params", "data", "transform"],
+                                 meta_fields=["loss_fn", "kind", "reduce"])
+
+
+def _local_parts(leaf: Any) -> list[np.ndarray]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return [np.asarray(s.data) for s in leaf.addressable_shards]
+    return [np.asarray(leaf)]
+
+
+def _check_params(params: Any) -> None:
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise ValueError("params has no arrays")
+    dtypes = {jnp.dtype(getattr(x, "dtype", np.result_type(x))) for _, x in leaves}
+    for path, x in leaves:
+        dtype = jnp.dtype(getattr(x, "dtype", np.result_type(x)))
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"params{jax.tree_util.keystr(path)} has dtype {dtype}: curvature is "
+                            "taken with respect to float parameters; keep integer state out of "
+                            "params (close over it in loss_fn)")
+        if dtype in (jnp.bfloat16, jnp.float16):
+            raise TypeError(f"params{jax.tree_util.keystr(path)} has dtype {dtype}: Lanczos needs "
+                            "float32 or float64 vectors; cast the parameters, e.g. "
+                            "jax.tree.map(lambda x: x.astype(jnp.float32), params)")
+    if len(dtypes) > 1:
+        raise TypeError(f"params mixes dtypes {sorted(map(str, dtypes))}; cast them to one")
+
+
+def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, data: Batched, /,
+                       *, kind: str = "hessian", reduce: Any = "auto",
+                       transform: Any = None) -> CurvatureOperator:
+    """The curvature matrix ``kind`` of the mean of ``loss_fn`` over ``data``, at ``params``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean over ``batch``.
+      params: pytree of float arrays of one dtype (float32 or float64).
+      data: the data set, from :func:`jaxspec.batch_dataset` (or
+        :func:`jaxspec.parallel.global_batched` with several processes).
+      kind: ``"hessian"``.
+      reduce: ``"auto"`` (the host loop on CPU, where XLA runs convolutions inside loops very
+        slowly, JAX issue #12868; ``lax.scan`` elsewhere), ``"scan"``, ``"host"``, ``"mesh"``
+        (every device), a :class:`jax.sharding.Mesh`, or a strategy from
+        :mod:`jaxspec.reduction` / :class:`jaxspec.parallel.MeshReduce`.
+      transform: a pytree callable ``batch -> batch`` applied inside every product (e.g.
+        :class:`jaxspec.augmented.Augmentation`), or None.
+
+    Returns:
+      A :class:`CurvatureOperator`, its arrays placed as the reduction needs them.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> loss = lambda w, b: 0.5 * jnp.mean((b["x"] @ w - b["y"]) ** 2)
+      >>> x = np.random.default_rng(0).normal(size=(10, 3))
+      >>> op = jaxspec.curvature_operator(loss, jnp.zeros(3),
+      ...                                 jaxspec.batch_dataset({"x": x, "y": np.ones(10)}, 4))
+      >>> dense = np.stack([np.asarray(op.mv(e)) for e in np.eye(3)])
+      >>> bool(np.allclose(dense, x.T @ x / 10, atol=1e-5))   # the least-squares Hessian
+      True
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if not isinstance(data, Batched):
+        raise TypeError("data must be a jaxspec.Batched (from jaxspec.batch_dataset), got "
+                        f"{type(data).__name__}")
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable: loss_fn(params, batch) -> scalar")
+    _check_params(params)
+    strategy = resolve_reduce(reduce)
+    op = CurvatureOperator(params, data, transform, loss_fn, kind, strategy)
+    return strategy.prepare(op)

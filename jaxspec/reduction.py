@@ -1,0 +1,220 @@
+"""How a curvature operator sums its per-batch products: reduction strategies.
+
+A strategy is a small frozen (hashable) object, a static field of
+:class:`jaxspec.CurvatureOperator`, with two methods: ``prepare(op)`` places the operator's
+arrays where the strategy reads them, once, when the operator is built; ``apply(op, v)``
+returns ``sum_b w_b A_b v`` over the batches (weights ``batch size / N``: exact with a ragged
+tail). All strategies give the same numbers up to the order of float additions.
+
+* :class:`ScanReduce`: ``lax.scan`` over the stacked batches. Traceable: a whole Lanczos run
+  is one XLA program. The default on GPU/TPU.
+* :class:`HostReduce`: a Python loop over groups of batches, each group one jitted call with
+  the batches unrolled, so no convolution runs inside an XLA loop (XLA:CPU runs them 25-40x
+  slower there, JAX issue #12868). NumPy batches stay in host memory and are copied group by
+  group, so data sets larger than the device work. The default on CPU. Not traceable: the
+  Lanczos host driver calls it (``driver="auto"`` picks that driver for it).
+* :class:`jaxspec.parallel.MeshReduce`: the batches split over a device mesh
+  (``jax.shard_map``), one ``psum`` per product; one host or many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxspec.batching import dataset_mean
+
+__all__ = ["HostReduce", "ScanReduce", "resolve_reduce"]
+
+
+@functools.partial(jax.jit, inline=True)
+def _scan_apply(op, v):
+    tangent = op.unravel(v)
+    return dataset_mean(lambda batch: op.batch_mv(batch, tangent), op.data, v)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanReduce:
+    """Batches summed by ``lax.scan`` inside one program (traceable; the GPU/TPU default).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxspec
+      >>> from jaxspec.reduction import ScanReduce
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(jnp.arange(5.0), 2),
+      ...                                 reduce=ScanReduce())
+      >>> op.mv(jnp.ones(2)).tolist()   # 2 mean(x) v
+      [4.0, 4.0]
+    """
+
+    driver = "compiled"
+
+    def prepare(self, op):
+        """Puts the parameters, data and transform on the default device, once.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, numpy as np, jaxspec
+          >>> from jaxspec.reduction import ScanReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(1),
+          ...                                 jaxspec.batch_dataset(np.ones(2), 2),
+          ...                                 reduce=ScanReduce())
+          >>> isinstance(op.data.batches, jax.Array)
+          True
+        """
+        return jax.device_put(op)
+
+    def apply(self, op, v: jax.Array, /) -> jax.Array:
+        """``sum_b w_b A_b v`` in one compiled program (called eagerly: one cached program).
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> from jaxspec.reduction import ScanReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(jnp.ones(3), 2))
+          >>> ScanReduce().apply(op, jnp.ones(1)).tolist()
+          [2.0]
+        """
+        return _scan_apply(op, v)
+
+
+# Module level, one compilation per (operator structure, shapes): the operator goes in as an
+# argument with its data left out (NumPy batches are passed group by group), and the running
+# sum ``acc`` is donated, so it is updated in place group after group.
+@functools.partial(jax.jit, donate_argnums=1)
+def _group_apply(op, acc, v, stacked, start, weights):
+    """``acc + sum_j weights[j] A_{start + j} v`` over ``len(weights)`` consecutive batches of
+    ``stacked``, unrolled. The batches are cut out inside the program: a slice taken eagerly
+    outside would cost a dispatch and a copy per array per batch."""
+    tangent = ravel_pytree(op.params)[1](v)
+    for j in range(weights.shape[0]):
+        batch = jax.tree.map(
+            lambda x: jax.lax.dynamic_index_in_dim(x, start + j, keepdims=False), stacked)
+        out = op.batch_mv(batch, tangent)
+        acc = acc + weights[j].astype(out.dtype) * out
+    return acc
+
+
+@dataclasses.dataclass(frozen=True)
+class HostReduce:
+    """Batches summed by a Python loop over jitted groups of ``group_size`` batches (CPU default).
+
+    Zero-weight (padding) batches are skipped. Batches already on the device are passed whole
+    and cut out inside the compiled group; NumPy batches stay on the host and each group is
+    copied to the device when it is used. More batches per group means fewer dispatches (and on
+    CPU XLA runs the independent batch products of a group side by side), but longer compiles.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> from jaxspec.reduction import HostReduce
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(np.ones(5), 2),
+      ...                                 reduce=HostReduce(group_size=2))
+      >>> op.mv(jnp.array([1.0, 0.0])).tolist()
+      [2.0, 0.0]
+    """
+
+    group_size: int = 4
+    driver = "host"
+
+    def __post_init__(self):
+        if not (isinstance(self.group_size, (int, np.integer)) and self.group_size >= 1):
+            raise ValueError(f"group_size must be a positive int, got {self.group_size!r}")
+
+    def prepare(self, op):
+        """Parameters and transform to the device; the data stays where it is; the weights go
+        to the host (the loop reads them there).
+
+        Example:
+          >>> import jax.numpy as jnp, numpy as np, jaxspec
+          >>> from jaxspec.reduction import HostReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(1),
+          ...                                 jaxspec.batch_dataset(np.ones(4), 2),
+          ...                                 reduce=HostReduce())
+          >>> type(op.data.batches).__name__
+          'ndarray'
+        """
+        data = op.data._replace(weights=np.asarray(op.data.weights),
+                                tail_weight=np.asarray(op.data.tail_weight))
+        return dataclasses.replace(op, params=jax.device_put(op.params),
+                                   transform=jax.device_put(op.transform), data=data)
+
+    def apply(self, op, v: jax.Array, /) -> jax.Array:
+        """``sum_b w_b A_b v``, group by group (eager only).
+
+        Example:
+          >>> import jax.numpy as jnp, numpy as np, jaxspec
+          >>> from jaxspec.reduction import HostReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(np.ones(3), 2))
+          >>> HostReduce().apply(op, jnp.ones(1)).tolist()
+          [2.0]
+        """
+        if isinstance(v, jax.core.Tracer):
+            raise TypeError(
+                "an operator with the host reduction loops over batch groups in Python and "
+                "cannot be traced (jit, vmap, lax loops); pass it to jaxspec.run_lanczos / slq, "
+                "which drive it from the host, or build it with reduce='scan' (or a mesh)")
+        data = op.data
+        bare = dataclasses.replace(op, data=None)
+        acc = jnp.zeros(v.shape, v.dtype)
+        weights = np.asarray(data.weights)
+        on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
+        for start, stop in self._groups(weights):
+            if on_device:
+                acc = _group_apply(bare, acc, v, data.batches, start, weights[start:stop])
+            else:
+                group = jax.tree.map(lambda x: x[start:stop], data.batches)
+                acc = _group_apply(bare, acc, v, group, 0, weights[start:stop])
+        if data.tail is not None:
+            tail = jax.tree.map(lambda x: x[None], data.tail)
+            acc = _group_apply(bare, acc, v, tail, 0, np.asarray([data.tail_weight]))
+        return acc
+
+    def _groups(self, weights: np.ndarray) -> list[tuple[int, int]]:
+        """``(start, stop)``: runs of consecutive nonzero-weight batches, cut into groups."""
+        real = np.flatnonzero(weights)
+        runs = np.split(real, np.flatnonzero(np.diff(real) != 1) + 1) if real.size else []
+        size = self.group_size
+        return [(int(run[k]), int(run[min(k + size, run.size) - 1]) + 1)
+                for run in runs for k in range(0, run.size, size)]
+
+
+def resolve_reduce(reduce: Any = "auto", /) -> Any:
+    """The strategy that ``reduce`` names.
+
+    ``"auto"``: :class:`HostReduce` on CPU, :class:`ScanReduce` elsewhere; ``"host"``,
+    ``"scan"``; ``"mesh"``: :class:`jaxspec.parallel.MeshReduce` over every device; a
+    :class:`jax.sharding.Mesh`: ``MeshReduce`` over it; a strategy object is returned as is.
+
+    Example:
+      >>> import jax
+      >>> from jaxspec.reduction import HostReduce, ScanReduce, resolve_reduce
+      >>> resolve_reduce("scan"), resolve_reduce(HostReduce(2))
+      (ScanReduce(), HostReduce(group_size=2))
+      >>> isinstance(resolve_reduce(), HostReduce if jax.default_backend() == "cpu" else ScanReduce)
+      True
+    """
+    from jaxspec.parallel import MeshReduce, data_mesh
+
+    if isinstance(reduce, str):
+        if reduce == "auto":
+            return HostReduce() if jax.default_backend() == "cpu" else ScanReduce()
+        if reduce == "scan":
+            return ScanReduce()
+        if reduce == "host":
+            return HostReduce()
+        if reduce == "mesh":
+            return MeshReduce(data_mesh())
+        raise ValueError(f"reduce must be 'auto', 'scan', 'host', 'mesh', a Mesh or a strategy; "
+                         f"got {reduce!r}")
+    if isinstance(reduce, jax.sharding.Mesh):
+        return MeshReduce(reduce)
+    if hasattr(reduce, "prepare") and hasattr(reduce, "apply"):
+        return reduce
+    raise TypeError(f"reduce must be a name, a Mesh or a strategy; got {type(reduce).__name__}")
