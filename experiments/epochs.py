@@ -64,11 +64,12 @@ def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: S
 
       >>> import contextlib, io, tempfile
       >>> from jaxspec import Spectrum
+      >>> from jaxspec.io import save_spectrum
       >>> from experiments.epochs import epoch_spectra
       >>> from experiments.paper import trained_preset
       >>> from experiments.spectrum import SpectrumSettings, spectrum_path
       >>> workdir, out = trained_preset("smoke"), tempfile.mkdtemp()
-      >>> Spectrum([-1.0, 2.0], [0.5, 0.5]).save(spectrum_path(out, "empirical", 0))
+      >>> save_spectrum(Spectrum([-1.0, 2.0], [0.5, 0.5]), spectrum_path(out, "empirical", 0))
       >>> settings = SpectrumSettings(num_steps=4, batch_size=32, num_images=32,
       ...                             noise_probes=0, progress=False)
       >>> with contextlib.redirect_stdout(io.StringIO()) as f:

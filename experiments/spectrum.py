@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -50,6 +49,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
+import jaxspec.io
 from jaxspec import augmented as aug_lib
 from jaxspec import rmt
 from jaxspec._atomic import write_text
@@ -217,12 +217,14 @@ def existing_spectrum(path: str | os.PathLike, settings: SpectrumSettings, /
     Example:
       >>> import os, tempfile
       >>> from jaxspec import Spectrum
+      >>> from jaxspec.io import save_spectrum
       >>> from experiments.spectrum import SpectrumSettings, existing_spectrum
       >>> path = os.path.join(tempfile.mkdtemp(), "empirical_e0002.json")
       >>> settings = SpectrumSettings(num_steps=8, batch_size=32)
       >>> existing_spectrum(path, settings) is None
       True
-      >>> Spectrum([1.0, 2.0], [0.5, 0.5], meta={"settings": settings.identity()}).save(path)
+      >>> save_spectrum(Spectrum([1.0, 2.0], [0.5, 0.5], meta={"settings": settings.identity()}),
+      ...               path)
       >>> existing_spectrum(path, settings).nodes.tolist()
       [1.0, 2.0]
       >>> existing_spectrum(path, SpectrumSettings(num_steps=30, batch_size=32))
@@ -232,14 +234,14 @@ def existing_spectrum(path: str | os.PathLike, settings: SpectrumSettings, /
     """
     if not os.path.exists(path):
         return None
-    spectrum = jaxspec.Spectrum.load(path)
+    spectrum = jaxspec.io.load_spectrum(path)
     # compute_spectrum records the settings under "settings"; older files have them at the top
     # level, where "num_images" is the count used rather than the setting (None: all)
     recorded = spectrum.meta.get("settings")
     if recorded is None:
         recorded = {k: v for k, v in spectrum.meta.items() if k != "num_images"}
     differ = [f"{k}: {recorded[k]!r} there, {v!r} here"
-              for k, v in _jsonable(settings.identity()).items()
+              for k, v in jaxspec.io.jsonable(settings.identity()).items()
               if k in recorded and recorded[k] != v]
     if differ:
         raise ValueError(f"{os.fspath(path)} was made with other settings ({'; '.join(differ)});"
@@ -334,46 +336,53 @@ def load_training_set(workdir: str | os.PathLike, config: Any, /, *, npz: str | 
 
 
 class Operator(NamedTuple):
-    """A Hessian operator ready for SLQ: ``matvec`` and how to drive it.
+    """A Hessian operator ready for SLQ, with what the report needs about it.
+
+    Attributes:
+      operator: the :class:`jaxspec.CurvatureOperator` (its reduction picks the Lanczos driver).
+      num_samples: N, the samples the Hessian averages over (``K N`` for the augmented set).
+      meta: settings recorded with the spectrum (driver, devices, variant table digest, ...).
+      batched: host (NumPy) :class:`jaxspec.Batched` of the empirical data (the ``sigma^2``
+        estimate reads single batches from it), or None.
 
     Example:
-      :func:`build_operator` makes them; any symmetric ``v -> A v`` fits:
+      :func:`build_operator` makes them:
 
-      >>> import numpy as np
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
       >>> from experiments.spectrum import Operator
-      >>> diag = lambda v: np.array([1.0, 2.0, 3.0]) * v  # a stand-in for H v
-      >>> op = Operator(diag, diag, "host", num_samples=3, meta={}, batched=None)
-      >>> op.matvec(np.ones(3)).tolist(), op.driver, op.num_samples
-      ([1.0, 2.0, 3.0], 'host', 3)
+      >>> data = jaxspec.batch_dataset(np.ones(3), 3)
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+      ...                                 jnp.ones(2), data)
+      >>> built = Operator(op, num_samples=3, meta={}, batched=data)
+      >>> built.operator.mv(jnp.ones(2)).tolist(), built.num_samples
+      ([2.0, 2.0], 3)
     """
 
-    matvec: Callable[[jax.Array], jax.Array]  # what the Lanczos driver takes
-    eager: Callable[[jax.Array], jax.Array]  # the same, callable eagerly (jitted if traceable)
-    driver: str
+    operator: jaxspec.CurvatureOperator
     num_samples: int
     meta: dict
-    batched: Any  # host (NumPy) Batched of the empirical data, for the sigma^2 estimate
+    batched: Any
 
 
-def _apply(op, v):
-    return op(v)
+def _reduction(settings: "SpectrumSettings", num_devices: int) -> Any:
+    """Several devices: the data-parallel mesh; one: the host loop or ``lax.scan`` by driver."""
+    from jaxspec.parallel import MeshReduce, data_mesh
+    from jaxspec.reduction import HostReduce, ScanReduce
 
-
-_jit_apply = jax.jit(_apply)
-
-
-def _resolve_driver(driver: str, num_devices: int) -> str:
-    # several devices: the data-parallel operator is traceable only (shard_map), so compiled
-    return "compiled" if driver == "auto" and num_devices > 1 else jaxspec.resolve_driver(driver)
+    if num_devices > 1:
+        return MeshReduce(data_mesh())
+    if jaxspec.resolve_driver(settings.driver) == "host":
+        return HostReduce(settings.group_size)
+    return ScanReduce()
 
 
 def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dict,
                    settings: SpectrumSettings, /) -> Operator:
     """The Empirical or Augmented Hessian operator for ``settings.mode`` over ``data.x_train``.
 
-    One device: :func:`jaxspec.host_hessian_matvec` / :func:`jaxspec.hessian_matvec` (or their
-    augmented counterparts) by driver. Several devices: the data-parallel operators of
-    :mod:`jaxspec.parallel` / :mod:`jaxspec.augmented` over all devices.
+    One device: the host reduction (``driver="host"``, the CPU default) or ``lax.scan``
+    (``"compiled"``); several devices: the mesh reduction over all of them. The augmented set
+    is the fixed variant table as a batch transform (:class:`jaxspec.augmented.Augmentation`).
 
     Example:
       >>> import jaxspec
@@ -386,37 +395,22 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
       >>> data, info = load_training_set(workdir, config, num_images=32)
       >>> loss_fn, params = hessian_loss(model, bn_mode="batch")
       >>> settings = SpectrumSettings(batch_size=32, driver="host")
-      >>> op = build_operator(loss_fn, params, data, info, settings)
-      >>> op.driver, op.num_samples, jaxspec.num_samples(op.batched)
+      >>> built = build_operator(loss_fn, params, data, info, settings)
+      >>> built.meta["driver"], built.num_samples, jaxspec.num_samples(built.operator.data)
       ('host', 32, 32)
-      >>> op.batched.batches["image"].shape[:2]  # one batch of 32 normalised images
+      >>> built.batched.batches["image"].shape[:2]  # one batch of 32 normalised images
       (1, 32)
     """
     num_devices = jax.device_count()
-    driver = _resolve_driver(settings.driver, num_devices)
+    reduce = _reduction(settings, num_devices)
     bs = settings.batch_size
-    mesh = None
-    if num_devices > 1:
-        from jaxspec.parallel import data_mesh
-
-        mesh = data_mesh()
-    shards = 1 if mesh is None else mesh.size
     meta: dict[str, Any] = {}
-    host_batched = None
+    host_batched = transform = None
     if settings.mode == "empirical":
         images = normalize(data.x_train, mean=np.asarray(info["mean"]), std=np.asarray(info["std"]))
         batch = {"image": images, "label": data.y_train.astype(np.int32)}
-        host_batched = jaxspec.batch_dataset(batch, bs, num_shards=shards)
+        batched = host_batched = jaxspec.batch_dataset(batch, bs)
         num_samples = int(data.x_train.shape[0])
-        if mesh is not None:
-            from jaxspec.parallel import sharded_hessian_matvec
-
-            op = sharded_hessian_matvec(loss_fn, params, host_batched, mesh=mesh)
-        elif driver == "host":
-            op = jaxspec.host_hessian_matvec(loss_fn, params, host_batched,
-                                             group_size=settings.group_size)
-        else:
-            op = jaxspec.hessian_matvec(loss_fn, params, jax.device_put(host_batched))
     else:
         t = time.perf_counter()
         aug = aug_lib.augmented_data(
@@ -425,24 +419,11 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
         meta["variant_table_s"] = time.perf_counter() - t
         meta["variants_sha1"] = aug_lib.variants_digest(aug)
         num_samples = aug_lib.num_augmented(aug)
-        batched = aug_lib.augmented_batches(aug, bs, num_shards=shards)
-        if mesh is not None:
-            op = aug_lib.sharded_augmented_hessian_matvec(loss_fn, params, aug, batched,
-                                                          mesh=mesh)
-        elif driver == "host":
-            op = aug_lib.host_augmented_hessian_matvec(loss_fn, params, aug, batched,
-                                                       group_size=settings.group_size)
-        else:
-            op = aug_lib.augmented_hessian_matvec(loss_fn, params, jax.device_put(aug),
-                                                  jax.device_put(batched))
-    # A traceable operator called eagerly (symmetry probe, sigma^2, host driver) runs jitted.
-    if mesh is not None or driver == "compiled":
-        eager = functools.partial(_jit_apply, op)
-        matvec = eager if driver == "host" else op
-    else:
-        eager = matvec = op
-    meta.update({"driver": driver, "num_devices": num_devices})
-    return Operator(matvec, eager, driver, num_samples, meta, host_batched)
+        batched = aug_lib.augmented_batches(aug, bs)
+        transform = aug_lib.Augmentation(aug)
+    op = jaxspec.curvature_operator(loss_fn, params, batched, reduce=reduce, transform=transform)
+    meta.update({"driver": reduce.driver, "num_devices": num_devices})
+    return Operator(op, num_samples, meta, host_batched)
 
 
 def estimate_sigma2(loss_fn: Callable, params: Any, batched: Any, full_matvec: Callable,
@@ -525,10 +506,6 @@ def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
     return False
 
 
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=lambda o: np.asarray(o).tolist()))
-
-
 def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumSettings, /, *,
                      out_dir: str | os.PathLike | None = None, npz: str | None = None,
                      restart: bool = False, keep_checkpoint: bool = False,
@@ -555,7 +532,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
 
     Example:
       >>> import os, tempfile
-      >>> from jaxspec import Spectrum
+      >>> from jaxspec.io import load_spectrum
       >>> from experiments.paper import trained_preset
       >>> from experiments.spectrum import SpectrumSettings, compute_spectrum
       >>> workdir = trained_preset("smoke")  # 1x16 MLP, checkpoints at epochs 0 and 2
@@ -571,7 +548,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
       (True, True)
       >>> os.path.basename(r.json_path), os.path.exists(r.png_path)  # plot=False: no PNG
       ('empirical_e0002.json', False)
-      >>> Spectrum.load(r.json_path).nodes.tolist() == s.nodes.tolist()
+      >>> load_spectrum(r.json_path).nodes.tolist() == s.nodes.tolist()
       True
     """
     from jaxspec.models import hessian_loss
@@ -589,30 +566,32 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     flat = ravel_pytree(params)[0]
     dim = int(flat.shape[0])
     dtype = flat.dtype
-    op = build_operator(loss_fn, params, data, info, settings)
+    built = build_operator(loss_fn, params, data, info, settings)
+    op = built.operator
 
     identity = {**settings.identity(), "workdir": workdir, "epoch": int(epoch), "P": dim,
-                "N": op.num_samples, **({"variants_sha1": op.meta["variants_sha1"]}
-                                        if "variants_sha1" in op.meta else {})}
+                "N": built.num_samples, **({"variants_sha1": built.meta["variants_sha1"]}
+                                           if "variants_sha1" in built.meta else {})}
     ckpt = _checkpoint_dir(out_dir, settings.mode, epoch)
     resumed = _prepare_checkpoint(ckpt, identity, restart=restart)
 
     key = jax.random.key(settings.probe_seed)
     k_probe, k_sym, k_noise = jax.random.split(key, 3)
     t = time.perf_counter()
-    sym = jaxspec.assert_symmetric(op.eager, k_sym, dim, dtype=dtype)
+    sym = jaxspec.assert_symmetric(op.mv, k_sym, dim, dtype=dtype)
     symmetry_s = time.perf_counter() - t
     label = f"{settings.mode} e{epoch}" if settings.progress else False
     t = time.perf_counter()
     # slq draws its probe from split(k_probe, 1)[0]: a restarted run gets the same v0.
-    spectrum = jaxspec.slq(op.matvec, k_probe, dim, settings.steps, dtype=dtype,
-                           driver=op.driver, progress=label, checkpoint_dir=ckpt,
+    # The checkpoint refuses a saved state of another operator (its fingerprint).
+    spectrum = jaxspec.slq(op, k_probe, dim, settings.steps, dtype=dtype,
+                           hooks=jaxspec.io.slq_hooks(checkpoint_dir=ckpt, progress=label),
                            chunk_size=settings.checkpoint_every)
     lanczos_s = time.perf_counter() - t
 
     noise = None
     if settings.mode == "empirical" and settings.noise_probes > 0:
-        noise = estimate_sigma2(loss_fn, params, op.batched, op.eager, k_noise,
+        noise = estimate_sigma2(loss_fn, params, built.batched, op.mv, k_noise,
                                 num_probes=settings.noise_probes)
 
     record = next((r for r in metrics if r.get("epoch") == epoch), None)
@@ -626,7 +605,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
         "dataset": info.get("name", config.dataset),
         "num_classes": int(info["num_classes"]),
         "num_images": int(data.x_train.shape[0]),
-        "q": dim / op.num_samples,
+        "q": dim / built.num_samples,
         "symmetry_relative_error": float(sym.relative_error),
         "resumed": resumed,
         "time_s": lanczos_s,
@@ -638,19 +617,20 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
         "jax_version": jax.__version__,
         "host": platform.node(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **op.meta,
+        **built.meta,
         **(noise or {}),
     }
     spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
-                                num_vectors=spectrum.num_vectors, meta=_jsonable(meta))
+                                num_vectors=spectrum.num_vectors, meta=jaxspec.io.jsonable(meta))
     json_path = spectrum_path(out_dir, settings.mode, epoch)
-    spectrum.save(json_path)
+    jaxspec.io.save_spectrum(spectrum, json_path)
     png_path = spectrum_path(out_dir, settings.mode, epoch, "png")
     if plot:
         from jaxspec.plotting import stem_plot
 
-        n_txt = (f"N={op.num_samples:,}" if settings.mode == "empirical" else
-                 f"N={data.x_train.shape[0]:,}x{settings.num_per_image}={op.num_samples:,}")
+        n = built.num_samples
+        n_txt = (f"N={n:,}" if settings.mode == "empirical" else
+                 f"N={data.x_train.shape[0]:,}x{settings.num_per_image}={n:,}")
         stem_plot(spectrum, path=png_path,
                   title=f"{settings.mode.capitalize()} Hessian, {config.model}, epoch {epoch}, "
                         f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")

@@ -21,7 +21,6 @@ peak bytes in use on a GPU.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
@@ -214,10 +213,9 @@ def bench(name, init, apply, args):
             acc = jax.tree.map(lambda a, g: a + batched.weights[i] * g, acc, jax.grad(loss)(p, b))
         return acc
 
-    host_mv = jaxspec.host_hessian_matvec(loss, params, batched)
-    scan_mv = jaxspec.hessian_matvec(loss, params, batched)
-    apply = jax.jit(lambda op, v: op(v))  # one compilation of the scan HVP, used twice
-    t_hvp_scan = _time(apply, scan_mv, v, repeat=2)  # slow on CPU convs
+    host_mv = jaxspec.curvature_operator(loss, params, batched, reduce="host")
+    scan_mv = jaxspec.curvature_operator(loss, params, batched, reduce="scan")
+    t_hvp_scan = _time(scan_mv.mv, v, repeat=2)  # slow on CPU convs
 
     @jax.jit
     def unrolled(v, params, batches):  # every batch in one program, no XLA loop: the CPU floor
@@ -250,7 +248,7 @@ def bench(name, init, apply, args):
         # neither waits on the host): both are averages over m products, taken seconds apart, so
         # neither the load drift nor a best-of-few bias gets into their ratio. The median round
         # is kept.
-        hvp = mv if driver == "host" else functools.partial(apply, mv)
+        hvp = mv.mv
         rounds = []
         for _ in range(args.repeat):
             t = time.perf_counter()

@@ -1,7 +1,7 @@
 """Data-parallel Hessian speed over devices: ``python -m experiments.speed_devices``.
 
-Times one data-set HVP of :func:`jaxspec.parallel.sharded_hessian_matvec` (compiled, after a
-warm-up) on meshes of 1, 2, 4, ... devices and prints each time and the speed-up over one device.
+Times one data-set HVP of a :func:`jaxspec.curvature_operator` with the mesh reduction (compiled,
+after a warm-up) on meshes of 1, 2, 4, ... devices and prints each time and the speed-up over one device.
 On a CPU the devices are simulated: each count runs in its own process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, and all of them share the machine's cores,
 so the speed-up is bounded by the number of cores, not the number of devices. On GPUs/TPUs the
@@ -68,10 +68,10 @@ def measure(
     from flax import nnx
     from jax.flatten_util import ravel_pytree
 
-    from jaxspec import batch_dataset, lanczos_continue, lanczos_init
+    from jaxspec import batch_dataset, curvature_operator, lanczos_continue, lanczos_init
     from jaxspec.data import normalized_split, synthetic_cifar
     from jaxspec.models import create_model, hessian_loss
-    from jaxspec.parallel import data_mesh, sharded_hessian_matvec
+    from jaxspec.parallel import data_mesh
 
     devices = jax.devices()[:num_devices]
     if len(devices) < num_devices:
@@ -81,12 +81,11 @@ def measure(
     loss_fn, params = hessian_loss(net, bn_mode="batch")
     data = normalized_split(
         synthetic_cifar(num_train=num_samples, num_test=1, num_classes=num_classes), "train")
-    batched = batch_dataset(data, batch_size, num_shards=num_devices)
-    matvec = sharded_hessian_matvec(loss_fn, params, batched, mesh=mesh)
+    matvec = curvature_operator(loss_fn, params, batch_dataset(data, batch_size), reduce=mesh)
     flat = ravel_pytree(params)[0]
     v = jax.random.normal(jax.random.key(0), flat.shape, flat.dtype)
 
-    hvp = jax.jit(lambda op, v: op(v))  # the operator goes in as an argument, not a constant
+    hvp = jax.jit(lambda op, v: op.mv(v))  # the operator goes in as an argument, not a constant
     t = time.perf_counter()
     compiled = hvp.lower(matvec, v).compile()
     out = {"model": model, "device": devices[0].device_kind, "num_devices": num_devices,

@@ -560,7 +560,7 @@ def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
       >>> from jaxspec import lanczos_state_sharding
       >>> from jaxspec.parallel import data_mesh
       >>> lanczos_state_sharding(data_mesh(), shard_basis=True).basis.spec
-      PartitionSpec(None, 'data')
+      P(None, 'data')
     """
     whole = NamedSharding(mesh, PartitionSpec())
     basis = NamedSharding(mesh, PartitionSpec(None, axis_name)) if shard_basis else whole

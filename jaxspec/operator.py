@@ -61,7 +61,7 @@ class CurvatureOperator:
       >>> import jaxspec
       >>> loss = lambda p, x: jnp.mean(x) * jnp.sum(p["a"] ** 2)
       >>> op = jaxspec.curvature_operator(loss, {"a": jnp.ones(2)},
-      ...                                 jaxspec.batch_dataset(jnp.ones(3), 2))
+      ...                                 jaxspec.batch_dataset(jnp.ones(3), 2), reduce="scan")
       >>> op.shape, op.mv(jnp.array([1.0, 0.0])).tolist()
       ((2, 2), [2.0, 0.0])
       >>> jax.jit(lambda op, v: op.mv(v))(op, jnp.ones(2)).tolist()  # an argument of jit
@@ -127,8 +127,7 @@ class CurvatureOperator:
           [4.0, 8.0]
         """
         if isinstance(v, (jax.Array, np.ndarray)) and np.ndim(v) == 1:
-            self._check_vector(v)
-            return self.reduce.apply(self, v)
+            return self.reduce.apply(self, self._check_vector(v))
         flat = self.ravel(v)
         return self.unravel(self.reduce.apply(self, flat))
 
@@ -221,10 +220,13 @@ class CurvatureOperator:
                 h.update(np.ascontiguousarray(part).tobytes())
         return h.hexdigest()
 
-    def _check_vector(self, v: Any) -> None:
+    def _check_vector(self, v: Any) -> jax.Array:
+        if isinstance(v, np.ndarray):  # a host vector in the dtype JAX would give it
+            v = jnp.asarray(v)
         if v.shape != (self.size,) or v.dtype != self.dtype:
             raise TypeError(f"the operator acts on vectors of shape ({self.size},) and dtype "
                             f"{self.dtype}; got shape {v.shape}, dtype {v.dtype}")
+        return v
 
 
 jax.tree_util.register_dataclass(CurvatureOperator, data_fields=["params", "data", "transform"],
@@ -241,9 +243,12 @@ def _check_params(params: Any) -> None:
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
         raise ValueError("params has no arrays")
-    dtypes = {jnp.dtype(getattr(x, "dtype", np.result_type(x))) for _, x in leaves}
+    def dtype_of(x):
+        return jnp.dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x))
+
+    dtypes = {dtype_of(x) for _, x in leaves}
     for path, x in leaves:
-        dtype = jnp.dtype(getattr(x, "dtype", np.result_type(x)))
+        dtype = dtype_of(x)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"params{jax.tree_util.keystr(path)} has dtype {dtype}: curvature is "
                             "taken with respect to float parameters; keep integer state out of "

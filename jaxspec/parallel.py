@@ -309,7 +309,7 @@ class MeshReduce:
           ...                                 jaxspec.batch_dataset(np.ones(8), 2),
           ...                                 reduce=MeshReduce(data_mesh()))
           >>> op.data.batches.sharding.spec
-          PartitionSpec('data',)
+          P('data',)
         """
         data = _pad_batches(op.data, _axis_size(self.mesh, self.axis_name))
         return dataclasses.replace(

@@ -11,6 +11,7 @@ from checkpoints import recorded_saves
 from experiments import paper
 from experiments.spectrum import SpectrumSettings, compute_spectrum, main as spectrum_main
 from jaxspec import Spectrum
+from jaxspec.io import load_spectrum, save_spectrum
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,8 @@ def test_smoke_chain_writes_every_artefact(smoke):
         assert meta["mode"] == mode and meta["bn_mode"] == "batch"
         assert len(d["nodes"]) == meta["num_steps"] == (8 if mode == "empirical" else 6)
         assert os.path.exists(path.replace(".json", ".png"))
-    emp = Spectrum.load(smoke["spectra"]["empirical"])
-    aug = Spectrum.load(smoke["spectra"]["augmented"])
+    emp = load_spectrum(smoke["spectra"]["empirical"])
+    aug = load_spectrum(smoke["spectra"]["augmented"])
     assert aug.meta["N"] == 2 * emp.meta["N"] == 2 * 128  # K x N
     assert aug.meta["num_per_image"] == 2 and "variants_sha1" in aug.meta
     assert emp.meta["sigma2"] > 0 and emp.meta["q"] == pytest.approx(emp.meta["P"] / 128)
@@ -96,7 +97,7 @@ def test_smoke_chain_writes_every_artefact(smoke):
 
 def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path):
     workdir = smoke["workdir"]
-    reference = Spectrum.load(smoke["spectra"]["empirical"])  # uninterrupted, same settings
+    reference = load_spectrum(smoke["spectra"]["empirical"])  # uninterrupted, same settings
     settings = SpectrumSettings(mode="empirical", num_steps=8, batch_size=32, noise_probes=0,
                                 checkpoint_every=3, progress=False)
     # the process dies right after its first checkpoint
@@ -189,7 +190,8 @@ def test_compare_spectra_saved_without_metadata(tmp_path):
     from experiments.compare import compare_paths
 
     for name, nodes in (("e", [-1.0, 0.0, 3.0]), ("a", [0.0, 2.0])):
-        Spectrum(nodes, np.full(len(nodes), 1.0 / len(nodes))).save(str(tmp_path / f"{name}.json"))
+        save_spectrum(Spectrum(nodes, np.full(len(nodes), 1.0 / len(nodes))),
+                      str(tmp_path / f"{name}.json"))
     res = compare_paths(str(tmp_path / "e.json"), str(tmp_path / "a.json"), plot=True)
     assert os.path.getsize(res.paths["png"]) > 0
     with open(res.paths["md"]) as f:
