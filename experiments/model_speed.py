@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments._timing import best_time, peak_memory
+from experiments.timing import best_time, peak_memory
 from jaxspec import hvp
 from jaxspec.models import count_params, create_model, hessian_loss
 

@@ -30,7 +30,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
-from experiments._timing import best_time, peak_memory
+from experiments.timing import best_time, peak_memory
 
 
 def _time(fn, *args, repeat: int = 5) -> float:

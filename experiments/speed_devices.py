@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from experiments._timing import best_time
+from experiments.timing import best_time
 
 __all__ = ["main", "measure", "measure_in_subprocess"]
 

@@ -11,7 +11,7 @@ def best_time(fn, *args, repeats: int) -> float:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from experiments._timing import best_time
+      >>> from experiments.timing import best_time
       >>> best_time(jnp.sin, jnp.ones(3), repeats=2) >= 0
       True
     """
@@ -30,7 +30,7 @@ def peak_memory() -> tuple[int, str]:
     the process's maximum resident set size (CPU).
 
     Example:
-      >>> from experiments._timing import peak_memory
+      >>> from experiments.timing import peak_memory
       >>> nbytes, kind = peak_memory()
       >>> nbytes > 0 and kind in ("device peak", "process max RSS")
       True
