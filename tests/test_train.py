@@ -333,10 +333,13 @@ def test_nan_loss_stops_the_run(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) in ([], ["0"])
 
 
-def test_a_live_run_holds_its_workdir(tmp_path):
+def test_a_live_run_holds_its_workdir(tmp_path, capsys):
     from jaxspec.workdir import WorkdirLockedError, workdir_lock
+    from train.__main__ import main
 
     workdir = str(tmp_path / "w")
     with workdir_lock(workdir):
         with pytest.raises(WorkdirLockedError, match=str(os.getpid())):
             train_and_evaluate(TINY, workdir)
+        assert main(["--config", "cpu_synthetic", "--workdir", workdir]) == 1
+    assert f"PID {os.getpid()}" in capsys.readouterr().err
