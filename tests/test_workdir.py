@@ -14,11 +14,24 @@ from jaxspec.workdir import LOCK_FILE, WorkdirLockedError, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Both modules use the standard library only: a child loads them by path and so starts in
+# milliseconds (importing the jaxspec package would import JAX first).
+LOAD = textwrap.dedent("""
+    import importlib.util, os, sys
+
+    def load(name):
+        path = os.path.join("jaxspec", name + ".py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+""")
+
 # A child that takes the lock when told to ("go" on stdin), reports, and holds it until stdin
 # closes: the parent decides when both children try, so the race is real and not a timing guess.
-LOCKER = textwrap.dedent("""
-    import os, sys
-    from jaxspec.workdir import WorkdirLockedError, workdir_lock
+LOCKER = LOAD + textwrap.dedent("""
+    workdir = load("workdir")
+    WorkdirLockedError, workdir_lock = workdir.WorkdirLockedError, workdir.workdir_lock
     print("ready", flush=True)
     sys.stdin.readline()
     try:
@@ -29,22 +42,20 @@ LOCKER = textwrap.dedent("""
         print("refused", e.pid, str(e).replace("\\n", " "), flush=True)
 """)
 
-WRITER = textwrap.dedent("""
-    import json, sys
-    from jaxspec._atomic import write_text
+WRITER = LOAD + textwrap.dedent("""
+    import json
+    write_text = load("_atomic").write_text
     path, tag = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
     sys.stdin.readline()
-    for i in range(150):
-        write_text(path, json.dumps({"writer": tag, "i": i, "pad": [tag] * 20000}))
+    for i in range(100):
+        write_text(path, json.dumps({"writer": tag, "i": i, "pad": [tag] * 5000}))
 """)
 
 
 def _spawn(code, *args):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
 def test_two_processes_race_for_one_workdir(tmp_path):
@@ -118,6 +129,8 @@ def test_concurrent_atomic_writes_never_tear_or_crash(tmp_path):
     write_text(path, json.dumps({"writer": "init", "i": -1}))
     procs = [_spawn(WRITER, path, tag) for tag in ("a", "b")]
     for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
     reads, torn = 0, []
@@ -135,7 +148,7 @@ def test_concurrent_atomic_writes_never_tear_or_crash(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errors
     assert not torn, torn[:3]
     assert reads > 0
-    assert json.loads(open(path).read())["i"] == 149
+    assert json.loads(open(path).read())["i"] == 99
     assert os.listdir(tmp_path) == ["spectrum.json"]  # no temporary file left behind
 
 
