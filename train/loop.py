@@ -64,7 +64,8 @@ from train.steps import (
     model_kwargs,
 )
 
-__all__ = ["load_checkpoint", "load_data", "read_config", "read_data_info", "train_and_evaluate"]
+__all__ = ["data_digest", "load_checkpoint", "load_data", "read_config", "read_data_info",
+           "train_and_evaluate"]
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -140,9 +141,22 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
             )
 
 
-def _digest(data: data_lib.ImageDataset) -> str:
-    # Of the arrays the run trains and tests on (after subsampling), dtypes and shapes included;
-    # labels as int64 so that the same labels stored as int32 or int64 agree.
+def data_digest(data: data_lib.ImageDataset, /) -> str:
+    """SHA-256 (hex) of a data set's four arrays, shapes and dtypes included: its identity.
+
+    ``data.json`` of a run holds the digest of the arrays it trained and tested on (after
+    subsampling); compare it with a data set loaded later to be sure it is the same one.
+    Labels are hashed as ``int64``, so ``int32`` and ``int64`` copies agree.
+
+    Example:
+      >>> from jaxspec.data import synthetic_cifar
+      >>> from train.loop import data_digest
+      >>> a = synthetic_cifar(num_train=8, num_test=4, seed=0)
+      >>> data_digest(a) == data_digest(a._replace(y_train=a.y_train.astype("int64")))
+      True
+      >>> data_digest(a) == data_digest(synthetic_cifar(num_train=8, num_test=4, seed=1))
+      False
+    """
     h = hashlib.sha256()
     for a in (data.x_train, data.y_train.astype(np.int64), data.x_test,
               data.y_test.astype(np.int64)):
@@ -164,7 +178,7 @@ def _data_info(config: TrainConfig, data: data_lib.ImageDataset, *, loaded: bool
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
         "npz_path": npz,
-        "digest": _digest(data),
+        "digest": data_digest(data),
     }
 
 
