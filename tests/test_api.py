@@ -11,11 +11,11 @@ import jaxspec
 
 MODULES = ["jaxspec", "jaxspec.rmt", "jaxspec.compare", "jaxspec.checks", "jaxspec.plotting",
            "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel",
-           "jaxspec.augmented"]
+           "jaxspec.augmented", "jaxspec.workdir"]
 
 
 def test_core_imports_no_flax_optax_or_tfds():
-    code = ("import sys, jaxspec, jaxspec.rmt, jaxspec.compare, jaxspec.checks; "
+    code = ("import sys, jaxspec, jaxspec.rmt, jaxspec.compare, jaxspec.checks, jaxspec.workdir; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('flax', 'optax', 'tensorflow_datasets', 'tensorflow', 'matplotlib', 'orbax')]; "
             "print(bad); sys.exit(1 if bad else 0)")

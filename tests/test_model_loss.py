@@ -171,3 +171,23 @@ def test_model_untouched_by_hessian_computations(cnn: dict) -> None:
     bns = [m for _, m in nnx.iter_graph(cnn["model"]) if isinstance(m, nnx.BatchNorm)]
     modes = [m.use_running_average for m in bns]
     assert modes == [False]  # still in training mode, as built
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_labels_out_of_range_are_never_a_silent_number(bad):
+    """A label == num_classes made the loss NaN while the HVP stayed finite, and -1 was taken as
+    the last class: eagerly it is a ValueError; under jit loss and HVP are NaN, never finite."""
+    model = MLP(3, in_features=4, hidden=(), rngs=nnx.Rngs(0))
+    loss_fn, params = hessian_loss(model, bn_mode="running")
+    batch = {"image": jnp.ones((4, 2, 2, 1), jnp.float32), "label": jnp.array([0, 1, bad, 2])}
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        loss_fn(params, batch)
+    with pytest.raises(ValueError, match="index 2"):
+        train_loss(model, batch)
+    loss = jax.jit(loss_fn)(params, batch)
+    hv = jax.jit(hvp, static_argnums=0)(loss_fn, params, batch, params)
+    assert np.isnan(float(loss))
+    assert all(np.isnan(np.asarray(x)).all() for x in jax.tree.leaves(hv))
+    # Valid labels: untouched.
+    good = dict(batch, label=jnp.array([0, 1, 2, 2]))
+    assert np.isfinite(float(jax.jit(loss_fn)(params, good)))

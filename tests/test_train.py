@@ -1,5 +1,6 @@
 """Tests of train/: the schedule, the optimiser, configs, and resumable runs on mock CIFAR."""
 
+import dataclasses
 import json
 import os
 
@@ -234,3 +235,111 @@ def test_curves(full_run, tmp_path):
     assert main(["--workdir", workdir, "--out", out]) == 0
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- no silent failures
+
+# A tiny run on synthetic data: compiled once per process, a fraction of a second per epoch.
+TINY = TrainConfig(model="mlp", model_kwargs={"hidden": [8]}, dataset="synthetic",
+                   synthetic_size=(64, 32), epochs=2, batch_size=32, eval_batch_size=32,
+                   prng_impl="rbg", progress=False)
+
+
+def test_config_values_are_checked_with_the_key_named(tmp_path, capsys):
+    from train.__main__ import main
+
+    c = get_config("cpu_synthetic")
+    for bad, words in [
+        ("epochs=abc", ["epochs", "int", "abc"]), ("epochs=-1", ["epochs", ">= 0"]),
+        ("batch_size=0", ["batch_size", "> 0"]), ("eval_batch_size=-4", ["eval_batch_size"]),
+        ("checkpoint_every=0", ["checkpoint_every"]), ("stop_after=-2", ["stop_after"]),
+        ("base_lr=NaN", ["base_lr", "finite"]), ("momentum=1.5", ["momentum"]),
+        ("weight_decay=-1", ["weight_decay"]), ("synthetic_size=0,5", ["synthetic_size"]),
+        ("checkpoint_epochs=0,x", ["checkpoint_epochs", "int", "x"]),
+        ("checkpoint_epochs=-1", ["checkpoint_epochs"]), ("train_per_class=0", ["train_per_class"]),
+        ("prng_impl=nope", ["prng_impl", "threefry2x32"]), ("base_lr=fast", ["base_lr", "float"]),
+    ]:
+        with pytest.raises(ValueError) as info:
+            apply_overrides(c, [bad])
+        assert all(w in str(info.value) for w in words), (bad, str(info.value))
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    workdir = str(tmp_path / "w")
+    with pytest.raises(SystemExit) as info:
+        main(["--config", "cpu_synthetic", "--workdir", workdir, "--set", "epochs=-1"])
+    assert info.value.code != 0 and "epochs" in capsys.readouterr().err
+    assert not os.path.exists(workdir)
+    assert apply_overrides(c, ["epochs=0"]).epochs == 0  # a run that only saves its initialisation
+
+
+def test_failed_first_start_writes_nothing(tmp_path):
+    workdir = str(tmp_path / "w")
+    with pytest.raises(ValueError, match="nosuchmodel"):
+        train_and_evaluate(dataclasses.replace(TINY, model="nosuchmodel"), workdir)
+    assert not os.path.exists(workdir) or os.listdir(workdir) == []
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_and_evaluate(dataclasses.replace(TINY, batch_size=128), workdir)
+    assert not os.path.exists(workdir) or os.listdir(workdir) == []
+    # The corrected command is not refused as "a different config".
+    assert [r["epoch"] for r in train_and_evaluate(TINY, workdir)] == [1, 2]
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    from jaxspec.data import save_npz, synthetic_cifar
+
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    save_npz(synthetic_cifar(num_train=64, num_test=32, seed=1), a)
+    save_npz(synthetic_cifar(num_train=64, num_test=32, seed=2), b)
+    workdir = str(tmp_path / "w")
+    first = dataclasses.replace(TINY, npz_path=a, stop_after=1)
+    train_and_evaluate(first, workdir)
+    info = open(os.path.join(workdir, "data.json")).read()
+    with pytest.raises(ValueError, match="npz_path") as err:
+        train_and_evaluate(dataclasses.replace(first, npz_path=b, stop_after=None), workdir)
+    assert "digest" in str(err.value)
+    # The same path with other contents.
+    os.replace(b, a)
+    with pytest.raises(ValueError, match="digest"):
+        train_and_evaluate(dataclasses.replace(first, stop_after=None), workdir)
+    # Data passed in directly is checked the same way.
+    with pytest.raises(ValueError, match="digest"):
+        train_and_evaluate(dataclasses.replace(TINY, stop_after=None), workdir,
+                           data=synthetic_cifar(num_train=64, num_test=32, seed=3))
+    assert open(os.path.join(workdir, "data.json")).read() == info
+    assert [r["epoch"] for r in read_metrics(workdir)] == [1]
+
+
+def test_labels_out_of_range_are_refused_before_training(tmp_path):
+    from jaxspec.data import synthetic_cifar
+
+    data = synthetic_cifar(num_train=64, num_test=32, seed=1)
+    y = data.y_train.copy()
+    y[5] = 10
+    workdir = str(tmp_path / "w")
+    with pytest.raises(ValueError, match=r"y_train.*\[0, 10\)"):
+        train_and_evaluate(TINY, workdir, data=data._replace(y_train=y))
+    y = data.y_test.copy()
+    y[0] = -1
+    with pytest.raises(ValueError, match="y_test"):
+        train_and_evaluate(TINY, workdir, data=data._replace(y_test=y))
+    assert not os.path.exists(workdir)
+
+
+def test_nan_loss_stops_the_run(tmp_path):
+    workdir = str(tmp_path / "w")
+    with pytest.raises(FloatingPointError, match="epoch 1"):
+        train_and_evaluate(dataclasses.replace(TINY, base_lr=1e30), workdir)
+    assert read_metrics(workdir) == []  # the diverged epoch is neither recorded nor saved
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) in ([], ["0"])
+
+
+def test_a_live_run_holds_its_workdir(tmp_path, capsys):
+    from jaxspec.workdir import WorkdirLockedError, workdir_lock
+    from train.__main__ import main
+
+    workdir = str(tmp_path / "w")
+    with workdir_lock(workdir):
+        with pytest.raises(WorkdirLockedError, match=str(os.getpid())):
+            train_and_evaluate(TINY, workdir)
+        assert main(["--config", "cpu_synthetic", "--workdir", workdir]) == 1
+    assert f"PID {os.getpid()}" in capsys.readouterr().err

@@ -56,9 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.workdir is None:
         parser.error("--workdir is required")
+    from jaxspec.workdir import WorkdirLockedError
     from train.loop import train_and_evaluate  # imports JAX: after argument errors and --help
 
-    records = train_and_evaluate(config, args.workdir)
+    try:
+        records = train_and_evaluate(config, args.workdir)
+    except WorkdirLockedError as e:  # an expected refusal, not a bug: no traceback
+        print(f"python -m train: error: {e}", file=sys.stderr)
+        return 1
     if records:
         last = records[-1]
         print(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Callable, Sequence
 
@@ -96,6 +97,9 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists).
 
@@ -117,7 +121,52 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption: they do not change the trajectory.
+# (npz_path too: the same file may be named by another relative path. Which file and which
+# arrays were used is checked by content instead: train.loop compares data.json's identity.)
 RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "data_dir", "download", "npz_path"})
+
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate(c: TrainConfig) -> None:
+    # Checked when a config is made (named, overridden or read back), so a typo fails before a
+    # work directory is touched, with the key named.
+    def bad(key: str, rule: str) -> None:
+        raise ValueError(f"config key {key!r} must be {rule}, got {getattr(c, key)!r}")
+
+    for key, low in (("epochs", 0), ("batch_size", 1), ("eval_batch_size", 1),
+                     ("checkpoint_every", 1), ("seed", None)):
+        value = getattr(c, key)
+        if not _is_int(value) or (low is not None and value < low):
+            bad(key, "an int" + ("" if low is None else f" >= {low}" if low == 0 else " > 0"))
+    for key, low in (("stop_after", 0), ("train_per_class", 1), ("test_per_class", 1),
+                     ("subsample_seed", None)):
+        value = getattr(c, key)
+        if value is not None and (not _is_int(value) or (low is not None and value < low)):
+            bad(key, "null or an int" + ("" if low is None else " >= 0" if low == 0 else " > 0"))
+    for key, low, high in (("base_lr", 0.0, math.inf), ("lr_ratio", 0.0, math.inf),
+                           ("momentum", 0.0, 1.0), ("weight_decay", 0.0, math.inf)):
+        value = getattr(c, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value) or not low <= value < high:
+            bad(key, f"a finite float >= {low:g}" + (f" and < {high:g}" if high < math.inf else ""))
+    size = c.synthetic_size
+    if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size)):
+        bad("synthetic_size", "two ints > 0 (num_train, num_test)")
+    if not (isinstance(c.checkpoint_epochs, tuple)
+            and all(_is_int(e) and e >= 0 for e in c.checkpoint_epochs)):
+        bad("checkpoint_epochs", "a tuple of ints >= 0")
+    if c.prng_impl not in PRNG_IMPLS:
+        bad("prng_impl", f"one of {list(PRNG_IMPLS)}")
+    for key in ("name", "model", "dataset"):
+        if not isinstance(getattr(c, key), str):
+            bad(key, "a string")
+    if not isinstance(c.model_kwargs, dict):
+        bad("model_kwargs", "a JSON object")
 
 
 def _field_types() -> dict[str, Any]:
@@ -140,12 +189,20 @@ def _coerce(key: str, value: Any) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} needs a list (e.g. 0,5,10), got {value!r}")
         inner = typing.get_args(base)[0]
-        return tuple(inner(v) for v in value)
+        return tuple(_scalar(key, inner, v, each=True) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r} needs a JSON object, got {value!r}")
         return dict(value)
+    return _scalar(key, base, value)
+
+
+def _scalar(key: str, base: type, value: Any, *, each: bool = False) -> Any:
+    article = "an " if base is int else "a "
+    what = f"{'a list of ' if each else article}{base.__name__}{'s' if each else ''}"
     if base is bool:
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0"):
@@ -153,9 +210,15 @@ def _coerce(key: str, value: Any) -> Any:
             return value.lower() in ("true", "1")
         return bool(value)
     if base in (int, float):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value.strip())
+            except json.JSONDecodeError:
+                raise ValueError(f"config key {key!r} needs {what}, got {value!r}") from None
         fractional = isinstance(value, float) and not value.is_integer()
-        if isinstance(value, bool) or (base is int and fractional):
-            raise ValueError(f"config key {key!r} needs a {base.__name__}, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or (base is int and (fractional or not math.isfinite(value))):
+            raise ValueError(f"config key {key!r} needs {what}, got {value!r}")
         return base(value)
     return str(value)
 

@@ -3,9 +3,18 @@
 A run lives in a work directory::
 
     config.json      the TrainConfig (checked on resumption)
-    data.json        data set name, class count, sizes, normalisation mean/std
+    data.json        data set name, class count, sizes, normalisation mean/std, and its identity:
+                     the .npz file (resolved path) and a SHA-256 digest of the four arrays
     metrics.jsonl    one line per finished epoch (train.metrics_io)
     checkpoints/<e>  Orbax checkpoints after e epochs (0 = initialisation)
+    .lock            while a run is live (jaxspec.workdir): a second run here is refused
+
+**Nothing is written before the run is built.** The config, the data (labels checked against
+the class count) and the model are all built first, and a resumption is checked against the
+saved config and data identity, before the first file is written: a run that fails to start
+(a typo in the model name, a batch larger than the data set) leaves no trace, and the
+corrected command is not refused as "a different config". A resumption on other data (another
+``npz_path``, or the same file with other contents) is refused, naming the differing fields.
 
 **Nothing is lost.** Every ``checkpoint_every`` epochs (default 1) a checkpoint is written
 (asynchronously, atomically: a half-written one is discarded on restart); the epochs named in
@@ -24,6 +33,7 @@ out systematically. Model, optimiser, devices and BatchNorm semantics: :mod:`tra
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -38,7 +48,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxspec import data as data_lib
 from jaxspec._atomic import write_text
+from jaxspec.checks import check_labels
 from jaxspec.models import abstract_model
+from jaxspec.workdir import workdir_lock
 from train import metrics_io
 from train.configs import RUN_CONTROL_FIELDS, TrainConfig
 from train.schedules import paper_lr
@@ -52,7 +64,8 @@ from train.steps import (
     model_kwargs,
 )
 
-__all__ = ["load_checkpoint", "load_data", "read_config", "read_data_info", "train_and_evaluate"]
+__all__ = ["data_digest", "load_checkpoint", "load_data", "read_config", "read_data_info",
+           "train_and_evaluate"]
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -126,20 +139,67 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
                 f"{workdir} holds a run with a different config; differing keys "
                 f"(saved, given): {diff}. Use another --workdir, or the same settings to resume."
             )
-    write_text(path, json.dumps(config.to_dict(), indent=2))
 
 
-def _write_data_info(workdir: str, data: data_lib.ImageDataset) -> None:
-    # What a Hessian script needs to rebuild the model and feed it the same inputs.
-    info = {
+def data_digest(data: data_lib.ImageDataset, /) -> str:
+    """SHA-256 (hex) of a data set's four arrays, shapes and dtypes included: its identity.
+
+    ``data.json`` of a run holds the digest of the arrays it trained and tested on (after
+    subsampling); compare it with a data set loaded later to be sure it is the same one.
+    Labels are hashed as ``int64``, so ``int32`` and ``int64`` copies agree.
+
+    Example:
+      >>> from jaxspec.data import synthetic_cifar
+      >>> from train.loop import data_digest
+      >>> a = synthetic_cifar(num_train=8, num_test=4, seed=0)
+      >>> data_digest(a) == data_digest(a._replace(y_train=a.y_train.astype("int64")))
+      True
+      >>> data_digest(a) == data_digest(synthetic_cifar(num_train=8, num_test=4, seed=1))
+      False
+    """
+    h = hashlib.sha256()
+    for a in (data.x_train, data.y_train.astype(np.int64), data.x_test,
+              data.y_test.astype(np.int64)):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _data_info(config: TrainConfig, data: data_lib.ImageDataset, *, loaded: bool) -> dict:
+    # What a Hessian script needs to rebuild the model and feed it the same inputs, and what
+    # identifies the data (a resumption must train on the same arrays).
+    npz = os.path.realpath(config.npz_path) if loaded and config.npz_path is not None else None
+    return {
         "name": data.name,
         "num_classes": data.num_classes,
         "num_train": int(data.x_train.shape[0]),
         "num_test": int(data.x_test.shape[0]),
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
+        "npz_path": npz,
+        "digest": data_digest(data),
     }
-    write_text(os.path.join(workdir, DATA_FILE), json.dumps(info, indent=2))
+
+
+def _check_data_info(workdir: str, info: dict) -> None:
+    if not os.path.exists(os.path.join(workdir, DATA_FILE)):
+        return
+    saved = read_data_info(workdir)
+    if "digest" in saved:
+        diff = {k: (saved.get(k), info[k]) for k in ("npz_path", "digest", "num_classes")
+                if saved.get(k) != info[k]}
+    else:  # a run from before digests: its sizes and pixel statistics identify the data
+        diff = {k: (saved.get(k), info[k])
+                for k in ("num_classes", "num_train", "num_test", "mean", "std")
+                if not np.allclose(saved.get(k, np.nan), info[k], rtol=1e-6, atol=0)}
+    if diff:
+        raise ValueError(
+            f"{workdir} holds a run trained on other data; differing fields (saved, given): "
+            f"{diff}. Resuming would continue on other images and normalise the earlier "
+            "checkpoints' spectra with the wrong statistics. Use another --workdir, or the "
+            "run's data set to resume."
+        )
 
 
 def read_data_info(workdir: str | os.PathLike, /) -> dict[str, Any]:
@@ -147,6 +207,8 @@ def read_data_info(workdir: str | os.PathLike, /) -> dict[str, Any]:
 
     ``mean`` and ``std`` (pixel units, per channel, of the full training split) are what the
     model was trained with; normalise Hessian data with them (:func:`jaxspec.data.normalize`).
+    ``npz_path`` (the resolved path of the ``.npz`` it was read from, or ``None``) and
+    ``digest`` (SHA-256 of the arrays used, after subsampling) identify the data.
 
     Example:
       >>> import tempfile
@@ -214,7 +276,11 @@ def train_and_evaluate(
 
     Raises:
       ValueError: if ``workdir`` holds a run with a different config (run-control fields such
-        as ``stop_after`` may differ).
+        as ``stop_after`` may differ) or other data (``npz_path``, contents), if a label lies
+        outside ``[0, num_classes)``, or if the run cannot be built (unknown model, data set
+        smaller than a batch); nothing is written to ``workdir`` then.
+      jaxspec.workdir.WorkdirLockedError: if another live process trains in ``workdir``.
+      FloatingPointError: if a loss becomes NaN or infinite (that epoch is not saved).
 
     Example:
       >>> import tempfile
@@ -224,16 +290,27 @@ def train_and_evaluate(
       >>> train_and_evaluate(cfg, tempfile.mkdtemp())[-1]["epoch"]
       1
     """
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    with workdir_lock(workdir) as workdir:
+        return _train(config, workdir, data=data, mesh=mesh)
+
+
+def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | None,
+           mesh: Mesh | None) -> list[dict[str, Any]]:
+    # Everything that can fail on a bad config or bad data runs before the first write.
     _check_config(workdir, config)
-    data = load_data(config) if data is None else data
+    loaded = data is None
+    data = load_data(config) if loaded else data
+    check_labels(data.y_train, data.num_classes, name="y_train")
+    check_labels(data.y_test, data.num_classes, name="y_test")
+    info = _data_info(config, data, loaded=loaded)
+    _check_data_info(workdir, info)
     num_train = data.x_train.shape[0]
-    _write_data_info(workdir, data)
     trainer = build_trainer(
         config, num_classes=data.num_classes, num_train=num_train, mean=data.mean, std=data.std,
         mesh=mesh,
     )
+    write_text(os.path.join(workdir, CONFIG_FILE), json.dumps(config.to_dict(), indent=2))
+    write_text(os.path.join(workdir, DATA_FILE), json.dumps(info, indent=2))
     replicated = NamedSharding(trainer.mesh, P())
     eval_bs = trainer.eval_batch_size
     x_train = jax.device_put(data.x_train, replicated)
@@ -278,6 +355,7 @@ def train_and_evaluate(
             losses, correct = jax.device_get(jax.tree.map(lambda *a: jnp.stack(a), *outs))
             train_time = time.perf_counter() - t0
             test_loss, test_acc = _evaluate_test(trainer, state, x_test, y_test, n_test, eval_bs)
+            _check_finite(losses, test_loss, epoch, config, mngr.latest_step())
             epoch_time = time.perf_counter() - t0
             elapsed += epoch_time
             record = {
@@ -310,6 +388,23 @@ def train_and_evaluate(
         mngr.wait_until_finished()
         mngr.close()
     return records
+
+
+def _check_finite(losses: np.ndarray, test_loss: float, epoch: int, config: TrainConfig,
+                  saved: int | None) -> None:
+    # Checked once per epoch, on the losses fetched anyway: no per-step synchronisation.
+    bad = ~np.isfinite(losses)
+    if not bad.any() and np.isfinite(test_loss):
+        return
+    step = int(np.argmax(bad))
+    where = (f"training loss {float(losses[step])} at step {step + 1}/{losses.size}"
+             if bad.any() else f"test loss {test_loss} after the last step")
+    lr = paper_lr(epoch, base_lr=config.base_lr, total_epochs=config.epochs, ratio=config.lr_ratio)
+    latest = "no checkpoint yet" if saved is None else f"the latest checkpoint is epoch {saved}"
+    raise FloatingPointError(
+        f"training diverged: {where} of epoch {epoch + 1} (learning rate {lr:g}). This epoch is "
+        f"neither recorded nor saved ({latest}). Lower base_lr, or check the data for NaN/Inf."
+    )
 
 
 def _evaluate_test(

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxspec.checks import check_labels
+
 __all__ = ["BNMode", "cross_entropy", "hessian_loss", "train_loss"]
 
 BNMode = Literal["batch", "running"]
@@ -54,13 +56,31 @@ Forward = Callable[[nnx.Module, jax.Array], jax.Array]
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy with integer labels, computed in at least float32.
 
+    Labels must lie in ``[0, num_classes)`` (``num_classes = logits.shape[-1]``); otherwise the
+    plain cross-entropy returns NaN with finite gradients, or reads ``-1`` as the last class.
+    Concrete labels out of range raise ``ValueError`` (:func:`jaxspec.checks.check_labels`);
+    traced ones (under ``jit``, where nothing can be raised) make the loss and all its
+    derivatives NaN, so a Lanczos run stops on them instead of returning a spectrum. Checking
+    the data set once before the run gives the clearer message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> round(float(cross_entropy(jnp.zeros((4, 10)), jnp.arange(4))), 4)  # log(10)
       2.3026
+      >>> cross_entropy(jnp.zeros((2, 10)), jnp.array([3, 10]))
+      Traceback (most recent call last):
+      ...
+      ValueError: labels: 1 of 2 labels out of range [0, 10) (num_classes=10): values 10 at index 1. A label >= num_classes makes the loss NaN while its gradients stay finite; a negative one is silently read as a class counted from the end.
     """
+    num_classes = logits.shape[-1]
+    if not isinstance(labels, jax.core.Tracer):
+        check_labels(labels, num_classes)
     # bf16/f16 logits would lose the loss's low bits, which the Hessian is made of.
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    # Traced labels cannot raise: a factor of exactly 1 when all are valid (bit-identical
+    # results), NaN otherwise, which a multiplication carries into every derivative too.
+    valid = jnp.all((labels >= 0) & (labels < num_classes))
+    logits = logits * jnp.where(valid, 1.0, jnp.nan).astype(logits.dtype)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
