@@ -35,7 +35,7 @@ from experiments._markdown import fmt as _f
 from experiments._markdown import jsonable
 from experiments._markdown import row as _md
 from jaxspec import Spectrum
-from jaxspec._atomic import write_text
+from jaxspec.atomic import write_text
 from jaxspec.compare import compare_spectra
 
 __all__ = [

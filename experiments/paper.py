@@ -319,7 +319,7 @@ def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | N
       >>> sum(r.startswith("| PreResNet-110 CIFAR-10 Normal | paper |") for r in lines)
       4
     """
-    from jaxspec._atomic import write_text
+    from jaxspec.atomic import write_text
 
     out_dir = os.path.dirname(os.path.abspath(path))
     title = title or "Empirical vs Augmented Hessian spectra: ours next to Granziol et al. (2020)"

@@ -52,7 +52,8 @@ import jaxspec
 import jaxspec.io
 from jaxspec import augmented as aug_lib
 from jaxspec import rmt
-from jaxspec._atomic import write_text
+from jaxspec.atomic import write_text
+from jaxspec.workdir import LOCK_FILE, workdir_lock
 from jaxspec.data import ImageDataset, normalize
 
 __all__ = [
@@ -317,7 +318,7 @@ def load_training_set(workdir: str | os.PathLike, config: Any, /, *, npz: str | 
       >>> data.num_classes == info["num_classes"]
       True
     """
-    from train.loop import load_data, read_data_info
+    from train.loop import data_digest, load_data, read_data_info
 
     info = read_data_info(workdir)
     if npz is not None:
@@ -328,6 +329,10 @@ def load_training_set(workdir: str | os.PathLike, config: Any, /, *, npz: str | 
             f"{workdir} was trained on {info['num_train']} images of {info['num_classes']} "
             f"classes, but the data loaded now has {data.x_train.shape[0]} of "
             f"{data.num_classes}: pass --npz with the run's data set")
+    if info.get("digest") is not None and data_digest(data) != info["digest"]:
+        raise ValueError(f"the data loaded now differs from the data {workdir} was trained on "
+                         "(SHA-256 of the arrays, data.json 'digest'): pass --npz with the "
+                         "run's data set")
     if num_images is not None:
         if not 1 <= num_images <= data.x_train.shape[0]:
             raise ValueError(f"num_images must be in [1, {data.x_train.shape[0]}]")
@@ -409,9 +414,11 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
     if settings.mode == "empirical":
         images = normalize(data.x_train, mean=np.asarray(info["mean"]), std=np.asarray(info["std"]))
         batch = {"image": images, "label": data.y_train.astype(np.int32)}
-        batched = host_batched = jaxspec.batch_dataset(batch, bs)
+        batched = host_batched = jaxspec.batch_dataset(batch, bs,
+                                                       num_classes=int(info["num_classes"]))
         num_samples = int(data.x_train.shape[0])
     else:
+        jaxspec.check_labels(data.y_train, int(info["num_classes"]), name="y_train")
         t = time.perf_counter()
         aug = aug_lib.augmented_data(
             data.x_train, data.y_train, mean=info["mean"], std=info["std"],
@@ -491,8 +498,10 @@ def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
     Returns whether a run is being resumed.
     """
     settings_file = os.path.join(path, "settings.json")
-    if os.path.isdir(path) and restart:
-        shutil.rmtree(path)
+    if os.path.isdir(path) and restart:  # everything but the lock this run holds
+        for name in os.listdir(path):
+            if name != LOCK_FILE:
+                os.remove(os.path.join(path, name))
     if os.path.exists(settings_file):
         with open(settings_file) as f:
             saved = json.load(f)
@@ -573,67 +582,69 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
                 "N": built.num_samples, **({"variants_sha1": built.meta["variants_sha1"]}
                                            if "variants_sha1" in built.meta else {})}
     ckpt = _checkpoint_dir(out_dir, settings.mode, epoch)
-    resumed = _prepare_checkpoint(ckpt, identity, restart=restart)
+    # One live run per Lanczos state: a second one is refused, naming the holder's PID.
+    with workdir_lock(ckpt):
+        resumed = _prepare_checkpoint(ckpt, identity, restart=restart)
 
-    key = jax.random.key(settings.probe_seed)
-    k_probe, k_sym, k_noise = jax.random.split(key, 3)
-    t = time.perf_counter()
-    sym = jaxspec.assert_symmetric(op.mv, k_sym, dim, dtype=dtype)
-    symmetry_s = time.perf_counter() - t
-    label = f"{settings.mode} e{epoch}" if settings.progress else False
-    t = time.perf_counter()
-    # slq draws its probe from split(k_probe, 1)[0]: a restarted run gets the same v0.
-    # The checkpoint refuses a saved state of another operator (its fingerprint).
-    spectrum = jaxspec.slq(op, k_probe, dim, settings.steps, dtype=dtype,
-                           hooks=jaxspec.io.slq_hooks(checkpoint_dir=ckpt, progress=label),
-                           chunk_size=settings.checkpoint_every)
-    lanczos_s = time.perf_counter() - t
+        key = jax.random.key(settings.probe_seed)
+        k_probe, k_sym, k_noise = jax.random.split(key, 3)
+        t = time.perf_counter()
+        sym = jaxspec.assert_symmetric(op.mv, k_sym, dim, dtype=dtype)
+        symmetry_s = time.perf_counter() - t
+        label = f"{settings.mode} e{epoch}" if settings.progress else False
+        t = time.perf_counter()
+        # slq draws its probe from split(k_probe, 1)[0]: a restarted run gets the same v0.
+        # The checkpoint refuses a saved state of another operator (its fingerprint).
+        spectrum = jaxspec.slq(op, k_probe, dim, settings.steps, dtype=dtype,
+                               hooks=jaxspec.io.slq_hooks(checkpoint_dir=ckpt, progress=label),
+                               chunk_size=settings.checkpoint_every)
+        lanczos_s = time.perf_counter() - t
 
-    noise = None
-    if settings.mode == "empirical" and settings.noise_probes > 0:
-        noise = estimate_sigma2(loss_fn, params, built.batched, op.mv, k_noise,
-                                num_probes=settings.noise_probes)
+        noise = None
+        if settings.mode == "empirical" and settings.noise_probes > 0:
+            noise = estimate_sigma2(loss_fn, params, built.batched, op.mv, k_noise,
+                                    num_probes=settings.noise_probes)
 
-    record = next((r for r in metrics if r.get("epoch") == epoch), None)
-    meta = {
-        **spectrum.meta,
-        **identity,
-        "settings": settings.identity(),  # read by existing_spectrum
-        "model": config.model,
-        "model_kwargs": config.model_kwargs,
-        "config": config.name,
-        "dataset": info.get("name", config.dataset),
-        "num_classes": int(info["num_classes"]),
-        "num_images": int(data.x_train.shape[0]),
-        "q": dim / built.num_samples,
-        "symmetry_relative_error": float(sym.relative_error),
-        "resumed": resumed,
-        "time_s": lanczos_s,
-        "symmetry_s": symmetry_s,
-        "total_time_s": time.perf_counter() - t_start,
-        "train_metrics": record,
-        "backend": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
-        "jax_version": jax.__version__,
-        "host": platform.node(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **built.meta,
-        **(noise or {}),
-    }
-    spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
-                                num_vectors=spectrum.num_vectors, meta=jaxspec.io.jsonable(meta))
-    json_path = spectrum_path(out_dir, settings.mode, epoch)
-    jaxspec.io.save_spectrum(spectrum, json_path)
-    png_path = spectrum_path(out_dir, settings.mode, epoch, "png")
-    if plot:
-        from jaxspec.plotting import stem_plot
+        record = next((r for r in metrics if r.get("epoch") == epoch), None)
+        meta = {
+            **spectrum.meta,
+            **identity,
+            "settings": settings.identity(),  # read by existing_spectrum
+            "model": config.model,
+            "model_kwargs": config.model_kwargs,
+            "config": config.name,
+            "dataset": info.get("name", config.dataset),
+            "num_classes": int(info["num_classes"]),
+            "num_images": int(data.x_train.shape[0]),
+            "q": dim / built.num_samples,
+            "symmetry_relative_error": float(sym.relative_error),
+            "resumed": resumed,
+            "time_s": lanczos_s,
+            "symmetry_s": symmetry_s,
+            "total_time_s": time.perf_counter() - t_start,
+            "train_metrics": record,
+            "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
+            "jax_version": jax.__version__,
+            "host": platform.node(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **built.meta,
+            **(noise or {}),
+        }
+        spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
+                                    num_vectors=spectrum.num_vectors, meta=jaxspec.io.jsonable(meta))
+        json_path = spectrum_path(out_dir, settings.mode, epoch)
+        jaxspec.io.save_spectrum(spectrum, json_path)
+        png_path = spectrum_path(out_dir, settings.mode, epoch, "png")
+        if plot:
+            from jaxspec.plotting import stem_plot
 
-        n = built.num_samples
-        n_txt = (f"N={n:,}" if settings.mode == "empirical" else
-                 f"N={data.x_train.shape[0]:,}x{settings.num_per_image}={n:,}")
-        stem_plot(spectrum, path=png_path,
-                  title=f"{settings.mode.capitalize()} Hessian, {config.model}, epoch {epoch}, "
-                        f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
+            n = built.num_samples
+            n_txt = (f"N={n:,}" if settings.mode == "empirical" else
+                     f"N={data.x_train.shape[0]:,}x{settings.num_per_image}={n:,}")
+            stem_plot(spectrum, path=png_path,
+                      title=f"{settings.mode.capitalize()} Hessian, {config.model}, epoch {epoch}, "
+                            f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
     if not keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
     return SpectrumResult(spectrum, json_path, png_path)

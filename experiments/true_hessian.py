@@ -69,7 +69,7 @@ from jax.flatten_util import ravel_pytree
 from jaxspec import (Spectrum, batch_dataset, hessian_matvec, host_hessian_matvec, hvp,
                      random_probe, resolve_driver, run_lanczos, slq)
 from jaxspec import rmt
-from jaxspec._atomic import replacing, write_text
+from jaxspec.atomic import replacing, write_text
 from jaxspec.compare import compare_spectra
 
 __all__ = [

@@ -18,6 +18,7 @@ from jaxspec.batching import dataset_mean
 from jaxspec.batching import num_samples
 from jaxspec.checks import SymmetryReport
 from jaxspec.checks import assert_symmetric
+from jaxspec.checks import check_labels
 from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
@@ -61,6 +62,7 @@ __all__ = [
     "SymmetryReport",
     "assert_symmetric",
     "batch_dataset",
+    "check_labels",
     "compare_spectra",
     "curvature_operator",
     "data_mesh",

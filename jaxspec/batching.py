@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec.checks import check_labels
+
 __all__ = ["Batched", "batch_dataset", "dataset_loss", "dataset_mean", "num_samples"]
 
 
@@ -46,7 +48,8 @@ class Batched(NamedTuple):
     tail_weight: jax.Array
 
 
-def batch_dataset(data: Any, batch_size: int, /, *, num_shards: int = 1) -> Batched:
+def batch_dataset(data: Any, batch_size: int, /, *, num_shards: int = 1,
+                  num_classes: int | None = None, label_key: str = "label") -> Batched:
     """Cuts a data set into stacked batches: the data of a :func:`jaxspec.curvature_operator`.
 
     Samples keep their order: batch ``b`` holds samples ``b * batch_size ...``. When the number
@@ -58,6 +61,10 @@ def batch_dataset(data: Any, batch_size: int, /, *, num_shards: int = 1) -> Batc
       data: pytree of arrays sharing a leading sample axis of length N.
       batch_size: samples per batch (BatchNorm in batch mode takes its statistics over these).
       num_shards: make the number of stacked batches divisible by this.
+      num_classes: with a class count, ``data[label_key]`` is checked to lie in
+        ``[0, num_classes)`` (:func:`jaxspec.checks.check_labels`): an out-of-range label would
+        make the loss NaN, or silently pick another class.
+      label_key: where ``data`` holds the labels.
 
     Returns:
       A :class:`Batched`.
@@ -68,7 +75,15 @@ def batch_dataset(data: Any, batch_size: int, /, *, num_shards: int = 1) -> Batc
       >>> b = batch_dataset({"x": np.zeros((10, 2))}, 4)
       >>> b.batches["x"].shape, b.tail["x"].shape, [float(w) for w in b.weights]
       ((2, 4, 2), (2, 2), [0.4, 0.4])
+      >>> batch_dataset({"x": np.zeros(3), "label": np.array([0, 2, 3])}, 2, num_classes=3)
+      Traceback (most recent call last):
+      ...
+      ValueError: ...
     """
+    if num_classes is not None:
+        if not isinstance(data, dict) or label_key not in data:
+            raise ValueError(f"batch_dataset: num_classes given, but data has no {label_key!r}")
+        check_labels(np.asarray(data[label_key]), num_classes, name=f"data[{label_key!r}]")
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError("batch_dataset: `data` has no arrays")

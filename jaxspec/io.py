@@ -6,7 +6,7 @@
 * Spectra to and from ``.json`` / ``.npz`` (:func:`save_spectrum`, :func:`load_spectrum`).
 * One JSON encoder (:func:`jsonable`, :func:`dumps`): strict JSON, NaN -> null.
 
-Every file is written atomically: a run killed while saving
+Every file is written atomically (:mod:`jaxspec.atomic`): a run killed while saving
 leaves the previous file intact.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxspec.lanczos import LanczosHook, LanczosState
 from jaxspec.slq import Spectrum
-from jaxspec._atomic import replacing, write_text
+from jaxspec.atomic import replacing, write_text
 
 __all__ = [
     "LanczosCheckpoint",
@@ -177,7 +177,7 @@ def save_lanczos_state(path: str | os.PathLike, state: LanczosState, /, *,
     arrays = {k: np.asarray(v) for k, v in state._asdict().items()}
     if fingerprint is not None:
         arrays["fingerprint"] = np.asarray(fingerprint)
-    with replacing(path, suffix=".tmp.npz") as tmp:
+    with replacing(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
 
 

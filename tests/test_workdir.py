@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from jaxspec._atomic import replacing, write_text
+from jaxspec.atomic import replacing, write_text
 from jaxspec.workdir import LOCK_FILE, WorkdirLockedError, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ LOCKER = LOAD + textwrap.dedent("""
 
 WRITER = LOAD + textwrap.dedent("""
     import json
-    write_text = load("_atomic").write_text
+    write_text = load("atomic").write_text
     path, tag = sys.argv[1], sys.argv[2]
     print("ready", flush=True)
     sys.stdin.readline()

@@ -47,7 +47,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxspec import data as data_lib
-from jaxspec._atomic import write_text
+from jaxspec.atomic import write_text
 from jaxspec.checks import check_labels
 from jaxspec.models import abstract_model
 from jaxspec.workdir import workdir_lock

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from jaxspec._atomic import write_text
+from jaxspec.atomic import write_text
 
 __all__ = ["METRICS_FILE", "append_metrics", "read_metrics", "truncate_metrics"]
 

@@ -17,6 +17,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+__all__ = ["replacing", "write_text"]
+
 
 def _umask() -> int:
     # os.umask can only be read by setting it; done once, at import, before threads exist.
@@ -54,7 +56,7 @@ def replacing(path: str | os.PathLike, /, *, suffix: str = ".tmp",
 
     Example:
       >>> import os, tempfile
-      >>> from jaxspec._atomic import replacing
+      >>> from jaxspec.atomic import replacing
       >>> path = os.path.join(tempfile.mkdtemp(), "a.txt")
       >>> with replacing(path) as tmp:
       ...     _ = open(tmp, "w").write("done")
@@ -88,7 +90,7 @@ def write_text(path: str | os.PathLike, text: str, /, *, fsync: bool = True) -> 
 
     Example:
       >>> import os, tempfile
-      >>> from jaxspec._atomic import write_text
+      >>> from jaxspec.atomic import write_text
       >>> path = os.path.join(tempfile.mkdtemp(), "a.json")
       >>> write_text(path, '{"a": 1}')
       >>> open(path).read()
