@@ -53,7 +53,7 @@ class Network:
       >>> import jax.numpy as jnp
       >>> from experiments.true_hessian.measure import make_mlp
       >>> net, params = make_mlp([3, 5, 2], 0)
-      >>> net.apply(params, jnp.ones((4, 3))).shape, net == make_mlp([3, 5, 2], 1)[0]
+      >>> net.apply(params, jnp.ones((4, 3))).shape, net is make_mlp([3, 5, 2], 1)[0]
       ((4, 2), True)
     """
 
@@ -106,6 +106,9 @@ class Network:
         return jnp.sum(batch["w"] * nll) / batch["x"].shape[0]
 
 
+_NETWORKS: dict[Network, Network] = {}
+
+
 def seed_int(*parts: int) -> int:
     """One 32-bit seed from several integers (``numpy.random.SeedSequence``).
 
@@ -129,7 +132,10 @@ def make_mlp(widths: Sequence[int], seed: int, /) -> tuple[Network, Any]:
     model = MLP(widths[-1], in_features=widths[0], hidden=tuple(widths[1:-1]),
                 activation=jax.nn.tanh, init="normal", rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
-    return Network(graphdef), params
+    net = Network(graphdef)
+    # One instance per architecture: bound methods compare their ``self`` by identity, and
+    # the operators' ``loss_fn`` (``net.weighted_loss``) is part of every jit cache key.
+    return _NETWORKS.setdefault(net, net), params
 
 
 def num_params(params: Any, /) -> int:
@@ -348,7 +354,7 @@ def spectrum_with_ritz_vectors(op: Callable, key: jax.Array, dim: int, num_steps
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
       >>> from experiments.true_hessian.measure import spectrum_with_ritz_vectors
-      >>> op = lambda v: jnp.arange(1.0, 7.0) * v
+      >>> op = lambda v: jnp.arange(1.0, 7.0, dtype=jnp.float32) * v
       >>> s, top, bottom = spectrum_with_ritz_vectors(op, jax.random.key(0), 6, 6)
       >>> round(s.lambda_max, 4), int(np.abs(top).argmax()), int(np.abs(bottom).argmax())
       (6.0, 5, 0)
