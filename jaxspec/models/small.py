@@ -20,13 +20,16 @@ switch with ``model.eval()`` / ``model.train()`` or ``nnx.view``. The Hessian lo
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 __all__ = ["MLP", "SmallCNN", "conv_init", "torch_batch_norm", "torch_conv", "torch_linear"]
+
+# Weights N(0, 1/fan_in), untruncated (LeCun normal without the truncation), biases 0.
+_normal_init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
 
 # He-normal, fan-out: for a kernel (k, k, in, out) jax's fan_out is k * k * out, as in SWA's
 # ``n = k * k * out_channels; normal_(0, sqrt(2 / n))``. "normal" is untruncated, like torch.
@@ -117,22 +120,30 @@ def torch_batch_norm(
 
 
 class MLP(nnx.Module):
-    """Fully connected ReLU network on flattened images.
+    """Fully connected network on flattened inputs (ReLU and PyTorch's init by default).
 
     Args:
       num_classes: number of outputs.
       in_features: length of a flattened input (``32 * 32 * 3`` for CIFAR).
       hidden: widths of the hidden layers.
+      activation: the hidden layers' nonlinearity (e.g. ``jax.nn.tanh``).
+      init: ``"torch"`` (PyTorch's ``nn.Linear`` default, see the module docstring) or
+        ``"normal"`` (weights ``N(0, 1/fan_in)``, untruncated; biases 0: the classic init of a
+        tanh network, whose pre-activations then have unit variance).
       param_dtype: dtype of the parameters.
       dtype: computation dtype (``None``: from the inputs and parameters).
       rngs: random keys for the initialisation.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> model = MLP(10, in_features=12, hidden=(8,), rngs=nnx.Rngs(0))
       >>> model(jnp.ones((5, 2, 2, 3), jnp.float32)).shape
       (5, 10)
+      >>> tanh = MLP(2, in_features=3, hidden=(5,), activation=jax.nn.tanh, init="normal",
+      ...            rngs=nnx.Rngs(0))
+      >>> float(jnp.abs(tanh.layers[0].bias[...]).max())
+      0.0
     """
 
     def __init__(
@@ -141,22 +152,29 @@ class MLP(nnx.Module):
         *,
         in_features: int = 32 * 32 * 3,
         hidden: Sequence[int] = (512, 512),
+        activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+        init: str = "torch",
         param_dtype: Any = jnp.float32,
         dtype: Any = None,
         rngs: nnx.Rngs,
     ) -> None:
+        if init not in ("torch", "normal"):
+            raise ValueError(f"init must be 'torch' or 'normal', got {init!r}")
         widths = [in_features, *hidden, num_classes]
-        self.layers = nnx.List(
-            [
-                torch_linear(a, b, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
-                for a, b in zip(widths[:-1], widths[1:])
-            ]
-        )
+        if init == "torch":
+            layers = [torch_linear(a, b, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+                      for a, b in zip(widths[:-1], widths[1:])]
+        else:
+            layers = [nnx.Linear(a, b, kernel_init=_normal_init, param_dtype=param_dtype,
+                                 dtype=dtype, rngs=rngs)  # nnx.Linear's bias starts at 0
+                      for a, b in zip(widths[:-1], widths[1:])]
+        self.layers = nnx.List(layers)
+        self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for layer in self.layers[:-1]:
-            x = jax.nn.relu(layer(x))
+            x = self.activation(layer(x))
         return self.layers[-1](x)
 
 

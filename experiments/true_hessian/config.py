@@ -1,0 +1,242 @@
+"""Settings of the True-Hessian study: :class:`StudyConfig` and its named presets.
+
+Each preset is a function returning a :class:`StudyConfig`, with the exact command in its
+docstring (the Flax-examples layout); :func:`get_config` looks one up by name and
+:func:`apply_overrides` applies ``key=value`` strings (``--set`` on the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Callable, Sequence
+
+__all__ = ["StudyConfig", "apply_overrides", "config_names", "default", "get_config", "gpu",
+           "preset", "smoke"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Settings of the study (saved as ``config.json``; a rerun must use the same ones).
+
+    Attributes:
+      seed: master seed (teacher, data pools, student inits, probes).
+      input_dim: ``d``, inputs ``x ~ N(0, I_d)``.
+      num_classes: ``K``.
+      teacher_widths: hidden widths of the teacher MLP.
+      teacher_scale: logit multiplier of the teacher (larger: more confident labels, lower
+        Bayes error).
+      student_widths: hidden widths of the student MLP (sets ``P``).
+      qs: the targeted ``q = P / N``; ``N = round(P / q)``.
+      true_ratio: ``M / P`` for the True Hessian (rounded up to whole noise batches).
+      train_steps: Adam steps, the same for every N.
+      train_batch_size: mini-batch size (batches are drawn from reshuffled epochs).
+      learning_rate: peak Adam learning rate (cosine decay to 0 over ``train_steps``).
+      train_input_noise: std of Gaussian jitter added to the inputs of every training batch
+        (an augmentation; 0: none). The Hessians are always of the clean samples, so with
+        jitter the weights do not minimise the loss whose Hessian is measured, as in the paper
+        (trained with augmentation, Hessian of the un-augmented training set).
+      lanczos_steps: ``m`` for the empirical and held-out Hessians.
+      true_lanczos_steps: ``m`` for the True Hessian.
+      num_vectors: SLQ probe vectors per spectrum (the paper: 1).
+      noise_probes: probe vectors for the sigma^2 estimate and the direct noise check.
+      noise_spectrum_qs: the q (nearest point) at which the noise matrices ``H_emp - H_true`` and
+        ``H_heldout - H_true`` get their own SLQ (costly: an M-sample HVP per step).
+      noise_lanczos_steps: ``m`` for those.
+      per_sample_count: fresh samples for the per-sample statistics (0: skip).
+      hvp_batch_size: samples per HVP batch, and the mini-batch size of the sigma^2 estimate.
+        Every data set is zero-weight padded to whole batches
+        (:func:`experiments.true_hessian.measure.padded`), so all HVPs share one compilation.
+      driver: Lanczos driver, ``"auto"`` (host on CPU, compiled elsewhere), ``"host"``,
+        ``"compiled"``; it also picks the operators' batch reduction (host loop or
+        ``lax.scan``).
+
+    Example:
+      >>> from experiments.true_hessian.config import StudyConfig
+      >>> c = StudyConfig(qs=(1.0, 10.0), lanczos_steps=10)
+      >>> c.qs, c.lanczos_steps, c.true_lanczos_steps   # unset fields keep their defaults
+      ((1.0, 10.0), 10, 30)
+    """
+
+    seed: int = 0
+    input_dim: int = 16
+    num_classes: int = 4
+    teacher_widths: tuple[int, ...] = (32,)
+    teacher_scale: float = 4.0
+    student_widths: tuple[int, ...] = (48, 24)
+    qs: tuple[float, ...] = (0.1, 0.316, 1.0, 3.16, 10.0)
+    true_ratio: float = 20.0
+    train_steps: int = 1000
+    train_batch_size: int = 256
+    learning_rate: float = 3e-3
+    train_input_noise: float = 0.0
+    lanczos_steps: int = 30
+    true_lanczos_steps: int = 30
+    num_vectors: int = 1
+    noise_probes: int = 2
+    noise_spectrum_qs: tuple[float, ...] = (1.0,)
+    noise_lanczos_steps: int = 30
+    per_sample_count: int = 2048
+    hvp_batch_size: int = 2000
+    driver: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists).
+
+        Example:
+          >>> from experiments.true_hessian.config import StudyConfig
+          >>> StudyConfig().to_dict()["student_widths"]
+          [48, 24]
+        """
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
+        """Inverse of :meth:`to_dict` (unknown keys rejected).
+
+        Example:
+          >>> from experiments.true_hessian.config import StudyConfig
+          >>> c = StudyConfig(qs=(1.0, 10.0))
+          >>> StudyConfig.from_dict(c.to_dict()) == c
+          True
+        """
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def default() -> StudyConfig:
+    """The README's study: P = 2,092, M = 42,000, five q from 0.1 to 10, m = 30.
+
+    About 1-2 minutes on 2 CPU cores. Command::
+
+        python -m experiments.true_hessian --workdir runs/true_hessian
+
+    Example:
+      >>> from experiments.true_hessian.config import default
+      >>> default().qs
+      (0.1, 0.316, 1.0, 3.16, 10.0)
+    """
+    return StudyConfig()
+
+
+def smoke() -> StudyConfig:
+    """What the tests run: P = 555, M = 6,000, q = 0.3, 1, 3, m = 20; about 30 s on 2 cores.
+
+    Command::
+
+        python -m experiments.true_hessian --preset smoke --workdir runs/true_hessian_smoke
+
+    Example:
+      >>> from experiments.true_hessian.config import smoke
+      >>> smoke().student_widths, smoke().lanczos_steps
+      ((24, 12), 20)
+    """
+    return StudyConfig(input_dim=8, num_classes=3, teacher_widths=(16,), student_widths=(24, 12),
+                       qs=(0.3, 1.0, 3.0), true_ratio=10.0, train_steps=300, lanczos_steps=20,
+                       true_lanczos_steps=20, noise_spectrum_qs=(1.0,), noise_lanczos_steps=20,
+                       per_sample_count=512, hvp_batch_size=500)
+
+
+def gpu() -> StudyConfig:
+    """One GPU (not yet run on one): P = 50,826, M = 2.55 M (50 P), nine q, m = 80, 3 probes.
+
+    Command::
+
+        python -m experiments.true_hessian --preset gpu --workdir runs/true_hessian_gpu
+
+    Example:
+      >>> from experiments.true_hessian.config import gpu
+      >>> gpu().num_vectors, len(gpu().qs)
+      (3, 9)
+    """
+    return StudyConfig(input_dim=64, num_classes=10, teacher_widths=(128,),
+                       student_widths=(256, 128),
+                       qs=(0.1, 0.178, 0.316, 0.562, 1.0, 1.78, 3.16, 5.62, 10.0),
+                       true_ratio=50.0, train_steps=4000, train_batch_size=512, lanczos_steps=80,
+                       true_lanczos_steps=80, num_vectors=3, noise_probes=4,
+                       noise_spectrum_qs=(0.1, 1.0, 10.0), noise_lanczos_steps=40,
+                       per_sample_count=2048, hvp_batch_size=50000)
+
+
+_CONFIGS: dict[str, Callable[[], StudyConfig]] = {"default": default, "smoke": smoke, "gpu": gpu}
+
+
+def config_names() -> list[str]:
+    """The names :func:`get_config` knows.
+
+    Example:
+      >>> from experiments.true_hessian.config import config_names
+      >>> config_names()
+      ['default', 'gpu', 'smoke']
+    """
+    return sorted(_CONFIGS)
+
+
+def get_config(name: str = "default", /) -> StudyConfig:
+    """The named preset.
+
+    Example:
+      >>> from experiments.true_hessian.config import get_config
+      >>> get_config("smoke").true_ratio
+      10.0
+    """
+    if name not in _CONFIGS:
+        raise ValueError(f"unknown preset {name!r}; choose from {config_names()}")
+    return _CONFIGS[name]()
+
+
+def preset(name: str, /, **overrides: Any) -> StudyConfig:
+    """The named preset with ``overrides`` (field values) applied.
+
+    Example:
+      >>> from experiments.true_hessian.config import preset
+      >>> preset("smoke", seed=3).seed, preset("smoke").student_widths
+      (3, (24, 12))
+    """
+    return dataclasses.replace(get_config(name), **overrides)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    hints = typing.get_type_hints(StudyConfig)
+    if key not in hints:
+        raise ValueError(f"unknown config key {key!r}; keys: {sorted(hints)}")
+    hint = hints[key]
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(typing.get_args(hint)[0](v) for v in value)
+    if hint is int and (isinstance(value, bool) or float(value) != int(float(value))):
+        raise ValueError(f"config key {key!r} needs an int, got {value!r}")
+    return hint(value)
+
+
+def apply_overrides(config: StudyConfig, assignments: Sequence[str], /) -> StudyConfig:
+    """Applies ``key=value`` strings (``--set``) to ``config``.
+
+    ``train.configs.apply_overrides`` is written for its ``TrainConfig`` only, hence this one.
+    Values are read as JSON where possible, then converted to the field's type; tuples also take
+    ``0.1,1,10``.
+
+    Example:
+      >>> from experiments.true_hessian.config import apply_overrides, get_config
+      >>> c = apply_overrides(get_config("smoke"), ["qs=0.5,2", "lanczos_steps=12"])
+      >>> c.qs, c.lanczos_steps
+      ((0.5, 2.0), 12)
+    """
+    changes = {}
+    for a in assignments:
+        if "=" not in a:
+            raise ValueError(f"override {a!r} is not of the form key=value")
+        key, raw = (s.strip() for s in a.split("=", 1))
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        changes[key] = _coerce(key, value)
+    return dataclasses.replace(config, **changes)
