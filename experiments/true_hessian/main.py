@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxspec
+from jaxspec.workdir import workdir_lock
 from jaxspec import Spectrum, rmt
 from jaxspec.compare import compare_spectra
 from jaxspec.io import dumps, load_spectrum, save_spectrum, slq_hooks
@@ -303,9 +304,13 @@ def run_study(config: StudyConfig, workdir: str | os.PathLike, /, *, progress: b
       >>> out["rows"][0]["N"], out["P"]
       (278, 555)
     """
+    # One live study per work directory: a second one is refused, naming the holder's PID.
+    with workdir_lock(workdir) as path:
+        return _sweep(config, path, progress=progress, quiet=quiet)
+
+
+def _sweep(config: StudyConfig, workdir: str, /, *, progress: bool, quiet: bool) -> dict:
     t0 = time.perf_counter()
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     cfg_path = os.path.join(workdir, "config.json")
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
