@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -37,8 +36,20 @@ from typing import Any, Callable, NamedTuple, Sequence
 from experiments._markdown import fmt as _f
 from experiments._markdown import jsonable
 from experiments._markdown import row as _md
+from experiments.paper_runs import FIGURES
+from experiments.paper_runs import OUR_CHOICES
+from experiments.paper_runs import PAPER
+from experiments.paper_runs import RUNS
+from experiments.paper_runs import PaperNumbers
+from experiments.paper_runs import PaperRun
+from experiments.paper_runs import commands
+from experiments.paper_runs import figure_path
+from experiments.paper_runs import list_runs
+from experiments.paper_runs import print_commands
 
 __all__ = [
+    "FIGURES",
+    "OUR_CHOICES",
     "PAPER",
     "PRESETS",
     "PaperNumbers",
@@ -49,174 +60,13 @@ __all__ = [
     "build_report",
     "collect_entries",
     "commands",
+    "figure_path",
+    "list_runs",
     "main",
     "print_commands",
     "run_preset",
     "trained_preset",
 ]
-
-
-class PaperNumbers(NamedTuple):
-    """One run's numbers as reported by Granziol et al. (2020).
-
-    ``negative_*`` are ``(count, m, mass)``; ``top3_*`` the three largest-weight Ritz values
-    ``(weight, value)``; ``None`` where the paper does not report the number.
-
-    Example:
-      >>> from experiments.paper import PAPER
-      >>> ref = PAPER[("preresnet110", "cifar10", "normal")]
-      >>> ref.lambda1_emp, ref.lambda1_aug, ref.test_acc, ref.negative_emp
-      (6.82, 0.5825, 95.32, (35, 100, 0.09))
-      >>> ref.top3_aug[0], PAPER[("preresnet110", "cifar10", "overfit")].negative_emp
-      ((0.88, -3.87e-06), None)
-    """
-
-    lambda1_emp: float
-    lambdan_emp: float
-    lambda1_aug: float
-    lambdan_aug: float
-    test_acc: float
-    train_acc: float
-    test_loss: float
-    train_loss: float
-    negative_emp: tuple[int, int, float] | None
-    negative_aug: tuple[int, int, float] | None
-    top3_emp: tuple[tuple[float, float], ...]
-    top3_aug: tuple[tuple[float, float], ...]
-    source: str
-
-
-# Granziol et al. (2020), ICLR 2020 submission (OpenReview). PreResNet-110,
-# final weights; empirical N = 50,000, m = 100; augmented N = 1,500,000, m = 80.
-#   Tables 1 (CIFAR-100) and 2 (CIFAR-10), appendix A: extremal eigenvalues, accuracies, losses.
-#   Section 6.1 text: negative Ritz counts/masses of the Normal runs, and CIFAR-10 Normal's
-#     augmented edges 0.5825 / -0.0061 (Table 2 repeats CIFAR-100's 3.025 / -0.014 there, a
-#     copying error; the text and Figure 3 agree on 0.5825 / -0.0061).
-#   Section 6.2 text: CIFAR-100 Overfit 43/100 (mass 0.032) -> 0 negative; CIFAR-10 Overfit
-#     augmented: one negative Ritz value near the origin with weight 0.086.
-#   Table 3: the three largest-weight Ritz values [weight, value].
-#   Table 2's CIFAR-10 Overfit losses (1.85 / 0.026) equal Table 1's CIFAR-100 Overfit ones, as
-#     printed.
-PAPER: dict[tuple[str, str, str], PaperNumbers] = {
-    ("preresnet110", "cifar100", "normal"): PaperNumbers(
-        20.56, -6.54, 3.025, -0.014, 77.24, 99.85, 0.99, 0.021,
-        (43, 100, 0.05), (5, 80, 0.00016),
-        ((0.92, 0.0014), (0.05, -0.03), (0.018, 0.06)),
-        ((0.84, 0.0017), (0.1, -0.0007), (0.045, 0.003)),
-        "Table 1; section 6.1; Table 3"),
-    ("preresnet110", "cifar100", "overfit"): PaperNumbers(
-        281.32, -7.33, 45.68, 2e-5, 56.85, 99.62, 1.85, 0.026,
-        (43, 100, 0.032), (0, 80, 0.0),
-        ((0.65, -0.026), (0.34, 0.05), (0.006, 0.58)),
-        ((0.86, 1.67e-5), (0.1, 0.0039), (0.019, 0.018)),
-        "Table 1; section 6.2; Table 3"),
-    ("preresnet110", "cifar10", "normal"): PaperNumbers(
-        6.82, -1.37, 0.5825, -0.0061, 95.32, 99.98, 0.18, 0.0034,
-        (35, 100, 0.09), (3, 80, 0.03),
-        ((0.88, 0.007), (0.085, -0.01), (0.023, 0.02)),
-        ((0.88, -3.87e-6), (0.073, 0.0006), (0.03, -0.0007)),
-        "Table 2; section 6.1 (augmented edges); Table 3"),
-    ("preresnet110", "cifar10", "overfit"): PaperNumbers(
-        184.4, -2.9, 15.6, -9e-4, 86.46, 99.91, 1.85, 0.026,
-        None, (1, 80, 0.086),
-        ((0.77, 0.01), (0.22, -0.04), (0.005, 0.32)),
-        ((0.89, 0.00013), (0.086, -0.00094), (0.016, 0.0058)),
-        "Table 2; section 6.2; Table 3"),
-}
-
-
-class PaperRun(NamedTuple):
-    """One of the paper's runs: the training config, the epoch of its spectra, its numbers.
-
-    Example:
-      >>> from experiments.paper import RUNS
-      >>> run = RUNS[0]
-      >>> run.config, run.label, run.epoch, run.reference.lambda1_emp
-      ('preresnet110_cifar100_normal', 'PreResNet-110 CIFAR-100 Normal', 225, 20.56)
-      >>> [(r.config, r.epoch) for r in RUNS if r.reference is None][:2]
-      [('vgg16_cifar100_normal', 300), ('vgg16_cifar100_overfit', 1000)]
-    """
-
-    config: str
-    label: str
-    model: str
-    dataset: str
-    schedule: str
-    epoch: int
-    reference: PaperNumbers | None
-
-
-def _runs() -> list[PaperRun]:
-    from train.configs import get_config
-
-    runs = []
-    for model, label in (("preresnet110", "PreResNet-110"), ("vgg16", "VGG-16")):
-        for dataset, dlabel in (("cifar100", "CIFAR-100"), ("cifar10", "CIFAR-10")):
-            for schedule in ("normal", "overfit"):
-                name = f"{model}_{dataset}_{schedule}"
-                runs.append(PaperRun(name, f"{label} {dlabel} {schedule.capitalize()}", model,
-                                     dataset, schedule, get_config(name).epochs,
-                                     PAPER.get((model, dataset, schedule))))
-    return runs
-
-
-#: The paper's eight runs (PreResNet-110 and VGG-16 x CIFAR-100/10 x Normal/Overfit).
-RUNS: list[PaperRun] = _runs()
-
-
-def commands(run: PaperRun, runs_dir: str = "runs", /, *, epochs_sweep: bool = False) -> list[str]:
-    """The shell commands of one run: train, both spectra, compare (and the epoch sweep).
-
-    Example:
-      >>> commands(RUNS[0], "runs")[1].split()[3:]
-      ['--workdir', 'runs/preresnet110_cifar100_normal', '--epoch', '225', '--mode', 'empirical']
-    """
-    wd = shlex.quote(os.path.join(runs_dir, run.config))
-    cmds = [
-        f"python -m train --config {run.config} --workdir {wd}",
-        f"python -m experiments.spectrum --workdir {wd} --epoch {run.epoch} --mode empirical",
-        f"python -m experiments.spectrum --workdir {wd} --epoch {run.epoch} --mode augmented",
-        f"python -m experiments.compare --workdir {wd} --epoch {run.epoch}",
-    ]
-    if epochs_sweep:
-        cmds.append(f"python -m experiments.epochs --workdir {wd} --epochs 0,25,50,75,125,150")
-    return cmds
-
-
-def print_commands(runs_dir: str = "runs", /) -> str:
-    """All the paper's commands, one block per run, then the report (as printed by the CLI).
-
-    Example:
-      >>> from experiments.paper import print_commands
-      >>> lines = print_commands("runs").splitlines()
-      >>> sum(line.startswith("python -m train ") for line in lines)  # 8 runs and VGG-16-BN
-      9
-      >>> lines[-1]
-      'python -m experiments.paper --report --runs-dir runs'
-    """
-    lines = ["# Granziol et al. (2020), section 6: train -> spectra -> compare, per run.",
-             "# Times are ESTIMATES for one H100 (see docs/paper.md); spectra use every GPU.", ""]
-    for run in RUNS:
-        lines.append(f"# {run.label} (spectra at epoch {run.epoch})")
-        # The appendix sweeps (figures 14-20 and 23-29) are of the CIFAR-100 Normal runs.
-        lines += commands(run, runs_dir,
-                          epochs_sweep=run.dataset == "cifar100" and run.schedule == "normal")
-        lines.append("")
-    # Appendices H-I: VGG-16-BN (CIFAR-100) along training, and augmented spectra with
-    # 5 million samples (K = 100) and m = 10 (figures 13 and 22).
-    bn = "vgg16bn_cifar100_normal"
-    wd = shlex.quote(os.path.join(runs_dir, bn))
-    p110 = shlex.quote(os.path.join(runs_dir, "preresnet110_cifar100_normal"))
-    lines += ["# Appendix I: VGG-16-BN CIFAR-100 Normal along training; appendix H/I: 5M-sample "
-              "augmented spectra, m = 10",
-              f"python -m train --config {bn} --workdir {wd}",
-              f"python -m experiments.epochs --workdir {wd} --epochs 0,25,50,75,125,150,300",
-              f"python -m experiments.spectrum --workdir {wd} --epoch 300 --mode augmented "
-              f"--num-per-image 100 --steps 10 --out {wd}/spectra_5m",
-              f"python -m experiments.spectrum --workdir {p110} --epoch 225 --mode augmented "
-              f"--num-per-image 100 --steps 10 --out {p110}/spectra_5m", ""]
-    lines.append(f"python -m experiments.paper --report --runs-dir {shlex.quote(runs_dir)}")
-    return "\n".join(lines)
 
 
 # ---- the report -----------------------------------------------------------------------------
