@@ -10,8 +10,6 @@ using random matrix theory and iterative spectral methods" (ICLR 2020 submission
 * :data:`OUR_CHOICES`: every setting the paper does not state (or that we read differently),
   with what we do and why; the full table with quotes is docs/fidelity.md;
 * :func:`commands` / :func:`print_commands`: the shell commands that produce all of it.
-
-No JAX import: the listing and the commands are cheap.
 """
 
 from __future__ import annotations
@@ -143,7 +141,7 @@ OUR_CHOICES: dict[str, Choice] = {
     "aug-set": Choice("augmented set", "1,500,000 samples, flips + 4-pixel pad + 32x32 crops",
                       "K = 30 distinct fixed variants per image of the 162"),
     "origin-tol": Choice("'well separated' from the origin", "not quantified (section 5.3)",
-                         "|theta - theta_0| > 1e-3 max|theta|"),
+                         "abs(theta - theta_0) > 1e-3 max abs(theta)"),
     "vgg-nobn": Choice("VGG-16 without BN", "text 'VGG-16' (P = 15,291,300); figures VGG16BN",
                        "both: vgg16 (no BN) runs and vgg16bn appendix runs"),
     "vgg-overfit": Choice("VGG-16 Overfit runs", "no such run", "our extension (alpha0 0.001, "
