@@ -265,8 +265,10 @@ def figure_path(number: int, runs_dir: str = "runs", /) -> str:
     """The file our commands write for figure ``number`` (a PNG under ``runs_dir``).
 
     Example:
-      >>> figure_path(1, "R"), figure_path(9, "R")
-      ('R/preresnet110_cifar100_normal/spectra/empirical_e0225.png', 'R/preresnet110_cifar100_normal/curves.png')
+      >>> figure_path(1, "R")
+      'R/preresnet110_cifar100_normal/spectra/empirical_e0225.png'
+      >>> figure_path(9, "R")
+      'R/preresnet110_cifar100_normal/curves.png'
       >>> figure_path(22, "R")
       'R/vgg16bn_cifar100_normal/spectra_5m/augmented_e0300.png'
     """
@@ -316,8 +318,12 @@ def print_commands(runs_dir: str = "runs", /) -> str:
       >>> lines = print_commands("runs").splitlines()
       >>> sum(line.startswith("python -m train ") for line in lines)  # 8 runs, 2 VGG-16-BN
       10
-      >>> [line for line in lines if line.startswith("# Figure 30:")]
-      ['# Figure 30: CIFAR-10 PreResNet-110, epoch 50 -> runs/preresnet110_cifar10_normal/spectra/empirical_e0050.png']
+      >>> fig30 = next(line for line in lines if line.startswith("# Figure 30:"))
+      >>> caption, path = fig30.split(" -> ")
+      >>> caption
+      '# Figure 30: CIFAR-10 PreResNet-110, epoch 50'
+      >>> path
+      'runs/preresnet110_cifar10_normal/spectra/empirical_e0050.png'
       >>> lines[-1]
       'python -m experiments.paper --report --runs-dir runs'
     """
