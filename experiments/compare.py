@@ -9,10 +9,14 @@ json,csv,png}`` next to them:
 
 * the row of the paper's Table 1/2 (Granziol et al. 2020, appendix A): extremal Ritz values of
   both spectra ``[lambda'_1, lambda'_n]`` (empirical) and ``[lambda_1, lambda_n]`` (augmented),
-  test/train accuracy and loss at the epoch;
+  test/train accuracy and loss at the epoch of the spectra, and the best accuracies and losses
+  over training (the paper's tables report the best: "include the best training and test
+  accuracies and losses", section 6), each labelled;
 * Table 3: the three largest-weight Ritz values ``[weight, value]`` of each;
 * negative Ritz values: count / m and the mass of those well separated from the origin cluster
-  (paper, section 5.3);
+  (paper, section 5.3; the rule's constant is :data:`experiments.statistics.ORIGIN_TOL`);
+* section 6.3: the three Ritz values closest to the origin with their weights (the paper: >= 0.99
+  in total) and the skewness of each spectral measure (:mod:`experiments.statistics`);
 * Theorem 1 (:func:`jaxspec.compare.compare_spectra`, with ``q = P / N`` of the empirical set and
   the ``sigma^2`` estimated by the empirical run): the empirical edges predicted from the
   augmented ones and the augmented edges inferred from the empirical ones;
@@ -31,15 +35,17 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from experiments._markdown import fmt as _f
-from experiments._markdown import jsonable
-from experiments._markdown import row as _md
+from experiments.statistics import ORIGIN_TOL, spectrum_statistics
 from jaxspec import Spectrum
 from jaxspec.atomic import write_text
 from jaxspec.compare import compare_spectra
+from jaxspec.io import jsonable, load_spectrum
+from jaxspec.report import fmt as _f
+from jaxspec.report import md_row as _md
 
 __all__ = [
     "CompareResult",
+    "best_metrics",
     "claims",
     "compare_paths",
     "compare_run",
@@ -67,7 +73,7 @@ class CompareResult(NamedTuple):
     paths: dict[str, str]
 
 
-def negative_stats(s: Spectrum, /, *, origin_tol: float = 1e-3) -> dict[str, Any]:
+def negative_stats(s: Spectrum, /, *, origin_tol: float = ORIGIN_TOL) -> dict[str, Any]:
     """Negative Ritz values the paper's way: count of m, separated count, separated mass.
 
     Example:
@@ -102,6 +108,35 @@ def table_row(empirical: Spectrum, augmented: Spectrum, record: dict | None, /) 
         "test_acc": _pct(r.get("test_accuracy")), "train_acc": _pct(r.get("train_accuracy")),
         "test_loss": r.get("test_loss"), "train_loss": r.get("train_loss"),
     }
+
+
+def best_metrics(metrics: Sequence[dict] | None, /) -> dict[str, Any]:
+    """The best accuracies (%) and losses over training, and the epoch of each, as the paper's
+    Tables 1-2 report them (section 6: "the best training and test accuracies and losses").
+
+    ``None`` for a metric no record has (e.g. spectra compared without their run).
+
+    Example:
+      >>> recs = [{"epoch": 1, "test_accuracy": 0.5, "train_accuracy": 0.6, "test_loss": 1.0,
+      ...          "train_loss": 0.9},
+      ...         {"epoch": 2, "test_accuracy": 0.4, "train_accuracy": 0.7, "test_loss": 1.2,
+      ...          "train_loss": 0.5}]
+      >>> b = best_metrics(recs)
+      >>> b["test_acc"], b["train_acc"], b["test_loss"], b["train_loss"], b["epochs"]["test_acc"]
+      (50.0, 70.0, 1.0, 0.5, 1)
+      >>> best_metrics([])["test_acc"] is None
+      True
+    """
+    out: dict[str, Any] = {"epochs": {}}
+    for name, key, pick in (("test_acc", "test_accuracy", max),
+                            ("train_acc", "train_accuracy", max),
+                            ("test_loss", "test_loss", min), ("train_loss", "train_loss", min)):
+        recs = [r for r in (metrics or []) if r.get(key) is not None]
+        best = pick(recs, key=lambda r: r[key]) if recs else None
+        value = None if best is None else best[key]
+        out[name] = _pct(value) if name.endswith("acc") else value
+        out["epochs"][name] = None if best is None else best.get("epoch")
+    return out
 
 
 def claims(empirical: Spectrum, augmented: Spectrum, /) -> dict[str, bool]:
@@ -160,13 +195,14 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
     Example:
       >>> import os, tempfile
       >>> from jaxspec import Spectrum
+      >>> from jaxspec.io import save_spectrum
       >>> from experiments.compare import compare_paths
       >>> d = tempfile.mkdtemp()
       >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "dataset": "toy", "bn_mode": "train"}
       >>> emp, aug = os.path.join(d, "emp.json"), os.path.join(d, "aug.json")
-      >>> Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1],
-      ...          meta={**meta, "N": 100, "sigma2": 0.25}).save(emp)
-      >>> Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}).save(aug)
+      >>> save_spectrum(Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1],
+      ...          meta={**meta, "N": 100, "sigma2": 0.25}), emp)
+      >>> save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}), aug)
       >>> r = compare_paths(emp, aug, plot=False)
       >>> sorted(os.path.relpath(p, d) for p in r.paths.values())
       ['compare_e0002.csv', 'compare_e0002.json', 'compare_e0002.md']
@@ -182,8 +218,8 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
       >>> top["quantity"], top["reference"], top["predicted_empirical"]
       ('lambda_max', 2.0, 2.5)
     """
-    emp = Spectrum.load(empirical_path)
-    aug = Spectrum.load(augmented_path)
+    emp = load_spectrum(empirical_path)
+    aug = load_spectrum(augmented_path)
     me, ma = emp.meta, aug.meta
     epoch = me.get("epoch")
     if metrics is None:
@@ -212,10 +248,13 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
         "sigma2": sigma2, "sigma2_stderr": me.get("sigma2_stderr"),
         "time_s": {"empirical": me.get("time_s"), "augmented": ma.get("time_s")},
         "table": table_row(emp, aug, record),
+        "best": best_metrics(metrics),
         "negative": {"empirical": negative_stats(emp), "augmented": negative_stats(aug)},
         "top_weights": {"empirical": [list(t) for t in emp.top_weights(3)],
                         "augmented": [list(t) for t in aug.top_weights(3)]},
         "claims": claims(emp, aug),
+        "statistics": {"empirical": spectrum_statistics(emp),
+                       "augmented": spectrum_statistics(aug)},
         "theorem1": comparison.to_dict(),
         "spectra": {"empirical": os.path.abspath(empirical_path),
                     "augmented": os.path.abspath(augmented_path)},
@@ -263,6 +302,7 @@ def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str |
     Example:
       >>> import os, tempfile
       >>> from jaxspec import Spectrum
+      >>> from jaxspec.io import save_spectrum
       >>> from experiments.compare import compare_run
       >>> from experiments.paper import trained_preset
       >>> from experiments.spectrum import spectrum_path
@@ -270,10 +310,10 @@ def compare_run(workdir: str | os.PathLike, epoch: int, /, *, spectra_dir: str |
       >>> workdir = trained_preset("smoke")  # a 1x16 MLP trained for 2 epochs
       >>> sdir = tempfile.mkdtemp()
       >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "bn_mode": "train"}
-      >>> Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1], meta={**meta, "N": 100}).save(
-      ...     spectrum_path(sdir, "empirical", 2))
-      >>> Spectrum([0.0, 1.0], [0.9, 0.1], meta={**meta, "N": 400}).save(
-      ...     spectrum_path(sdir, "augmented", 2))
+      >>> save_spectrum(Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1], meta={**meta, "N": 100}),
+      ...               spectrum_path(sdir, "empirical", 2))
+      >>> save_spectrum(Spectrum([0.0, 1.0], [0.9, 0.1], meta={**meta, "N": 400}),
+      ...               spectrum_path(sdir, "augmented", 2))
       >>> r = compare_run(workdir, 2, spectra_dir=sdir, plot=False)
       >>> r.data["table"]["lambda1_emp"], r.data["table"]["lambda1_aug"]
       (3.0, 1.0)
@@ -304,7 +344,20 @@ def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) ->
       ...      "negative": {"empirical": negative_stats(e), "augmented": negative_stats(a)},
       ...      "top_weights": {"empirical": e.top_weights(3), "augmented": a.top_weights(3)}}
       >>> to_markdown(d).splitlines()[4]
-      '| 5 | -2 | 1 | 0 | - | - | - | - |'
+      '| at epoch ? | 5 | -2 | 1 | 0 | - | - | - | - |'
+
+      With the run's metrics, a second row gives the best over training (the paper's tables
+      report the best), and the section-6.3 statistics get their own table:
+
+      >>> d["best"] = best_metrics([{"epoch": 3, "test_accuracy": 0.9, "train_accuracy": 1.0,
+      ...                            "test_loss": 0.3, "train_loss": 0.01}])
+      >>> d["statistics"] = {"empirical": spectrum_statistics(e),
+      ...                    "augmented": spectrum_statistics(a)}
+      >>> lines = to_markdown(d).splitlines()
+      >>> lines[5].split(" | ")[4:]
+      ['-', '90.00 (epoch 3)', '100.00 (epoch 3)', '0.3 (epoch 3)', '0.01 (epoch 3) |']
+      >>> [line for line in lines if line.startswith("| augmented | [0, 0.9]")]
+      ['| augmented | [0, 0.9] | [1, 0.1] | - | 1 | 2.667 |']
     """
     t = data["table"]
     def known(key: str) -> Any:  # absent, or saved as None
@@ -313,13 +366,20 @@ def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) ->
     title = (f"# Empirical vs Augmented Hessian: {known('model')} on {known('dataset')}, "
              f"epoch {known('epoch')}")
     lines = [title, "",
-             _md(["lambda'_1 (emp)", "lambda'_n (emp)", "lambda_1 (aug)", "lambda_n (aug)",
-                  "test acc", "train acc", "test loss", "train loss"]),
-             _md(["---"] * 8),
-             _md([_f(t[k]) for k in ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")]
+             _md(["metrics", "lambda'_1 (emp)", "lambda'_n (emp)", "lambda_1 (aug)",
+                  "lambda_n (aug)", "test acc", "train acc", "test loss", "train loss"]),
+             _md(["---"] * 9),
+             _md([f"at epoch {known('epoch')}"]
+                 + [_f(t[k]) for k in ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")]
                  + [_f(t["test_acc"], ".2f"), _f(t["train_acc"], ".2f"), _f(t["test_loss"]),
-                    _f(t["train_loss"])]),
-             ""]
+                    _f(t["train_loss"])])]
+    best = data.get("best")
+    if best is not None:
+        cells = [f"{_f(best[k], '.2f' if k.endswith('acc') else '.4g')} (epoch "
+                 f"{best['epochs'][k]})" if best[k] is not None else "-"
+                 for k in ("test_acc", "train_acc", "test_loss", "train_loss")]
+        lines.append(_md(["best over training", "-", "-", "-", "-", *cells]))
+    lines.append("")
     if "P" in data:
         lines += [f"P = {_f(data['P'])}; empirical N = {_f(data.get('N_empirical'))} "
                   f"(q = {_f(data.get('q_empirical'))}), m = {data.get('m_empirical')}; "
@@ -340,6 +400,16 @@ def to_markdown(data: dict[str, Any], /, *, comparison_md: str | None = None) ->
     for name in ("empirical", "augmented"):
         tops = [f"[{w:.3g}, {v:.3g}]" for w, v in data["top_weights"][name]]
         lines.append(_md([name, *tops, *["-"] * (3 - len(tops))]))
+    if data.get("statistics"):
+        lines += ["", "## Section 6.3: Ritz values closest to the origin [value, weight], skewness",
+                  "", _md(["spectrum", "closest", "2nd", "3rd", "total weight (paper: >= 0.99)",
+                           "skewness"]), _md(["---"] * 6)]
+        for name in ("empirical", "augmented"):
+            st = data["statistics"][name]
+            near = st["nearest_origin"]
+            cells = [f"[{v:.3g}, {w:.3g}]" for v, w in zip(near["nodes"], near["weights"])]
+            lines.append(_md([name, *cells, *["-"] * (3 - len(cells)),
+                              _f(near["total_weight"]), _f(st["skewness"])]))
     lines += ["", "## The paper's claims on these spectra", "",
               _md(["claim", "holds"]), _md(["---"] * 2)]
     names = {"narrower": "augmented spectrum narrower",
@@ -364,12 +434,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
       >>> import contextlib, io, os, tempfile
       >>> from jaxspec import Spectrum
+      >>> from jaxspec.io import save_spectrum
       >>> from experiments.compare import main
       >>> d = tempfile.mkdtemp()
       >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "dataset": "toy", "bn_mode": "train"}
       >>> emp, aug = os.path.join(d, "emp.json"), os.path.join(d, "aug.json")
-      >>> Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1], meta={**meta, "N": 100}).save(emp)
-      >>> Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}).save(aug)
+      >>> save_spectrum(Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1], meta={**meta, "N": 100}),
+      ...               emp)
+      >>> save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}), aug)
       >>> out = io.StringIO()
       >>> with contextlib.redirect_stdout(out):
       ...     code = main(["--empirical", emp, "--augmented", aug, "--out", d])

@@ -1,6 +1,7 @@
 """The paper's experiments end to end: train -> spectra -> compare -> report.
 
     python -m experiments.paper --print-commands --runs-dir runs     # the GPU commands, all runs
+    python -m experiments.paper --list                  # runs, figures, settings that are ours
     python -m experiments.paper --report --runs-dir runs             # runs/report.md from results
     python -m experiments.paper --preset cpu --npz cifar10.npz --out runs/cpu   # ~5-10 min, CPU
     python -m experiments.paper --preset smoke --out /tmp/smoke                 # ~1 min, tests
@@ -10,8 +11,9 @@ random matrix theory and iterative spectral methods" (ICLR 2020 submission), sec
 appendix A: PreResNet-110 and VGG-16 on CIFAR-10/100 with the Normal and Overfit schedules; the
 Empirical Hessian (training set, m = 100) and the Augmented Hessian (1.5M augmented samples,
 m = 80) at the final weights. Their reported numbers (PreResNet-110 only; the paper gives no
-VGG-16 table) are copied below as constants, with the table or section they come from, and the
-report puts ours next to them.
+VGG-16 table), the runs, every figure and the settings that are our own choices are in
+:mod:`experiments.paper_runs` (the choices in full: docs/fidelity.md); the report puts ours next
+to the paper's and flags, in every table, the choices of ours each row depends on.
 
 ``--preset cpu`` runs the whole chain at toy scale on a CPU: a 2x256 MLP trained for 10 epochs on
 3,000 CIFAR-10 images (``--npz`` a local copy, else synthetic data), spectra with m = 30 / 24 and
@@ -25,20 +27,30 @@ import argparse
 import atexit
 import dataclasses
 import functools
-import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
-from experiments._markdown import fmt as _f
-from experiments._markdown import jsonable
-from experiments._markdown import row as _md
+from experiments.paper_runs import FIGURES
+from experiments.paper_runs import OUR_CHOICES
+from experiments.paper_runs import PAPER
+from experiments.paper_runs import RUNS
+from experiments.paper_runs import PaperNumbers
+from experiments.paper_runs import PaperRun
+from experiments.paper_runs import commands
+from experiments.paper_runs import figure_path
+from experiments.paper_runs import list_runs
+from experiments.paper_runs import print_commands
+from experiments.paper_report import ReportEntry
+from experiments.paper_report import build_report
+from experiments.paper_report import collect_entries
 
 __all__ = [
+    "FIGURES",
+    "OUR_CHOICES",
     "PAPER",
     "PRESETS",
     "PaperNumbers",
@@ -49,378 +61,13 @@ __all__ = [
     "build_report",
     "collect_entries",
     "commands",
+    "figure_path",
+    "list_runs",
     "main",
     "print_commands",
     "run_preset",
     "trained_preset",
 ]
-
-
-class PaperNumbers(NamedTuple):
-    """One run's numbers as reported by Granziol et al. (2020).
-
-    ``negative_*`` are ``(count, m, mass)``; ``top3_*`` the three largest-weight Ritz values
-    ``(weight, value)``; ``None`` where the paper does not report the number.
-
-    Example:
-      >>> from experiments.paper import PAPER
-      >>> ref = PAPER[("preresnet110", "cifar10", "normal")]
-      >>> ref.lambda1_emp, ref.lambda1_aug, ref.test_acc, ref.negative_emp
-      (6.82, 0.5825, 95.32, (35, 100, 0.09))
-      >>> ref.top3_aug[0], PAPER[("preresnet110", "cifar10", "overfit")].negative_emp
-      ((0.88, -3.87e-06), None)
-    """
-
-    lambda1_emp: float
-    lambdan_emp: float
-    lambda1_aug: float
-    lambdan_aug: float
-    test_acc: float
-    train_acc: float
-    test_loss: float
-    train_loss: float
-    negative_emp: tuple[int, int, float] | None
-    negative_aug: tuple[int, int, float] | None
-    top3_emp: tuple[tuple[float, float], ...]
-    top3_aug: tuple[tuple[float, float], ...]
-    source: str
-
-
-# Granziol et al. (2020), ICLR 2020 submission (OpenReview). PreResNet-110,
-# final weights; empirical N = 50,000, m = 100; augmented N = 1,500,000, m = 80.
-#   Tables 1 (CIFAR-100) and 2 (CIFAR-10), appendix A: extremal eigenvalues, accuracies, losses.
-#   Section 6.1 text: negative Ritz counts/masses of the Normal runs, and CIFAR-10 Normal's
-#     augmented edges 0.5825 / -0.0061 (Table 2 repeats CIFAR-100's 3.025 / -0.014 there, a
-#     copying error; the text and Figure 3 agree on 0.5825 / -0.0061).
-#   Section 6.2 text: CIFAR-100 Overfit 43/100 (mass 0.032) -> 0 negative; CIFAR-10 Overfit
-#     augmented: one negative Ritz value near the origin with weight 0.086.
-#   Table 3: the three largest-weight Ritz values [weight, value].
-#   Table 2's CIFAR-10 Overfit losses (1.85 / 0.026) equal Table 1's CIFAR-100 Overfit ones, as
-#     printed.
-PAPER: dict[tuple[str, str, str], PaperNumbers] = {
-    ("preresnet110", "cifar100", "normal"): PaperNumbers(
-        20.56, -6.54, 3.025, -0.014, 77.24, 99.85, 0.99, 0.021,
-        (43, 100, 0.05), (5, 80, 0.00016),
-        ((0.92, 0.0014), (0.05, -0.03), (0.018, 0.06)),
-        ((0.84, 0.0017), (0.1, -0.0007), (0.045, 0.003)),
-        "Table 1; section 6.1; Table 3"),
-    ("preresnet110", "cifar100", "overfit"): PaperNumbers(
-        281.32, -7.33, 45.68, 2e-5, 56.85, 99.62, 1.85, 0.026,
-        (43, 100, 0.032), (0, 80, 0.0),
-        ((0.65, -0.026), (0.34, 0.05), (0.006, 0.58)),
-        ((0.86, 1.67e-5), (0.1, 0.0039), (0.019, 0.018)),
-        "Table 1; section 6.2; Table 3"),
-    ("preresnet110", "cifar10", "normal"): PaperNumbers(
-        6.82, -1.37, 0.5825, -0.0061, 95.32, 99.98, 0.18, 0.0034,
-        (35, 100, 0.09), (3, 80, 0.03),
-        ((0.88, 0.007), (0.085, -0.01), (0.023, 0.02)),
-        ((0.88, -3.87e-6), (0.073, 0.0006), (0.03, -0.0007)),
-        "Table 2; section 6.1 (augmented edges); Table 3"),
-    ("preresnet110", "cifar10", "overfit"): PaperNumbers(
-        184.4, -2.9, 15.6, -9e-4, 86.46, 99.91, 1.85, 0.026,
-        None, (1, 80, 0.086),
-        ((0.77, 0.01), (0.22, -0.04), (0.005, 0.32)),
-        ((0.89, 0.00013), (0.086, -0.00094), (0.016, 0.0058)),
-        "Table 2; section 6.2; Table 3"),
-}
-
-
-class PaperRun(NamedTuple):
-    """One of the paper's runs: the training config, the epoch of its spectra, its numbers.
-
-    Example:
-      >>> from experiments.paper import RUNS
-      >>> run = RUNS[0]
-      >>> run.config, run.label, run.epoch, run.reference.lambda1_emp
-      ('preresnet110_cifar100_normal', 'PreResNet-110 CIFAR-100 Normal', 225, 20.56)
-      >>> [(r.config, r.epoch) for r in RUNS if r.reference is None][:2]
-      [('vgg16_cifar100_normal', 300), ('vgg16_cifar100_overfit', 1000)]
-    """
-
-    config: str
-    label: str
-    model: str
-    dataset: str
-    schedule: str
-    epoch: int
-    reference: PaperNumbers | None
-
-
-def _runs() -> list[PaperRun]:
-    from train.configs import get_config
-
-    runs = []
-    for model, label in (("preresnet110", "PreResNet-110"), ("vgg16", "VGG-16")):
-        for dataset, dlabel in (("cifar100", "CIFAR-100"), ("cifar10", "CIFAR-10")):
-            for schedule in ("normal", "overfit"):
-                name = f"{model}_{dataset}_{schedule}"
-                runs.append(PaperRun(name, f"{label} {dlabel} {schedule.capitalize()}", model,
-                                     dataset, schedule, get_config(name).epochs,
-                                     PAPER.get((model, dataset, schedule))))
-    return runs
-
-
-#: The paper's eight runs (PreResNet-110 and VGG-16 x CIFAR-100/10 x Normal/Overfit).
-RUNS: list[PaperRun] = _runs()
-
-
-def commands(run: PaperRun, runs_dir: str = "runs", /, *, epochs_sweep: bool = False) -> list[str]:
-    """The shell commands of one run: train, both spectra, compare (and the epoch sweep).
-
-    Example:
-      >>> commands(RUNS[0], "runs")[1].split()[3:]
-      ['--workdir', 'runs/preresnet110_cifar100_normal', '--epoch', '225', '--mode', 'empirical']
-    """
-    wd = shlex.quote(os.path.join(runs_dir, run.config))
-    cmds = [
-        f"python -m train --config {run.config} --workdir {wd}",
-        f"python -m experiments.spectrum --workdir {wd} --epoch {run.epoch} --mode empirical",
-        f"python -m experiments.spectrum --workdir {wd} --epoch {run.epoch} --mode augmented",
-        f"python -m experiments.compare --workdir {wd} --epoch {run.epoch}",
-    ]
-    if epochs_sweep:
-        cmds.append(f"python -m experiments.epochs --workdir {wd} --epochs 0,25,50,75,125,150")
-    return cmds
-
-
-def print_commands(runs_dir: str = "runs", /) -> str:
-    """All the paper's commands, one block per run, then the report (as printed by the CLI).
-
-    Example:
-      >>> from experiments.paper import print_commands
-      >>> lines = print_commands("runs").splitlines()
-      >>> sum(line.startswith("python -m train ") for line in lines)  # 8 runs and VGG-16-BN
-      9
-      >>> lines[-1]
-      'python -m experiments.paper --report --runs-dir runs'
-    """
-    lines = ["# Granziol et al. (2020), section 6: train -> spectra -> compare, per run.",
-             "# Times are ESTIMATES for one H100 (see docs/paper.md); spectra use every GPU.", ""]
-    for run in RUNS:
-        lines.append(f"# {run.label} (spectra at epoch {run.epoch})")
-        # The appendix sweeps (figures 14-20 and 23-29) are of the CIFAR-100 Normal runs.
-        lines += commands(run, runs_dir,
-                          epochs_sweep=run.dataset == "cifar100" and run.schedule == "normal")
-        lines.append("")
-    # Appendices H-I: VGG-16-BN (CIFAR-100) along training, and augmented spectra with
-    # 5 million samples (K = 100) and m = 10 (figures 13 and 22).
-    bn = "vgg16bn_cifar100_normal"
-    wd = shlex.quote(os.path.join(runs_dir, bn))
-    p110 = shlex.quote(os.path.join(runs_dir, "preresnet110_cifar100_normal"))
-    lines += ["# Appendix I: VGG-16-BN CIFAR-100 Normal along training; appendix H/I: 5M-sample "
-              "augmented spectra, m = 10",
-              f"python -m train --config {bn} --workdir {wd}",
-              f"python -m experiments.epochs --workdir {wd} --epochs 0,25,50,75,125,150,300",
-              f"python -m experiments.spectrum --workdir {wd} --epoch 300 --mode augmented "
-              f"--num-per-image 100 --steps 10 --out {wd}/spectra_5m",
-              f"python -m experiments.spectrum --workdir {p110} --epoch 225 --mode augmented "
-              f"--num-per-image 100 --steps 10 --out {p110}/spectra_5m", ""]
-    lines.append(f"python -m experiments.paper --report --runs-dir {shlex.quote(runs_dir)}")
-    return "\n".join(lines)
-
-
-# ---- the report -----------------------------------------------------------------------------
-
-
-class ReportEntry(NamedTuple):
-    """A run in the report: its label, our comparison (or None), the paper's numbers (or None).
-
-    Example:
-      >>> from experiments.paper import PAPER, ReportEntry
-      >>> e = ReportEntry("PreResNet-110 CIFAR-10 Normal", None,
-      ...                 PAPER[("preresnet110", "cifar10", "normal")])
-      >>> e.ours, e.reference.lambdan_aug, e.figures, e.note
-      (None, -0.0061, (), '')
-    """
-
-    label: str
-    ours: dict[str, Any] | None
-    reference: PaperNumbers | None
-    figures: tuple[str, ...] = ()
-    note: str = ""
-
-
-def collect_entries(runs_dir: str, /) -> list[ReportEntry]:
-    """One :class:`ReportEntry` per paper run, with our comparison where it has been computed.
-
-    Reads ``<runs_dir>/<config>/spectra/compare_e<epoch>.json`` (written by
-    :func:`experiments.compare.compare_run`) of each of :data:`RUNS`.
-
-    Example:
-      >>> import json, os, tempfile
-      >>> from experiments.paper import RUNS, collect_entries
-      >>> runs = tempfile.mkdtemp()
-      >>> sdir = os.path.join(runs, RUNS[0].config, "spectra"); os.makedirs(sdir)
-      >>> with open(os.path.join(sdir, f"compare_e{RUNS[0].epoch:04d}.json"), "w") as f:
-      ...     json.dump({"epoch": RUNS[0].epoch}, f)  # a stand-in for compare_run's JSON
-      >>> entries = collect_entries(runs)
-      >>> len(entries), entries[0].label, entries[0].ours, entries[1].ours
-      (8, 'PreResNet-110 CIFAR-100 Normal', {'epoch': 225}, None)
-      >>> entries[0].reference.lambda1_emp, entries[-1].reference, entries[-1].note
-      (20.56, None, 'the paper reports no numbers')
-    """
-    entries = []
-    for run in RUNS:
-        sdir = os.path.join(runs_dir, run.config, "spectra")
-        path = os.path.join(sdir, f"compare_e{run.epoch:04d}.json")
-        ours, figures = None, []
-        if os.path.exists(path):
-            with open(path) as f:
-                ours = json.load(f)
-            figures = [os.path.join(sdir, n) for n in (f"compare_e{run.epoch:04d}.png",
-                                                       "epochs_empirical.png")]
-        entries.append(ReportEntry(run.label, ours, run.reference,
-                                   tuple(p for p in figures if os.path.exists(p)),
-                                   "" if run.reference else "the paper reports no numbers"))
-    return entries
-
-
-def _neg(n: Any) -> tuple[str, str]:
-    if n is None:
-        return "-", "-"
-    if isinstance(n, dict):
-        return f"{n['num_negative']}/{n['num_nodes']}", _f(n["negative_mass"], ".3g")
-    return f"{n[0]}/{n[1]}", _f(n[2], ".3g")
-
-
-def _tops(t: Any) -> list[str]:
-    cells = [f"[{w:.3g}, {v:.3g}]" for w, v in (t or [])][:3]
-    return cells + ["-"] * (3 - len(cells))
-
-
-def build_report(entries: Sequence[ReportEntry], path: str, /, *, title: str | None = None,
-                 preamble: str = "") -> dict[str, Any]:
-    """Writes the Markdown report (and ``<path>.json`` beside it); returns the JSON content.
-
-    Every table has a ``paper`` row (the reported numbers) and an ``ours`` row per run.
-
-    Example:
-      >>> import os, tempfile
-      >>> from jaxspec import Spectrum
-      >>> from experiments.compare import compare_paths
-      >>> from experiments.paper import PAPER, ReportEntry, build_report
-      >>> d = tempfile.mkdtemp()
-      >>> meta = {"epoch": 2, "P": 400, "model": "mlp", "bn_mode": "train"}
-      >>> emp, aug = os.path.join(d, "emp.json"), os.path.join(d, "aug.json")
-      >>> Spectrum([-2.0, 0.0, 2.5], [0.1, 0.8, 0.1], meta={**meta, "N": 100}).save(emp)
-      >>> Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 1600}).save(aug)
-      >>> ours = compare_paths(emp, aug, plot=False).data
-      >>> ref = PAPER[("preresnet110", "cifar10", "normal")]
-      >>> data = build_report([ReportEntry("toy MLP", ours, None),
-      ...                      ReportEntry("PreResNet-110 CIFAR-10 Normal", None, ref)],
-      ...                     os.path.join(d, "report.md"))
-      >>> [(r["label"], r["ours"] is not None, r["paper"] is not None) for r in data["entries"]]
-      [('toy MLP', True, False), ('PreResNet-110 CIFAR-10 Normal', False, True)]
-      >>> with open(os.path.join(d, "report.md")) as f:
-      ...     lines = f.read().splitlines()
-      >>> ours_rows = [r.split(" | ") for r in lines if r.startswith("| toy MLP | ours |")]
-      >>> len(ours_rows), ours_rows[0][3:9]  # Tables 1/2, negatives, Table 3 x 2; N, m, edges
-      (4, ['100 / 1,600', '3 / 2', '2.5', '-2', '2', '0'])
-      >>> sum(r.startswith("| PreResNet-110 CIFAR-10 Normal | paper |") for r in lines)
-      4
-    """
-    from jaxspec.atomic import write_text
-
-    out_dir = os.path.dirname(os.path.abspath(path))
-    title = title or "Empirical vs Augmented Hessian spectra: ours next to Granziol et al. (2020)"
-    lines = [f"# {title}", ""]
-    if preamble:
-        lines += [preamble.rstrip(), ""]
-    lines += ["Paper: PreResNet-110, final weights, empirical N = 50,000 (m = 100), augmented "
-              "N = 1,500,000 (m = 80); Tables 1-3 and section 6 of Granziol et al. (2020). "
-              "lambda' = Empirical Hessian, lambda = Augmented Hessian; accuracies in %.", "",
-              "## Extremal eigenvalues, accuracy and loss (Tables 1 and 2)", "",
-              _md(["run", "source", "epoch", "N emp / aug", "m emp / aug", "lambda'_1",
-                   "lambda'_n", "lambda_1", "lambda_n", "test acc", "train acc", "test loss",
-                   "train loss"]),
-              _md(["---"] * 13)]
-    records = []
-    for e in entries:
-        ref, ours = e.reference, e.ours
-        if ref is not None:
-            lines.append(_md([e.label, "paper", "final", "50,000 / 1,500,000", "100 / 80",
-                              *[_f(getattr(ref, k)) for k in
-                                ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")],
-                              _f(ref.test_acc, ".2f"), _f(ref.train_acc, ".2f"),
-                              _f(ref.test_loss), _f(ref.train_loss)]))
-        if ours is not None:
-            t = ours["table"]
-            lines.append(_md([e.label, "ours", ours.get("epoch"),
-                              f"{_f(ours.get('N_empirical'))} / {_f(ours.get('N_augmented'))}",
-                              f"{ours.get('m_empirical')} / {ours.get('m_augmented')}",
-                              *[_f(t[k]) for k in
-                                ("lambda1_emp", "lambdan_emp", "lambda1_aug", "lambdan_aug")],
-                              _f(t["test_acc"], ".2f"), _f(t["train_acc"], ".2f"),
-                              _f(t["test_loss"]), _f(t["train_loss"])]))
-        elif ref is None:
-            lines.append(_md([e.label, "ours", "not run"] + ["-"] * 10))
-        records.append({"label": e.label, "ours": ours,
-                        "paper": None if ref is None else ref._asdict(), "note": e.note})
-
-    lines += ["", "## Negative Ritz values (section 6)", "",
-              _md(["run", "source", "emp negative / m", "emp separated mass",
-                   "aug negative / m", "aug separated mass"]), _md(["---"] * 6)]
-    for e in entries:
-        if e.reference is not None:
-            lines.append(_md([e.label, "paper", *_neg(e.reference.negative_emp),
-                              *_neg(e.reference.negative_aug)]))
-        if e.ours is not None:
-            lines.append(_md([e.label, "ours", *_neg(e.ours["negative"]["empirical"]),
-                              *_neg(e.ours["negative"]["augmented"])]))
-
-    lines += ["", "## Largest-weight Ritz values [weight, value] (Table 3)", "",
-              _md(["run", "source", "spectrum", "[rho_0, lambda_0]", "[rho_1, lambda_1]",
-                   "[rho_2, lambda_2]"]), _md(["---"] * 6)]
-    for e in entries:
-        for spec, key_ref, key_ours in (("empirical", "top3_emp", "empirical"),
-                                        ("augmented", "top3_aug", "augmented")):
-            if e.reference is not None:
-                lines.append(_md([e.label, "paper", spec,
-                                  *_tops(getattr(e.reference, key_ref))]))
-            if e.ours is not None:
-                lines.append(_md([e.label, "ours", spec,
-                                  *_tops(e.ours["top_weights"][key_ours])]))
-
-    lines += ["", "## The paper's qualitative claims on our spectra", "",
-              _md(["run", "augmented narrower", "lambda_1 < lambda'_1",
-                   "abs(lambda_n) < abs(lambda'_n)", "fewer negative (fraction)",
-                   "lighter negative mass"]), _md(["---"] * 6)]
-    for e in entries:
-        if e.ours is not None:
-            c = e.ours["claims"]
-            lines.append(_md([e.label, *[_f(c[k]) for k in
-                                         ("narrower", "smaller_top", "smaller_bottom",
-                                          "fewer_negative", "lighter_negative")]]))
-
-    lines += ["", "## Theorem 1 (augmented taken as the True Hessian)", "",
-              _md(["run", "q = P/N", "sigma^2 (estimated)", "lambda'_1 measured",
-                   "lambda'_1 predicted", "lambda'_n measured", "lambda'_n predicted",
-                   "implied sigma^2 (top / bottom)"]), _md(["---"] * 8)]
-    for e in entries:
-        if e.ours is None:
-            continue
-        rows = {r["quantity"]: r for r in e.ours["theorem1"]["rows"]}
-        params = {r["quantity"]: r["value"] for r in e.ours["theorem1"]["parameters"]}
-        lines.append(_md([e.label, _f(e.ours.get("q_empirical")), _f(e.ours.get("sigma2")),
-                          _f(rows["lambda_max"]["empirical"]),
-                          _f(rows["lambda_max"]["predicted_empirical"]),
-                          _f(rows["lambda_min"]["empirical"]),
-                          _f(rows["lambda_min"]["predicted_empirical"]),
-                          f"{_f(params.get('implied_sigma2_top'))} / "
-                          f"{_f(params.get('implied_sigma2_bottom'))}"]))
-
-    figs = [(e.label, f) for e in entries for f in e.figures]
-    if figs:
-        lines += ["", "## Figures", ""]
-        for label, f in figs:
-            rel = os.path.relpath(os.path.abspath(f), out_dir)
-            lines += [f"**{label}**: `{os.path.basename(f)}`", "", f"![{label}]({rel})", ""]
-    text = "\n".join(lines).rstrip() + "\n"
-    write_text(path, text)
-    data = {"title": title, "entries": records}
-    json_path = os.path.splitext(path)[0] + ".json"
-    write_text(json_path, json.dumps(jsonable(data), indent=1, allow_nan=False))  # NaN -> null
-    return data
 
 
 # ---- the presets ----------------------------------------------------------------------------
@@ -595,7 +242,9 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     ref_key = ("preresnet110", "cifar10", "normal")
     data_txt = (f"{config.dataset} from {os.path.basename(npz)}" if npz else "synthetic data")
     entry = ReportEntry(f"{name} preset: MLP, {data_txt}", cmp.data, None,
-                        (cmp.paths["png"], epoch_paths["png"]))
+                        (cmp.paths["png"], epoch_paths["png"]),
+                        choices=("preset", "wd", "batch", "norm", "lr-epoch", "drop-last",
+                                 "no-wd-hess", "aug-set", "origin-tol"))
     context = ReportEntry("PreResNet-110 CIFAR-10 Normal (paper, for scale)", None,
                           PAPER[ref_key])
     import jax
@@ -618,7 +267,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``--print-commands``, ``--report`` or ``--preset cpu|smoke``.
+    """Command line: ``--print-commands``, ``--list``, ``--report`` or ``--preset cpu|smoke``.
 
     Example:
       >>> import contextlib, io, os, tempfile
@@ -628,6 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       ...     code = main(["--print-commands", "--runs-dir", "R"])
       >>> code, out.getvalue().splitlines()[-1]
       (0, 'python -m experiments.paper --report --runs-dir R')
+      >>> out = io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     code = main(["--list"])
+      >>> code, out.getvalue().splitlines()[-1].endswith("[ours]")
+      (0, True)
       >>> runs, out = tempfile.mkdtemp(), io.StringIO()
       >>> with contextlib.redirect_stdout(out):
       ...     code = main(["--report", "--runs-dir", runs])
@@ -639,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Granziol et al. (2020): commands, CPU presets, and the report.")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--print-commands", action="store_true",
-                      help="print the commands of every paper run")
+                      help="print the commands of every paper run and figure")
+    what.add_argument("--list", action="store_true",
+                      help="list the runs, their figures and the settings that are ours")
     what.add_argument("--report", action="store_true",
                       help="write the report from the runs under --runs-dir")
     what.add_argument("--preset", choices=sorted(PRESETS), help="run a toy-scale chain")
@@ -653,10 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_commands:
         print(print_commands(args.runs_dir))
         return 0
+    if args.list:
+        print(list_runs())
+        return 0
     if args.report:
         out = args.out or os.path.join(args.runs_dir, "report.md")
         entries = collect_entries(args.runs_dir)
-        build_report(entries, out)
+        build_report(entries, out, runs_dir=args.runs_dir)
         done = sum(e.ours is not None for e in entries)
         print(f"wrote {out} ({done}/{len(entries)} runs with results)")
         return 0

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxspec import rmt
+from jaxspec.report import csv_cell, fmt, md_row
 from jaxspec.slq import Spectrum
 
 __all__ = ["SpectrumComparison", "compare_spectra"]
@@ -47,16 +48,6 @@ def _num(x) -> float | None:
         return None
     x = float(x)
     return None if math.isnan(x) else x
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x)).lower()
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    return f"{float(x):.6g}"
 
 
 @dataclass(frozen=True)
@@ -134,10 +125,11 @@ class SpectrumComparison:
         w = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
         w.writeheader()
         for r in self.rows:
-            w.writerow({"section": "spectrum", **{k: _csv(r.get(k)) for k in SPECTRUM_COLUMNS}})
+            w.writerow({"section": "spectrum",
+                        **{k: csv_cell(r.get(k)) for k in SPECTRUM_COLUMNS}})
         for r in self.parameters:
             w.writerow({"section": "parameter", "quantity": r["quantity"],
-                        "value": _csv(r["value"]), "note": r.get("note") or ""})
+                        "value": csv_cell(r["value"]), "note": r.get("note") or ""})
         return out.getvalue()
 
     def to_markdown(self) -> str:
@@ -151,29 +143,18 @@ class SpectrumComparison:
         """
         head = ("quantity", "empirical", "reference", "predicted empirical (Thm 1)",
                 "inferred reference (Thm 1 inverse)", "note")
-        lines = [_md_row(head), _md_row(["---"] * len(head))]
+        lines = [md_row(head), md_row(["---"] * len(head))]
         for r in self.rows:
-            lines.append(_md_row([r["quantity"]] + [_fmt(r[k]) for k in SPECTRUM_COLUMNS[1:5]]
+            lines.append(md_row([r["quantity"]]
+                                + [fmt(r[k], ".6g") for k in SPECTRUM_COLUMNS[1:5]]
                                  + [r.get("note") or ""]))
-        lines += ["", _md_row(("parameter", "value", "note")), _md_row(["---"] * 3)]
+        lines += ["", md_row(("parameter", "value", "note")), md_row(["---"] * 3)]
         for r in self.parameters:
-            lines.append(_md_row((r["quantity"], _fmt(r["value"]), r.get("note") or "")))
+            lines.append(md_row((r["quantity"], fmt(r["value"], ".6g"), r.get("note") or "")))
         for name, tops in self.top_weights.items():
             pairs = ", ".join(f"[{w:.4g}, {v:.4g}]" for w, v in tops)
             lines += ["", f"Largest-weight Ritz values ({name}) [weight, value]: {pairs}"]
         return "\n".join(lines) + "\n"
-
-
-def _csv(x) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, str):
-        return x
-    return repr(float(x)) if not isinstance(x, (bool, int, np.integer)) else str(int(x))
-
-
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def compare_spectra(empirical: Any, reference: Any | None, /, *, q: float,
