@@ -15,7 +15,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np

@@ -117,7 +117,7 @@ class TrainConfig:
           >>> TrainConfig.from_dict({"checkpoint_epochs": [0, 5]}).checkpoint_epochs
           (0, 5)
         """
-        return dataclasses.replace(cls(), **{k: _coerce(k, v) for k, v in d.items()})
+        return dataclasses.replace(cls(), **{k: _coerce(cls, k, v) for k, v in d.items()})
 
 
 # Fields that may differ between a run and its resumption: they do not change the trajectory.
@@ -169,12 +169,8 @@ def _validate(c: TrainConfig) -> None:
         bad("model_kwargs", "a JSON object")
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _coerce(key: str, value: Any) -> Any:
-    types = _field_types()
+def _coerce(cls: type, key: str, value: Any) -> Any:
+    types = typing.get_type_hints(cls)
     if key not in types:
         raise ValueError(f"unknown config key {key!r}; keys: {sorted(types)}")
     hint = types[key]
@@ -223,8 +219,12 @@ def _scalar(key: str, base: type, value: Any, *, each: bool = False) -> Any:
     return str(value)
 
 
-def apply_overrides(config: TrainConfig, assignments: Sequence[str], /) -> TrainConfig:
+def apply_overrides(config: Any, assignments: Sequence[str], /) -> Any:
     """Apply ``key=value`` strings (``--set`` on the command line) to a config.
+
+    The one override parser of every script's config: ``config`` is any frozen dataclass
+    (:class:`TrainConfig`, ``experiments.true_hessian.StudyConfig``); each value is converted
+    to its field's type hint.
 
     Values are parsed as JSON where possible (``3``, ``0.05``, ``true``, ``null``, ``[0, 5]``,
     ``{"hidden": [64]}``), else taken as strings, then converted to the field's type; tuples also
@@ -253,7 +253,7 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str], /) -> Train
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = {"None": None, "True": True, "False": False}.get(raw, raw)
-        changes[key] = _coerce(key, value)
+        changes[key] = _coerce(type(config), key, value)
     return dataclasses.replace(config, **changes)
 
 

@@ -2,15 +2,16 @@
 
 Each preset is a function returning a :class:`StudyConfig`, with the exact command in its
 docstring (the Flax-examples layout); :func:`get_config` looks one up by name and
-:func:`apply_overrides` applies ``key=value`` strings (``--set`` on the command line).
+:func:`apply_overrides` (``train.configs.apply_overrides``, the one override parser of every
+script) applies ``key=value`` strings (``--set`` on the command line).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import typing
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
+
+from train.configs import apply_overrides
 
 __all__ = ["StudyConfig", "apply_overrides", "config_names", "default", "get_config", "gpu",
            "preset", "smoke"]
@@ -200,43 +201,3 @@ def preset(name: str, /, **overrides: Any) -> StudyConfig:
     return dataclasses.replace(get_config(name), **overrides)
 
 
-def _coerce(key: str, value: Any) -> Any:
-    hints = typing.get_type_hints(StudyConfig)
-    if key not in hints:
-        raise ValueError(f"unknown config key {key!r}; keys: {sorted(hints)}")
-    hint = hints[key]
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
-        elif not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(typing.get_args(hint)[0](v) for v in value)
-    if hint is int and (isinstance(value, bool) or float(value) != int(float(value))):
-        raise ValueError(f"config key {key!r} needs an int, got {value!r}")
-    return hint(value)
-
-
-def apply_overrides(config: StudyConfig, assignments: Sequence[str], /) -> StudyConfig:
-    """Applies ``key=value`` strings (``--set``) to ``config``.
-
-    ``train.configs.apply_overrides`` is written for its ``TrainConfig`` only, hence this one.
-    Values are read as JSON where possible, then converted to the field's type; tuples also take
-    ``0.1,1,10``.
-
-    Example:
-      >>> from experiments.true_hessian.config import apply_overrides, get_config
-      >>> c = apply_overrides(get_config("smoke"), ["qs=0.5,2", "lanczos_steps=12"])
-      >>> c.qs, c.lanczos_steps
-      ((0.5, 2.0), 12)
-    """
-    changes = {}
-    for a in assignments:
-        if "=" not in a:
-            raise ValueError(f"override {a!r} is not of the form key=value")
-        key, raw = (s.strip() for s in a.split("=", 1))
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        changes[key] = _coerce(key, value)
-    return dataclasses.replace(config, **changes)
