@@ -33,7 +33,6 @@ import os
 import sys
 from typing import Any, NamedTuple, Sequence
 
-
 from experiments.statistics import ORIGIN_TOL, spectrum_statistics
 from jaxspec import Spectrum
 from jaxspec.atomic import write_text
