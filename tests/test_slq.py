@@ -11,6 +11,8 @@ from jaxspec.io import spectrum_to_dict
 from jaxspec.plotting import stem_plot, stem_plots
 from spectra import matrix_with_spectrum, spectrum_of_kind
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
 
 def test_from_tridiagonal_matches_eigh():
     rng = np.random.default_rng(0)
@@ -105,10 +107,11 @@ def test_random_probe_distributions():
 
 
 def test_symmetry_probe():
-    A = jax.random.normal(jax.random.key(0), (20, 20))
+    A = jax.random.normal(jax.random.key(0), (20, 20), jnp.float32)  # float32 probes by default
     sym = A + A.T
     assert symmetry_error(lambda v: sym @ v, jax.random.key(1), 20).relative_error < 1e-6
-    assert assert_symmetric(lambda v: sym @ v, jax.random.key(1), 20, dtype=jnp.float64)
+    sym64 = sym.astype(jnp.float64)
+    assert assert_symmetric(lambda v: sym64 @ v, jax.random.key(1), 20, dtype=jnp.float64)
     with pytest.raises(ValueError, match="not symmetric"):
         assert_symmetric(lambda v: A @ v, jax.random.key(1), 20)
 
