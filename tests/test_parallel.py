@@ -39,6 +39,7 @@ from jaxspec.parallel import (
     shard_batched,
 )
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240  # seconds for all subprocesses together (on a loaded 2-core machine)
 CASES = {name: (kind, n, b) for name, kind, n, b in pw.CASES}
