@@ -17,6 +17,8 @@ from jaxspec import augment
 from jaxspec import augmented as A
 from jaxspec.data import normalize
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
 N, K, B, H = 10, 3, 4, 6  # 30 samples: 7 full batches of 4 and a tail of 2
 MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 61.0, 66.0])
 # One compiled program instead of a dozen eagerly compiled ops (slow on XLA:CPU).
