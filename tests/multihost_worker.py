@@ -4,8 +4,9 @@
 python tests/multihost_worker.py OUT.json``: joins the run through
 :func:`jaxspec.parallel.initialize` with two CPU devices and gloo collectives, loads only its
 share of the data set (:func:`jaxspec.parallel.process_share`), builds the global data set with
-:func:`jaxspec.parallel.global_batched`, the operator with ``reduce="mesh"``, and runs Lanczos over all four devices. Process 0 writes
-the results as JSON. Importing this module starts nothing.
+:func:`jaxspec.parallel.global_batched`, the operator with ``reduce="mesh"``, and runs Lanczos
+over all four devices. Process 0 writes the results as JSON. Importing this module starts
+nothing.
 """
 
 from __future__ import annotations

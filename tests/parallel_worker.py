@@ -2,10 +2,10 @@
 
 The test process has already started JAX with one CPU device, so the multi-device runs happen in
 a fresh process: ``python tests/parallel_worker.py OUT.json 8 4`` asks XLA:CPU for 8 devices
-before JAX starts, runs the curvature operators with the mesh reduction (MeshReduce) on a mesh of 8 devices (every case, a
-Lanczos run with the basis replicated and one with it sharded) and on a mesh of 4 (fewer
-cases), and writes the results as JSON. The test compares them with the single-device core
-operators.
+before JAX starts, runs the curvature operators with the mesh reduction (MeshReduce) on a mesh
+of 8 devices (every case, a Lanczos run with the basis replicated and one with it sharded) and
+on a mesh of 4 (fewer cases), and writes the results as JSON. The test compares them with the
+single-device core operators.
 Importing this module (as the test and the doctest collector do) starts nothing.
 """
 
