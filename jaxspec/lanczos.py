@@ -775,10 +775,10 @@ def run_lanczos(
     chunk_size = (10 if hooks else num_steps) if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if shard_basis and mesh is None:  # first: with driver="auto" the next check would say
+        raise ValueError("shard_basis=True needs a mesh to shard the basis over")  # "driver"
     if driver == "host" and (mesh is not None or shard_basis):
         raise ValueError("mesh and shard_basis need driver='compiled'")
-    if shard_basis and mesh is None:
-        raise ValueError("shard_basis=True needs a mesh to shard the basis over")
     dim = int(v0.shape[0])
     pad = (-dim) % int(mesh.shape[axis_name]) if shard_basis else 0
     if mesh is not None and axis_name not in mesh.shape:

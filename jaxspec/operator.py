@@ -243,6 +243,9 @@ def _check_params(params: Any) -> None:
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
         raise ValueError("params has no arrays")
+
+    # np.result_type only for leaves without a dtype (Python scalars): as a getattr default it
+    # would also run on every array, which NumPy deprecates (and converts the array)
     def dtype_of(x):
         return jnp.dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x))
 

@@ -11,14 +11,15 @@ import importlib
 
 @contextlib.contextmanager
 def recorded_saves(die_after: int | None = None):
-    """Records the step of every Lanczos checkpoint written inside the block (every driver saves
-    through ``jaxspec.lanczos.save_lanczos_state``); with ``die_after``, the run is "killed"
-    (``KeyboardInterrupt``) right after that many checkpoints were completely written."""
-    module = importlib.import_module("jaxspec.lanczos")
+    """Records the step of every Lanczos checkpoint written inside the block (the
+    :class:`jaxspec.io.LanczosCheckpoint` hook saves through ``jaxspec.io.save_lanczos_state``);
+    with ``die_after``, the run is "killed" (``KeyboardInterrupt``) right after that many
+    checkpoints were completely written."""
+    module = importlib.import_module("jaxspec.io")
     save, steps = module.save_lanczos_state, []
 
-    def recording(path, state):
-        save(path, state)
+    def recording(path, state, **kwargs):
+        save(path, state, **kwargs)
         steps.append(int(state.step))
         if die_after is not None and len(steps) == die_after:
             raise KeyboardInterrupt

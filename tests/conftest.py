@@ -1,5 +1,6 @@
 """Test configuration: float64 enabled (comparisons with dense eigh are made in float64; tests of
-float32 behaviour build float32 arrays explicitly), and a fast hypothesis profile for CI."""
+float32 behaviour build float32 arrays explicitly), strict dtype promotion where asked for, and
+a fast hypothesis profile for CI."""
 
 import os
 
@@ -21,3 +22,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture
+def strict_promotion():
+    """Strict dtype promotion (as lineax's suite): no silent float32/float64 mixing in the core.
+
+    Use it per module with ``pytestmark = pytest.mark.usefixtures("strict_promotion")``.
+    """
+    with jax.numpy_dtype_promotion("strict"):
+        yield

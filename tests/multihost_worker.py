@@ -3,9 +3,10 @@
 ``JAXSPEC_COORDINATOR=127.0.0.1:PORT JAXSPEC_NUM_PROCESSES=2 JAXSPEC_PROCESS_ID=I
 python tests/multihost_worker.py OUT.json``: joins the run through
 :func:`jaxspec.parallel.initialize` with two CPU devices and gloo collectives, loads only its
-share of the data set (:func:`jaxspec.parallel.process_share`), builds the global operator with
-:func:`jaxspec.parallel.global_batched` and runs Lanczos over all four devices. Process 0 writes
-the results as JSON. Importing this module starts nothing.
+share of the data set (:func:`jaxspec.parallel.process_share`), builds the global data set with
+:func:`jaxspec.parallel.global_batched`, the operator with ``reduce="mesh"``, and runs Lanczos
+over all four devices. Process 0 writes the results as JSON. Importing this module starts
+nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ def run() -> dict:
     from jax.flatten_util import ravel_pytree
 
     import parallel_worker as pw
-    from jaxspec import Spectrum, run_lanczos
-    from jaxspec.parallel import (data_mesh, global_batched, initialize, process_share,
-                                  sharded_hessian_matvec, sharded_lanczos)
+    from jaxspec import Spectrum, curvature_operator, run_lanczos
+    from jaxspec.parallel import data_mesh, global_batched, initialize, process_share
 
     assert initialize(initialization_timeout=60)
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
@@ -41,13 +41,13 @@ def run() -> dict:
     tail = {k: x[share.tail] for k, x in data.items()}
     batched = global_batched(local, mesh, batch_size=batch_size, num_samples=n, tail=tail)
     params = jax.tree.map(jnp.asarray, pw.make_params(kind))
-    mv = sharded_hessian_matvec(pw.LOSSES[kind], params, batched, mesh=mesh)
+    mv = curvature_operator(pw.LOSSES[kind], params, batched, reduce="mesh")  # every device
     v = jnp.asarray(pw.probe(ravel_pytree(params)[0].size))
     out = {"process": jax.process_index(), "local_samples": int(local["x"].shape[0]),
            "hvp": np.asarray(mv(v)).tolist()}
-    res = run_lanczos(mv, v, pw.NUM_STEPS, driver="compiled")
+    res = run_lanczos(mv, v, pw.NUM_STEPS)  # auto: the compiled driver, for the mesh
     out["ritz"] = Spectrum.from_lanczos(res).nodes.tolist()
-    res = sharded_lanczos(mv, v, pw.NUM_STEPS, mesh=mesh, shard_basis=True)
+    res = run_lanczos(mv, v, pw.NUM_STEPS, mesh=mesh, shard_basis=True)
     out["ritz_sharded_basis"] = Spectrum.from_lanczos(res).nodes.tolist()
     return out
 

@@ -2,10 +2,10 @@
 
 The test process has already started JAX with one CPU device, so the multi-device runs happen in
 a fresh process: ``python tests/parallel_worker.py OUT.json 8 4`` asks XLA:CPU for 8 devices
-before JAX starts, runs the data-parallel operators on a mesh of 8 devices (every case, a
-Lanczos run with the basis replicated and one with it sharded) and on a mesh of 4 (fewer
-cases), and writes the results as JSON. The test compares them with the single-device core
-operators.
+before JAX starts, runs the curvature operators with the mesh reduction (MeshReduce) on a mesh
+of 8 devices (every case, a Lanczos run with the basis replicated and one with it sharded) and
+on a mesh of 4 (fewer cases), and writes the results as JSON. The test compares them with the
+single-device core operators.
 Importing this module (as the test and the doctest collector do) starts nothing.
 """
 
@@ -82,7 +82,7 @@ def probe(dim: int, seed: int = 2) -> np.ndarray:
 COLLECTIVES = r"\b(psum\w*|all_gather\w*|all_to_all|ppermute|reduce_scatter|pmax|pmin)\b"
 
 
-def resumed_after_kill(sharded_lanczos, mesh) -> dict:
+def resumed_after_kill(mesh) -> dict:
     """A padded, basis-sharded run killed after its second checkpoint, then resumed: the steps
     saved before the kill, those saved after (it must go on from step 8), the Ritz values."""
     import os
@@ -91,18 +91,19 @@ def resumed_after_kill(sharded_lanczos, mesh) -> dict:
     import jax.numpy as jnp
 
     from checkpoints import recorded_saves
-    from jaxspec import Spectrum
+    from jaxspec import Spectrum, run_lanczos
+    from jaxspec.io import LanczosCheckpoint
 
     diag = lambda v: jnp.arange(1.0, 14.0) * v  # noqa: E731
-    args = dict(mesh=mesh, shard_basis=True, chunk_size=4,
-                checkpoint=os.path.join(tempfile.mkdtemp(), "state.npz"))
+    path = os.path.join(tempfile.mkdtemp(), "state.npz")
+    args = dict(mesh=mesh, shard_basis=True, chunk_size=4)
     try:
         with recorded_saves(die_after=2) as killed_at:
-            sharded_lanczos(diag, jnp.ones(13), 13, **args)
+            run_lanczos(diag, jnp.ones(13), 13, hooks=[LanczosCheckpoint(path)], **args)
     except KeyboardInterrupt:
         pass
     with recorded_saves() as resumed:
-        res = sharded_lanczos(diag, jnp.ones(13), 13, **args)
+        res = run_lanczos(diag, jnp.ones(13), 13, hooks=[LanczosCheckpoint(path)], **args)
     return {"killed_at": killed_at, "resumed_saves": resumed,
             "ritz": Spectrum.from_lanczos(res).nodes.tolist()}
 
@@ -121,9 +122,8 @@ def run(device_counts: list[int]) -> dict:
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
-    from jaxspec import Spectrum, batch_dataset, run_lanczos
-    from jaxspec.parallel import (data_mesh, shard_batched, sharded_hessian_matvec,
-                                  sharded_lanczos)
+    from jaxspec import Spectrum, batch_dataset, curvature_operator, run_lanczos
+    from jaxspec.parallel import MeshReduce, data_mesh, shard_batched
 
     # All the products of one mesh in one compiled program: XLA:CPU compiles slowly.
     products = jax.jit(lambda ops, vs: [op(v) for op, v in zip(ops, vs)])
@@ -137,9 +137,10 @@ def run(device_counts: list[int]) -> dict:
             if not full and name not in SMALL_MESH_CASES:
                 continue
             params = jax.tree.map(jnp.asarray, make_params(kind))
-            batched = shard_batched(
-                batch_dataset(make_data(n), batch_size, num_shards=num_devices), mesh)
-            ops.append(sharded_hessian_matvec(LOSSES[kind], params, batched, mesh=mesh))
+            # unpadded NumPy batches: MeshReduce pads them to split evenly and places them
+            batched = batch_dataset(make_data(n), batch_size)
+            ops.append(curvature_operator(LOSSES[kind], params, batched,
+                                          reduce=MeshReduce(mesh)))
             vs.append(jnp.asarray(probe(ravel_pytree(params)[0].size)))
             names.append(name)
         for name, hv in zip(names, products(ops, vs)):
@@ -148,20 +149,20 @@ def run(device_counts: list[int]) -> dict:
         # One collective per product, outside every loop and branch: the psum of the partial
         # sums (a psum inside a batch's HVP would also deadlock when devices skip padding).
         out["collectives_per_hvp"] = re.findall(COLLECTIVES, str(jax.make_jaxpr(mv)(v)))
-        res = run_lanczos(mv, v, NUM_STEPS, driver="compiled", chunk_size=NUM_STEPS // 2)
+        res = run_lanczos(mv, v, NUM_STEPS, chunk_size=NUM_STEPS // 2)  # auto: compiled
         out["ritz"]["mlp_uneven"] = Spectrum.from_lanczos(res).nodes.tolist()
         if full:
-            res = sharded_lanczos(mv, v, NUM_STEPS, mesh=mesh, shard_basis=True,
-                                  return_basis=True)
+            res = run_lanczos(mv, v, NUM_STEPS, mesh=mesh, shard_basis=True,
+                              return_basis=True)
             out["ritz_sharded_basis"] = Spectrum.from_lanczos(res).nodes.tolist()
             out["basis_spec"] = str(res.basis.sharding.spec)
             out["basis_shard_shape"] = list(res.basis.addressable_shards[0].data.shape)
             # A dimension the device count does not divide: the basis is padded, not the
             # spectrum.
-            res = sharded_lanczos(lambda v: jnp.arange(1.0, 14.0) * v, jnp.ones(13), 13,
-                                  mesh=mesh, shard_basis=True)
+            res = run_lanczos(lambda v: jnp.arange(1.0, 14.0) * v, jnp.ones(13), 13,
+                              mesh=mesh, shard_basis=True)
             out["ritz_padded_diag"] = Spectrum.from_lanczos(res).nodes.tolist()
-            out["resumed_padded_diag"] = resumed_after_kill(sharded_lanczos, mesh)
+            out["resumed_padded_diag"] = resumed_after_kill(mesh)
         try:  # a stack of batches that does not split evenly is refused, not truncated
             shard_batched(batch_dataset(make_data(1000), 64), mesh)
             out["uneven_refused"] = 15 % num_devices == 0

@@ -11,14 +11,21 @@ import jaxspec
 
 MODULES = ["jaxspec", "jaxspec.rmt", "jaxspec.compare", "jaxspec.checks", "jaxspec.plotting",
            "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel",
-           "jaxspec.augmented", "jaxspec.workdir"]
+           "jaxspec.augmented", "jaxspec.io", "jaxspec.operator", "jaxspec.reduction",
+           "jaxspec.ritz", "jaxspec.batching", "jaxspec.lanczos", "jaxspec.slq", "jaxspec.hvp",
+           "jaxspec.workdir", "jaxspec.atomic", "jaxspec.report"]
+CORE = ["hvp", "batching", "operator", "reduction", "lanczos", "ritz", "slq", "rmt", "parallel",
+        "checks", "workdir", "atomic", "report"]
 
 
-def test_core_imports_no_flax_optax_or_tfds():
-    code = ("import sys, jaxspec, jaxspec.rmt, jaxspec.compare, jaxspec.checks, jaxspec.workdir; "
+def test_core_imports_no_flax_optax_tfds_or_tqdm():
+    """At run time: importing jaxspec and its core modules loads none of the edge's libraries
+    (tests/test_house_rules.py checks the import statements)."""
+    core = ", ".join(f"jaxspec.{m}" for m in CORE)
+    code = (f"import sys, jaxspec, jaxspec.compare, {core}; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('flax', 'optax', 'tensorflow_datasets', 'tensorflow', 'matplotlib', 'orbax')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+            "('flax', 'optax', 'tensorflow_datasets', 'tensorflow', 'matplotlib', 'orbax', "
+            "'tqdm')]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 

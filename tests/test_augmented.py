@@ -1,4 +1,5 @@
-"""Tests of jaxspec.augmented: the fixed augmented set and its Hessian operators."""
+"""Tests of jaxspec.augmented: the fixed augmented set, and the curvature operator over it
+(``transform=Augmentation(data)``) with each reduction."""
 
 import os
 import subprocess
@@ -15,6 +16,8 @@ import jaxspec
 from jaxspec import augment
 from jaxspec import augmented as A
 from jaxspec.data import normalize
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 N, K, B, H = 10, 3, 4, 6  # 30 samples: 7 full batches of 4 and a tail of 2
 MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 61.0, 66.0])
@@ -119,29 +122,37 @@ def _vec(dim, seed):
     return jnp.asarray(np.random.default_rng(seed).normal(size=dim), jnp.float32)
 
 
+def operator(params, data, reduce, num_shards=1):
+    """The curvature operator over the augmented set: batches of sample ids plus the transform."""
+    return jaxspec.curvature_operator(loss_fn, params,
+                                      A.augmented_batches(data, B, num_shards=num_shards),
+                                      reduce=reduce, transform=A.Augmentation(data))
+
+
 @pytest.fixture(scope="module")
 def host_hv(setup):
-    """The host-driven augmented HVP and its value at a fixed vector (shared by the tests)."""
+    """The host-reduced augmented operator and its value at a fixed vector (shared)."""
     _, _, params, data = setup
-    host = A.host_augmented_hessian_matvec(loss_fn, params, data, A.augmented_batches(data, B))
+    host = operator(params, data, "host")
     v = _vec(ravel_pytree(params)[0].shape[0], 0)
-    return host, v, np.asarray(host(v))
+    return host, v, np.asarray(host.mv(v))
 
 
-def test_hvp_repeatable_and_drivers_agree(setup, host_hv):
+def test_hvp_repeatable_and_reductions_agree(setup, host_hv):
     _, _, params, data = setup
     host, v, h1 = host_hv
-    op = A.augmented_hessian_matvec(loss_fn, params, jax.device_put(data),
-                                    A.augmented_batches(data, B))
-    apply = jax.jit(lambda op, x: op(x))
-    h2 = np.asarray(host(v))
-    c1, c2 = np.asarray(apply(op, v)), np.asarray(apply(op, v))
+    apply = jax.jit(lambda op, x: op.mv(x))
+    h2 = np.asarray(host.mv(v))
     np.testing.assert_array_equal(h1, h2)  # same variants in every HVP: the same matrix
-    np.testing.assert_array_equal(c1, c2)
     assert h1.dtype == np.float32
-    np.testing.assert_allclose(h1, c1, rtol=2e-4, atol=1e-5 * np.abs(c1).max())
+    for reduce in ("scan", "mesh"):
+        op = operator(params, data, reduce)
+        c1, c2 = np.asarray(apply(op, v)), np.asarray(apply(op, v))
+        np.testing.assert_array_equal(c1, c2)
+        np.testing.assert_allclose(h1, c1, rtol=2e-4, atol=1e-5 * np.abs(c1).max(),
+                                   err_msg=reduce)
     w = _vec(v.shape[0], 1)
-    hw = np.asarray(host(w))
+    hw = np.asarray(host.mv(w))
     # Symmetric, as a Hessian must be: w^T H v = v^T H w.
     assert float(np.dot(w, h1)) == pytest.approx(float(np.dot(v, hw)), rel=1e-4)
 
@@ -151,13 +162,15 @@ def test_k1_identity_equals_empirical_hessian(setup):
     data = A.augmented_data(images, labels, mean=MEAN, std=STD,
                             variants=A.identity_variants(N))
     emp = {"image": normalize(images, mean=MEAN, std=STD), "label": labels}
-    emp_op = jaxspec.hessian_matvec(loss_fn, params, jaxspec.batch_dataset(emp, B))
-    aug_host = A.host_augmented_hessian_matvec(loss_fn, params, data, A.augmented_batches(data, B))
-    apply = jax.jit(lambda op, x: op(x))
+    emp_op = jaxspec.curvature_operator(loss_fn, params, jaxspec.batch_dataset(emp, B),
+                                        reduce="scan")
+    aug_host = operator(params, data, "host")
+    apply = jax.jit(lambda op, x: op.mv(x))
     for seed in range(2):
         v = _vec(ravel_pytree(params)[0].shape[0], seed)
         ref = np.asarray(apply(emp_op, v))
-        np.testing.assert_allclose(aug_host(v), ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+        np.testing.assert_allclose(aug_host.mv(v), ref, rtol=1e-4,
+                                   atol=1e-6 * np.abs(ref).max())
 
 
 _SHARDED = textwrap.dedent("""
@@ -166,18 +179,19 @@ _SHARDED = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import jax, jax.numpy as jnp, numpy as np
     import test_augmented as t
-    from jaxspec import augmented as A
-    from jaxspec.parallel import data_mesh
+    from jaxspec.parallel import MeshReduce, data_mesh
     assert jax.device_count() == 3
     data, params = t.make_case(np.load(sys.argv[4]))
-    sharded = A.sharded_augmented_hessian_matvec(
-        t.loss_fn, params, data, A.augmented_batches(data, t.B, num_shards=3), mesh=data_mesh())
-    v = np.load(sys.argv[2])
-    np.save(sys.argv[3], np.asarray(jax.jit(lambda op, x: op(x))(sharded, jnp.asarray(v))))
+    mesh = data_mesh()
+    v = jnp.asarray(np.load(sys.argv[2]))
+    ops = [t.operator(params, data, MeshReduce(mesh), num_shards=3),  # padded by batch_dataset
+           t.operator(params, data, mesh)]  # padded by MeshReduce
+    out = jax.jit(lambda ops, x: [op.mv(x) for op in ops])(ops, v)
+    np.save(sys.argv[3], np.stack([np.asarray(o) for o in out]))
 """)
 
 
-def test_sharded_matches_single_device_on_3_devices(setup, host_hv, tmp_path):
+def test_mesh_on_3_devices_matches_single_device(setup, host_hv, tmp_path):
     # 30 samples in batches of 4 over 3 devices: 7 full batches padded to 9, the tail of 2 on
     # the last device.
     _, v, ref = host_hv
@@ -188,7 +202,7 @@ def test_sharded_matches_single_device_on_3_devices(setup, host_hv, tmp_path):
     out = subprocess.run([sys.executable, "-c", _SHARDED, here, str(tmp_path / "v.npy"),
                           str(tmp_path / "out.npy"), str(tmp_path / "table.npy")],
                          capture_output=True, text=True,
-                         timeout=120, env=env)
+                         timeout=180, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    got = np.load(tmp_path / "out.npy")
-    np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-5 * np.abs(ref).max())
+    for got in np.load(tmp_path / "out.npy"):
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-5 * np.abs(ref).max())

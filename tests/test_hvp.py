@@ -1,4 +1,4 @@
-"""Hessian-vector products against dense jax.hessian, and the data-set operators."""
+"""Hessian-vector products against dense jax.hessian, and the data-set operator's batching."""
 
 import jax
 import jax.numpy as jnp
@@ -8,46 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
+from hessians import dense_hessian, make_data, mlp_loss, mlp_params
 from jaxspec import (
     batch_dataset,
-    dataset_hvp,
+    curvature_operator,
     dataset_loss,
     dataset_mean,
-    hessian_matvec,
-    host_hessian_matvec,
     hvp,
     num_samples,
 )
+from jaxspec.reduction import HostReduce
 
-
-def mlp_params(key, sizes=(3, 5, 2)):
-    params = {}
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        k1, k2, key = jax.random.split(key, 3)
-        params[f"layer{i}"] = {"w": jax.random.normal(k1, (a, b)) / np.sqrt(a),
-                               "b": 0.1 * jax.random.normal(k2, (b,))}
-    return params
-
-
-def mlp_loss(params, batch):
-    h = batch["x"]
-    layers = [params[k] for k in sorted(params)]
-    for i, layer in enumerate(layers):
-        h = h @ layer["w"] + layer["b"]
-        if i < len(layers) - 1:
-            h = jnp.tanh(h)
-    logp = jax.nn.log_softmax(h)
-    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
-
-
-def make_data(key, n):
-    kx, ky = jax.random.split(key)
-    return {"x": jax.random.normal(kx, (n, 3)), "y": jax.random.randint(ky, (n,), 0, 2)}
-
-
-def dense_hessian(loss, params, batch):
-    flat, unravel = ravel_pytree(params)
-    return jax.hessian(lambda f: loss(unravel(f), batch))(flat)
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 def test_hvp_matches_dense_hessian_nested_params(key):
@@ -67,15 +39,17 @@ def test_hvp_matches_dense_hessian_nested_params(key):
 def test_dataset_operator_equals_full_data_hessian(n, batch_size, num_shards):
     params = mlp_params(jax.random.key(0))
     data = make_data(jax.random.key(n), n)
-    flat, unravel = ravel_pytree(params)
+    flat, _ = ravel_pytree(params)
     v = jax.random.normal(jax.random.key(3), flat.shape)
     H = dense_hessian(mlp_loss, params, data)
     batched = batch_dataset(data, batch_size, num_shards=num_shards)
     assert num_samples(batched) == n
     if batched.batches is not None:
         assert batched.weights.shape[0] % num_shards == 0
-    mv = jax.jit(hessian_matvec(mlp_loss, params, batched))
-    np.testing.assert_allclose(mv(v), H @ v, rtol=1e-10, atol=1e-12)
+    op = curvature_operator(mlp_loss, params, batched, reduce="scan")
+    # the operator is an argument of jit, not a constant of the program
+    np.testing.assert_allclose(jax.jit(lambda op, v: op.mv(v))(op, v), H @ v, rtol=1e-10,
+                               atol=1e-12)
     np.testing.assert_allclose(dataset_loss(mlp_loss, params, batched), mlp_loss(params, data),
                                rtol=1e-12)
 
@@ -89,8 +63,9 @@ def test_host_operator_streams_numpy_batches():
     v = jax.random.normal(jax.random.key(4), flat.shape)
     H = dense_hessian(mlp_loss, params, jax.tree.map(jnp.asarray, data))
     for group in (1, 3):
-        mv = host_hessian_matvec(mlp_loss, params, batched, group_size=group)
-        np.testing.assert_allclose(mv(v), H @ v, rtol=1e-10, atol=1e-12)
+        op = curvature_operator(mlp_loss, params, batched, reduce=HostReduce(group_size=group))
+        assert isinstance(op.data.batches["x"], np.ndarray)  # not copied to the device whole
+        np.testing.assert_allclose(op.mv(v), H @ v, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("num_shards", [1, 3])
@@ -105,19 +80,28 @@ def test_host_operator_on_device_batches(num_shards):
     v = jax.random.normal(jax.random.key(7), flat.shape)
     H = dense_hessian(mlp_loss, params, data)
     for group in (1, 3, 4, 10):
-        mv = host_hessian_matvec(mlp_loss, params, batched, group_size=group)
-        np.testing.assert_allclose(mv(v), H @ v, rtol=1e-10, atol=1e-12)
+        op = curvature_operator(mlp_loss, params, batched, reduce=HostReduce(group_size=group))
+        np.testing.assert_allclose(op.mv(v), H @ v, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="group_size"):
-        host_hessian_matvec(mlp_loss, params, batched, group_size=0)
+        HostReduce(group_size=0)
 
 
-def test_ragged_tail_is_exact_not_averaged_per_batch():
+@pytest.mark.parametrize("reduce", ["scan", "host", "mesh"])
+def test_ragged_tail_is_exact_not_averaged_per_batch(reduce):
     # a loss whose Hessian depends on the data only through its mean: 1/num_batches weighting of
     # a ragged tail would give a visibly different answer
     loss = lambda w, x: 0.5 * jnp.mean(x) * jnp.sum(w**2)  # noqa: E731
     x = jnp.arange(1.0, 11.0)  # mean 5.5; batches of 4: [1..4], [5..8], [9, 10]
-    out = dataset_hvp(loss, jnp.ones(2), batch_dataset(x, 4), jnp.ones(2))
-    np.testing.assert_allclose(out, [5.5, 5.5], rtol=1e-12)
+    op = curvature_operator(loss, jnp.ones(2), batch_dataset(x, 4), reduce=reduce)
+    np.testing.assert_allclose(op.mv(jnp.ones(2)), [5.5, 5.5], rtol=1e-12)
+
+
+def test_batch_weights_are_exact():
+    b = batch_dataset({"x": np.zeros((10, 2))}, 4, num_shards=3)
+    # 2 full batches of 4 padded to 3 with a zero-weight copy, a tail of 2
+    np.testing.assert_array_equal(np.asarray(b.weights), [0.4, 0.4, 0.0])
+    assert float(b.tail_weight) == 0.2 and b.tail["x"].shape == (2, 2)
+    assert num_samples(b) == 10
 
 
 def test_batch_dataset_rejects_bad_input():

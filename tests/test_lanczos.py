@@ -14,11 +14,13 @@ from jaxspec import (
     Spectrum,
     lanczos,
     lanczos_init,
-    load_lanczos_state,
     run_lanczos,
 )
+from jaxspec.io import LanczosCheckpoint, load_lanczos_state
 from checkpoints import recorded_saves
 from spectra import matrix_with_spectrum, spectrum_of_kind
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 KINDS = ["spread", "clustered", "negative", "near_degenerate"]
 
@@ -147,17 +149,17 @@ def test_host_resume_from_checkpoint_is_identical(tmp_path, block_size):
             raise KeyboardInterrupt
         return A @ v
 
+    ckpt = lambda: [LanczosCheckpoint(path)]  # noqa: E731
     with pytest.raises(KeyboardInterrupt):
-        run_lanczos(dying, v0, 20, driver="host", chunk_size=4, checkpoint=path,
+        run_lanczos(dying, v0, 20, driver="host", chunk_size=4, hooks=ckpt(),
                     block_size=block_size)
     assert int(load_lanczos_state(path).step) == 8
     with pytest.raises(ValueError, match="another shape"):  # another run: refused
-        run_lanczos(lambda v: A @ v, v0, 30, driver="host", checkpoint=path,
-                    block_size=block_size)
+        run_lanczos(lambda v: A @ v, v0, 30, driver="host", hooks=ckpt(), block_size=block_size)
     with pytest.raises(ValueError, match="start vector"):
-        run_lanczos(lambda v: A @ v, 2 * v0 + 1, 20, driver="host", checkpoint=path,
+        run_lanczos(lambda v: A @ v, 2 * v0 + 1, 20, driver="host", hooks=ckpt(),
                     block_size=block_size)
-    resumed = run_lanczos(lambda v: A @ v, v0, 20, driver="host", chunk_size=4, checkpoint=path,
+    resumed = run_lanczos(lambda v: A @ v, v0, 20, driver="host", chunk_size=4, hooks=ckpt(),
                           block_size=block_size, return_basis=True)
     full = run_lanczos(lambda v: A @ v, v0, 20, driver="host", block_size=block_size,
                        return_basis=True)
@@ -172,10 +174,11 @@ def test_compiled_resume_after_interrupt(tmp_path):
     v0 = jnp.asarray(np.random.default_rng(6).standard_normal(40))
     path = tmp_path / "state.npz"
     with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2) as killed_at:
-        run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4, checkpoint=path)
+        run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4,
+                    hooks=[LanczosCheckpoint(path)])
     assert killed_at == [4, 8] and int(load_lanczos_state(path).step) == 8
     resumed = run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4,
-                          checkpoint=path)
+                          hooks=[LanczosCheckpoint(path)])
     full = run_lanczos(lambda v: A @ v, v0, 15, driver="compiled", chunk_size=4)
     np.testing.assert_array_equal(np.asarray(resumed.alphas), np.asarray(full.alphas))
     np.testing.assert_array_equal(np.asarray(resumed.betas), np.asarray(full.betas))

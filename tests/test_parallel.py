@@ -4,8 +4,8 @@ This process started JAX with one CPU device, so the runs on 8 and 4 devices and
 two-process run happen in subprocesses (tests/parallel_worker.py, tests/multihost_worker.py),
 launched when the module starts (if a test marked ``slow`` is selected) so that they compile
 while the in-process tests run; all of them are killed at the end of the module, pass or fail.
-Their results are compared here with the core operators (``hessian_matvec``, ``lanczos``) on
-one device, in float64.
+Their results are compared here with the core operator with the scan reduction and ``lanczos`` on
+one device (the scan reduction), in float64.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ from jax.flatten_util import ravel_pytree
 
 import parallel_worker as pw
 from checkpoints import recorded_saves
-from jaxspec import Spectrum, batch_dataset, hessian_matvec, lanczos
+from jaxspec import Spectrum, batch_dataset, curvature_operator, lanczos, run_lanczos
+from jaxspec.io import LanczosCheckpoint
 from jaxspec.parallel import (
+    MeshReduce,
     data_mesh,
     global_batched,
     initialize,
     process_share,
     shard_batched,
-    sharded_hessian_matvec,
-    sharded_lanczos,
 )
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240  # seconds for all subprocesses together (on a loaded 2-core machine)
 CASES = {name: (kind, n, b) for name, kind, n, b in pw.CASES}
@@ -133,7 +134,8 @@ def case(name: str, batch_size: int | None = None):
     params = jax.tree.map(jnp.asarray, pw.make_params(kind))
     v = jnp.asarray(pw.probe(ravel_pytree(params)[0].size))
     data = pw.make_data(n)
-    op = hessian_matvec(pw.LOSSES[kind], params, batch_dataset(data, batch_size or b))
+    op = curvature_operator(pw.LOSSES[kind], params, batch_dataset(data, batch_size or b),
+                            reduce="scan")
     return pw.LOSSES[kind], params, data, batch_size or b, v, op
 
 
@@ -196,8 +198,8 @@ def test_one_device_operators_equal_core_operator():
     glob = global_batched({k: x[share.batches] for k, x in data.items()}, mesh,
                           batch_size=batch_size, num_samples=len(data["y"]),
                           tail={k: x[share.tail] for k, x in data.items()})
-    ops = [sharded_hessian_matvec(loss, params, batch_dataset(data, batch_size), mesh=mesh),
-           sharded_hessian_matvec(loss, params, glob)]
+    ops = [curvature_operator(loss, params, batch_dataset(data, batch_size), reduce=mesh),
+           curvature_operator(loss, params, glob, reduce=MeshReduce(mesh))]
     # the operators are pytrees: they go into jit as arguments (as multi-process runs need)
     for hv in run_compiled(lambda ops, v: [op(v) for op in ops], ops, v):
         assert_hvp_close(hv, "bn_uneven")
@@ -220,11 +222,18 @@ def test_global_batched_checks_the_share():
         global_batched(data[:96], mesh, batch_size=8, num_samples=100)
 
 
-def test_sharded_lanczos_checks_its_arguments():
+def test_run_lanczos_checks_its_mesh_arguments():
+    mesh = data_mesh()
     with pytest.raises(ValueError, match="nonzero"):
-        sharded_lanczos(lambda v: v, jnp.zeros(3), 2)
-    with pytest.raises(ValueError, match="num_steps"):
-        sharded_lanczos(lambda v: v, jnp.ones(3), 4)
+        run_lanczos(lambda v: v, jnp.zeros(3), 2, mesh=mesh, shard_basis=True)
+    with pytest.raises(ValueError, match="needs a mesh"):
+        run_lanczos(lambda v: v, jnp.ones(3), 2, shard_basis=True)
+    with pytest.raises(ValueError, match="driver='compiled'"):
+        run_lanczos(lambda v: v, jnp.ones(3), 2, mesh=mesh, driver="host")
+    with pytest.raises(ValueError, match="no axis"):
+        run_lanczos(lambda v: v, jnp.ones(3), 2, mesh=mesh, axis_name="model")
+    with pytest.raises(ValueError, match="no axis"):
+        MeshReduce(mesh, axis_name="model")
 
 
 def test_sharded_lanczos_resumes_from_a_checkpoint(tmp_path, monkeypatch):
@@ -234,18 +243,21 @@ def test_sharded_lanczos_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     a = jnp.asarray(m + m.T)
     v0 = jnp.asarray(rng.normal(size=40))
     matvec = lambda v: a @ v  # noqa: E731
-    full = sharded_lanczos(matvec, v0, 25, shard_basis=True, return_basis=True)
+    mesh = data_mesh()
+    kw = dict(mesh=mesh, shard_basis=True)
+    full = run_lanczos(matvec, v0, 25, return_basis=True, **kw)
     path = str(tmp_path / "state.npz")
+    ckpt = lambda: [LanczosCheckpoint(path)]  # noqa: E731
     with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2) as killed_at:
-        sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4, checkpoint=path)
+        run_lanczos(matvec, v0, 25, chunk_size=4, hooks=ckpt(), **kw)
     assert killed_at == [4, 8]
     with pytest.raises(ValueError, match="another start vector"):
-        sharded_lanczos(matvec, 2 * v0 + 1, 25, shard_basis=True, checkpoint=path)
+        run_lanczos(matvec, 2 * v0 + 1, 25, hooks=ckpt(), **kw)
     with pytest.raises(ValueError, match="another shape"):
-        sharded_lanczos(matvec, v0, 30, shard_basis=True, checkpoint=path)
+        run_lanczos(matvec, v0, 30, hooks=ckpt(), **kw)
     with recorded_saves() as saved:
-        resumed = sharded_lanczos(matvec, v0, 25, shard_basis=True, chunk_size=4,
-                                  checkpoint=path, return_basis=True)
+        resumed = run_lanczos(matvec, v0, 25, chunk_size=4, hooks=ckpt(), return_basis=True,
+                              **kw)
     assert saved == [12, 16, 20, 24, 25]  # it went on from step 8
     for field in ("alphas", "betas", "num_valid", "basis"):
         np.testing.assert_array_equal(np.asarray(getattr(resumed, field)),
@@ -253,7 +265,7 @@ def test_sharded_lanczos_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     assert resumed.basis.sharding.spec == jax.P(None, "data")
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(ValueError, match="one process"):
-        sharded_lanczos(matvec, v0, 25, shard_basis=True, checkpoint=path)
+        run_lanczos(matvec, v0, 25, hooks=ckpt(), **kw)
 
 
 def test_initialize_reads_the_environment(monkeypatch):

@@ -1,0 +1,62 @@
+"""No recompilation per Lanczos step, nor per operator: a second run on a NEW operator with the
+same shapes (other parameter values, as during training) compiles nothing. The regression test
+for "the README's library snippet must not retrace or recompile per Lanczos step"."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hessians import make_data, mlp_loss, mlp_params
+from jaxspec import batch_dataset, curvature_operator, run_lanczos, slq
+
+# JAX's event for every XLA backend compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT)
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations():
+    """The backend compilations made inside the block (one entry per compiled program)."""
+    seen = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE:
+            seen.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# shapes used by no other test module (sizes 3-6-2: 38 parameters), so the first run compiles
+SIZES = (3, 6, 2)
+STEPS = 20  # two blocks of the basis (block_size 16): the host driver's step has two shapes
+
+
+def run(seed, reduce, how):
+    """The README's library snippet: build the operator, run SLQ (or run_lanczos)."""
+    params = mlp_params(jax.random.key(seed), SIZES)
+    data = batch_dataset(make_data(jax.random.key(6), 37), 8)
+    op = curvature_operator(mlp_loss, params, data, **({} if reduce == "auto" else
+                                                       {"reduce": reduce}))
+    if how == "slq":
+        spectrum = slq(op, jax.random.key(seed), op.size, STEPS, num_vectors=2, dtype=op.dtype)
+        return spectrum.nodes
+    v0 = jnp.asarray(np.random.default_rng(seed).normal(size=op.size))
+    return np.asarray(run_lanczos(op, v0, STEPS, driver="host").alphas)
+
+
+@pytest.mark.parametrize("reduce,how", [("auto", "slq"), ("scan", "host_driver"),
+                                        ("scan", "slq")])
+def test_second_run_on_a_new_operator_compiles_nothing(reduce, how):
+    with compilations() as first:
+        a = run(0, reduce, how)
+    assert first, "the listener saw no compilation: the event name changed?"
+    with compilations() as second:
+        b = run(1, reduce, how)
+    assert second == [], f"recompiled for new parameter values: {second}"
+    assert not np.array_equal(a, b)  # another matrix, really

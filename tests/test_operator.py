@@ -1,0 +1,162 @@
+"""The curvature operator: every reduction, with and without a batch transform, against a dense
+jax.hessian reference; the operator's protocol and its bad-input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxspec
+from hessians import dense_hessian, make_data, mlp_loss, mlp_params
+from jaxspec import batch_dataset, curvature_operator
+from jaxspec.augmented import Augmentation, augmented_batches, augmented_data
+from jaxspec.parallel import MeshReduce, data_mesh
+from jaxspec.reduction import HostReduce, ScanReduce
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
+REDUCTIONS = ["scan", "host", "mesh"]
+N_IMAGES, K, SIDE, CLASSES = 6, 2, 4, 3  # 12 augmented samples: batches of 5, 5 and a tail of 2
+
+
+def image_loss(params, batch):
+    x = batch["image"].reshape(batch["image"].shape[0], -1).astype(params["w"].dtype)
+    logits = jnp.tanh(x @ params["w"]) @ params["v"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["label"][:, None], axis=1))
+
+
+def augmented_case():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(N_IMAGES, SIDE, SIDE, 1), dtype=np.uint8)
+    labels = rng.integers(0, CLASSES, size=N_IMAGES).astype(np.int32)
+    data = augmented_data(images, labels, mean=[127.0], std=[70.0],
+                          variants=rng.integers(0, 162, size=(N_IMAGES, K)))
+    params = {"w": jnp.asarray(0.2 * rng.normal(size=(SIDE * SIDE, 4))),
+              "v": jnp.asarray(rng.normal(size=(4, CLASSES)))}
+    transform = Augmentation(data, padding=1)
+    everything = transform({"sample": np.arange(N_IMAGES * K, dtype=np.int32)})
+    return image_loss, params, augmented_batches(data, 5), transform, everything
+
+
+def plain_case():
+    params = mlp_params(jax.random.key(0))
+    data = make_data(jax.random.key(6), 37)  # 4 full batches of 8 and a tail of 5
+    return mlp_loss, params, batch_dataset(data, 8), None, data
+
+
+@pytest.mark.parametrize("transform", [False, True], ids=["plain", "augmented"])
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+def test_every_reduction_is_the_dense_hessian(reduce, transform):
+    loss, params, batched, tf, everything = augmented_case() if transform else plain_case()
+    H = np.asarray(dense_hessian(loss, params, everything))  # over all samples at once
+    op = curvature_operator(loss, params, batched, reduce=reduce, transform=tf)
+    assert op.shape == H.shape and op.dtype == jnp.float64
+    rng = np.random.default_rng(1)
+    V = jnp.asarray(rng.normal(size=(2, H.shape[0])))
+    for v in V:
+        np.testing.assert_allclose(op.mv(v), H @ np.asarray(v), rtol=1e-10,
+                                   atol=1e-12 * np.abs(H).max())
+    # a pytree in, a pytree out
+    tree = op.mv(op.unravel(V[0]))
+    assert jax.tree.structure(tree) == jax.tree.structure(params)
+    np.testing.assert_allclose(ravel_pytree(tree)[0], H @ np.asarray(V[0]), rtol=1e-10,
+                               atol=1e-12 * np.abs(H).max())
+    if reduce == "host":
+        with pytest.raises(TypeError, match="cannot be traced"):
+            jax.jit(lambda op, v: op.mv(v))(op, V[0])
+    else:  # traceable: an argument of jit, and vmapped
+        got = jax.jit(jax.vmap(lambda v, op: op.mv(v), in_axes=(0, None)))(V, op)
+        np.testing.assert_allclose(got, np.asarray(V) @ H, rtol=1e-10,
+                                   atol=1e-12 * np.abs(H).max())
+
+
+def test_transform_is_fixed_across_calls_and_operators():
+    """The same table in every product: two calls, and a fresh operator, give identical bits."""
+    loss, params, batched, tf, _ = augmented_case()
+    v = jnp.asarray(np.random.default_rng(2).normal(size=ravel_pytree(params)[0].size))
+    a = curvature_operator(loss, params, batched, reduce="scan", transform=tf)
+    b = curvature_operator(loss, params, batched, reduce="scan", transform=tf)
+    first = np.asarray(a.mv(v))
+    np.testing.assert_array_equal(first, np.asarray(a.mv(v)))
+    np.testing.assert_array_equal(first, np.asarray(b.mv(v)))
+
+
+def test_resolve_reduce_and_driver():
+    from jaxspec.reduction import resolve_reduce
+
+    cpu = jax.default_backend() == "cpu"
+    assert isinstance(resolve_reduce("auto"), HostReduce if cpu else ScanReduce)
+    assert isinstance(resolve_reduce("mesh"), MeshReduce)
+    mesh = data_mesh()
+    assert resolve_reduce(mesh) == MeshReduce(mesh)
+    with pytest.raises(ValueError, match="reduce must be"):
+        resolve_reduce("pmap")
+    with pytest.raises(TypeError, match="reduce must be"):
+        resolve_reduce(3)
+    loss, params, batched, _, _ = plain_case()
+    for reduce, driver in (("scan", "compiled"), ("host", "host"), ("mesh", "compiled")):
+        op = curvature_operator(loss, params, batched, reduce=reduce)
+        assert jaxspec.resolve_driver("auto", op) == driver
+    with pytest.raises(ValueError, match="driver"):
+        jaxspec.resolve_driver("fast")
+
+
+def test_with_params_and_fingerprint():
+    loss, params, batched, _, data = plain_case()
+    op = curvature_operator(loss, params, batched, reduce="scan")
+    other = jax.tree.map(lambda x: 1.5 * x, params)
+    moved = op.with_params(other)
+    v = jnp.ones(op.size)
+    np.testing.assert_allclose(moved.mv(v), dense_hessian(loss, other, data) @ v, rtol=1e-10,
+                               atol=1e-12)
+    assert op.fingerprint() == op.with_params(params).fingerprint()
+    assert op.fingerprint() != moved.fingerprint()
+    fewer = curvature_operator(loss, params, batch_dataset(make_data(jax.random.key(6), 36), 8))
+    assert op.fingerprint() != fewer.fingerprint()
+
+
+def test_bad_inputs():
+    loss, params, batched, _, _ = plain_case()
+    op = curvature_operator(loss, params, batched, reduce="scan")
+    with pytest.raises(TypeError, match="shape"):
+        op.mv(jnp.ones(op.size + 1))
+    with pytest.raises(TypeError, match="dtype"):
+        op.mv(jnp.ones(op.size, jnp.float32))
+    with pytest.raises(TypeError, match="structure"):
+        op.mv({"a": jnp.ones(3)})
+    with pytest.raises(TypeError, match="integer state"):
+        curvature_operator(loss, {"w": jnp.ones(2), "n": jnp.ones(2, jnp.int32)}, batched)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        curvature_operator(loss, jnp.ones(2, jnp.bfloat16), batched)
+    with pytest.raises(TypeError, match="mixes dtypes"):
+        curvature_operator(loss, {"a": jnp.ones(2), "b": jnp.ones(2, jnp.float32)}, batched)
+    with pytest.raises(ValueError, match="no arrays"):
+        curvature_operator(loss, {}, batched)
+    with pytest.raises(TypeError, match="Batched"):
+        curvature_operator(loss, params, {"x": np.ones(3)})
+    with pytest.raises(ValueError, match="kind"):
+        curvature_operator(loss, params, batched, kind="fisher")
+    with pytest.raises(TypeError, match="callable"):
+        curvature_operator(None, params, batched)
+
+
+def test_removed_names_are_gone():
+    """Issue 13 removed the old constructors outright (no aliases)."""
+    import jaxspec.augmented
+    import jaxspec.hvp
+    import jaxspec.parallel
+
+    for module, names in (
+        (jaxspec, ["hessian_matvec", "host_hessian_matvec", "dataset_hvp", "save_lanczos_state",
+                   "load_lanczos_state", "sharded_hessian_matvec"]),
+        (jaxspec.hvp, ["hessian_matvec", "host_hessian_matvec", "dataset_hvp"]),
+        (jaxspec.parallel, ["sharded_hessian_matvec", "sharded_lanczos",
+                            "lanczos_state_sharding"]),
+        (jaxspec.augmented, ["augmented_hessian_matvec", "host_augmented_hessian_matvec",
+                             "sharded_augmented_hessian_matvec"]),
+    ):
+        assert not [n for n in names if hasattr(module, n)], module.__name__
+    for name in ("save", "load", "to_dict", "from_dict"):
+        assert not hasattr(jaxspec.Spectrum, name)
