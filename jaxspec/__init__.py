@@ -22,6 +22,8 @@ from jaxspec.checks import check_labels
 from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
+from jaxspec.eigsh import EigshResult
+from jaxspec.eigsh import eigsh
 from jaxspec.hvp import hvp
 from jaxspec.lanczos import LanczosHook
 from jaxspec.lanczos import LanczosResult
@@ -52,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Batched",
     "CurvatureOperator",
+    "EigshResult",
     "LanczosHook",
     "LanczosResult",
     "LanczosState",
@@ -68,6 +71,7 @@ __all__ = [
     "data_mesh",
     "dataset_loss",
     "dataset_mean",
+    "eigsh",
     "global_batched",
     "hvp",
     "lanczos",
