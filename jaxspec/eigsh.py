@@ -27,7 +27,11 @@ Deviations from the textbook algorithm, and why:
   within its residual of an eigenvalue of ``A``.
 * A breakdown (an invariant Krylov space, e.g. a start vector spanned by a few eigenvectors)
   is not an error: the step puts a random vector, orthogonalised against the basis, in place
-  of the next Lanczos vector with a zero coupling, and the run continues.
+  of the next Lanczos vector with a zero coupling, and the run continues. The Ritz pairs of
+  the invariant part then have zero residual estimates whether or not they are the wanted
+  ones, so after a breakdown convergence is tested only at the end of the cycle, once the
+  fresh direction has been explored (a warm start from a converged vector breaks down at the
+  first step, so it costs one cycle of ``m`` steps, not a handful).
 * A block of start vectors ``(j, P)`` enters as one start vector, the sum of its orthonormalised
   rows: if the rows are eigenvectors with distinct eigenvalues, ``K_j(A, sum_i y_i)`` is their
   span, so the first ``j`` steps recover them (then the breakdown rule above takes over). A true
@@ -253,7 +257,7 @@ def eigsh(
 
     V = jnp.zeros((m + 1, dim), dtype).at[0].set(q0)
     H = jnp.zeros((m + 1, m), dtype)
-    n, restarts, num_matvecs, anorm = 0, 0, 0, 0.0
+    n, cycle_start, restarts, num_matvecs, anorm = 0, 0, 0, 0, 0.0
     while True:
         stop = min(n + every, m)
         if driver == "compiled":
@@ -270,14 +274,17 @@ def eigsh(
         Hn = np.asarray(H, np.float64)
         if not np.all(np.isfinite(Hn)):
             raise FloatingPointError(f"the matvec returned NaN or Inf (restart {restarts})")
-        if n < k + 1 and n < m:
+        # After a breakdown in this cycle the invariant space found so far need not hold the
+        # wanted pairs (its Ritz residuals are exactly zero): the fresh direction is explored
+        # for the rest of the cycle before convergence is tested.
+        steps = np.arange(cycle_start, n)
+        broke = bool(np.any(Hn[steps + 1, steps] == 0))
+        if n < m and (n < k + 1 or broke):
             continue
         theta, S = np.linalg.eigh(0.5 * (Hn[:n, :n] + Hn[:n, :n].T))
         beta = Hn[n, n - 1]
         anorm = max(anorm, float(np.max(np.abs(theta))))
         wanted = _wanted(theta, k, which)
-        # not right after a breakdown (beta = 0): the invariant space found so far need not
-        # hold the wanted pairs; the next steps explore the fresh direction first
         done = beta != 0 and np.all(np.abs(beta * S[n - 1, wanted]) <= tol * anorm)
         if done or (n == m and restarts >= max_restarts):
             break
@@ -293,7 +300,8 @@ def eigsh(
         Hr[np.arange(keep), np.arange(keep)] = theta[kept]
         Hr[keep, :keep] = beta * S[m - 1, kept]
         H = jnp.asarray(Hr, dtype)
-        n, restarts = keep, restarts + 1
+        n = cycle_start = keep
+        restarts += 1
 
     C = np.zeros((m + 1, m + 1))
     C[:k, :n] = S[:, wanted].T
