@@ -1,15 +1,13 @@
 """eigsh (thick-restart Lanczos) against dense eigh: values, subspaces, certified residuals."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 import jaxspec
 from jaxspec import eigsh
+from mlp_problem import mlp_loss, mlp_problem
 from spectra import matrix_with_spectrum
 
 N = 80
@@ -130,23 +128,6 @@ def test_rejects_bad_arguments():
         eigsh(mv, jnp.zeros(5), 1)
     with pytest.raises(TypeError, match="same"):
         eigsh(lambda v: v[:3], jnp.ones(5), 1)
-
-
-def mlp_loss(params, batch):
-    h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])
-    logp = jax.nn.log_softmax(h @ params["w2"] + params["b2"])
-    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
-
-
-@functools.lru_cache(maxsize=None)
-def mlp_problem():
-    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-    params = {"w1": jax.random.normal(k1, (3, 6)) / np.sqrt(3), "b1": jnp.zeros(6),
-              "w2": jax.random.normal(k2, (6, 3)) / np.sqrt(6), "b2": 0.1 * jnp.ones(3)}
-    data = {"x": jax.random.normal(k3, (40, 3)), "y": jax.random.randint(k4, (40,), 0, 3)}
-    flat, unravel = ravel_pytree(params)
-    H = jax.jit(jax.hessian(lambda f: mlp_loss(unravel(f), data)))(flat)
-    return params, data, np.asarray(H)
 
 
 @pytest.mark.parametrize("reduce", ["host", "scan"])
