@@ -2,10 +2,13 @@
 
 One operator, :func:`curvature_operator`, stands for a curvature matrix of a loss over a data set
 (its kind, its batch reduction and its batch transform are fields); :func:`run_lanczos`,
-:func:`slq` and :func:`ritz_pairs` run on it, or on any plain ``v -> A v``.
+:func:`slq`, :func:`ritz_pairs`, :func:`eigsh` (top-k eigenpairs) and the stochastic estimators
+of ``jaxspec.trace`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`hutchinson_diagonal`,
+:func:`logdet`) run on it, or on any plain ``v -> A v``.
 
 The core (``hvp``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``, ``slq``,
-``rmt``, ``parallel``) imports only jax and numpy; files and progress bars (``jaxspec.io``),
+``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and numpy (``trace`` also
+matfree); files and progress bars (``jaxspec.io``),
 models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
@@ -22,6 +25,8 @@ from jaxspec.checks import check_labels
 from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
+from jaxspec.eigsh import EigshResult
+from jaxspec.eigsh import eigsh
 from jaxspec.hvp import hvp
 from jaxspec.lanczos import LanczosHook
 from jaxspec.lanczos import LanczosResult
@@ -46,12 +51,19 @@ from jaxspec.slq import Spectrum
 from jaxspec.slq import random_probe
 from jaxspec.slq import slq
 from jaxspec.slq import slq_runs
+from jaxspec.trace import TraceEstimate
+from jaxspec.trace import hutch_plus_plus
+from jaxspec.trace import hutchinson
+from jaxspec.trace import hutchinson_diagonal
+from jaxspec.trace import logdet
+from jaxspec.trace import xtrace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Batched",
     "CurvatureOperator",
+    "EigshResult",
     "LanczosHook",
     "LanczosResult",
     "LanczosState",
@@ -60,6 +72,7 @@ __all__ = [
     "Spectrum",
     "SpectrumComparison",
     "SymmetryReport",
+    "TraceEstimate",
     "assert_symmetric",
     "batch_dataset",
     "check_labels",
@@ -68,13 +81,18 @@ __all__ = [
     "data_mesh",
     "dataset_loss",
     "dataset_mean",
+    "eigsh",
     "global_batched",
+    "hutch_plus_plus",
+    "hutchinson",
+    "hutchinson_diagonal",
     "hvp",
     "lanczos",
     "lanczos_continue",
     "lanczos_init",
     "lanczos_state_sharding",
     "lanczos_step",
+    "logdet",
     "num_samples",
     "process_share",
     "random_probe",
@@ -86,4 +104,5 @@ __all__ = [
     "slq",
     "slq_runs",
     "symmetry_error",
+    "xtrace",
 ]

@@ -1,0 +1,365 @@
+"""Stochastic traces, diagonals and log-determinants of symmetric operators, with standard errors.
+
+* :func:`hutchinson`: ``tr(A) ~ mean_i v_i^T A v_i`` over probes with ``E[v v^T] = I``;
+  :func:`hutchinson_diagonal`: ``diag(A) ~ mean_i v_i * A v_i`` (exact in expectation for
+  Rademacher probes, and of least variance with them). The per-probe integrands and samplers
+  are matfree's (``matfree.stochtrace.monte_carlo_trace_and_diagonal``, ``sampler_signs``,
+  ``sampler_normal``); this module adds what they lack here: probe ``i`` drawn from
+  ``jax.random.split(key, num_probes)[i]`` (so the result does not depend on ``batch_size``),
+  probes applied in vmapped batches of ``batch_size`` or one by one for an operator with the
+  host reduction (which cannot be traced), and running moments for the standard error.
+* :func:`hutch_plus_plus`: Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021): a third of the
+  matvecs sketch the range of ``A``, a third take the exact trace on it, the rest go to
+  Hutchinson on the deflated remainder. Far smaller error when ``A`` has a few dominant
+  eigenvalues (the Hessian of a trained network: a few outliers over a bulk).
+* :func:`xtrace`: XTrace (Epperly, Tropp & Webber, SIMAX 2024) from matfree
+  (``leave_one_out_xtrace``), for traceable operators.
+* :func:`logdet`: ``log det(A + shift I)`` of a positive semi-definite ``A`` by stochastic
+  Lanczos quadrature: ``v^T log(A + shift I) v ~ |v|^2 sum_j w_j log(theta_j + shift)`` with the
+  Ritz values and weights of :func:`jaxspec.ritz_pairs` (the log-evidence of a Laplace
+  approximation, ``A`` a GGN and ``shift`` the prior precision).
+
+Standard errors are ``std(samples, ddof=1) / sqrt(n)`` over the probes: for Hutch++ conditional
+on the sketch (the low-rank part is exact given it), for XTrace matfree's spread of the
+leave-one-out estimates, for :func:`logdet` the Monte-Carlo error only (the quadrature bias of
+``num_steps`` Lanczos steps is not in it; it decays geometrically with the steps).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matfree import stochtrace
+
+from jaxspec.lanczos import run_lanczos
+from jaxspec.ritz import ritz_pairs
+from jaxspec.slq import random_probe
+
+__all__ = ["TraceEstimate", "hutch_plus_plus", "hutchinson", "hutchinson_diagonal", "logdet",
+           "xtrace"]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class TraceEstimate(NamedTuple):
+    """A stochastic estimate and its standard error.
+
+    Attributes:
+      value: the estimate: a float (trace, log-determinant) or a ``(P,)`` array (diagonal).
+      stderr: its standard error, of the same shape.
+      num_matvecs: products with ``A`` taken.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import hutchinson
+      >>> est = hutchinson(lambda v: 2.0 * v, jax.random.key(0), 10, num_probes=4)
+      >>> est.value, est.stderr, est.num_matvecs   # Rademacher probes: exact for 2 I
+      (20.0, 0.0, 4)
+    """
+
+    value: Any
+    stderr: Any
+    num_matvecs: int
+
+
+def _as_argument(matvec: Callable) -> Any:
+    """The matvec as a pytree argument of jit: an operator as is (its arrays stay arguments),
+    any other callable wrapped in ``jax.tree_util.Partial``."""
+    leaves = jax.tree.leaves(matvec)
+    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
+        return matvec
+    return jax.tree_util.Partial(matvec)
+
+
+def _traceable(matvec: Callable) -> bool:
+    """False for an operator whose reduction runs on the host (it cannot be vmapped)."""
+    return getattr(getattr(matvec, "reduce", None), "driver", "compiled") != "host"
+
+
+def _dtype(matvec: Callable, dtype) -> jnp.dtype:
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    return jnp.dtype(getattr(matvec, "dtype", jnp.float32))
+
+
+def _check_distribution(distribution: str) -> None:
+    if distribution not in ("rademacher", "normal"):
+        raise ValueError(f"distribution must be 'rademacher' or 'normal', got {distribution!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("distribution", "dim", "dtype"))
+def _draw(keys: jax.Array, distribution: str, dim: int, dtype) -> jax.Array:
+    """One probe per key, as rows, from matfree's samplers."""
+    like = jnp.zeros((dim,), dtype)
+    make = stochtrace.sampler_signs if distribution == "rademacher" else stochtrace.sampler_normal
+    sampler = make(like, num=1)
+    return jax.vmap(lambda k: sampler(k)[0])(keys)
+
+
+@jax.jit
+def _integrate(probes: jax.Array, products: jax.Array) -> dict:
+    """matfree's per-probe trace and diagonal integrands, given the products ``A v``."""
+    integrand = stochtrace.monte_carlo_trace_and_diagonal()
+    return jax.vmap(lambda v, w: integrand(lambda _: w, v))(probes, products)
+
+
+@jax.jit
+def _vmapped(op, block):
+    return jax.vmap(op)(block)
+
+
+def _apply(matvec: Callable, block: jax.Array, batch_size: int | None) -> jax.Array:
+    """``A`` applied to the rows of ``block``: vmapped in batches of ``batch_size`` rows
+    (default all), or row by row for a host-reduced operator or ``batch_size=1``."""
+    if not _traceable(matvec) or batch_size == 1:
+        # rows through NumPy: slicing and stacking device arrays row by row costs a dispatch,
+        # and a compilation per count of rows, each
+        rows, out = np.asarray(block), np.empty(block.shape, block.dtype)
+        for i in range(rows.shape[0]):
+            out[i] = np.asarray(matvec(jnp.asarray(rows[i])))
+        return jnp.asarray(out)
+    size = block.shape[0] if batch_size is None else batch_size
+    op = _as_argument(matvec)
+    return jnp.concatenate([_vmapped(op, block[i:i + size])
+                            for i in range(0, block.shape[0], size)])
+
+
+@jax.jit
+def _merge(count, mean, m2, x):
+    """Chan et al.'s merge of the moments ``(count, mean, m2)`` with the rows of ``x``: no
+    cancellation when the mean is large against the spread."""
+    n = x.shape[0]
+    batch_mean = jnp.mean(x, axis=0)
+    total = count + n
+    delta = batch_mean - mean
+    m2 = m2 + jnp.sum((x - batch_mean) ** 2, axis=0) + delta**2 * (count * n / total)
+    return total, mean + delta * (n / total), m2
+
+
+class _Moments:
+    """Running count, mean and centred sum of squares of the rows added so far."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, x: jax.Array) -> None:
+        if self.count == 0:
+            self.mean = self.m2 = jnp.zeros(x.shape[1:], x.dtype)
+        count, self.mean, self.m2 = _merge(jnp.asarray(self.count, x.dtype), self.mean,
+                                           self.m2, x)
+        self.count += x.shape[0]
+
+    def stderr(self):
+        if self.count < 2:
+            return jnp.full(jnp.shape(self.mean), jnp.nan)
+        return jnp.sqrt(self.m2 / ((self.count - 1) * self.count))
+
+
+def _check_count(name: str, value: int, least: int = 1) -> None:
+    if not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype):
+    _check_count("num_probes", num_probes)
+    if batch_size is not None:
+        _check_count("batch_size", batch_size)
+    dtype = _dtype(matvec, dtype)
+    _check_distribution(distribution)
+    keys = jax.random.split(key, num_probes)
+    size = num_probes if batch_size is None else batch_size
+    trace, diagonal = _Moments(), _Moments()
+    for start in range(0, num_probes, size):
+        probes = _draw(keys[start:start + size], distribution, int(dim), dtype)
+        out = _integrate(probes, _apply(matvec, probes, batch_size))
+        trace.add(out["trace"])
+        diagonal.add(out["diagonal"])
+    return trace, diagonal
+
+
+def hutchinson(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,
+               num_probes: int = 100, batch_size: int | None = None,
+               distribution: str = "rademacher", dtype=None) -> TraceEstimate:
+    """Hutchinson's estimate of ``tr(A)``: the mean of ``v^T A v`` over random probes.
+
+    Args:
+      matvec: ``v -> A v`` on flat ``(dim,)`` vectors: a :class:`jaxspec.CurvatureOperator`
+        or any callable (traceable unless it is an operator with the host reduction).
+      key: PRNG key; probe ``i`` comes from ``jax.random.split(key, num_probes)[i]``.
+      dim: the dimension P.
+      num_probes: number of probes (= matvecs).
+      batch_size: probes per vmapped call (default all at once; 1: a Python loop). An operator
+        with the host reduction is always applied probe by probe.
+      distribution: ``"rademacher"`` (least variance for a fixed matrix) or ``"normal"``.
+      dtype: the probes' dtype (default the operator's, else float32).
+
+    Returns:
+      :class:`TraceEstimate` with a float value and standard error.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import hutchinson
+      >>> A = jnp.diag(jnp.arange(1.0, 101.0)) + 0.1           # trace 5060
+      >>> est = hutchinson(lambda v: A @ v, jax.random.key(0), 100, num_probes=200)
+      >>> abs(est.value - 5060.0) < 4 * est.stderr
+      True
+    """
+    trace, _ = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype)
+    return TraceEstimate(float(trace.mean), float(trace.stderr()), num_probes)
+
+
+def hutchinson_diagonal(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /,
+                        *, num_probes: int = 100, batch_size: int | None = None,
+                        distribution: str = "rademacher", dtype=None) -> TraceEstimate:
+    """Hutchinson's estimate of ``diag(A)``: the mean of ``v * (A v)`` over random probes.
+
+    With Rademacher probes entry ``i`` has variance ``sum_{j != i} A_ij^2`` per probe (a
+    diagonal matrix is exact). Arguments as in :func:`hutchinson`.
+
+    Returns:
+      :class:`TraceEstimate` whose value and standard error are ``(dim,)`` arrays.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import hutchinson_diagonal
+      >>> A = jnp.array([[2.0, 0.1], [0.1, 3.0]])
+      >>> est = hutchinson_diagonal(lambda v: A @ v, jax.random.key(0), 2, num_probes=400)
+      >>> bool(jnp.all(jnp.abs(est.value - jnp.array([2.0, 3.0])) < 4 * est.stderr + 1e-6))
+      True
+    """
+    _, diagonal = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution,
+                                      dtype)
+    return TraceEstimate(diagonal.mean, diagonal.stderr(), num_probes)
+
+
+@jax.jit
+def _orthonormal_rows(Y: jax.Array) -> jax.Array:
+    return jnp.linalg.qr(Y.T)[0].T
+
+
+@jax.jit
+def _deflate(G: jax.Array, Q: jax.Array) -> jax.Array:
+    """The rows of ``G`` projected by ``I - Q^T Q`` (``Q``: orthonormal rows)."""
+    return G - jnp.dot(jnp.dot(G, Q.T, precision=_HIGHEST), Q, precision=_HIGHEST)
+
+
+def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,
+                    num_matvecs: int = 99, batch_size: int | None = None,
+                    distribution: str = "rademacher", dtype=None) -> TraceEstimate:
+    """Hutch++: the exact trace on a sketched dominant subspace plus Hutchinson on the rest.
+
+    With ``s = num_matvecs // 3``: ``Q = orth(A S)`` for ``s`` random probes ``S``;
+    ``tr(Q^T A Q)`` (``s`` matvecs); Hutchinson with the remaining ``num_matvecs - 2 s`` probes
+    ``g`` projected by ``I - Q Q^T``. Unbiased; the standard error is that of the Hutchinson
+    part, conditional on ``Q``. Memory: two ``(s, P)`` blocks.
+
+    Args:
+      matvec, key, dim, batch_size, distribution, dtype: as in :func:`hutchinson`.
+      num_matvecs: the total budget of products (at least 3).
+
+    Returns:
+      :class:`TraceEstimate`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import hutch_plus_plus
+      >>> A = jnp.diag(jnp.concatenate([jnp.array([1e3, 5e2]), jnp.ones(98)]))   # trace 1598
+      >>> est = hutch_plus_plus(lambda v: A @ v, jax.random.key(0), 100, num_matvecs=30)
+      >>> abs(est.value - 1598.0) < 1.0, est.num_matvecs
+      (True, 30)
+    """
+    _check_count("num_matvecs", num_matvecs, 3)
+    dtype = _dtype(matvec, dtype)
+    _check_distribution(distribution)
+    s = num_matvecs // 3
+    g = num_matvecs - 2 * s
+    keys = jax.random.split(key, s + g)
+    Q = _orthonormal_rows(_apply(matvec, _draw(keys[:s], distribution, int(dim), dtype),
+                                 batch_size))
+    low_rank = jnp.sum(Q * _apply(matvec, Q, batch_size))
+    G = _deflate(_draw(keys[s:], distribution, int(dim), dtype), Q)
+    samples = jnp.sum(G * _apply(matvec, G, batch_size), axis=1)
+    rest = _Moments()
+    rest.add(samples)
+    return TraceEstimate(float(low_rank + rest.mean), float(rest.stderr()), num_matvecs)
+
+
+def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,
+           num_probes: int = 50, dtype=None) -> TraceEstimate:
+    """XTrace (Epperly, Tropp & Webber 2024): every probe both sketches and tests, by
+    leave-one-out; matfree's ``leave_one_out_xtrace`` with normal probes.
+
+    Takes ``2 num_probes`` matvecs, all vmapped, so the operator must be traceable (not the
+    host reduction). When ``2 num_probes >= dim`` matfree computes the exact trace from the
+    dense matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
+    leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a confidence bound.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import xtrace
+      >>> A = jnp.diag(jnp.concatenate([jnp.array([1e3, 5e2]), jnp.ones(98)]))   # trace 1598
+      >>> est = xtrace(lambda v: A @ v, jax.random.key(0), 100, num_probes=10)
+      >>> abs(est.value - 1598.0) < 1.0, est.num_matvecs
+      (True, 20)
+    """
+    _check_count("num_probes", num_probes, 2)
+    if not _traceable(matvec):
+        raise TypeError("xtrace vmaps the operator over its probes; an operator with the host "
+                        "reduction cannot be traced: use hutch_plus_plus, or reduce='scan'")
+    sampler = stochtrace.sampler_normal(jnp.zeros((dim,), _dtype(matvec, dtype)), num=num_probes)
+    estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
+        stochtrace.leave_one_out_xtrace(), sampler)
+    mean, sem = jax.jit(estimate)(_as_argument(matvec), key)
+    return TraceEstimate(float(mean), float(sem), dim if 2 * num_probes >= dim else 2 * num_probes)
+
+
+def logdet(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int,
+           num_steps: int, /, *, shift: float = 0.0, num_probes: int = 10,
+           distribution: str = "rademacher", dtype=None, **lanczos_kwargs: Any
+           ) -> TraceEstimate:
+    """``log det(A + shift I)`` of a positive semi-definite ``A``, by stochastic Lanczos
+    quadrature.
+
+    Each probe ``v`` (from ``jax.random.split(key, num_probes)``) gets a Lanczos run of
+    ``num_steps`` steps (:func:`jaxspec.run_lanczos`; ``lanczos_kwargs`` such as ``driver``
+    go there), and ``v^T log(A + shift I) v ~ |v|^2 sum_j w_j log(theta_j + shift)`` with its
+    Ritz values ``theta_j`` and weights ``w_j`` (``|v|^2 = P`` for Rademacher probes). The
+    standard error is over the probes; the quadrature error is not in it (it falls
+    geometrically with ``num_steps``, the faster the better conditioned ``A + shift I``).
+
+    Raises:
+      ValueError: a Ritz value of ``A + shift I`` is not positive (``A`` is not PSD, or the
+        shift is too small for the rounding of ``A``'s null space).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from jaxspec import logdet
+      >>> d = jnp.linspace(0.0, 2.0, 50)
+      >>> est = logdet(lambda v: d * v, jax.random.key(0), 50, 20, shift=1.0, num_probes=4,
+      ...              dtype=d.dtype)
+      >>> truth = float(np.sum(np.log(np.asarray(d) + 1.0)))
+      >>> abs(est.value - truth) < 4 * est.stderr + 1e-3
+      True
+    """
+    _check_count("num_probes", num_probes)
+    dtype = _dtype(matvec, dtype)
+    keys = jax.random.split(key, num_probes)
+    samples, num_matvecs = [], 0
+    for i in range(num_probes):
+        v = random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
+        run = run_lanczos(matvec, v, num_steps, **lanczos_kwargs)
+        pairs = ritz_pairs(run)
+        shifted = pairs.values + float(shift)
+        if np.any(shifted <= 0):
+            raise ValueError(f"a Ritz value of A + shift I is {shifted.min():.3g} <= 0: logdet "
+                             "needs a positive semi-definite A (e.g. a GGN) and shift > 0")
+        norm2 = float(np.sum(np.asarray(v, np.float64) ** 2))
+        samples.append(norm2 * float(np.sum(pairs.weights * np.log(shifted))))
+        num_matvecs += int(run.num_valid)
+    samples = np.asarray(samples)
+    stderr = float(np.std(samples, ddof=1) / np.sqrt(num_probes)) if num_probes > 1 else np.nan
+    return TraceEstimate(float(samples.mean()), stderr, num_matvecs)

@@ -1,0 +1,144 @@
+"""eigsh (thick-restart Lanczos) against dense eigh: values, subspaces, certified residuals."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxspec
+from jaxspec import eigsh
+from mlp_problem import mlp_loss, mlp_problem
+from spectra import matrix_with_spectrum
+
+N = 80
+M = 12  # basis size k + num_extra in every test on an N x N matrix: one compilation for all
+
+
+def spectrum(kind):
+    rng = np.random.default_rng(1)
+    if kind == "clustered":  # four top eigenvalues 1e-3 apart, two bottom ones 1e-4 apart
+        return np.concatenate([[-3.0, -3.0 + 1e-4], rng.uniform(0.0, 5.0, N - 6),
+                               10.0 - 1e-3 * np.arange(4)])
+    if kind == "negative":  # a bulk near zero, outliers at both ends
+        bulk = 0.05 * rng.standard_normal(N)
+        bulk[:4] = [-3.0, -1.5, 4.0, 12.0]
+        return bulk
+    return rng.uniform(-5.0, 10.0, N)
+
+
+def matched(eigs, k, which):
+    order = np.argsort(eigs)
+    if which == "largest":
+        return order[-k:]
+    if which == "smallest":
+        return order[:k]
+    return np.concatenate([order[: k // 2], order[N - (k - k // 2):]])
+
+
+def check_against_eigh(A, res, k, which, subspace_tol):
+    lam, U = np.linalg.eigh(np.asarray(A))
+    idx = np.sort(matched(lam, k, which))
+    idx = idx[np.argsort(lam[idx])]
+    assert res.converged.all()
+    # every reported value within its measured residual of the matched eigenvalue
+    assert np.all(np.abs(res.values - lam[idx]) <= res.residuals + 1e-12), (res.values, lam[idx])
+    # principal angles between the returned and the true invariant subspace
+    X = np.asarray(res.vectors)
+    np.testing.assert_allclose(X @ X.T, np.eye(k), atol=1e-10)
+    cosines = np.linalg.svd(U[:, idx].T @ X.T, compute_uv=False)
+    assert np.sqrt(max(0.0, 1.0 - cosines.min() ** 2)) < subspace_tol
+    # the residuals really are |A x - theta x|
+    true_res = np.linalg.norm(X @ np.asarray(A) - res.values[:, None] * X, axis=1)
+    np.testing.assert_allclose(res.residuals, true_res, rtol=1e-6, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["spread", "clustered", "negative"])
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_top_k_match_eigh(kind, which):
+    A, _ = matrix_with_spectrum(spectrum(kind), seed=3)
+    k = 4
+    with jax.numpy_dtype_promotion("strict"):
+        res = eigsh(lambda v: A @ v, jnp.ones(N), k, which=which, tol=1e-10, num_extra=M - k,
+                    driver="host")
+    # clusters are resolved as subspaces: the whole set is far from the rest of the spectrum
+    check_against_eigh(A, res, k, which, subspace_tol=1e-6)
+
+
+def test_compiled_driver_matches_host_driver():
+    A, _ = matrix_with_spectrum(spectrum("spread"), seed=4)
+    kw = dict(which="both", tol=1e-10, num_extra=M - 4)
+    host = eigsh(lambda v: A @ v, jnp.ones(N), 4, driver="host", **kw)
+    compiled = eigsh(lambda v: A @ v, jnp.ones(N), 4, driver="compiled", **kw)
+    np.testing.assert_allclose(compiled.values, host.values, rtol=1e-10)
+    check_against_eigh(A, compiled, 4, "both", subspace_tol=1e-6)
+
+
+def test_thick_restart_basis_smaller_than_matvecs_and_residuals_bound_errors():
+    # a loose tolerance leaves macroscopic residuals: they must still bound the errors
+    A, _ = matrix_with_spectrum(np.linspace(0.0, 1.0, N) ** 2, seed=5)
+    k, extra = 3, M - 3
+    for tol in (1e-3, 1e-8):
+        with jax.numpy_dtype_promotion("strict"):
+            res = eigsh(lambda v: A @ v, jnp.ones(N), k, tol=tol, num_extra=extra)
+        assert res.converged.all()
+        assert res.num_restarts > 0 and res.num_matvecs > 2 * (k + extra + 1)
+        lam = np.linalg.eigvalsh(np.asarray(A))[-k:]
+        assert np.all(np.abs(res.values - lam) <= res.residuals + 1e-14)
+        assert np.all(res.residuals <= tol * 1.0)
+
+
+def test_restarts_run_out_reports_unconverged():
+    A, _ = matrix_with_spectrum(np.linspace(0.0, 1.0, N) ** 2, seed=5)
+    res = eigsh(lambda v: A @ v, jnp.ones(N), 3, tol=1e-14, num_extra=M - 3, max_restarts=2)
+    assert res.num_restarts == 2 and not res.converged.all()
+    keep = 3 + (M - 3) // 2
+    assert res.num_matvecs == M + 2 * (M - keep) + 3
+
+
+def test_warm_start_from_vector_and_block():
+    A, _ = matrix_with_spectrum(spectrum("spread"), seed=6)
+    mv = lambda v: A @ v  # noqa: E731
+    cold = eigsh(mv, jnp.ones(N), 3, tol=1e-10, num_extra=M - 3)
+    warm_one = eigsh(mv, cold.vectors[-1], 1, tol=1e-10, num_extra=M - 1)
+    cold_one = eigsh(mv, jnp.ones(N), 1, tol=1e-10, num_extra=M - 1)
+    assert warm_one.num_matvecs < cold_one.num_matvecs
+    np.testing.assert_allclose(warm_one.values, cold.values[-1:], rtol=1e-10)
+    warm_block = eigsh(mv, cold.vectors, 3, tol=1e-10, num_extra=M - 3)
+    assert warm_block.num_matvecs < cold.num_matvecs
+    check_against_eigh(A, warm_block, 3, "largest", subspace_tol=1e-6)
+
+
+def test_invariant_start_space_is_not_mistaken_for_the_answer():
+    # v0 is an eigenvector of the second-largest eigenvalue: the Krylov space breaks down at
+    # once; the run must go on (a fresh direction) and find the largest
+    A, Q = matrix_with_spectrum(spectrum("spread"), seed=7)
+    lam = np.linalg.eigvalsh(np.asarray(A))
+    second = Q[:, np.argsort(spectrum("spread"))[-2]]
+    res = eigsh(lambda v: A @ v, jnp.asarray(second), 1, tol=1e-10, num_extra=M - 1)
+    np.testing.assert_allclose(res.values, lam[-1:], rtol=1e-9)
+
+
+def test_rejects_bad_arguments():
+    mv = lambda v: 2.0 * v  # noqa: E731
+    with pytest.raises(ValueError, match="which"):
+        eigsh(mv, jnp.ones(5), 1, which="middle")
+    with pytest.raises(ValueError, match="k must"):
+        eigsh(mv, jnp.ones(5), 5)
+    with pytest.raises(ValueError, match="nonzero"):
+        eigsh(mv, jnp.zeros(5), 1)
+    with pytest.raises(TypeError, match="same"):
+        eigsh(lambda v: v[:3], jnp.ones(5), 1)
+
+
+@pytest.mark.parametrize("reduce", ["host", "scan"])
+def test_curvature_operator_of_an_mlp(reduce):
+    params, data, H = mlp_problem()
+    op = jaxspec.curvature_operator(mlp_loss, params, jaxspec.batch_dataset(data, 20),
+                                    reduce=reduce)
+    res = eigsh(op, jax.tree.map(jnp.ones_like, params), 4, which="both", tol=1e-9)
+    lam = np.linalg.eigvalsh(0.5 * (H + H.T))
+    want = np.sort(np.concatenate([lam[:2], lam[-2:]]))
+    assert np.all(np.abs(res.values - want) <= res.residuals + 1e-12)
+    np.testing.assert_allclose(res.values, want, rtol=1e-7, atol=1e-10)
+    tree = jax.vmap(op.unravel)(res.vectors)  # the vectors as pytrees like params
+    assert tree["w1"].shape == (4, 3, 6)

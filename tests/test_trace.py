@@ -1,0 +1,148 @@
+"""Stochastic trace, diagonal and log-determinant estimators against dense linear algebra.
+
+The statistical tests use many seeds and can fail by chance; their thresholds (4-5 standard
+errors, a factor between mean squared errors that is ~50 in expectation) make that rare.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxspec
+from jaxspec import hutch_plus_plus, hutchinson, hutchinson_diagonal, logdet, xtrace
+from mlp_problem import mlp_loss, mlp_problem
+from spectra import random_orthogonal
+
+P = 60
+
+
+@functools.lru_cache(maxsize=None)
+def low_rank_plus_noise():
+    """Five dominant eigenvalues over a small PSD bulk: where Hutch++ shines."""
+    rng = np.random.default_rng(0)
+    U = random_orthogonal(1, P)[:, :5]
+    W = rng.standard_normal((P, P))
+    A = (U * np.array([50.0, 40.0, 30.0, 20.0, 10.0])) @ U.T + 0.05 * W @ W.T / P
+    return jnp.asarray(0.5 * (A + A.T))
+
+
+def matvec_of(A):
+    return lambda v: A @ v
+
+
+def test_hutchinson_and_hutch_plus_plus_unbiased_and_hutch_plus_plus_better():
+    A = low_rank_plus_noise()
+    truth = float(jnp.trace(A))
+    mv = matvec_of(A)
+    seeds = range(100)
+    budget = 18
+    with jax.numpy_dtype_promotion("strict"):
+        plain = np.array([hutchinson(mv, jax.random.key(s), P, num_probes=budget,
+                                     dtype=jnp.float64).value for s in seeds])
+        plus = [hutch_plus_plus(mv, jax.random.key(s), P, num_matvecs=budget, dtype=jnp.float64)
+                for s in seeds]
+    plus_values = np.array([e.value for e in plus])
+    assert all(e.num_matvecs == budget for e in plus)
+    n = len(seeds)
+    for values in (plain, plus_values):  # unbiased: the mean over seeds within 4.5 SE
+        assert abs(values.mean() - truth) <= 4.5 * values.std(ddof=1) / np.sqrt(n)
+    mse_plain = np.mean((plain - truth) ** 2)
+    mse_plus = np.mean((plus_values - truth) ** 2)
+    assert mse_plus < 0.2 * mse_plain, (mse_plus, mse_plain)
+    # the reported standard errors are honest on average (z-scores of spread ~1)
+    z = (plus_values - truth) / np.array([e.stderr for e in plus])
+    assert 0.5 < np.std(z) < 2.0
+
+
+def test_hutchinson_standard_error_and_batches():
+    A = low_rank_plus_noise()
+    mv = matvec_of(A)
+    key = jax.random.key(3)
+    whole = hutchinson(mv, key, P, num_probes=20, dtype=jnp.float64)
+    for batch_size in (1, 10):  # probe i comes from key i: the batches change nothing
+        other = hutchinson(mv, key, P, num_probes=20, batch_size=batch_size, dtype=jnp.float64)
+        assert other.value == pytest.approx(whole.value, rel=1e-12)
+        assert other.stderr == pytest.approx(whole.stderr, rel=1e-9)
+    normal = hutchinson(mv, key, P, num_probes=20, distribution="normal", dtype=jnp.float64)
+    assert abs(normal.value - float(jnp.trace(A))) < 5 * normal.stderr
+    with pytest.raises(ValueError, match="distribution"):
+        hutchinson(mv, key, P, distribution="uniform", dtype=jnp.float64)
+
+
+def test_diagonal_converges_to_diag():
+    A = low_rank_plus_noise()
+    d = np.asarray(jnp.diag(A))
+    errors = []
+    for num in (50, 2000):
+        est = hutchinson_diagonal(matvec_of(A), jax.random.key(1), P, num_probes=num,
+                                  batch_size=500, dtype=jnp.float64)
+        assert est.value.shape == (P,) and est.num_matvecs == num
+        err = np.abs(np.asarray(est.value) - d)
+        assert np.mean(err <= 4 * np.asarray(est.stderr)) > 0.95
+        errors.append(np.linalg.norm(err))
+    assert errors[1] < 0.3 * errors[0]  # ~ 1/sqrt(40) in expectation
+
+
+def test_xtrace_from_matfree():
+    A = low_rank_plus_noise()
+    est = xtrace(matvec_of(A), jax.random.key(0), P, num_probes=9, dtype=jnp.float64)
+    assert est.num_matvecs == 18
+    assert abs(est.value - float(jnp.trace(A))) < 0.5  # the bulk's trace is ~3, its spread less
+
+
+def test_logdet_matches_slogdet_within_its_standard_error():
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((P, P // 2))
+    A = jnp.asarray(W @ W.T / P)  # PSD, rank P/2: half the eigenvalues are zero
+    shift = 0.3
+    sign, truth = np.linalg.slogdet(np.asarray(A) + shift * np.eye(P))
+    assert sign == 1
+    with jax.numpy_dtype_promotion("strict"):
+        est = logdet(matvec_of(A), jax.random.key(0), P, 25, shift=shift, num_probes=20,
+                     dtype=jnp.float64, driver="compiled")
+    assert est.num_matvecs <= 20 * 25
+    assert abs(est.value - truth) <= 4 * est.stderr, (est, truth)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        logdet(matvec_of(A - jnp.eye(P)), jax.random.key(0), P, 10, shift=0.1, num_probes=2,
+               dtype=jnp.float64)
+
+
+def test_rejects_bad_counts_and_host_xtrace():
+    mv = matvec_of(jnp.eye(4))
+    with pytest.raises(ValueError, match="num_probes"):
+        hutchinson(mv, jax.random.key(0), 4, num_probes=0, dtype=jnp.float64)
+    with pytest.raises(ValueError, match="num_matvecs"):
+        hutch_plus_plus(mv, jax.random.key(0), 4, num_matvecs=2, dtype=jnp.float64)
+
+
+def mlp_operator(reduce):
+    params, data, H = mlp_problem()
+    op = jaxspec.curvature_operator(mlp_loss, params, jaxspec.batch_dataset(data, 20),
+                                    reduce=reduce)
+    return op, H
+
+
+def test_host_reduced_mlp_operator_probe_by_probe():
+    op, H = mlp_operator("host")  # not traceable: probes applied one by one, host Lanczos
+    key = jax.random.key(0)
+    tr = hutchinson(op, key, op.size, num_probes=60)
+    assert abs(tr.value - np.trace(H)) <= 5 * tr.stderr
+    diag = hutchinson_diagonal(op, key, op.size, num_probes=60)
+    assert np.mean(np.abs(np.asarray(diag.value) - np.diag(H)) <= 5 * diag.stderr) > 0.9
+    shift = 1.0 - min(0.0, np.linalg.eigvalsh(H)[0])  # H + shift I positive definite
+    truth = np.linalg.slogdet(H + shift * np.eye(op.size))[1]
+    ld = logdet(op, key, op.size, 20, shift=shift, num_probes=8)
+    assert abs(ld.value - truth) <= 5 * ld.stderr + 1e-8
+
+
+def test_scan_reduced_mlp_operator_vmapped():
+    op, H = mlp_operator("scan")
+    key = jax.random.key(0)
+    tr = hutchinson(op, key, op.size, num_probes=60, batch_size=30)
+    assert abs(tr.value - np.trace(H)) <= 5 * tr.stderr
+    # Hutch++ with a budget of three times the dimension sketches the whole space: exact
+    full = hutch_plus_plus(op, key, op.size, num_matvecs=3 * op.size, batch_size=45)
+    assert full.value == pytest.approx(np.trace(H), rel=1e-9, abs=1e-9)
