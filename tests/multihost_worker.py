@@ -43,7 +43,10 @@ def run() -> dict:
     params = jax.tree.map(jnp.asarray, pw.make_params(kind))
     mv = curvature_operator(pw.LOSSES[kind], params, batched, reduce="mesh")  # every device
     v = jnp.asarray(pw.probe(ravel_pytree(params)[0].size))
+    import jaxspec
+
     out = {"process": jax.process_index(), "local_samples": int(local["x"].shape[0]),
+           "jaxspec": jaxspec.__file__,
            "hvp": np.asarray(mv(v)).tolist()}
     res = run_lanczos(mv, v, pw.NUM_STEPS)  # auto: the compiled driver, for the mesh
     out["ritz"] = Spectrum.from_lanczos(res).nodes.tolist()

@@ -127,7 +127,9 @@ def run(device_counts: list[int]) -> dict:
 
     # All the products of one mesh in one compiled program: XLA:CPU compiles slowly.
     products = jax.jit(lambda ops, vs: [op(v) for op, v in zip(ops, vs)])
-    results = {}
+    import jaxspec
+
+    results = {"jaxspec": jaxspec.__file__}  # the checkout under test, not an installed copy
     for num_devices in device_counts:
         mesh = data_mesh(jax.devices()[:num_devices])
         full = num_devices == max(device_counts)

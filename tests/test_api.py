@@ -2,6 +2,7 @@
 
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,9 @@ def test_core_imports_no_flax_optax_tfds_or_tqdm():
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('flax', 'optax', 'tensorflow_datasets', 'tensorflow', 'matplotlib', 'orbax', "
             "'tqdm')]; print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -198,7 +198,9 @@ def test_mesh_on_3_devices_matches_single_device(setup, host_hv, tmp_path):
     np.save(tmp_path / "v.npy", np.asarray(v))
     np.save(tmp_path / "table.npy", setup[3].variants)  # no threefry compile in the worker
     here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(here)  # this checkout's jaxspec, not an installed one
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", _SHARDED, here, str(tmp_path / "v.npy"),
                           str(tmp_path / "out.npy"), str(tmp_path / "table.npy")],
                          capture_output=True, text=True,

@@ -1,10 +1,14 @@
 """The curvature operator: every reduction, with and without a batch transform, against a dense
 jax.hessian reference; the operator's protocol and its bad-input errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
@@ -160,3 +164,29 @@ def test_removed_names_are_gone():
         assert not [n for n in names if hasattr(module, n)], module.__name__
     for name in ("save", "load", "to_dict", "from_dict"):
         assert not hasattr(jaxspec.Spectrum, name)
+
+
+@given(weights=st.lists(st.sampled_from([0.0, 0.1]), max_size=30),
+       group_size=st.integers(1, 6))
+def test_host_groups_cover_every_real_batch_once(weights, group_size):
+    """The host loop's groups: runs of consecutive nonzero-weight batches, at most group_size
+    long; every real batch in exactly one group, no padding batch in any."""
+    groups = HostReduce(group_size=group_size)._groups(np.asarray(weights))
+    covered = [i for start, stop in groups for i in range(start, stop)]
+    assert covered == [i for i, w in enumerate(weights) if w]
+    assert all(0 < stop - start <= group_size for start, stop in groups)
+
+
+@settings(max_examples=20)
+@given(index=st.integers(0, 16), delta=st.sampled_from([1e-12, 1e-3, -2.0]))
+def test_fingerprint_sees_any_change_of_a_parameter(index, delta):
+    loss, params, batched, _, _ = plain_case_cached()
+    op = curvature_operator(loss, params, batched, reduce="host")
+    flat, unravel = ravel_pytree(params)
+    assert op.fingerprint() == op.with_params(unravel(flat + 0.0)).fingerprint()
+    assert op.fingerprint() != op.with_params(unravel(flat.at[index].add(delta))).fingerprint()
+
+
+@functools.cache
+def plain_case_cached():
+    return plain_case()

@@ -65,7 +65,11 @@ class Workers:
         self.deadline = time.monotonic() + TIMEOUT
         self.env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
         flags = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE.items())
-        self.env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+        # The checkout under test first: a worker's sys.path[0] is tests/, so `import jaxspec`
+        # would otherwise find whatever jaxspec is installed (another checkout, an old version).
+        path = os.pathsep.join(filter(None, [ROOT, os.path.join(ROOT, "tests"),
+                                             os.environ.get("PYTHONPATH")]))
+        self.env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=flags, PYTHONPATH=path)
 
     def start(self, name: str, args: list[str], out: str, env: dict | None = None) -> None:
         log = open(os.path.join(self.tmp, f"{name}.log"), "w")
@@ -292,6 +296,7 @@ def test_shard_batched_places_whole_batches():
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [8, 4])
 def test_sharded_hvp_equals_single_device(workers, devices):
+    assert workers.result("devices")["jaxspec"] == os.path.join(ROOT, "jaxspec", "__init__.py")
     out = workers.result("devices")[str(devices)]
     expected = list(CASES) if devices == 8 else list(pw.SMALL_MESH_CASES)
     assert sorted(out["hvp"]) == sorted(expected)
@@ -330,6 +335,7 @@ def test_parameter_sharded_krylov_basis(workers):
 def test_two_processes_equal_one(workers):
     out = workers.result("host0")
     workers.result("host1")  # process 1 must exit cleanly too
+    assert out["jaxspec"] == os.path.join(ROOT, "jaxspec", "__init__.py")
     assert out["local_samples"] == 512  # 8 of the 15 full batches; the other process has 7
     assert_hvp_close(out["hvp"], "mlp_uneven")
     assert_ritz_close(out["ritz"], "mlp_uneven")
