@@ -4,7 +4,7 @@ One operator, :func:`curvature_operator`, stands for a curvature matrix of a los
 (its kind, its batch reduction and its batch transform are fields); :func:`run_lanczos`,
 :func:`slq` and :func:`ritz_pairs` run on it, or on any plain ``v -> A v``.
 
-The core (``hvp``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``, ``slq``,
+The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``, ``slq``,
 ``rmt``, ``parallel``) imports only jax and numpy; files and progress bars (``jaxspec.io``),
 models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
@@ -23,6 +23,9 @@ from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
 from jaxspec.hvp import hvp
+from jaxspec.kinds import Categorical
+from jaxspec.kinds import FisherMC
+from jaxspec.kinds import SplitLoss
 from jaxspec.lanczos import LanczosHook
 from jaxspec.lanczos import LanczosResult
 from jaxspec.lanczos import LanczosState
@@ -51,13 +54,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batched",
+    "Categorical",
     "CurvatureOperator",
+    "FisherMC",
     "LanczosHook",
     "LanczosResult",
     "LanczosState",
     "NegativeMass",
     "RitzPairs",
     "Spectrum",
+    "SplitLoss",
     "SpectrumComparison",
     "SymmetryReport",
     "assert_symmetric",
