@@ -11,7 +11,7 @@ import jaxspec
 
 MODULES = ["jaxspec", "jaxspec.rmt", "jaxspec.compare", "jaxspec.checks", "jaxspec.plotting",
            "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel",
-           "jaxspec.augmented", "jaxspec.workdir"]
+           "jaxspec.augmented", "jaxspec.workdir", "jaxspec.kinds"]
 
 
 def test_core_imports_no_flax_optax_or_tfds():
