@@ -6,9 +6,9 @@ One operator, :func:`curvature_operator`, stands for a curvature matrix of a los
 of ``jaxspec.trace`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`hutchinson_diagonal`,
 :func:`logdet`) run on it, or on any plain ``v -> A v``.
 
-The core (``hvp``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``, ``slq``,
-``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and numpy (``trace`` also
-matfree); files and progress bars (``jaxspec.io``),
+The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``,
+``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and numpy (``trace``
+also matfree); files and progress bars (``jaxspec.io``),
 models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
@@ -28,6 +28,9 @@ from jaxspec.compare import compare_spectra
 from jaxspec.eigsh import EigshResult
 from jaxspec.eigsh import eigsh
 from jaxspec.hvp import hvp
+from jaxspec.kinds import Categorical
+from jaxspec.kinds import FisherMC
+from jaxspec.kinds import SplitLoss
 from jaxspec.lanczos import LanczosHook
 from jaxspec.lanczos import LanczosResult
 from jaxspec.lanczos import LanczosState
@@ -62,14 +65,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batched",
+    "Categorical",
     "CurvatureOperator",
     "EigshResult",
+    "FisherMC",
     "LanczosHook",
     "LanczosResult",
     "LanczosState",
     "NegativeMass",
     "RitzPairs",
     "Spectrum",
+    "SplitLoss",
     "SpectrumComparison",
     "SymmetryReport",
     "TraceEstimate",

@@ -5,7 +5,9 @@
 matrix is taken, and the data (a :class:`jaxspec.Batched`). Three things are fields, not
 separate constructors:
 
-* ``kind``: which matrix (``"hessian"``; the per-batch products live in :mod:`jaxspec.hvp`);
+* ``kind``: which matrix: ``"hessian"``, ``"ggn"``, ``"fisher"``, ``"fisher_mc"``,
+  ``"empirical_fisher"`` (the per-batch products live in :mod:`jaxspec.hvp` and
+  :mod:`jaxspec.kinds`; all but the Hessian need a :class:`jaxspec.SplitLoss`);
 * ``reduce``: how the batches are summed (:mod:`jaxspec.reduction`): ``lax.scan`` in one
   program, a host loop over jitted groups of batches, or a device mesh with one ``psum``;
 * ``transform``: a batch transform applied inside every product (e.g. the fixed augmentation
@@ -33,12 +35,15 @@ from jax.flatten_util import ravel_pytree
 
 from jaxspec.batching import Batched
 from jaxspec.hvp import hvp
+from jaxspec.kinds import FisherMC, check_kind, empirical_fisher_mv, fisher_mv, ggn_mv
 from jaxspec.reduction import resolve_reduce
 
 __all__ = ["KINDS", "CurvatureOperator", "curvature_operator"]
 
-# The per-batch product of each matrix kind: ``product(loss_fn, params, batch, tangent)``.
-KINDS: dict[str, Callable] = {"hessian": hvp}
+# The per-batch product of each matrix kind: ``product(loss_fn, params, batch, tangent)``, and
+# for the Monte-Carlo kinds ``product(loss_fn, params, batch, tangent, key)``.
+KINDS: dict[str, Callable] = {"hessian": hvp, "ggn": ggn_mv, "fisher": fisher_mv,
+                              "fisher_mc": FisherMC(), "empirical_fisher": empirical_fisher_mv}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,9 +57,12 @@ class CurvatureOperator:
       params: the point at which the matrix is taken (a pytree of float arrays, one dtype).
       data: the data set, a :class:`jaxspec.Batched`.
       transform: a pytree callable ``batch -> batch`` applied inside every product, or None.
-      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean over ``batch``.
-      kind: the matrix, a key of :data:`KINDS`.
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean over ``batch`` (a
+        :class:`jaxspec.SplitLoss` for the kinds other than the Hessian).
+      kind: the matrix, a key of :data:`KINDS` or a :class:`jaxspec.FisherMC`.
       reduce: the reduction strategy (:mod:`jaxspec.reduction`).
+      key: the PRNG key data (uint32) of a Monte-Carlo kind, fixed for the operator (a leaf of
+        the pytree, like the first three), or None.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -72,8 +80,9 @@ class CurvatureOperator:
     data: Batched | None
     transform: Any
     loss_fn: Callable
-    kind: str = "hessian"
+    kind: Any = "hessian"
     reduce: Any = None
+    key: Any = None
 
     # ---- linear-operator protocol ---------------------------------------------------------
     @property
@@ -146,7 +155,9 @@ class CurvatureOperator:
         """
         if self.transform is not None:
             batch = self.transform(batch)
-        out = KINDS[self.kind](self.loss_fn, self.params, batch, tangent)
+        product = KINDS[self.kind] if isinstance(self.kind, str) else self.kind
+        extra = () if self.key is None else (self.key,)  # the Monte-Carlo kinds' fixed key
+        out = product(self.loss_fn, self.params, batch, tangent, *extra)
         return ravel_pytree(out)[0]
 
     # ---- helpers --------------------------------------------------------------------------
@@ -212,7 +223,10 @@ class CurvatureOperator:
         h = hashlib.sha1()
         h.update(repr((getattr(self.loss_fn, "__qualname__", repr(self.loss_fn)), self.kind,
                        type(self.transform).__name__)).encode())
-        leaves, treedef = jax.tree.flatten((self.params, self.data, self.transform))
+        arrays = (self.params, self.data, self.transform)
+        if self.key is not None:
+            arrays += (self.key,)
+        leaves, treedef = jax.tree.flatten(arrays)
         h.update(str(treedef).encode())
         for leaf in leaves:
             for part in _local_parts(leaf):
@@ -229,7 +243,8 @@ class CurvatureOperator:
         return v
 
 
-jax.tree_util.register_dataclass(CurvatureOperator, data_fields=["params", "data", "transform"],
+jax.tree_util.register_dataclass(CurvatureOperator,
+                                 data_fields=["params", "data", "transform", "key"],
                                  meta_fields=["loss_fn", "kind", "reduce"])
 
 
@@ -265,8 +280,8 @@ def _check_params(params: Any) -> None:
 
 
 def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, data: Batched, /,
-                       *, kind: str = "hessian", reduce: Any = "auto",
-                       transform: Any = None) -> CurvatureOperator:
+                       *, kind: Any = "hessian", reduce: Any = "auto",
+                       transform: Any = None, key: Any = None) -> CurvatureOperator:
     """The curvature matrix ``kind`` of the mean of ``loss_fn`` over ``data``, at ``params``.
 
     Args:
@@ -274,13 +289,19 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
       params: pytree of float arrays of one dtype (float32 or float64).
       data: the data set, from :func:`jaxspec.batch_dataset` (or
         :func:`jaxspec.parallel.global_batched` with several processes).
-      kind: ``"hessian"``.
+      kind: ``"hessian"`` (of ``loss_fn``); with a :class:`jaxspec.SplitLoss` also ``"ggn"``
+        (Gauss-Newton ``J^T H_z J``), ``"fisher"`` (exact Fisher of the predictive
+        distribution), ``"fisher_mc"`` or :class:`jaxspec.FisherMC` ``(num_samples)``
+        (Monte-Carlo Fisher, needs ``key``) and ``"empirical_fisher"`` (also for a plain
+        ``loss_fn`` that is a mean of per-sample terms); see :mod:`jaxspec.kinds`.
       reduce: ``"auto"`` (the host loop on CPU, where XLA runs convolutions inside loops very
         slowly, JAX issue #12868; ``lax.scan`` elsewhere), ``"scan"``, ``"host"``, ``"mesh"``
         (every device), a :class:`jax.sharding.Mesh`, or a strategy from
         :mod:`jaxspec.reduction` / :class:`jaxspec.parallel.MeshReduce`.
       transform: a pytree callable ``batch -> batch`` applied inside every product (e.g.
         :class:`jaxspec.augmented.Augmentation`), or None.
+      key: a PRNG key (``jax.random.key``) for a Monte-Carlo kind, fixed for the operator:
+        every product applies the same matrix. Stored as its key data.
 
     Returns:
       A :class:`CurvatureOperator`, its arrays placed as the reduction needs them.
@@ -295,14 +316,19 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
       >>> bool(np.allclose(dense, x.T @ x / 10, atol=1e-5))   # the least-squares Hessian
       True
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    product = kind if isinstance(kind, FisherMC) else KINDS.get(kind) if isinstance(
+        kind, str) else None
+    if product is None:
+        raise ValueError(f"kind must be one of {sorted(KINDS)} or a jaxspec.FisherMC, got {kind!r}")
     if not isinstance(data, Batched):
         raise TypeError("data must be a jaxspec.Batched (from jaxspec.batch_dataset), got "
                         f"{type(data).__name__}")
     if not callable(loss_fn):
         raise TypeError("loss_fn must be callable: loss_fn(params, batch) -> scalar")
+    check_kind(kind, product, loss_fn, key)
+    if key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)  # plain uint32: placed and hashed like any array
     _check_params(params)
     strategy = resolve_reduce(reduce)
-    op = CurvatureOperator(params, data, transform, loss_fn, kind, strategy)
+    op = CurvatureOperator(params, data, transform, loss_fn, kind, strategy, key)
     return strategy.prepare(op)

@@ -226,13 +226,13 @@ def _mesh_apply(op, v):
     data = op.data
     has_batches, has_tail = data.batches is not None, data.tail is not None
 
-    def local(params, transform, batches, weights, tail, tail_weight, v):
+    def local(params, transform, key, batches, weights, tail, tail_weight, v):
         # Params and v are replicated (invariant over the axis). Differentiating an invariant
         # value used with per-device data makes shard_map sum its cotangent over devices (an
         # all-reduce inside every batch's product). Marking them per-device keeps each device's
         # products local, and the one psum below does the sum.
         here = dataclasses.replace(op, params=jax.tree.map(lambda x: _vary(x, axis_name), params),
-                                   transform=transform, data=None)
+                                   transform=transform, key=key, data=None)
         v = _vary(v, axis_name)
         tangent = here.unravel(v)
         zeros = _vary(jnp.zeros_like(v), axis_name)
@@ -261,9 +261,9 @@ def _mesh_apply(op, v):
 
     split, whole = P(axis_name), P()
     mapped = jax.shard_map(local, mesh=reduce.mesh,
-                           in_specs=(whole, whole, split, split, whole, whole, whole),
+                           in_specs=(whole, whole, whole, split, split, whole, whole, whole),
                            out_specs=whole)
-    return mapped(op.params, op.transform, data.batches,
+    return mapped(op.params, op.transform, op.key, data.batches,
                   data.weights if has_batches else None, data.tail,
                   data.tail_weight if has_tail else None, v)
 
@@ -300,7 +300,7 @@ class MeshReduce:
         _axis_size(self.mesh, self.axis_name)
 
     def prepare(self, op):
-        """Pads and shards the batches, replicates the tail, parameters and transform.
+        """Pads and shards the batches, replicates the tail, parameters, transform and key.
 
         Example:
           >>> import jax.numpy as jnp, numpy as np, jaxspec
@@ -314,7 +314,8 @@ class MeshReduce:
         data = _pad_batches(op.data, _axis_size(self.mesh, self.axis_name))
         return dataclasses.replace(
             op, data=shard_batched(data, self.mesh, axis_name=self.axis_name),
-            params=replicate(op.params, self.mesh), transform=replicate(op.transform, self.mesh))
+            params=replicate(op.params, self.mesh), transform=replicate(op.transform, self.mesh),
+            key=replicate(op.key, self.mesh))
 
     def apply(self, op, v: jax.Array, /) -> jax.Array:
         """``sum_b w_b A_b v`` over the mesh (called eagerly: one cached program).

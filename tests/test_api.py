@@ -14,8 +14,8 @@ MODULES = ["jaxspec", "jaxspec.rmt", "jaxspec.compare", "jaxspec.checks", "jaxsp
            "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel",
            "jaxspec.augmented", "jaxspec.io", "jaxspec.operator", "jaxspec.reduction",
            "jaxspec.ritz", "jaxspec.batching", "jaxspec.lanczos", "jaxspec.slq", "jaxspec.hvp",
-           "jaxspec.workdir", "jaxspec.atomic", "jaxspec.report"]
-CORE = ["hvp", "batching", "operator", "reduction", "lanczos", "ritz", "slq", "rmt", "parallel",
+           "jaxspec.workdir", "jaxspec.atomic", "jaxspec.report", "jaxspec.kinds"]
+CORE = ["hvp", "kinds", "batching", "operator", "reduction", "lanczos", "ritz", "slq", "rmt", "parallel",
         "checks", "workdir", "atomic", "report"]
 
 

@@ -141,7 +141,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="Batched"):
         curvature_operator(loss, params, {"x": np.ones(3)})
     with pytest.raises(ValueError, match="kind"):
-        curvature_operator(loss, params, batched, kind="fisher")
+        curvature_operator(loss, params, batched, kind="gauss_newton")
     with pytest.raises(TypeError, match="callable"):
         curvature_operator(None, params, batched)
 

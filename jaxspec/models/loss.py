@@ -45,6 +45,7 @@ import optax
 from flax import nnx
 
 from jaxspec.checks import check_labels
+from jaxspec.kinds import Categorical, SplitLoss
 
 __all__ = ["BNMode", "cross_entropy", "hessian_loss", "train_loss"]
 
@@ -109,6 +110,10 @@ def _call(model: nnx.Module, images: jax.Array) -> jax.Array:
     return model(images)
 
 
+def _label_cross_entropy(logits: jax.Array, batch: Batch) -> jax.Array:
+    return cross_entropy(logits, batch["label"])
+
+
 class _ReadOnlyStat(nnx.BatchStat):
     """A running statistic in the loss's private copy of the model: reads as usual, writes dropped.
 
@@ -163,8 +168,8 @@ def hessian_loss(
     bn_mode: BNMode,
     weight_decay: float = 0.0,
     forward: Forward | None = None,
-) -> tuple[Callable[[Any, Batch], jax.Array], nnx.State]:
-    """A pure ``loss_fn(params, batch)`` of ``model`` and its parameters, ready for ``jaxspec.hvp``.
+) -> tuple[SplitLoss, nnx.State]:
+    """A pure ``loss_fn(params, batch)`` of ``model`` and its parameters, for every matrix kind.
 
     Works for any NNX model mapping images to logits, with or without BatchNorm and dropout. The
     mode is set on a *view* of the model (``nnx.view(use_running_average=..., deterministic=True)``)
@@ -183,13 +188,21 @@ def hessian_loss(
         running statistics, as PyHessian). Required: the two give different Hessians.
       weight_decay: adds ``0.5 * weight_decay * sum(p ** 2)`` over all parameters (BatchNorm
         scales and biases included, as PyTorch's SGD weight decay); 0 (off) as in the paper.
+        Its Hessian ``weight_decay * I`` is added to every matrix kind (GGN and Fisher kinds
+        included: the curvature of the regularised objective); it is not in the logits.
       forward: ``forward(model, images) -> logits``; default ``model(images)``.
 
     Returns:
       ``(loss_fn, params)``: ``params`` is the ``nnx.Param`` state of ``model`` (a pytree;
       ``nnx.split(model, nnx.Param, ...)[1]``), ``loss_fn(params, batch)`` the mean
       cross-entropy of the batch dict ``{"image", "label"}``. Parameters of another dtype
-      (e.g. a float64 copy) may be passed; the model computes in their dtype.
+      (e.g. a float64 copy) may be passed; the model computes in their dtype. ``loss_fn`` is
+      a :class:`jaxspec.SplitLoss`: ``loss_fn.apply(params, batch)`` gives the logits,
+      ``output_loss`` is the cross-entropy with ``batch["label"]``, ``predictive`` is
+      ``jaxspec.Categorical("label")``, so ``kind="ggn"``, ``"fisher"``, ``"fisher_mc"`` and
+      ``"empirical_fisher"`` work in both BatchNorm modes (in batch mode the per-sample terms
+      of the Fisher kinds are those of the batch's loss, the batch and its statistics held
+      fixed; see :mod:`jaxspec.kinds`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -216,15 +229,14 @@ def hessian_loss(
     graphdef, params, rest = nnx.split(view, nnx.Param, ...)
     rest = _read_only_stats(rest)
 
-    def loss_fn(params: Any, batch: Batch) -> jax.Array:
+    def apply(params: Any, batch: Batch) -> jax.Array:
         # copy=True: fresh Variables, so whatever else the forward pass assigns lands in this
         # throw-away module, never in `rest` or `model`.
         m = nnx.merge(graphdef, params, rest, copy=True)
-        loss = cross_entropy(forward(m, batch["image"]), batch["label"])
+        logits = forward(m, batch["image"])
         _check_bn_mode(m, bn_mode)
-        if weight_decay:
-            sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
-            loss = loss + 0.5 * weight_decay * sq
-        return loss
+        return logits
 
+    loss_fn = SplitLoss(apply, _label_cross_entropy, predictive=Categorical("label"),
+                        weight_decay=weight_decay)
     return loss_fn, params
