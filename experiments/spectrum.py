@@ -44,14 +44,12 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
 import jaxspec.io
 from jaxspec import augmented as aug_lib
-from jaxspec import rmt
 from jaxspec.atomic import write_text
 from jaxspec.workdir import LOCK_FILE, workdir_lock
 from jaxspec.data import ImageDataset, normalize
@@ -67,7 +65,6 @@ __all__ = [
     "available_epochs",
     "build_operator",
     "compute_spectrum",
-    "estimate_sigma2",
     "existing_spectrum",
     "format_summary",
     "load_training_set",
@@ -83,6 +80,7 @@ DEFAULT_STEPS = {"empirical": 100, "augmented": 80}
 #: K: 30 variants per image turn CIFAR's 50,000 training images into the paper's 1,500,000.
 DEFAULT_NUM_PER_IMAGE = 30
 MODES = ("empirical", "augmented")
+CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +102,12 @@ class SpectrumSettings:
       group_size: batches per jitted call of the host-driven HVP.
       noise_probes: probes of the ``sigma^2`` estimate (empirical mode; 0: skip it).
       progress: progress bar over Lanczos steps.
+      curvature: the matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``
+        (:data:`jaxspec.operator.KINDS`); files of another kind than the Hessian are named
+        ``<mode>_<curvature>_e<epoch>``.
+      top_k: also the ``top_k`` largest eigenpairs (:mod:`experiments.curvature`); 0: none.
+      trace: also the trace (Hutch++).
+      blocks: also one spectrum per parameter block, a regex each.
 
     Example:
       >>> from experiments.spectrum import SpectrumSettings
@@ -129,6 +133,10 @@ class SpectrumSettings:
     group_size: int = 4
     noise_probes: int = 1
     progress: bool = True
+    curvature: str = "hessian"
+    top_k: int = 0
+    trace: bool = False
+    blocks: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -137,6 +145,19 @@ class SpectrumSettings:
             raise ValueError(f"bn_mode must be 'batch' or 'running', got {self.bn_mode!r}")
         if self.driver not in ("auto", "host", "compiled"):
             raise ValueError(f"driver must be auto, host or compiled, got {self.driver!r}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+
+    @property
+    def name(self) -> str:
+        """The files' stem: the mode, and the curvature if it is not the Hessian.
+
+        Example:
+          >>> from experiments.spectrum import SpectrumSettings
+          >>> SpectrumSettings().name, SpectrumSettings(curvature="ggn").name
+          ('empirical', 'empirical_ggn')
+        """
+        return self.mode if self.curvature == "hessian" else f"{self.mode}_{self.curvature}"
 
     @property
     def steps(self) -> int:
@@ -167,8 +188,11 @@ class SpectrumSettings:
           30
         """
         d = dataclasses.asdict(self)
-        for k in ("driver", "checkpoint_every", "group_size", "noise_probes", "progress"):
+        for k in ("driver", "checkpoint_every", "group_size", "noise_probes", "progress",
+                  "top_k", "trace", "blocks"):
             d.pop(k)
+        if self.curvature == "hessian":  # as recorded before there were other kinds
+            d.pop("curvature")
         d["num_steps"] = self.steps
         if self.mode == "empirical":
             d.pop("num_per_image")
@@ -428,64 +452,10 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
         num_samples = aug_lib.num_augmented(aug)
         batched = aug_lib.augmented_batches(aug, bs)
         transform = aug_lib.Augmentation(aug)
-    op = jaxspec.curvature_operator(loss_fn, params, batched, reduce=reduce, transform=transform)
+    op = jaxspec.curvature_operator(loss_fn, params, batched, kind=settings.curvature,
+                                    reduce=reduce, transform=transform)
     meta.update({"driver": reduce.driver, "num_devices": num_devices})
     return Operator(op, num_samples, meta, host_batched)
-
-
-def estimate_sigma2(loss_fn: Callable, params: Any, batched: Any, full_matvec: Callable,
-                    key: jax.Array, /, *, num_probes: int = 1) -> dict[str, Any] | None:
-    """Per-sample Hessian noise variance ``sigma^2`` from the batch HVPs of the empirical set.
-
-    :func:`jaxspec.rmt.estimate_noise_variance` over the full batches of ``batched`` (host
-    NumPy), with ``full_matvec`` as ``H_N v``: ``num_probes`` x (one pass + one HVP). With
-    BatchNorm in batch mode a "sample" is a batch's contribution; the estimate is still the
-    variance that enters Theorem 1 for these batches. ``None`` with fewer than 2 full batches.
-
-    Example:
-      A quadratic loss whose per-sample Hessians ``E_i`` are Wigner matrices (``sigma^2 = 1``):
-
-      >>> import jax, jax.numpy as jnp, numpy as np
-      >>> import jaxspec
-      >>> from experiments.spectrum import estimate_sigma2
-      >>> E = np.random.default_rng(0).normal(size=(64, 40, 40)).astype(np.float32)
-      >>> E = np.triu(E) + np.swapaxes(np.triu(E, 1), 1, 2)
-      >>> loss = lambda w, b: 0.5 * jnp.mean(jnp.einsum("i,nij,j->n", w, b["E"], w))
-      >>> batched = jaxspec.batch_dataset({"E": E}, 8)  # 8 batches of 8
-      >>> full = lambda v: E.mean(0) @ v  # H_N v
-      >>> r = estimate_sigma2(loss, jnp.zeros(40), batched, full, jax.random.key(0),
-      ...                     num_probes=4)
-      >>> r["sigma2_batches"], r["sigma2_probes"], bool(abs(r["sigma2"] - 1.0) < 0.15)
-      (8, 4, True)
-      >>> one_batch = jaxspec.batch_dataset({"E": E}, 64)
-      >>> print(estimate_sigma2(loss, jnp.zeros(40), one_batch, full, jax.random.key(0)))
-      None
-    """
-    weights = np.asarray(batched.weights)
-    full = [b for b in range(weights.shape[0] if batched.batches is not None else 0)
-            if weights[b] != 0]
-    if len(full) < 2 or num_probes < 1:
-        return None
-    flat, unravel = ravel_pytree(params)
-    bs = int(np.shape(jax.tree.leaves(batched.batches)[0])[1])
-    n = jaxspec.num_samples(batched)
-    one = jax.jit(lambda p, b, v: ravel_pytree(jaxspec.hvp(loss_fn, p, b, unravel(v)))[0])
-
-    def hvp_on_batch(i, v):
-        return one(params, jax.tree.map(lambda x: x[full[i]], batched.batches), v)
-
-    probes = jax.random.normal(key, (num_probes, flat.shape[0]), flat.dtype)
-    t = time.perf_counter()
-    def full_hvp(v):
-        # Via the host: a data-parallel product lives on every device, the batch HVPs on one.
-        return jnp.asarray(np.asarray(full_matvec(v)))
-
-    res = rmt.estimate_noise_variance(hvp_on_batch, probes, num_batches=len(full),
-                                      batch_size=bs, num_samples=n, full_hvp=full_hvp)
-    stderr = float(res.stderr)
-    return {"sigma2": float(res.sigma2), "sigma2_stderr": None if np.isnan(stderr) else stderr,
-            "sigma2_probes": int(num_probes), "sigma2_batches": len(full),
-            "sigma2_s": time.perf_counter() - t}
 
 
 def _checkpoint_dir(out_dir: str, mode: str, epoch: int) -> str:
@@ -581,7 +551,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     identity = {**settings.identity(), "workdir": workdir, "epoch": int(epoch), "P": dim,
                 "N": built.num_samples, **({"variants_sha1": built.meta["variants_sha1"]}
                                            if "variants_sha1" in built.meta else {})}
-    ckpt = _checkpoint_dir(out_dir, settings.mode, epoch)
+    ckpt = _checkpoint_dir(out_dir, settings.name, epoch)
     # One live run per Lanczos state: a second one is refused, naming the holder's PID.
     with workdir_lock(ckpt):
         resumed = _prepare_checkpoint(ckpt, identity, restart=restart)
@@ -600,10 +570,22 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
                                chunk_size=settings.checkpoint_every)
         lanczos_s = time.perf_counter() - t
 
-        noise = None
-        if settings.mode == "empirical" and settings.noise_probes > 0:
+        noise = None  # sigma^2 of Theorem 1: the Hessian's per-sample noise
+        if settings.mode == "empirical" and settings.curvature == "hessian" \
+                and settings.noise_probes > 0:
+            from experiments.curvature import estimate_sigma2
+
             noise = estimate_sigma2(loss_fn, params, built.batched, op.mv, k_noise,
                                     num_probes=settings.noise_probes)
+        extras = {}
+        if settings.top_k or settings.trace or settings.blocks:
+            from experiments.curvature import curvature_extras
+
+            stem = os.path.splitext(spectrum_path(out_dir, settings.name, epoch))[0]
+            extras = curvature_extras(op, jax.random.fold_in(k_noise, 1), stem,
+                                      top_k=settings.top_k, trace=settings.trace,
+                                      blocks=settings.blocks, num_steps=settings.steps,
+                                      settings=settings.identity(), plot=plot)
 
         record = next((r for r in metrics if r.get("epoch") == epoch), None)
         meta = {
@@ -628,14 +610,16 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
             "jax_version": jax.__version__,
             "host": platform.node(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "curvature": settings.curvature,
             **built.meta,
             **(noise or {}),
+            **extras,
         }
         spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
                                     num_vectors=spectrum.num_vectors, meta=jaxspec.io.jsonable(meta))
-        json_path = spectrum_path(out_dir, settings.mode, epoch)
+        json_path = spectrum_path(out_dir, settings.name, epoch)
         jaxspec.io.save_spectrum(spectrum, json_path)
-        png_path = spectrum_path(out_dir, settings.mode, epoch, "png")
+        png_path = spectrum_path(out_dir, settings.name, epoch, "png")
         if plot:
             from jaxspec.plotting import stem_plot
 
@@ -682,6 +666,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
     parser.add_argument("--noise-probes", type=int, default=1,
                         help="probes of the sigma^2 estimate (empirical mode; 0 skips it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--curvature", choices=CURVATURES, default="hessian",
+                        help="the matrix (ggn, fisher: the model's outputs and cross-entropy)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="also the K largest eigenpairs, certified by their residuals")
+    parser.add_argument("--trace", action="store_true", help="also the trace (Hutch++)")
+    parser.add_argument("--blocks", nargs="+", default=[], metavar="REGEX",
+                        help="also one spectrum per parameter block (a regex over paths each)")
     parser.add_argument("--npz", default=None,
                         help="local .npz copy of the run's data set (else the run's config)")
 
@@ -705,7 +696,8 @@ def settings_from_args(args: argparse.Namespace, mode: str) -> SpectrumSettings:
         variant_seed=args.variant_seed, probe_seed=args.probe_seed, bn_mode=args.bn_mode,
         batch_size=args.batch_size, num_images=args.num_images, driver=args.driver,
         checkpoint_every=args.checkpoint_every, group_size=args.group_size,
-        noise_probes=args.noise_probes, progress=not args.no_progress)
+        noise_probes=args.noise_probes, progress=not args.no_progress,
+        curvature=args.curvature, top_k=args.top_k, trace=args.trace, blocks=tuple(args.blocks))
 
 
 def format_summary(result: SpectrumResult, /) -> str:
