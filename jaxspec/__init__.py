@@ -5,17 +5,21 @@ One operator, :func:`curvature_operator`, stands for a curvature matrix of a los
 :func:`slq` and :func:`ritz_pairs` run on it, or on any plain ``v -> A v``.
 
 The core (``hvp``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``, ``slq``,
-``rmt``, ``parallel``) imports only jax and numpy; files and progress bars (``jaxspec.io``),
-models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
+``blocks``, ``rmt``, ``parallel``) imports only jax and numpy; files and progress bars
+(``jaxspec.io``), models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
 
+from jaxspec import blocks
 from jaxspec import rmt
 from jaxspec.batching import Batched
 from jaxspec.batching import batch_dataset
 from jaxspec.batching import dataset_loss
 from jaxspec.batching import dataset_mean
 from jaxspec.batching import num_samples
+from jaxspec.blocks import block_spectra
+from jaxspec.blocks import param_blocks
+from jaxspec.blocks import restrict
 from jaxspec.checks import SymmetryReport
 from jaxspec.checks import assert_symmetric
 from jaxspec.checks import check_labels
@@ -62,6 +66,8 @@ __all__ = [
     "SymmetryReport",
     "assert_symmetric",
     "batch_dataset",
+    "block_spectra",
+    "blocks",
     "check_labels",
     "compare_spectra",
     "curvature_operator",
@@ -76,9 +82,11 @@ __all__ = [
     "lanczos_state_sharding",
     "lanczos_step",
     "num_samples",
+    "param_blocks",
     "process_share",
     "random_probe",
     "resolve_driver",
+    "restrict",
     "ritz_pairs",
     "rmt",
     "run_lanczos",
