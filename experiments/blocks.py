@@ -88,14 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="SLQ spectra of a small CNN's per-layer Hessian blocks, in one figure.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="docs/block_spectra.png", help="the figure (.png)")
-    parser.add_argument("--widths", default="16,32", help="channels of the conv stages")
+    parser.add_argument("--widths", default="8,16", help="channels of the conv stages")
     parser.add_argument("--num-train", type=int, default=1024, help="synthetic training images")
-    parser.add_argument("--train-steps", type=int, default=300, help="Adam steps (0: untrained)")
-    parser.add_argument("--batch-size", type=int, default=128,
+    parser.add_argument("--train-steps", type=int, default=200, help="Adam steps (0: untrained)")
+    parser.add_argument("--batch-size", type=int, default=64,
                         help="batch size of training and of the Hessian's batches")
-    parser.add_argument("--hessian-samples", type=int, default=512,
+    parser.add_argument("--hessian-samples", type=int, default=256,
                         help="training images the Hessian is taken over")
-    parser.add_argument("--lanczos-steps", type=int, default=40, help="SLQ steps per block")
+    parser.add_argument("--lanczos-steps", type=int, default=30, help="SLQ steps per block")
     parser.add_argument("--bn-mode", choices=["batch", "running"], default="batch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -104,7 +104,8 @@ def block_spectra_plot(spectra: Mapping[str, object], /, *, path: str | None = N
                        sharex: bool = False):
     """The spectra of parameter blocks (:func:`jaxspec.block_spectra`) as small multiples.
 
-    One stem-plot panel per block in one figure (``ncols`` panels a row, default up to 4),
+    One stem-plot panel per block in one figure (``ncols`` panels a row; default at most 4,
+    in balanced rows),
     each titled with the block's name and size (``meta["block_size"]``, when recorded). The
     x axes are separate by default: blocks' scales differ by orders of magnitude.
 
@@ -132,7 +133,9 @@ def block_spectra_plot(spectra: Mapping[str, object], /, *, path: str | None = N
     items = list(spectra.items())
     if not items:
         raise ValueError("block_spectra_plot: no spectra to draw")
-    ncols = min(len(items), 4) if ncols is None else int(ncols)
+    if ncols is None:  # at most 4 a row, the rows balanced (6 panels: 2 rows of 3)
+        ncols = -(-len(items) // -(-len(items) // 4))
+    ncols = int(ncols)
     nrows = -(-len(items) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), sharex=sharex,
                              squeeze=False)
