@@ -6,19 +6,23 @@ One operator, :func:`curvature_operator`, stands for a curvature matrix of a los
 of ``jaxspec.trace`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`hutchinson_diagonal`,
 :func:`logdet`) run on it, or on any plain ``v -> A v``.
 
-The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``lanczos``, ``ritz``,
-``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and numpy (``trace``
-also matfree); files and progress bars (``jaxspec.io``),
-models, data and plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
+The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``blocks``,
+``lanczos``, ``ritz``, ``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and
+numpy (``trace`` also matfree); files and progress bars (``jaxspec.io``), models, data and
+plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
 
+from jaxspec import blocks
 from jaxspec import rmt
 from jaxspec.batching import Batched
 from jaxspec.batching import batch_dataset
 from jaxspec.batching import dataset_loss
 from jaxspec.batching import dataset_mean
 from jaxspec.batching import num_samples
+from jaxspec.blocks import block_spectra
+from jaxspec.blocks import param_blocks
+from jaxspec.blocks import restrict
 from jaxspec.checks import SymmetryReport
 from jaxspec.checks import assert_symmetric
 from jaxspec.checks import check_labels
@@ -81,6 +85,8 @@ __all__ = [
     "TraceEstimate",
     "assert_symmetric",
     "batch_dataset",
+    "block_spectra",
+    "blocks",
     "check_labels",
     "compare_spectra",
     "curvature_operator",
@@ -100,9 +106,11 @@ __all__ = [
     "lanczos_step",
     "logdet",
     "num_samples",
+    "param_blocks",
     "process_share",
     "random_probe",
     "resolve_driver",
+    "restrict",
     "ritz_pairs",
     "rmt",
     "run_lanczos",

@@ -35,7 +35,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxspec.batching import Batched
 from jaxspec.hvp import hvp
-from jaxspec.kinds import FisherMC, check_kind, empirical_fisher_mv, fisher_mv, ggn_mv
+from jaxspec.kinds import (FisherMC, SplitLoss, check_kind, empirical_fisher_mv, fisher_mv,
+                           ggn_mv)
 from jaxspec.reduction import resolve_reduce
 
 __all__ = ["KINDS", "CurvatureOperator", "curvature_operator"]
@@ -63,6 +64,8 @@ class CurvatureOperator:
       reduce: the reduction strategy (:mod:`jaxspec.reduction`).
       key: the PRNG key data (uint32) of a Monte-Carlo kind, fixed for the operator (a leaf of
         the pytree, like the first three), or None.
+      block: the selected parameter leaves (``jax.tree.leaves(params)`` indices, ascending) of
+        a restriction (:meth:`restrict`), or None for all parameters.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -83,11 +86,12 @@ class CurvatureOperator:
     kind: Any = "hessian"
     reduce: Any = None
     key: Any = None
+    block: tuple[int, ...] | None = None
 
     # ---- linear-operator protocol ---------------------------------------------------------
     @property
     def size(self) -> int:
-        """The number of parameters P.
+        """The number of parameters P (of the selected ones, for a restricted operator).
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -95,7 +99,7 @@ class CurvatureOperator:
           ...                            jaxspec.batch_dataset(jnp.ones(2), 2)).size
           3
         """
-        return int(sum(np.size(x) for x in jax.tree.leaves(self.params)))
+        return int(sum(np.size(x) for x in self._selected_leaves()))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -119,7 +123,7 @@ class CurvatureOperator:
           ...                            jaxspec.batch_dataset(jnp.ones(2), 2)).dtype
           dtype('float32')
         """
-        return jnp.dtype(jax.tree.leaves(self.params)[0].dtype)
+        return jnp.dtype(self._selected_leaves()[0].dtype)
 
     def mv(self, v: Any, /) -> Any:
         """The matrix times ``v``: a flat ``(P,)`` vector, or a pytree like ``params``.
@@ -144,7 +148,8 @@ class CurvatureOperator:
 
     def batch_mv(self, batch: Any, tangent: Any, /) -> jax.Array:
         """The product on one batch (the batch transform applied first), flat: what a reduction
-        strategy sums with the batch weights. ``tangent`` is a pytree like ``params``.
+        strategy sums with the batch weights. ``tangent`` is a pytree like ``params`` (for a
+        restricted operator: like :meth:`unravel`'s, the selected leaves and None elsewhere).
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -157,12 +162,17 @@ class CurvatureOperator:
             batch = self.transform(batch)
         product = KINDS[self.kind] if isinstance(self.kind, str) else self.kind
         extra = () if self.key is None else (self.key,)  # the Monte-Carlo kinds' fixed key
-        out = product(self.loss_fn, self.params, batch, tangent, *extra)
+        loss_fn, params = self.loss_fn, self.params
+        if self.block is not None:  # differentiate the selected leaves only, the rest frozen
+            loss_fn, params = self._restricted_loss(), self._selected_leaves()
+            tangent = tuple(jax.tree.leaves(tangent))
+        out = product(loss_fn, params, batch, tangent, *extra)
         return ravel_pytree(out)[0]
 
     # ---- helpers --------------------------------------------------------------------------
     def ravel(self, tree: Any, /) -> jax.Array:
-        """A pytree like ``params`` as a flat ``(P,)`` vector (``ravel_pytree`` order).
+        """A pytree like ``params`` as a flat ``(P,)`` vector (``ravel_pytree`` order); for a
+        restricted operator a pytree like :meth:`unravel`'s.
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -172,13 +182,15 @@ class CurvatureOperator:
           >>> op.ravel({"a": jnp.array([1.0]), "b": jnp.array([2.0, 3.0])}).tolist()
           [1.0, 2.0, 3.0]
         """
-        if jax.tree.structure(tree) != jax.tree.structure(self.params):
-            raise TypeError("the vector must be flat (P,) or a pytree like params; got structure "
+        if jax.tree.structure(tree) != jax.tree.structure(self._space()):
+            like = "params" if self.block is None else "op.unravel's (None at frozen leaves)"
+            raise TypeError(f"the vector must be flat (P,) or a pytree like {like}; got structure "
                             f"{jax.tree.structure(tree)}")
         return ravel_pytree(tree)[0]
 
     def unravel(self, flat: jax.Array, /) -> Any:
-        """A flat ``(P,)`` vector as a pytree like ``params`` (e.g. a Ritz vector).
+        """A flat ``(P,)`` vector as a pytree like ``params`` (e.g. a Ritz vector); for a
+        restricted operator, ``params`` with None in place of the frozen leaves.
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -188,7 +200,7 @@ class CurvatureOperator:
           >>> op.unravel(jnp.array([1.0, 2.0, 3.0]))["b"].tolist()
           [2.0, 3.0]
         """
-        return ravel_pytree(self.params)[1](flat)
+        return ravel_pytree(self._space())[1](flat)
 
     def with_params(self, params: Any, /) -> "CurvatureOperator":
         """The same matrix kind, data and reduction at other parameters (e.g. during training).
@@ -201,10 +213,13 @@ class CurvatureOperator:
           [12.0]
         """
         _check_params(params)
+        if self.block is not None and jax.tree.structure(params) != jax.tree.structure(self.params):
+            raise ValueError("a restricted operator's new params must have the structure of its "
+                             "params (its block indexes their leaves)")
         return self.reduce.prepare(dataclasses.replace(self, params=params))
 
     def fingerprint(self) -> str:
-        """SHA-1 of what the operator applies: parameters, data, transform, loss and kind.
+        """SHA-1 of what the operator applies: parameters, data, transform, loss, kind and block.
 
         Two operators with the same fingerprint are the same matrix; a Lanczos checkpoint
         records it (:class:`jaxspec.io.LanczosCheckpoint`) so that a run is never resumed under
@@ -228,11 +243,71 @@ class CurvatureOperator:
             arrays += (self.key,)
         leaves, treedef = jax.tree.flatten(arrays)
         h.update(str(treedef).encode())
+        if self.block is not None:  # (unrestricted operators keep their earlier fingerprints)
+            h.update(repr(("block", self.block)).encode())
         for leaf in leaves:
             for part in _local_parts(leaf):
                 h.update(str((part.dtype, part.shape)).encode())
                 h.update(np.ascontiguousarray(part).tobytes())
         return h.hexdigest()
+
+    def restrict(self, select: Any, /) -> "CurvatureOperator":
+        """The operator on a block of parameters: the sub-matrix ``A[S, S]``, the rest frozen.
+
+        ``select`` picks leaves of ``params`` by path (:func:`jaxspec.blocks.select_leaves`): a
+        regex searched in ``jax.tree_util.keystr(path)`` or a predicate ``(path, leaf) ->
+        bool``. The result acts on flat vectors of the selected parameters only and
+        differentiates with respect to them only; every kind, reduction and transform carries
+        over. Restricting a restricted operator keeps the leaves both select.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> loss = lambda p, x: jnp.mean(x) * (jnp.sum(p["a"] ** 2) + p["a"][0] * p["b"][0])
+          >>> op = jaxspec.curvature_operator(loss, {"a": jnp.ones(2), "b": jnp.ones(1)},
+          ...                                 jaxspec.batch_dataset(jnp.ones(2), 2))
+          >>> sub = op.restrict("a")          # a regex over the paths: ['a']
+          >>> sub.shape, sub.mv(jnp.array([1.0, 0.0])).tolist()   # H[a, a] = 2 I
+          ((2, 2), [2.0, 0.0])
+          >>> sub.unravel(jnp.ones(2))["b"] is None
+          True
+        """
+        from jaxspec.blocks import select_leaves
+
+        block = select_leaves(self.params, select)
+        if self.block is not None:
+            block = tuple(i for i in block if i in self.block)
+            if not block:
+                raise ValueError(f"{select!r} selects none of the leaves this operator is "
+                                 "already restricted to")
+        return dataclasses.replace(self, block=block)
+
+    def _selected_leaves(self) -> tuple:
+        leaves = jax.tree.leaves(self.params)
+        return tuple(leaves) if self.block is None else tuple(leaves[i] for i in self.block)
+
+    def _space(self) -> Any:
+        """A pytree of the vectors' space: params, None at leaves outside the block."""
+        if self.block is None:
+            return self.params
+        leaves, treedef = jax.tree.flatten(self.params)
+        kept = set(self.block)
+        return treedef.unflatten([x if i in kept else None for i, x in enumerate(leaves)])
+
+    def _merged(self, selected: tuple) -> Any:
+        """``params`` with the selected leaves replaced by ``selected``."""
+        leaves, treedef = jax.tree.flatten(self.params)
+        for i, x in zip(self.block, selected):
+            leaves[i] = x
+        return treedef.unflatten(leaves)
+
+    def _restricted_loss(self) -> Any:
+        """``loss_fn`` of the selected leaves, the others held at their values in ``params``; a
+        :class:`jaxspec.SplitLoss` stays one (its model restricted), so every kind carries over."""
+        loss_fn, merged = self.loss_fn, self._merged
+        if isinstance(loss_fn, SplitLoss):
+            return dataclasses.replace(loss_fn, apply=lambda sel, batch: loss_fn.apply(
+                merged(sel), batch))
+        return lambda sel, batch: loss_fn(merged(sel), batch)
 
     def _check_vector(self, v: Any) -> jax.Array:
         if isinstance(v, np.ndarray):  # a host vector in the dtype JAX would give it
@@ -245,7 +320,7 @@ class CurvatureOperator:
 
 jax.tree_util.register_dataclass(CurvatureOperator,
                                  data_fields=["params", "data", "transform", "key"],
-                                 meta_fields=["loss_fn", "kind", "reduce"])
+                                 meta_fields=["loss_fn", "kind", "reduce", "block"])
 
 
 def _local_parts(leaf: Any) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["stem_plot", "stem_plots"]
+__all__ = ["block_spectra_plot", "stem_plot", "stem_plots"]
 
 
 def _pyplot():
@@ -90,6 +90,66 @@ def stem_plots(spectra: Mapping[str, object] | Sequence[tuple[str, object]], /, 
                              squeeze=False)
     for j, (ax, (name, s)) in enumerate(zip(axes[0], items)):
         stem_plot(s, ax=ax, title=name, color=f"C{j}")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def block_spectra_plot(spectra: Mapping[str, object], /, *, path: str | None = None,
+                       ncols: int | None = None, suptitle: str | None = None,
+                       sharex: bool = False):
+    """The spectra of parameter blocks (:func:`jaxspec.block_spectra`) as small multiples.
+
+    One stem-plot panel per block in one figure (``ncols`` panels a row; default at most 4,
+    in balanced rows),
+    each titled with the block's name and size (``meta["block_size"]``, when recorded). The
+    x axes are separate by default: blocks' scales differ by orders of magnitude.
+
+    Args:
+      spectra: ``{block name: Spectrum}``.
+      path: save the figure there (``.png`` or ``.pdf``).
+      ncols: panels per row.
+      suptitle: the figure's title.
+      sharex: one x axis for all panels.
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxspec import Spectrum
+      >>> from jaxspec.plotting import block_spectra_plot
+      >>> p = os.path.join(tempfile.mkdtemp(), "blocks.png")
+      >>> s = Spectrum([-1.0, 0.0, 5.0], [0.1, 0.8, 0.1], meta={"block_size": 3})
+      >>> fig = block_spectra_plot({"conv1": s, "bn1": s, "fc": s}, path=p)
+      >>> len(fig.axes), os.path.getsize(p) > 0
+      (3, True)
+    """
+    plt = _pyplot()
+    items = list(spectra.items())
+    if not items:
+        raise ValueError("block_spectra_plot: no spectra to draw")
+    if ncols is None:  # at most 4 a row, the rows balanced (6 panels: 2 rows of 3)
+        ncols = -(-len(items) // -(-len(items) // 4))
+    ncols = int(ncols)
+    nrows = -(-len(items) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), sharex=sharex,
+                             squeeze=False)
+    for j, (ax, (name, s)) in enumerate(zip(axes.flat, items)):
+        size = s.meta.get("block_size")
+        stem_plot(s, ax=ax, title=name if size is None else f"{name} (P={size:,})",
+                  color=f"C{j % 10}")
+        ax.tick_params(labelsize=7)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+        if j % ncols:
+            ax.set_ylabel("")
+    for ax in list(axes.flat)[len(items):]:
+        ax.set_visible(False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()

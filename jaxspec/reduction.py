@@ -91,7 +91,7 @@ def _group_apply(op, acc, v, stacked, start, weights):
     """``acc + sum_j weights[j] A_{start + j} v`` over ``len(weights)`` consecutive batches of
     ``stacked``, unrolled. The batches are cut out inside the program: a slice taken eagerly
     outside would cost a dispatch and a copy per array per batch."""
-    tangent = ravel_pytree(op.params)[1](v)
+    tangent = op.unravel(v)
     for j in range(weights.shape[0]):
         batch = jax.tree.map(
             lambda x: jax.lax.dynamic_index_in_dim(x, start + j, keepdims=False), stacked)
