@@ -281,3 +281,29 @@ def test_bad_kinds(mlp):
     # hashable by value (functions by identity): equal SplitLoss objects share compilations
     assert SplitLoss(image_apply, image_output_loss) == bare
     assert hash(SplitLoss(image_apply, image_output_loss)) == hash(bare)
+
+
+def test_restricted_kinds_are_the_dense_sub_blocks(mlp):
+    """A parameter block of every kind (the SplitLoss restricted with it) is the dense
+    sub-block A[S, S], also with the Monte-Carlo Fisher's fixed draws."""
+    params, batched, tf, mats = mlp
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    sizes = [int(np.size(x)) for _, x in leaves]
+    chosen = [i for i, (path, _) in enumerate(leaves) if "v" in jax.tree_util.keystr(path)]
+    assert 0 < len(chosen) < len(leaves)
+    starts = np.cumsum([0] + sizes)
+    index = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in chosen])
+    for kind in DETERMINISTIC:
+        op = curvature_operator(IMAGE, params, batched, kind=kind, reduce="scan", transform=tf)
+        sub = op.restrict(lambda path, leaf: "v" in jax.tree_util.keystr(path))
+        assert sub.size == index.size
+        check_mv(sub, mats[kind][np.ix_(index, index)])
+    full = curvature_operator(IMAGE, params, batched, kind=FisherMC(2), key=jax.random.key(3),
+                              reduce="scan", transform=tf)
+    sub = full.restrict(lambda path, leaf: "v" in jax.tree_util.keystr(path))
+    u = np.random.default_rng(0).normal(size=index.size)
+    padded = np.zeros(full.size)
+    padded[index] = u
+    np.testing.assert_allclose(sub.mv(jnp.asarray(u)),
+                               np.asarray(full.mv(jnp.asarray(padded)))[index],
+                               rtol=1e-9, atol=1e-12)
