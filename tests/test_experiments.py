@@ -199,3 +199,30 @@ def test_compare_spectra_saved_without_metadata(tmp_path):
     assert md.startswith("# Empirical vs Augmented Hessian: ? on ?, epoch ?") and "None" not in md
     with open(res.paths["json"]) as f:
         assert json.load(f)["q_empirical"] is None  # NaN written as null
+
+
+def test_spectrum_of_another_kind_with_top_k_trace_and_blocks(smoke, tmp_path):
+    """--curvature ggn --top-k 2 --trace --blocks: the files, their agreement with each other,
+    and the Hessian's files left alone."""
+    settings = SpectrumSettings(mode="empirical", num_steps=12, batch_size=32, num_images=32,
+                                noise_probes=0, progress=False, curvature="ggn", top_k=2,
+                                trace=True, blocks=(r"\[0\]", r"\[1\]"))
+    r = compute_spectrum(smoke["workdir"], 2, settings, out_dir=str(tmp_path), plot=False)
+    assert os.path.basename(r.json_path) == "empirical_ggn_e0002.json"
+    s = load_spectrum(r.json_path)
+    assert s.meta["curvature"] == "ggn" and s.lambda_min > -1e-5          # the GGN is PSD
+    stem = str(tmp_path / "empirical_ggn_e0002")
+    with open(stem + "_topk.json") as f:
+        top = json.load(f)
+    assert all(top["converged"]) and top["settings"]["curvature"] == "ggn"
+    # the largest Ritz value of the spectrum is an eigenvalue to within the top pair's residual
+    assert abs(top["values"][-1] - s.lambda_max) <= 1e-3 * top["values"][-1] + top["residuals"][-1]
+    with open(stem + "_trace.json") as f:
+        trace = json.load(f)
+    moment = s.meta["dim"] * float(np.sum(s.weights * s.nodes))       # the probe's estimate
+    assert abs(trace["value"] - moment) < 5 * trace["stderr"] + 0.5 * abs(moment)
+    with open(stem + "_blocks.json") as f:
+        blocks = json.load(f)["spectra"]
+    assert len(blocks) == 2 and all(b["summary"]["lambda_max"] <= top["values"][-1] * (1 + 1e-6)
+                                    + top["residuals"][-1] for b in blocks.values())
+    assert not (tmp_path / "empirical_e0002.json").exists()
