@@ -5,11 +5,12 @@ curvature records, marked ``"record": "curvature"`` and written just before the 
 epoch they were measured in (keys: :mod:`train.tracking`). :func:`read_metrics` returns the
 epoch lines only, as before tracking existed; :func:`read_curvature` returns the others.
 
-Keys of an epoch line: ``epoch`` (completed epochs, 1-based), ``lr`` (the rate used during that epoch),
-``train_loss``/``train_accuracy`` (running means over the epoch's augmented training batches in
-training mode, as the SWA code base reports them), ``test_loss``/``test_accuracy`` (the whole test
-set, evaluation mode), ``epoch_time`` (seconds, evaluation included), ``train_images_per_s``, and
-``elapsed`` (seconds of training in this work directory, summed over resumptions).
+Keys of an epoch line: ``epoch`` (completed epochs, 1-based), ``lr`` (the rate used during that
+epoch), ``train_loss``/``train_accuracy`` (running means over the epoch's augmented training
+batches in training mode, as the SWA code base reports them), ``test_loss``/``test_accuracy``
+(the whole test set, evaluation mode), ``epoch_time`` (seconds, evaluation and curvature
+tracking included), ``train_images_per_s`` (tracking excluded), and ``elapsed`` (seconds of
+training in this work directory, summed over resumptions).
 """
 
 from __future__ import annotations
