@@ -195,7 +195,8 @@ def test_ggn_tracking_and_a_batchnorm_model():
     from train.tracking import build_tracker
 
     data = synthetic_cifar(num_train=16, num_test=8)
-    cfg = apply_overrides(RUN, ["batch_size=8", "track_curvature=ggn", "track_curvature_samples=12"])
+    cfg = apply_overrides(RUN, ["batch_size=8", "track_curvature=ggn",
+                                "track_curvature_samples=12"])
     trainer = build_trainer(cfg, num_classes=10, num_train=16, mean=data.mean, std=data.std)
     tracker = build_tracker(cfg, model=trainer.model, data=data)
     assert tracker.data.batches["image"].shape[:2] == (1, 8) and tracker.data.tail is not None
