@@ -2,7 +2,8 @@
 
 Importable pieces: :func:`train_and_evaluate` (one run, resumable), :func:`load_checkpoint` (a
 model at a saved epoch, for Hessian spectra), :func:`build_trainer` (the jitted steps), the named
-configs and the learning-rate schedule. Curves: ``python -m train.curves --workdir <dir>``.
+configs and the learning-rate schedule. Curves: ``python -m train.curves --workdir <dir>``;
+curvature tracking during training (the edge of stability): :mod:`train.tracking`.
 
 The names from :mod:`train.loop` and :mod:`train.steps` (which import Flax and Orbax) are loaded
 on first use, so ``python -m train --help`` and ``python -m train.curves`` start quickly.
@@ -15,6 +16,7 @@ from train.configs import TrainConfig
 from train.configs import apply_overrides
 from train.configs import config_names
 from train.configs import get_config
+from train.metrics_io import read_curvature
 from train.metrics_io import read_metrics
 from train.schedules import epoch_lr_schedule
 from train.schedules import paper_lr
@@ -34,6 +36,7 @@ __all__ = [
     "get_config",
     "load_checkpoint",
     "paper_lr",
+    "read_curvature",
     "read_metrics",
     "train_and_evaluate",
 ]

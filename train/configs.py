@@ -61,6 +61,14 @@ class TrainConfig:
       stop_after: stop after this many epochs (the schedule still spans ``epochs``); ``None`` runs
         to the end. Rerun with a larger value, or ``None``, to continue.
       progress: show a progress bar per epoch.
+      track_curvature_every: log the top eigenvalue of the curvature matrix every this many
+        optimiser steps (global steps ``k, 2k, ...``) into ``metrics.jsonl``, for the
+        edge-of-stability plot (:mod:`train.tracking`); ``None`` (default): off.
+      track_curvature: the matrix tracked: ``"hessian"`` or ``"ggn"`` (Gauss-Newton).
+      track_curvature_samples: the fixed evaluation set of the tracking: the first this many
+        training images (normalised, not augmented), in batches of ``batch_size``.
+      track_curvature_tol: relative residual ``|H x - lambda x| / ||H||`` at which the top
+        eigenpair counts as converged.
 
     Example:
       >>> from train.configs import TrainConfig, get_config
@@ -96,6 +104,10 @@ class TrainConfig:
     checkpoint_every: int = 1
     stop_after: int | None = None
     progress: bool = True
+    track_curvature_every: int | None = None
+    track_curvature: str = "hessian"
+    track_curvature_samples: int = 256
+    track_curvature_tol: float = 1e-3
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -123,9 +135,14 @@ class TrainConfig:
 # Fields that may differ between a run and its resumption: they do not change the trajectory.
 # (npz_path too: the same file may be named by another relative path. Which file and which
 # arrays were used is checked by content instead: train.loop compares data.json's identity.)
-RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "data_dir", "download", "npz_path"})
+# The curvature tracking only reads the parameters between steps: it may be switched on, off or
+# changed when a run is resumed.
+RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "data_dir", "download", "npz_path",
+                                "track_curvature_every", "track_curvature",
+                                "track_curvature_samples", "track_curvature_tol"})
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+TRACK_KINDS = ("hessian", "ggn")
 
 
 def _is_int(x: Any) -> bool:
@@ -139,12 +156,12 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"config key {key!r} must be {rule}, got {getattr(c, key)!r}")
 
     for key, low in (("epochs", 0), ("batch_size", 1), ("eval_batch_size", 1),
-                     ("checkpoint_every", 1), ("seed", None)):
+                     ("checkpoint_every", 1), ("seed", None), ("track_curvature_samples", 1)):
         value = getattr(c, key)
         if not _is_int(value) or (low is not None and value < low):
             bad(key, "an int" + ("" if low is None else f" >= {low}" if low == 0 else " > 0"))
     for key, low in (("stop_after", 0), ("train_per_class", 1), ("test_per_class", 1),
-                     ("subsample_seed", None)):
+                     ("subsample_seed", None), ("track_curvature_every", 1)):
         value = getattr(c, key)
         if value is not None and (not _is_int(value) or (low is not None and value < low)):
             bad(key, "null or an int" + ("" if low is None else " >= 0" if low == 0 else " > 0"))
@@ -162,6 +179,11 @@ def _validate(c: TrainConfig) -> None:
         bad("checkpoint_epochs", "a tuple of ints >= 0")
     if c.prng_impl not in PRNG_IMPLS:
         bad("prng_impl", f"one of {list(PRNG_IMPLS)}")
+    if c.track_curvature not in TRACK_KINDS:
+        bad("track_curvature", f"one of {list(TRACK_KINDS)}")
+    tol = c.track_curvature_tol
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 < tol < 1:
+        bad("track_curvature_tol", "a float > 0 and < 1")
     for key in ("name", "model", "dataset"):
         if not isinstance(getattr(c, key), str):
             bad(key, "a string")

@@ -1,8 +1,11 @@
 """Training curves (the paper's Figures 9-12) from a run's ``metrics.jsonl``.
 
 ``python -m train.curves --workdir <dir> [--out curves.png] [--title TEXT]`` draws test and
-training accuracy (left) and loss (right) against the epoch. Only the files are read: curves can
-be drawn while the run is going, and on a machine without JAX devices.
+training accuracy (left) and loss (middle) against the epoch and, when the run tracked its
+curvature (``track_curvature_every``, :mod:`train.tracking`), a third panel: the edge-of-stability
+plot, ``lambda_max`` against the optimiser step with the thresholds ``2 / lr`` and
+``2 (1 + momentum) / lr``. Only the files are read: curves can be drawn while the run is going,
+and on a machine without JAX devices.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import os
 import sys
 from typing import Any, Sequence
 
-from train.metrics_io import read_metrics
+from train.metrics_io import read_curvature, read_metrics
 
 __all__ = ["plot_curves", "main"]
 
 
 def plot_curves(
-    records: Sequence[dict[str, Any]], /, *, path: str | os.PathLike, title: str | None = None
+    records: Sequence[dict[str, Any]], /, *, path: str | os.PathLike, title: str | None = None,
+    curvature: Sequence[dict[str, Any]] = (),
 ) -> str:
     """Draw accuracy and loss curves of ``records`` (metrics.jsonl lines) to a PNG file.
 
@@ -29,6 +33,9 @@ def plot_curves(
         ``train_loss`` and ``test_loss``.
       path: output file.
       title: figure title.
+      curvature: curvature records (:func:`train.metrics_io.read_curvature`); if any, a third
+        panel draws ``lambda_max`` against the step, with ``2 / lr`` and the momentum-corrected
+        threshold (log scale).
 
     Returns:
       ``path`` as a string.
@@ -41,6 +48,9 @@ def plot_curves(
       >>> out = plot_curves(recs, path=os.path.join(tempfile.mkdtemp(), "c.png"))
       >>> os.path.getsize(out) > 0
       True
+      >>> curv = [{"step": s, "lambda_max": 5.0 * s, "lr": 0.1, "lr_threshold": 20.0,
+      ...          "lr_threshold_momentum": 38.0} for s in (10, 20, 30)]
+      >>> out = plot_curves(recs, path=out, curvature=curv)   # with the edge-of-stability panel
     """
     if not records:
         raise ValueError("no metrics records to plot")
@@ -50,7 +60,9 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in records]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    panels = 3 if curvature else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    ax_acc, ax_loss = axes[:2]
     for split, style in (("test", "-"), ("train", "--")):
         ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in records], style, label=split)
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], style, label=split)
@@ -58,7 +70,9 @@ def plot_curves(
     ax_loss.set(
         xlabel="epoch", ylabel="cross-entropy", title="Test and training loss", yscale="log"
     )
-    for ax in (ax_acc, ax_loss):
+    if curvature:
+        _stability_panel(axes[2], curvature)
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -67,6 +81,22 @@ def plot_curves(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return os.fspath(path)
+
+
+def _stability_panel(ax: Any, curvature: Sequence[dict[str, Any]]) -> None:
+    steps = [r["step"] for r in curvature]
+    kind = curvature[0].get("kind", "hessian")
+    name = {"hessian": "Hessian", "ggn": "GGN"}.get(kind, kind)
+    ax.plot(steps, [r["lambda_max"] for r in curvature], "o-", ms=3, label=f"{name} lambda_max")
+    for key, style, label in (("lr_threshold", "k-", "2 / lr"),
+                              ("lr_threshold_momentum", "k--", "2 (1 + momentum) / lr")):
+        values = [r.get(key) for r in curvature]
+        if any(v is not None for v in values):
+            ax.step(steps, [float("nan") if v is None else v for v in values], style,
+                    where="post", lw=1, label=label)
+    positive = all(r["lambda_max"] > 0 for r in curvature)
+    ax.set(xlabel="step", ylabel="top eigenvalue", title="Edge of stability",
+           yscale="log" if positive else "linear")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(cfg) as f:
                 title = json.load(f).get("name")
     out = args.out or os.path.join(args.workdir, "curves.png")
-    print(f"wrote {plot_curves(records, path=out, title=title)}")
+    path = plot_curves(records, path=out, title=title, curvature=read_curvature(args.workdir))
+    print(f"wrote {path}")
     return 0
 
 

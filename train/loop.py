@@ -5,7 +5,8 @@ A run lives in a work directory::
     config.json      the TrainConfig (checked on resumption)
     data.json        data set name, class count, sizes, normalisation mean/std, and its identity:
                      the .npz file (resolved path) and a SHA-256 digest of the four arrays
-    metrics.jsonl    one line per finished epoch (train.metrics_io)
+    metrics.jsonl    one line per finished epoch (train.metrics_io), and with
+                     track_curvature_every set, curvature records (train.tracking)
     checkpoints/<e>  Orbax checkpoints after e epochs (0 = initialisation)
     .lock            while a run is live (jaxspec.workdir): a second run here is refused
 
@@ -63,6 +64,7 @@ from train.steps import (
     make_optimizer,
     model_kwargs,
 )
+from train.tracking import build_tracker
 
 __all__ = ["data_digest", "load_checkpoint", "load_data", "read_config", "read_data_info",
            "train_and_evaluate"]
@@ -260,7 +262,8 @@ def train_and_evaluate(
 ) -> list[dict[str, Any]]:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
 
-    Writes ``config.json``, ``metrics.jsonl`` (one line per epoch, see :mod:`train.metrics_io`) and
+    Writes ``config.json``, ``metrics.jsonl`` (one line per epoch, see :mod:`train.metrics_io`;
+    with ``config.track_curvature_every`` also the curvature records of :mod:`train.tracking`) and
     Orbax checkpoints under ``checkpoints/<epoch>`` (``0`` = the initialisation): the epochs in
     ``config.checkpoint_epochs`` are kept, and the latest one. Stops after
     ``config.stop_after`` epochs if set (the schedule still spans ``config.epochs``).
@@ -272,7 +275,8 @@ def train_and_evaluate(
       mesh: device mesh; default all local devices.
 
     Returns:
-      All metrics records of the run so far (earlier invocations included).
+      All epoch records of the run so far (earlier invocations included); the curvature
+      records: :func:`train.metrics_io.read_curvature`.
 
     Raises:
       ValueError: if ``workdir`` holds a run with a different config (run-control fields such
@@ -309,6 +313,8 @@ def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | N
         config, num_classes=data.num_classes, num_train=num_train, mean=data.mean, std=data.std,
         mesh=mesh,
     )
+    every = config.track_curvature_every
+    tracker = None if every is None else build_tracker(config, model=trainer.model, data=data)
     write_text(os.path.join(workdir, CONFIG_FILE), json.dumps(config.to_dict(), indent=2))
     write_text(os.path.join(workdir, DATA_FILE), json.dumps(info, indent=2))
     replicated = NamedSharding(trainer.mesh, P())
@@ -343,7 +349,9 @@ def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | N
             key = epoch_key(config, epoch)
             perm_key = jax.random.fold_in(key, PERM_STREAM)
             perm = jax.random.permutation(perm_key, num_train).astype(jnp.int32)
-            outs = []
+            lr = paper_lr(epoch, base_lr=config.base_lr, total_epochs=config.epochs,
+                          ratio=config.lr_ratio)
+            outs, curvature, tracking_time = [], [], 0.0
             bar = tqdm(
                 range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                 disable=not config.progress, unit="step",
@@ -351,18 +359,23 @@ def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | N
             for s in bar:
                 state, out = trainer.train_step(state, x_train, y_train, perm, np.int32(s), key)
                 outs.append(out)
+                done_steps = epoch * steps + s + 1
+                if tracker is not None and done_steps % every == 0:
+                    # Before the next step, which donates these parameters.
+                    jax.block_until_ready(state.params)
+                    curvature.append(tracker.measure(state.params, step=done_steps,
+                                                     epoch=epoch + 1, lr=lr))
+                    tracking_time += curvature[-1]["seconds"]
             # One transfer per epoch: the steps run asynchronously until here.
             losses, correct = jax.device_get(jax.tree.map(lambda *a: jnp.stack(a), *outs))
-            train_time = time.perf_counter() - t0
+            train_time = time.perf_counter() - t0 - tracking_time
             test_loss, test_acc = _evaluate_test(trainer, state, x_test, y_test, n_test, eval_bs)
             _check_finite(losses, test_loss, epoch, config, mngr.latest_step())
             epoch_time = time.perf_counter() - t0
             elapsed += epoch_time
             record = {
                 "epoch": epoch + 1,
-                "lr": paper_lr(
-                    epoch, base_lr=config.base_lr, total_epochs=config.epochs, ratio=config.lr_ratio
-                ),
+                "lr": lr,
                 "train_loss": float(np.mean(losses)),
                 "train_accuracy": float(np.sum(correct)) / (steps * config.batch_size),
                 "test_loss": test_loss,
@@ -372,7 +385,10 @@ def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | N
                 "elapsed": elapsed,
             }
             # Metrics first, checkpoint second: a kill in between re-trains this epoch on resume
-            # and truncate_metrics drops the stale line.
+            # and truncate_metrics drops the stale lines. Curvature records go just before
+            # their epoch's line, and like it only once the epoch's losses are finite.
+            for r in curvature:
+                metrics_io.append_metrics(workdir, r)
             metrics_io.append_metrics(workdir, record)
             records.append(record)
             done = epoch + 1
