@@ -160,6 +160,11 @@ def _check_v0(v0) -> None:
                          f"with shape {getattr(v0, 'shape', None)}")
     if not jnp.issubdtype(v0.dtype, jnp.floating):
         raise TypeError(f"v0 must be a real floating-point vector, got dtype {v0.dtype}")
+    if jax.dtypes.canonicalize_dtype(v0.dtype) != v0.dtype:  # e.g. NumPy float64, x64 off
+        raise TypeError(f"v0 is {v0.dtype}, which JAX turns into "
+                        f"{jax.dtypes.canonicalize_dtype(v0.dtype)} (jax_enable_x64 is off): pass "
+                        f"a {jax.dtypes.canonicalize_dtype(v0.dtype)} start vector, or enable x64 "
+                        "before anything else touches JAX")
     if v0.shape[0] == 0:
         raise ValueError("v0 is empty")
     if _is_concrete(v0):

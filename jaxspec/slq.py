@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec.checks import assert_symmetric
 from jaxspec.lanczos import LanczosResult, run_lanczos
 from jaxspec.ritz import ritz_pairs
 
@@ -289,6 +290,7 @@ def slq_runs(
     distribution: str = "normal",
     v0: jax.Array | None = None,
     hooks: Callable[[int, int], Sequence[Any]] | None = None,
+    check: bool = True,
     **lanczos_kwargs: Any,
 ) -> list[LanczosResult]:
     """The Lanczos runs behind :func:`slq`, one per probe (e.g. to keep their bases).
@@ -297,6 +299,9 @@ def slq_runs(
     given (then ``num_vectors`` must be 1); ``hooks(i, num_vectors)`` gives the hooks of run
     ``i`` (:func:`jaxspec.io.slq_hooks`); ``lanczos_kwargs`` go to :func:`jaxspec.run_lanczos`
     (``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ``return_basis``, ...).
+    With ``check`` (default), three products first make sure that the matvec is one fixed
+    symmetric matrix (:func:`jaxspec.assert_symmetric`): a loss that changes between calls
+    (dropout on, augmentation redrawn) would give a spectrum of nothing.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -318,6 +323,8 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
+    if check:
+        assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=probes[0].dtype)
     return [run_lanczos(matvec, probe, num_steps,
                         hooks=() if hooks is None else hooks(i, num_vectors), **lanczos_kwargs)
             for i, probe in enumerate(probes)]
@@ -335,6 +342,7 @@ def slq(
     distribution: str = "normal",
     v0: jax.Array | None = None,
     hooks: Callable[[int, int], Sequence[Any]] | None = None,
+    check: bool = True,
     meta: dict | None = None,
     **lanczos_kwargs: Any,
 ) -> Spectrum:
@@ -357,6 +365,7 @@ def slq(
       v0: an explicit start vector instead of a random probe.
       hooks: ``hooks(i, num_vectors)`` -> the hooks of probe ``i``'s run, e.g.
         ``jaxspec.io.slq_hooks(checkpoint_dir=..., progress="label")``.
+      check: first probe that the matvec is one fixed symmetric matrix (three products).
       meta: settings recorded with the spectrum.
       **lanczos_kwargs: ``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ... as
         in :func:`jaxspec.run_lanczos`.
@@ -370,7 +379,8 @@ def slq(
       (10.0, -1.0)
     """
     runs = slq_runs(matvec, key, dim, num_steps, num_vectors=num_vectors, dtype=dtype,
-                    distribution=distribution, v0=v0, hooks=hooks, **lanczos_kwargs)
+                    distribution=distribution, v0=v0, hooks=hooks, check=check,
+                    **lanczos_kwargs)
     info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": distribution,
             "dtype": str(jnp.dtype(dtype if v0 is None else v0.dtype)), **(meta or {})}
     return Spectrum.average([Spectrum.from_lanczos(r) for r in runs], meta=info)
