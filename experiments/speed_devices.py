@@ -60,7 +60,7 @@ def measure(
 
     Example:
       >>> from experiments.speed_devices import measure
-      >>> r = measure("smallcnn", num_samples=40, batch_size=16, repeats=1, lanczos_steps=2)
+      >>> r = measure("mlp", num_samples=16, batch_size=16, repeats=1, lanczos_steps=2)
       >>> r["hvp_s"] > 0 and r["lanczos_s"] > 0
       True
     """
@@ -111,7 +111,7 @@ def measure_in_subprocess(num_devices: int, /, **kwargs: Any) -> dict[str, Any]:
 
     Example:
       >>> from experiments.speed_devices import measure_in_subprocess
-      >>> r = measure_in_subprocess(2, model="smallcnn", num_samples=64, batch_size=16,
+      >>> r = measure_in_subprocess(2, model="mlp", num_samples=32, batch_size=16,
       ...                           repeats=1)
       >>> r["num_devices"]
       2
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     Example:
       >>> from experiments.speed_devices import main
-      >>> rows = main(["--devices", "1", "--model", "smallcnn", "--num-samples", "32",
+      >>> rows = main(["--devices", "1", "--model", "mlp", "--num-samples", "16",
       ...              "--batch-size", "16", "--repeats", "1", "--no-preresnet"])
       ... # doctest: +ELLIPSIS
       {...}

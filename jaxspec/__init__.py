@@ -36,6 +36,7 @@ from jaxspec.kinds import Categorical
 from jaxspec.kinds import FisherMC
 from jaxspec.kinds import SplitLoss
 from jaxspec.lanczos import LanczosHook
+from jaxspec.lanczos import jit_argument
 from jaxspec.lanczos import LanczosResult
 from jaxspec.lanczos import LanczosState
 from jaxspec.lanczos import lanczos
@@ -99,6 +100,7 @@ __all__ = [
     "hutchinson",
     "hutchinson_diagonal",
     "hvp",
+    "jit_argument",
     "lanczos",
     "lanczos_continue",
     "lanczos_init",

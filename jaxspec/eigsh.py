@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.lanczos import resolve_driver
+from jaxspec.lanczos import jit_argument, resolve_driver
 
 __all__ = ["EigshResult", "eigsh"]
 
@@ -136,15 +136,6 @@ def _compiled_cycle(op, V, H, start, stop, key):
 def _combine(C: jax.Array, V: jax.Array) -> jax.Array:
     """``C @ V``: new basis rows as combinations of the old (restart and final vectors)."""
     return _dot(C.astype(V.dtype), V)
-
-
-def _as_argument(matvec: Callable) -> Any:
-    """The matvec as a pytree argument of jit: an operator as is (its arrays stay arguments),
-    any other callable wrapped in ``jax.tree_util.Partial``."""
-    leaves = jax.tree.leaves(matvec)
-    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
-        return matvec
-    return jax.tree_util.Partial(matvec)
 
 
 def _start_vector(matvec: Callable, v0: Any) -> jax.Array:
@@ -249,7 +240,7 @@ def eigsh(
         raise ValueError(f"num_keep must satisfy k <= num_keep < k + num_extra; got {keep}")
     driver = resolve_driver(driver, matvec)
     key = jax.random.key(0) if key is None else key
-    op = _as_argument(matvec) if driver == "compiled" else matvec
+    op = jit_argument(matvec) if driver == "compiled" else matvec
 
     every = (1 if driver == "host" else m) if check_every is None else int(check_every)
     if every < 1:

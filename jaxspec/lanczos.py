@@ -63,6 +63,7 @@ __all__ = [
     "LanczosResult",
     "LanczosState",
     "lanczos",
+    "jit_argument",
     "lanczos_continue",
     "lanczos_init",
     "lanczos_state_sharding",
@@ -520,12 +521,24 @@ class LanczosHook:
         """
 
 
-def _is_pytree_operator(matvec) -> bool:
-    """True for a matvec that is a pytree of arrays plus static code (a
-    :class:`jaxspec.CurvatureOperator`, a ``jax.tree_util.Partial``)."""
+def jit_argument(matvec: Callable) -> Callable:
+    """``matvec`` as an argument of a jitted function: a pytree operator as it is (a
+    :class:`jaxspec.CurvatureOperator`, a ``jax.tree_util.Partial`` of arrays: its arrays go in
+    as arguments, not as constants of the program), any other callable wrapped in a leafless
+    ``jax.tree_util.Partial`` (static, hashed by identity: pass the same function to reuse a
+    compilation).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import jit_argument
+      >>> mv = jit_argument(lambda v: 2 * v)
+      >>> jax.tree.leaves(mv), jax.jit(lambda op, v: op(v))(mv, jnp.ones(2)).tolist()
+      ([], [2.0, 2.0])
+    """
     leaves = jax.tree.leaves(matvec)
-    return bool(leaves) and all(isinstance(x, (jax.Array, np.ndarray, np.generic))
-                                for x in leaves)
+    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
+        return matvec
+    return jax.tree_util.Partial(matvec)
 
 
 def resolve_driver(driver: str = "auto", matvec: Callable | None = None, /) -> str:
@@ -819,7 +832,7 @@ def run_lanczos(
         from jaxspec.parallel import replicate
 
         state = init(v0 if mesh is None else replicate(v0, mesh))
-    mv = matvec if _is_pytree_operator(matvec) else jax.tree_util.Partial(matvec)
+    mv = jit_argument(matvec)
     state = _drive(state, num_steps, chunk_size, functools.partial(chunk, mv), hooks,
                    lambda s: jax.tree.map(np.asarray, s))
     return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,

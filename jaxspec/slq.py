@@ -306,7 +306,7 @@ def slq_runs(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jaxspec import ritz_pairs, slq_runs
-      >>> runs = slq_runs(lambda v: jnp.arange(4.0) * v, jax.random.key(0), 4, 4,
+      >>> runs = slq_runs(lambda v: jnp.arange(4.0, dtype=v.dtype) * v, jax.random.key(0), 4, 4,
       ...                 return_basis=True)
       >>> ritz_pairs(runs[0], vectors=[-1]).vectors.shape
       (1, 4)

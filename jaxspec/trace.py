@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from matfree import stochtrace
 
-from jaxspec.lanczos import run_lanczos
+from jaxspec.lanczos import jit_argument, run_lanczos
 from jaxspec.ritz import ritz_pairs
 from jaxspec.slq import random_probe
 
@@ -64,15 +64,6 @@ class TraceEstimate(NamedTuple):
     value: Any
     stderr: Any
     num_matvecs: int
-
-
-def _as_argument(matvec: Callable) -> Any:
-    """The matvec as a pytree argument of jit: an operator as is (its arrays stay arguments),
-    any other callable wrapped in ``jax.tree_util.Partial``."""
-    leaves = jax.tree.leaves(matvec)
-    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
-        return matvec
-    return jax.tree_util.Partial(matvec)
 
 
 def _traceable(matvec: Callable) -> bool:
@@ -123,7 +114,7 @@ def _apply(matvec: Callable, block: jax.Array, batch_size: int | None) -> jax.Ar
             out[i] = np.asarray(matvec(jnp.asarray(rows[i])))
         return jnp.asarray(out)
     size = block.shape[0] if batch_size is None else batch_size
-    op = _as_argument(matvec)
+    op = jit_argument(matvec)
     return jnp.concatenate([_vmapped(op, block[i:i + size])
                             for i in range(0, block.shape[0], size)])
 
@@ -313,7 +304,7 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     sampler = stochtrace.sampler_normal(jnp.zeros((dim,), _dtype(matvec, dtype)), num=num_probes)
     estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
         stochtrace.leave_one_out_xtrace(), sampler)
-    mean, sem = jax.jit(estimate)(_as_argument(matvec), key)
+    mean, sem = jax.jit(estimate)(jit_argument(matvec), key)
     return TraceEstimate(float(mean), float(sem), dim if 2 * num_probes >= dim else 2 * num_probes)
 
 

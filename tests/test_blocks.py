@@ -3,7 +3,6 @@
 augmentation transform), through every reduction, jitted and eager; bad selections; one
 compilation for all parameter values; block_spectra and its plot."""
 
-import contextlib
 import functools
 
 import jax
@@ -16,35 +15,16 @@ from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
+from compiles import compilations
+from hessians import mlp_loss, mlp_params
 from jaxspec import batch_dataset, curvature_operator
 from jaxspec.blocks import block_spectra, param_blocks, select_leaves
 from jaxspec.models import SmallCNN, hessian_loss
 
 REDUCTIONS = ["scan", "host", "mesh"]
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def mlp_params(key, sizes=(3, 4, 2)):
-    params = {}
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        k1, k2, key = jax.random.split(key, 3)
-        params[f"layer{i}"] = {"w": jax.random.normal(k1, (a, b)) / np.sqrt(a),
-                               "b": 0.1 * jax.random.normal(k2, (b,))}
-    return params
-
-
-def mlp_loss(params, batch):
-    h = batch["x"]
-    layers = [params[k] for k in sorted(params)]
-    for i, layer in enumerate(layers):
-        h = h @ layer["w"] + layer["b"]
-        if i < len(layers) - 1:
-            h = jnp.tanh(h)
-    logp = jax.nn.log_softmax(h)
-    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
-
-
 def mlp_data(n=13, seed=1):
     rng = np.random.default_rng(seed)
     return {"x": rng.normal(size=(n, 3)), "y": rng.integers(0, 2, size=n).astype(np.int32)}
@@ -88,23 +68,8 @@ def check_block(op, H, select, *, jitted, rng):
     return sub
 
 
-@contextlib.contextmanager
-def compilations():
-    seen = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE:
-            seen.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seen
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 # ---- exactness ----------------------------------------------------------------------------
-MLP_PARAMS = mlp_params(jax.random.key(0))
+MLP_PARAMS = mlp_params(jax.random.key(0), sizes=(3, 4, 2))
 MLP_BATCHED = batch_dataset(mlp_data(), 5)  # batches of 5, 5 and a tail of 3
 MLP_H = dense_hessian(mlp_loss, MLP_PARAMS, MLP_BATCHED)
 MLP_OPS = {r: curvature_operator(mlp_loss, MLP_PARAMS, MLP_BATCHED, reduce=r) for r in REDUCTIONS}

@@ -2,35 +2,14 @@
 same shapes (other parameter values, as during training) compiles nothing. The regression test
 for "the README's library snippet must not retrace or recompile per Lanczos step"."""
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from compiles import compilations
 from hessians import make_data, mlp_loss, mlp_params
 from jaxspec import batch_dataset, curvature_operator, run_lanczos, slq
-
-# JAX's event for every XLA backend compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT)
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def compilations():
-    """The backend compilations made inside the block (one entry per compiled program)."""
-    seen = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE:
-            seen.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seen
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
 
 # shapes used by no other test module (sizes 3-6-2: 38 parameters), so the first run compiles
 SIZES = (3, 6, 2)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxspec import (
@@ -32,6 +32,8 @@ def _cluster_weights(eigs, proj2, nodes):
     return np.bincount(nearest, weights=proj2, minlength=nodes.size)
 
 
+# each example compiles a Lanczos run of its own size: fewer examples keep the suite fast
+@settings(max_examples=12)
 @given(kind=st.sampled_from(KINDS), n=st.integers(4, 40), seed=st.integers(0, 10_000))
 def test_full_depth_recovers_eigenvalues_and_weights(kind, n, seed):
     eigs = spectrum_of_kind(kind, n, seed)
@@ -53,6 +55,7 @@ def test_full_depth_recovers_eigenvalues_and_weights(kind, n, seed):
         assert int(res.num_valid) == n
 
 
+@settings(max_examples=12)
 @given(kind=st.sampled_from(KINDS), n=st.integers(20, 60), m=st.integers(2, 10),
        seed=st.integers(0, 10_000))
 def test_partial_depth_matches_moments(kind, n, m, seed):

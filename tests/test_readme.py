@@ -4,9 +4,10 @@ it on new parameters compiles nothing: no retrace or recompilation per Lanczos s
 import os
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+
+from compiles import compilations
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 
@@ -25,22 +26,6 @@ def _run(code: str, scope: dict, tmp_path) -> dict:
     finally:
         os.chdir(cwd)
     return scope
-
-
-def _compiles(fn):
-    """Number of XLA backend compilations while ``fn`` runs."""
-    seen = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            seen.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return len(seen)
 
 
 def test_readme_library_snippet_runs_and_compiles_once(tmp_path):
@@ -68,5 +53,7 @@ def test_readme_library_snippet_runs_and_compiles_once(tmp_path):
     # loss_fn: a new function is a new program): every program is cached.
     again = code[code.index("H = jaxspec.curvature_operator"):]
     scope["params"] = params()
-    assert _compiles(lambda: _run(again, scope, tmp_path)) == 0
+    with compilations() as seen:
+        _run(again, scope, tmp_path)
+    assert seen == []
     assert scope["spectrum"].lambda_max != spectrum.lambda_max

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from compiles import compilations
+
 from train import TrainConfig, apply_overrides, load_checkpoint, paper_lr, train_and_evaluate
 from train.metrics_io import read_curvature, read_metrics
 
@@ -23,21 +25,6 @@ RUN = TrainConfig(model="mlp", model_kwargs={"hidden": [8]}, dataset="synthetic"
 OFF = dataclasses.replace(RUN, track_curvature_every=None)
 
 
-def _compiles(fn):
-    seen = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            seen.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        out = fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return out, len(seen)
-
-
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """A tracked run, each measurement's compilations counted."""
@@ -47,8 +34,9 @@ def tracked(tmp_path_factory):
     counts, measure = [], CurvatureTracker.measure
 
     def counted(self, *args, **kwargs):
-        out, n = _compiles(lambda: measure(self, *args, **kwargs))
-        counts.append(n)
+        with compilations() as seen:
+            out = measure(self, *args, **kwargs)
+        counts.append(len(seen))
         return out
 
     with pytest.MonkeyPatch.context() as mp:
