@@ -125,7 +125,7 @@ def test_cli_overrides_reach_the_config(tmp_path, monkeypatch):
 def test_a_point_killed_mid_lanczos_resumes_and_reports_its_training_loss(tmp_path, monkeypatch):
     """A point killed after training (params.npz saved) and inside a Lanczos run: the rerun
     reloads the student, resumes Lanczos from its checkpoint, and reports the mini-batch loss
-    of the original training (it used to report None)."""
+    of the original training (saved with the parameters, not None)."""
     import jaxspec
     from experiments.true_hessian import measure
 
