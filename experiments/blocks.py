@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:>10}: P={s.meta['block_size']:>6}  lambda_min={s.lambda_min:+.4g}  "
               f"lambda_max={s.lambda_max:.4g}")
     title = (f"Hessian blocks of SmallCNN{list(widths)}, {args.train_steps} Adam steps on "
-             f"synthetic CIFAR (N={len(subset['label'])}, BN {args.bn_mode}, m={args.lanczos_steps})")
+             f"synthetic CIFAR (N={len(subset['label'])}, BN {args.bn_mode}, "
+             f"m={args.lanczos_steps})")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     block_spectra_plot(spectra, path=args.out, suptitle=title)
     elapsed = time.perf_counter() - start
