@@ -11,7 +11,9 @@ separate constructors:
 * ``reduce``: how the batches are summed (:mod:`jaxspec.reduction`): ``lax.scan`` in one
   program, a host loop over jitted groups of batches, or a device mesh with one ``psum``;
 * ``transform``: a batch transform applied inside every product (e.g. the fixed augmentation
-  table of :class:`jaxspec.augmented.Augmentation`).
+  table of :class:`jaxspec.augmented.Augmentation`);
+* ``block``: a restriction to some of the parameters (:meth:`CurvatureOperator.restrict`), the
+  diagonal block ``A[S, S]``.
 
 The operator is a pytree in the spirit of lineax's operators: its arrays (parameters, data,
 transform) are leaves and the rest is static, so it can be passed *into* ``jax.jit`` as an
@@ -51,8 +53,8 @@ KINDS: dict[str, Callable] = {"hessian": hvp, "ggn": ggn_mv, "fisher": fisher_mv
 class CurvatureOperator:
     """A curvature matrix of a mean loss over a data set, applied by :meth:`mv`.
 
-    Build it with :func:`curvature_operator`. Attributes (the first three are the pytree's
-    leaves, the rest is static):
+    Build it with :func:`curvature_operator`. Attributes (``params``, ``data``, ``transform``
+    and ``key`` are the pytree's leaves, the rest is static):
 
     Attributes:
       params: the point at which the matrix is taken (a pytree of float arrays, one dtype).
