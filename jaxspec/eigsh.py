@@ -265,7 +265,7 @@ def eigsh(
         Hn = np.asarray(H, np.float64)
         if not np.all(np.isfinite(Hn)):
             raise FloatingPointError(f"the matvec returned NaN or Inf (restart {restarts})")
-        # After a breakdown in this cycle the invariant space found so far need not hold the
+        # After a breakdown in this cycle the invariant space reached need not hold the
         # wanted pairs (its Ritz residuals are exactly zero): the fresh direction is explored
         # for the rest of the cycle before convergence is tested.
         steps = np.arange(cycle_start, n)

@@ -237,6 +237,9 @@ class CurvatureOperator:
           >>> a.fingerprint() == a.with_params(2 * jnp.ones(2)).fingerprint()
           False
         """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:  # hashing the data is the cost; every probe's checkpoint asks
+            return cached
         h = hashlib.sha1()
         h.update(repr((getattr(self.loss_fn, "__qualname__", repr(self.loss_fn)), self.kind,
                        type(self.transform).__name__)).encode())
@@ -245,13 +248,14 @@ class CurvatureOperator:
             arrays += (self.key,)
         leaves, treedef = jax.tree.flatten(arrays)
         h.update(str(treedef).encode())
-        if self.block is not None:  # (unrestricted operators keep their earlier fingerprints)
+        if self.block is not None:  # hashed only when set: restriction is its own matrix
             h.update(repr(("block", self.block)).encode())
         for leaf in leaves:
             for part in _local_parts(leaf):
                 h.update(str((part.dtype, part.shape)).encode())
                 h.update(np.ascontiguousarray(part).tobytes())
-        return h.hexdigest()
+        object.__setattr__(self, "_fingerprint", h.hexdigest())  # arrays are immutable
+        return self._fingerprint
 
     def restrict(self, select: Any, /) -> "CurvatureOperator":
         """The operator on a block of parameters: the sub-matrix ``A[S, S]``, the rest frozen.

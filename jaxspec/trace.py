@@ -132,7 +132,7 @@ def _merge(count, mean, m2, x):
 
 
 class _Moments:
-    """Running count, mean and centred sum of squares of the rows added so far."""
+    """Running count, mean and centred sum of squares of the rows added."""
 
     def __init__(self):
         self.count = 0
