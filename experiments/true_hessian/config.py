@@ -49,6 +49,13 @@ class StudyConfig:
       hvp_batch_size: samples per HVP batch, and the mini-batch size of the sigma^2 estimate.
         Every data set is zero-weight padded to whole batches
         (:func:`experiments.true_hessian.measure.padded`), so all HVPs share one compilation.
+      coupling_samples: fresh samples whose per-sample HVPs give the noise couplings of the
+        second-order predictor (rounded down to whole chunks of 512).
+      ggn: also measure the Gauss-Newton matrices (true, empirical, held-out) and the residual
+        ``H - GGN`` on the training and held-out sets.
+      seeds: independent repetitions (seeds ``seed, seed + 1, ...``: data pools, student
+        initialisation and training order, probe vectors; the teacher stays the one of
+        ``seed``); the summary gives their mean and spread.
       driver: Lanczos driver, ``"auto"`` (host on CPU, compiled elsewhere), ``"host"``,
         ``"compiled"``; it also picks the operators' batch reduction (host loop or
         ``lax.scan``).
@@ -80,6 +87,9 @@ class StudyConfig:
     noise_lanczos_steps: int = 30
     per_sample_count: int = 2048
     hvp_batch_size: int = 2000
+    coupling_samples: int = 4096
+    ggn: bool = True
+    seeds: int = 1
     driver: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
