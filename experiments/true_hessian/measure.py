@@ -34,7 +34,8 @@ from jaxspec import Spectrum, rmt
 from jaxspec.models import MLP, cross_entropy
 
 __all__ = ["Network", "difference", "evaluate", "hessian_operator", "make_mlp",
-           "noise_couplings", "noise_spectrum_stats", "noise_statistics", "num_params", "padded", "per_sample_stats",
+           "noise_couplings", "noise_spectrum_stats", "noise_statistics", "num_params", "padded",
+           "per_sample_stats",
            "reduce_for", "sample_data", "seed_int", "spectrum_with_ritz_vectors",
            "train_student"]
 

@@ -17,7 +17,8 @@ from jaxspec import Spectrum
 from jaxspec.compare import SpectrumComparison
 from jaxspec.io import dumps
 
-__all__ = ["SUMMARY_COLUMNS", "aggregate_cell", "format_value", "plot_extremal", "plot_point", "summary_rows",
+__all__ = ["SUMMARY_COLUMNS", "aggregate_cell", "format_value", "plot_extremal", "plot_point",
+           "summary_rows",
            "write_comparison", "write_json", "write_summary"]
 
 SUMMARY_COLUMNS = (
