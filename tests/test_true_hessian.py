@@ -182,7 +182,7 @@ def test_predictors_and_gauss_newton_are_reported(study):
 def test_seeds_give_mean_and_spread(tmp_path):
     cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0, train_steps=20,
                  lanczos_steps=6, true_lanczos_steps=6, noise_probes=1, seeds=2,
-                 coupling_samples=512)
+                 coupling_samples=512, ggn=False)
     out = run_study(cfg, tmp_path, progress=False, quiet=True)
     assert sorted(r["seed"] for r in out["rows"]) == [0, 1]
     assert (tmp_path / "seed1" / "N000278" / "result.json").exists()

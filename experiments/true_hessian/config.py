@@ -149,7 +149,7 @@ def smoke() -> StudyConfig:
     return StudyConfig(input_dim=8, num_classes=3, teacher_widths=(16,), student_widths=(24, 12),
                        qs=(0.3, 1.0, 3.0), true_ratio=10.0, train_steps=300, lanczos_steps=20,
                        true_lanczos_steps=20, noise_spectrum_qs=(1.0,), noise_lanczos_steps=20,
-                       per_sample_count=512, hvp_batch_size=500)
+                       per_sample_count=512, coupling_samples=1024, hvp_batch_size=500)
 
 
 def full() -> StudyConfig:
