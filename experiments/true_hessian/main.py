@@ -84,7 +84,8 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
       >>> from experiments.true_hessian.config import preset
       >>> from experiments.true_hessian.main import make_pools, run_point
       >>> cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0,
-      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1)
+      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1,
+      ...              ggn=False, coupling_samples=512)
       >>> pools, _ = make_pools(cfg, 278, 5500)
       >>> r = run_point(cfg, 278, pools, tempfile.mkdtemp(), progress=False, quiet=True)
       >>> r["N"], r["P"], r["final_minibatch_loss"] > 0
@@ -214,6 +215,14 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
                                                ops[f"ggn_{name}"]),
                       fingerprint=ops[name].fingerprint() + "-ggn")
         preds.update(theory.ggn_predictions(spectra["ggn_true"], n, cfg.num_classes))
+        t = time.perf_counter()
+        gtop = pairs["ggn_true"]["top"]
+        coup["ggn_top"] = measure.noise_couplings(net, params, x_f[-c:], y_f[-c:],
+                                                  gtop["vectors"][-1], gtop["vectors"],
+                                                  kind="ggn")
+        preds.update({f"ggn_{k}": v for k, v in theory.hessian_predictions(
+            pairs["ggn_true"], {"top": coup["ggn_top"]}, n, sides=("top",)).items()})
+        times["couplings_ggn"] = time.perf_counter() - t
 
     # 5. the noise matrices themselves, at selected q
     noise_spectra: dict[str, Any] = {}
@@ -343,7 +352,8 @@ def run_study(config: StudyConfig, workdir: str | os.PathLike, /, *, progress: b
       >>> import tempfile
       >>> from experiments.true_hessian import preset, run_study
       >>> cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0,
-      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1)
+      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1,
+      ...              ggn=False, coupling_samples=512)
       >>> out = run_study(cfg, tempfile.mkdtemp(), progress=False, quiet=True)
       >>> out["rows"][0]["N"], out["P"]
       (278, 555)

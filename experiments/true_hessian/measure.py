@@ -31,6 +31,7 @@ from flax import nnx
 
 import jaxspec
 from jaxspec import Spectrum, rmt
+from jaxspec.kinds import ggn_mv
 from jaxspec.models import MLP, cross_entropy
 
 __all__ = ["Network", "difference", "evaluate", "hessian_operator", "make_mlp",
@@ -487,20 +488,25 @@ def noise_statistics(net: Network, params: Any, ops: dict[str, Any], fresh_x: np
             "direct_s2_model": (q + num_params(params) / m) * sigma2}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _per_sample_hvps(net: Network, params, x, y, v):
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _per_sample_hvps(net: Network, params, x, y, v, kind="hessian"):
+    """Per-sample products ``h_i v``: Hessians, or with ``kind="ggn"`` Gauss-Newton terms."""
     tangent = jax.flatten_util.ravel_pytree(params)[1](v)
 
     def one(xi, yi):
-        hv = jaxspec.hvp(net.loss, params, {"x": xi[None], "y": yi[None]}, tangent)
+        batch = {"x": xi[None], "y": yi[None], "w": jnp.ones(1, jnp.float32)}
+        hv = (jaxspec.hvp(net.weighted_loss, params, batch, tangent) if kind == "hessian"
+              else ggn_mv(net.split_loss(), params, batch, tangent))
         return jax.flatten_util.ravel_pytree(hv)[0]
 
     return jax.vmap(one)(x, y)
 
 
 def noise_couplings(net: Network, params: Any, x: np.ndarray, y: np.ndarray, u: np.ndarray,
-                    basis: np.ndarray, /, *, chunk: int = 512) -> dict[str, Any]:
-    """The coupling of the per-sample noise ``X_i = h_i - H`` to a unit direction ``u``,
+                    basis: np.ndarray, /, *, chunk: int = 512,
+                    kind: str = "hessian") -> dict[str, Any]:
+    """The coupling of the per-sample noise ``X_i = h_i - H`` (``h_i`` sample ``i``'s Hessian,
+    or with ``kind="ggn"`` its Gauss-Newton term) to a unit direction ``u``,
     resolved over the orthonormal rows ``v_j`` of ``basis``: ``c_j = E[(v_j^T X u)^2]`` and
     the rest ``E|X u|^2 - sum_j c_j`` (the part outside the basis), from the per-sample HVPs
     ``h_i u`` of the samples ``(x, y)`` (centred by their mean). ``len(x)`` should be a multiple
@@ -518,7 +524,7 @@ def noise_couplings(net: Network, params: Any, x: np.ndarray, y: np.ndarray, u: 
       ((5,), True)
     """
     w = np.concatenate([np.asarray(_per_sample_hvps(net, params, x[s:s + chunk],
-                                                    y[s:s + chunk], jnp.asarray(u)))
+                                                    y[s:s + chunk], jnp.asarray(u), kind))
                         for s in range(0, x.shape[0], chunk)]).astype(np.float64)
     w -= w.mean(0)
     c = ((w @ np.asarray(basis, np.float64).T) ** 2).mean(0)

@@ -31,8 +31,8 @@ SUMMARY_COLUMNS = (
     "shift_pred_max", "shift_pred_dir_max", "shift_pert_max", "shift_bw_max",
     "shift_pred_min", "shift_pred_dir_min", "shift_pert_min", "shift_bw_min",
     "ggn_true_lambda_max", "ggn_heldout_lambda_max", "ggn_empirical_lambda_max",
-    "ggn_pred_lambda_max", "ggn_pred_iso_lambda_max", "shift_ggn_pred_max",
-    "shift_ggn_pred_iso_max", "ggn_gamma", "ggn_sigma2", "ggn_empirical_lambda_min",
+    "ggn_pred_lambda_max", "ggn_pred_iso_lambda_max", "ggn_pert_lambda_max",
+    "ggn_bw_lambda_max", "shift_ggn_pred_max", "shift_ggn_pred_iso_max", "shift_ggn_pert_max", "ggn_gamma", "ggn_sigma2", "ggn_empirical_lambda_min",
     "residual_empirical_lambda_min", "residual_empirical_lambda_max",
     "residual_heldout_lambda_min", "residual_heldout_lambda_max",
     "ritz_rel_residual_max", "ritz_rel_residual_min",
@@ -64,7 +64,8 @@ _TABLES = (
      [("q", "q"), ("N", "N"), ("ggn_true_lambda_max", "true"),
       ("ggn_heldout_lambda_max", "held-out"), ("ggn_empirical_lambda_max", "train"),
       ("ggn_pred_lambda_max", "Baik-Silverstein"), ("ggn_pred_iso_lambda_max", "BBP iso"),
-      ("shift_ggn_pred_max", "shift ratio B-S"), ("shift_ggn_pred_iso_max", "ratio iso"),
+      ("ggn_pert_lambda_max", "2nd order"), ("shift_ggn_pred_max", "shift ratio B-S"),
+      ("shift_ggn_pred_iso_max", "ratio iso"), ("shift_ggn_pert_max", "ratio 2nd order"),
       ("ggn_gamma", "gamma"), ("ggn_sigma2", "sigma^2 = tr/P")]),
     ("Training-set Hessian against its Gauss-Newton part: the residual H - GGN on the training "
      "set and on N held-out samples.",
@@ -201,7 +202,8 @@ def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int =
     ggn_lines = [("ggn_true_lambda_max", "k-o", None), ("ggn_empirical_lambda_max", "C3-s", None),
                  ("ggn_heldout_lambda_max", "C1:^", None),
                  ("ggn_pred_lambda_max", "C6--*", "GGN: Baik-Silverstein (true GGN spectrum)"),
-                 ("ggn_pred_iso_lambda_max", "C7--", r"GGN: BBP, $\sigma^2$ = tr/P")]
+                 ("ggn_pred_iso_lambda_max", "C7--", r"GGN: BBP, $\sigma^2$ = tr/P"),
+                 ("ggn_pert_lambda_max", "C4-.x", None)]
     for ax, (side, sign, title) in zip(axes, panels):
         for key, style, label in lines:
             m, sd = stats(key.format(side), sign)
@@ -283,7 +285,7 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
                    for k, res in (r.get("ritz_residuals") or {}).items()
                    if k in _PREFIX and r.get(f"{_PREFIX[k]}_lambda_{e}")]
             row[f"ritz_rel_residual_{e}"] = max(rel) if rel else None
-        for pred in ("ggn_pred", "ggn_pred_iso"):
+        for pred in ("ggn_pred", "ggn_pred_iso", "ggn_pert"):
             row[f"shift_{pred}_max"] = shift_error(r.get(f"{pred}_lambda_max"),
                                                    r.get("ggn_true_lambda_max"),
                                                    r.get("ggn_heldout_lambda_max"))
@@ -345,7 +347,7 @@ def pooled_shift_ratio(rows: Sequence[dict[str, Any]], pred: str, side: str, /,
       >>> rows = [dict(true_lambda_max=1.0, heldout_lambda_max=h, bw_lambda_max=1.5)
       ...         for h in (1.8, 2.2)]
       >>> [round(x, 4) for x in pooled_shift_ratio(rows, "bw", "max")]
-      [0.5, 0.1414]
+      [0.5, 0.2]
     """
     def get(k):
         return np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)
@@ -380,15 +382,16 @@ def _markdown(results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]])
               "shift (the 10% target: within 0.9-1.1), with the relative standard error of the "
               "measured mean shift (the precision to which the ratio is resolved).", "",
               "| q | side | " + " | ".join(h for _, h in preds) + " | GGN Baik-Silverstein "
-              "| GGN BBP iso | measured shift rel. s.e. | GGN rel. s.e. |", "|---" * 10 + "|"]
+              "| GGN BBP iso | GGN 2nd order | measured shift rel. s.e. | GGN rel. s.e. |",
+              "|---" * 11 + "|"]
     for _, group in sorted(by_q.items()):
         for side in ("max", "min"):
             cells = [pooled_shift_ratio(group, k, side) for k, _ in preds]
             ggn = [pooled_shift_ratio(group, k, "max", prefix="ggn_")
-                   for k in ("ggn_pred", "ggn_pred_iso")] if side == "max" else []
+                   for k in ("ggn_pred", "ggn_pred_iso", "ggn_pert")] if side == "max" else []
             lines.append(f"| {group[0]['q']:.3g} | {'top' if side == 'max' else 'bottom'} | "
                          + " | ".join(f"{c[0]:.3g}" for c in cells) + " | "
-                         + " | ".join(f"{g[0]:.3g}" for g in ggn) + (" | | " if not ggn else " | ")
+                         + " | ".join(f"{g[0]:.3g}" for g in ggn) + (" | | | " if not ggn else " | ")
                          + f"{cells[0][1]:.2g} | " + (f"{ggn[0][1]:.2g} |" if ggn else " |"))
     ordered = sorted(results, key=lambda r: (r.get("seed", 0), r["q"]))
     noise = [f"| {r.get('seed', 0)} | {r['q']:.3g} | {name} - true | {d['lambda_min']:.4g} | "

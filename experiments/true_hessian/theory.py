@@ -29,7 +29,8 @@ __all__ = ["ggn_predictions", "hessian_predictions", "shift_error"]
 
 
 def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, dict[str, Any]],
-                        n: int, /) -> dict[str, float]:
+                        n: int, /, *, sides: tuple[str, ...] = ("top", "bottom")
+                        ) -> dict[str, float]:
     """Second-order predictions of the held-out extremal eigenvalues (plain ``pert_*`` and
     self-consistent ``bw_*``) from the True Hessian's Ritz pairs and the noise couplings, and
     ``fluct_*``: the standard deviation ``sqrt(c_uu / N)`` of the first-order term ``u^T E u``
@@ -41,6 +42,8 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
       couplings: ``{"top", "bottom"}`` from
         :func:`experiments.true_hessian.measure.noise_couplings` over those pairs' vectors.
       n: ``N``, the held-out sample count.
+      sides: the sides to predict (``couplings`` needs only those); the same predictor serves
+        the GGN's top eigenvalue, with its pairs and ``kind="ggn"`` couplings.
 
     Example:
       >>> import numpy as np
@@ -54,6 +57,8 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
     """
     out = {}
     for side, idx, key in (("top", -1, "max"), ("bottom", 0, "min")):
+        if side not in sides:
+            continue
         values = np.asarray(pairs[side]["values"], np.float64)
         c = np.asarray(couplings[side]["couplings"], np.float64)
         keep = np.arange(values.size) != idx % values.size  # every level but lambda's own
