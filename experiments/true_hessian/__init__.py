@@ -1,6 +1,6 @@
 """Theorem 1 against ground truth: the True Hessian of a teacher-student problem, measured.
 
-    python -m experiments.true_hessian                     # default: 3 seeds, < 3 min on 2 cores
+    python -m experiments.true_hessian                     # default: 3 seeds, ~3 min on 2 cores
     python -m experiments.true_hessian --preset smoke           # ~40 s; what the tests run
     python -m experiments.true_hessian --preset full --workdir runs/true_hessian_full
     python -m experiments.true_hessian --preset gpu --workdir runs/true_hessian_gpu

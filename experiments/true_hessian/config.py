@@ -122,7 +122,7 @@ class StudyConfig:
 def default() -> StudyConfig:
     """The README's study: P = 2,092, M = 42,000, five q from 0.1 to 10, m = 30, three seeds.
 
-    Under 3 minutes on 2 CPU cores (the seeds share every compilation). Command::
+    About 3 minutes of CPU on 2 cores (the seeds share every compilation). Command::
 
         python -m experiments.true_hessian --workdir runs/true_hessian
 
