@@ -18,13 +18,12 @@ import sys
 import numpy as np
 
 MESHES = [(2, 4), (1, 8)]  # (data, model) devices
-NUM_STEPS = 20
-BATCH = 8
+NUM_STEPS = 12
 
 
 def cnn():
     """A two-stage SmallCNN with BatchNorm (batch statistics) on 8x8 images: 1,586 parameters,
-    a classifier bias of 10 that neither 4 nor 8 divides (replicated); 44 images: a tail of 4."""
+    a classifier bias of 10 that neither 4 nor 8 divides (replicated); 20 images: a tail of 4."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -33,7 +32,7 @@ def cnn():
     model = SmallCNN(10, widths=(8, 16), param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     loss, params = hessian_loss(model, bn_mode="batch")
     rng = np.random.default_rng(1)
-    data = {"image": rng.normal(size=(44, 8, 8, 3)), "label": rng.integers(0, 10, 44)}
+    data = {"image": rng.normal(size=(20, 8, 8, 3)), "label": rng.integers(0, 10, 20)}
     return loss, params, data
 
 
@@ -56,8 +55,24 @@ def wide_mlp():
     return loss, jax.tree.map(jnp.asarray, params), data
 
 
-MODELS = {"cnn": cnn}
-MEMORY_MODELS = {"cnn": cnn, "wide_mlp": wide_mlp}
+def transformer():
+    """A one-layer transformer LM (width 16, 2 heads, vocabulary 16, 8 positions): 3,968
+    parameters; 10 sequences of 8 tokens in batches of 4: a tail of 2."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxspec.models import Transformer, hessian_loss
+
+    model = Transformer(16, num_layers=1, width=16, num_heads=2, max_len=8,
+                        param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    loss, params = hessian_loss(model, bn_mode="batch", input_key="tokens")
+    tokens = np.random.default_rng(4).integers(0, 16, size=(10, 9))
+    return loss, params, {"tokens": tokens[:, :-1], "label": tokens[:, 1:]}
+
+
+MODELS = {"cnn": cnn, "transformer": transformer}
+MEMORY_MODELS = {"wide_mlp": wide_mlp}
+BATCH_SIZES = {"cnn": 8, "transformer": 4, "wide_mlp": 8}
 
 
 def probe(dim: int) -> np.ndarray:
@@ -102,14 +117,14 @@ def run() -> dict:
     for name, make in MODELS.items():
         loss, params, data = make()
         out = results[name] = {}
-        single = curvature_operator(loss, params, batch_dataset(data, BATCH), reduce="scan")
+        single = curvature_operator(loss, params, batch_dataset(data, BATCH_SIZES[name]), reduce="scan")
         out["size"] = single.size
         v0 = jnp.asarray(probe(single.size))
         out["ritz_one_device"] = Spectrum.from_lanczos(
             run_lanczos(single, v0, NUM_STEPS)).nodes.tolist()
         for shape in MESHES:
             mesh = data_mesh(model_devices=shape[1])
-            op = curvature_operator(loss, params, batch_dataset(data, BATCH),
+            op = curvature_operator(loss, params, batch_dataset(data, BATCH_SIZES[name]),
                                     reduce=MeshReduce(mesh, model_axis="model"))
             res = run_lanczos(op, v0, NUM_STEPS, mesh=mesh, shard_basis=True,
                               axis_name=("data", "model"), return_basis=True)
@@ -124,7 +139,7 @@ def run() -> dict:
     mesh = data_mesh(model_devices=MESHES[-1][1])
     for name, make in MEMORY_MODELS.items():
         loss, params, data = make()
-        ops = {sharded: curvature_operator(loss, params, batch_dataset(data, BATCH),
+        ops = {sharded: curvature_operator(loss, params, batch_dataset(data, BATCH_SIZES[name]),
                                            reduce=MeshReduce(mesh, model_axis="model"
                                                              if sharded else None))
                for sharded in (True, False)}
