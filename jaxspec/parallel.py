@@ -204,7 +204,7 @@ def shard_batched(batched: Batched, /, mesh: Mesh | None = None, *,
 
     Args:
       batched: from :func:`jaxspec.batch_dataset` (NumPy or JAX arrays).
-      mesh: a 1-D mesh; default :func:`data_mesh`.
+      mesh: the mesh (replicated over any axis but ``axis_name``); default :func:`data_mesh`.
       axis_name: the mesh axis to split the batches over.
 
     Returns:
