@@ -54,17 +54,22 @@ def check_method(reorth: str) -> str:
     return reorth
 
 
-def omega_init(num_steps: int, dtype) -> jax.Array:
-    """The orthogonality estimates before the first step: ``(2, num_steps + 1)``, row 1 for the
-    newest vector ``q_0`` (``omega_{0,0} = 1``), row 0 for the one before it (none: zeros).
+def omega_init(num_steps: int, dtype, step: int = 0) -> jax.Array:
+    """The orthogonality estimates ``(2, num_steps + 1)`` of a run at ``step`` whose vectors were
+    all fully re-orthogonalised (at ``step=0``: before the first step). Row 1 is for the newest
+    vector ``q_step`` (``omega_{step,step} = 1``, ``eps`` before it), row 0 for ``q_{step-1}``
+    (zeros if there is none).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxspec.reorth import omega_init
       >>> omega_init(2, jnp.float32).tolist()
       [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+      >>> (omega_init(2, jnp.float32, step=2) / jnp.finfo(jnp.float32).eps).round().tolist()[0]
+      [1.0, 8388608.0, 0.0]
     """
-    return jnp.zeros((2, num_steps + 1), dtype).at[1, 0].set(1)
+    size = num_steps + 1
+    return jnp.stack([_fresh_row(size, step - 2, dtype), _fresh_row(size, step - 1, dtype)])
 
 
 def _fresh_row(size: int, i, dtype) -> jax.Array:
@@ -93,9 +98,11 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxspec.reorth import omega_init, omega_next
-      >>> row = omega_next(omega_init(3, jnp.float64), jnp.zeros(3), jnp.zeros(3), 0, 2.0, 1.0)
-      >>> bool(row[0] == 2 * jnp.finfo(jnp.float64).eps), row[1:].tolist()
-      (True, [1.0, 0.0, 0.0])
+      >>> row = omega_next(omega_init(3, jnp.float32), jnp.zeros(3), jnp.zeros(3), 0, 2.0, 1.0)
+      >>> bool(row[0] == 3 * jnp.finfo(jnp.float32).eps)   # eps |T| / beta, |T| = 2 + 1
+      True
+      >>> row[1:].tolist()
+      [1.0, 0.0, 0.0]
     """
     size = omega.shape[1]
     prev, cur = omega[0], omega[1]
@@ -148,7 +155,7 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
       >>> Q = jnp.eye(3)[:1]                     # the basis: q_0 = e_0
       >>> project = lambda w: (w - (Q @ w) @ Q, Q @ w)
       >>> w, alpha, norm2, omega, passes = orthogonalise(
-      ...     "full", project, jnp.array([0.5, 2.0, 0.0]), 0, 1.0, omega_init(2, jnp.float64),
+      ...     "full", project, jnp.array([0.5, 2.0, 0.0]), 0, 1.0, omega_init(2, jnp.float32),
       ...     jnp.zeros(2), jnp.zeros(2))
       >>> w.tolist(), float(alpha), float(norm2), int(passes)
       ([0.0, 2.0, 0.0], 1.5, 4.0, 1)

@@ -121,3 +121,20 @@ def test_resume_is_identical(tmp_path, runs, driver):
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="reorth must be one of"):
         run_lanczos(matvec, V0, 3, reorth="selective")
+
+
+def test_checkpoint_without_estimates_resumes_a_full_run(tmp_path, runs):
+    """A checkpoint that holds no omega estimates (written before the state had them) is taken
+    as a fully re-orthogonalised run, and resumes it exactly."""
+    path = tmp_path / "state.npz"
+    with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2):
+        _run("host", "full", chunk_size=16, hooks=[LanczosCheckpoint(path)])
+    with np.load(path) as f:
+        old = {k: f[k] for k in f.files if k not in ("omega", "passes")}
+    np.savez(path, **old)
+    resumed = _run("host", "full", chunk_size=16, hooks=[LanczosCheckpoint(path)],
+                   return_basis=True)
+    whole = runs["full", "host"]
+    for field in ("alphas", "betas", "basis"):
+        np.testing.assert_array_equal(np.asarray(getattr(resumed, field)),
+                                      np.asarray(getattr(whole, field)))
