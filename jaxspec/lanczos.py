@@ -21,8 +21,8 @@ Deviations from the textbook algorithm, and why:
 * Every new vector goes through the three-term recurrence and is then orthogonalised against the
   whole basis by classical Gram-Schmidt (with ``reorth="partial"`` only at the steps where the
   omega recurrence estimates a loss of orthogonality above ``sqrt(eps)``: :mod:`jaxspec.reorth`,
-  which holds both methods; the estimates are part of the state); a second pass runs only where the first removed more than
-  half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a ``lax.cond``; ``|w|^2``
+  which holds both methods; the estimates are part of the state); a second pass runs only where
+  the first removed more than half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a ``lax.cond``; ``|w|^2``
   before the pass comes from Pythagoras, ``|h|^2 + |w'|^2``). A step that passes the test reads
   the basis twice (the coefficients ``h = Q w``, then ``w - h Q``) instead of four times.
   Without the second pass where it is due, the Ritz values of a long run in float32 grow
@@ -344,8 +344,7 @@ def lanczos_step(
     ``block_size`` rows, the value given to :func:`lanczos_init`; a second pass where the first
     removed more than half of ``|w|^2``; with ``reorth="partial"`` only where the estimated
     loss of orthogonality exceeds ``sqrt(eps)``, see :mod:`jaxspec.reorth`), ``alpha_i`` and
-    ``beta_i`` are recorded, and
-    ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``|w|`` is not
+    ``beta_i`` are recorded, and ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``|w|`` is not
     finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below ``tol * |w|``
     (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows uses it, and
     no NaN enters the state.
