@@ -22,13 +22,13 @@ Deviations from the textbook algorithm, and why:
   whole basis by classical Gram-Schmidt (with ``reorth="partial"`` only at the steps where the
   omega recurrence estimates a loss of orthogonality above ``sqrt(eps)``: :mod:`jaxspec.reorth`,
   which holds both methods; the estimates are part of the state); a second pass runs only where
-  the first removed more than half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a ``lax.cond``; ``|w|^2``
-  before the pass comes from Pythagoras, ``|h|^2 + |w'|^2``). A step that passes the test reads
-  the basis twice (the coefficients ``h = Q w``, then ``w - h Q``) instead of four times.
-  Without the second pass where it is due, the Ritz values of a long run in float32 grow
-  spurious copies ("ghosts") and the quadrature weights are wrong. The passes use
-  ``Precision.HIGHEST`` so that GPUs do not drop to TF32, and every reduction is a dot (on
-  XLA:CPU a reduce first materialises its input: one more pass over ``P`` floats).
+  the first removed more than half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a
+  ``lax.cond``; ``|w|^2`` before the pass comes from Pythagoras, ``|h|^2 + |w'|^2``). A step that
+  passes the test reads the basis twice (the coefficients ``h = Q w``, then ``w - h Q``) instead
+  of four times. Without the second pass where it is due, the Ritz values of a long run in float32
+  grow spurious copies ("ghosts") and the quadrature weights are wrong. The passes use
+  ``Precision.HIGHEST`` so that GPUs do not drop to TF32, and every reduction is a dot (on XLA:CPU
+  a reduce first materialises its input: one more pass over ``P`` floats).
 * Those two reads of the filled rows are the floor of a step: the dots must all be done before
   the update starts, and XLA does not fuse a ``Q w`` and an ``h Q`` into one pass over ``Q``
   (a column-tiled ``fori_loop`` that does both per tile ran 1.3-1.7x *slower* on XLA:CPU than
@@ -342,12 +342,12 @@ def lanczos_step(
     Shared by both drivers. ``w`` goes through the three-term recurrence and is then
     re-orthogonalised against the filled basis (classical Gram-Schmidt over blocks of
     ``block_size`` rows, the value given to :func:`lanczos_init`; a second pass where the first
-    removed more than half of ``|w|^2``; with ``reorth="partial"`` only where the estimated
-    loss of orthogonality exceeds ``sqrt(eps)``, see :mod:`jaxspec.reorth`), ``alpha_i`` and
-    ``beta_i`` are recorded, and ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``|w|`` is not
-    finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below ``tol * |w|``
-    (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows uses it, and
-    no NaN enters the state.
+    removed more than half of ``|w|^2``; with ``reorth="partial"`` only where the estimated loss
+    of orthogonality exceeds ``sqrt(eps)``, see :mod:`jaxspec.reorth`), ``alpha_i`` and ``beta_i``
+    are recorded, and ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or
+    ``|w|`` is not finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below
+    ``tol * |w|`` (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows
+    uses it, and no NaN enters the state.
 
     Example:
       >>> import jax.numpy as jnp
