@@ -9,10 +9,12 @@ one dataset HVP (host-driven, compiled in a ``lax.scan``, and unrolled: all batc
 function, no XLA loop, the floor on CPU), their ratios, the Lanczos time per driver (first run,
 with compilation, and warm) for each re-orthogonalisation method (``--reorth``: full, partial),
 the Gram-Schmidt passes over the basis that run made, and Lanczos / (m x HVP): how much the
-re-orthogonalisation and bookkeeping add on top of the HVPs. It also prints the re-orthogonalisation floor: two reads of
-exactly the filled rows of the basis per step (the dots, then the update), timed on this machine,
-and the ratio that floor alone gives (no step that re-orthogonalises its vector before the next
-HVP can go below it; see the notes in :mod:`jaxspec.lanczos`).
+re-orthogonalisation and bookkeeping add on top of the HVPs. It also prints the floor of full
+re-orthogonalisation: two reads of exactly the filled rows of the basis per step (the dots, then
+the update), timed on this machine, and the ratio that floor alone gives (no step that
+re-orthogonalises its vector before the next HVP can go below it; see the notes in
+:mod:`jaxspec.lanczos`). Partial re-orthogonalisation reads the basis only at the steps that
+count as passes, so it can go below that floor.
 
 Absolute times on a shared machine mean little (the load average is printed) and the load drifts
 within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
