@@ -299,14 +299,14 @@ def main(argv=None):
       >>> out = io.StringIO()
       >>> with contextlib.redirect_stdout(out):
       ...     main(["--models", "mlp", "--n", "4", "--batch-size", "4", "--m", "2",
-      ...           "--repeat", "1", "--drivers", "host"])
+      ...           "--repeat", "1", "--drivers", "host", "--reorth", "partial"])
       >>> lines = out.getvalue().splitlines()
       >>> lines[0].startswith("jax "), lines[2].startswith("== mlp  (N=4, batch=4,")
       (True, True)
       >>> [line.split()[-1] for line in lines[3:] if line.startswith("  P (parameters)")]
       ['855,050']
       >>> [line[2:36].strip() for line in lines if line.startswith("  Lanczos m=")]
-      ['Lanczos m=2, host, full, first', 'Lanczos m=2, host, full, warm']
+      ['Lanczos m=2, host, partial, first', 'Lanczos m=2, host, partial, warm']
     """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
