@@ -52,6 +52,7 @@ Deviations from the textbook algorithm, and why:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Callable, NamedTuple, Sequence
 
@@ -581,11 +582,12 @@ def resolve_driver(driver: str = "auto", matvec: Callable | None = None, /) -> s
 
 
 def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
-                           axis_name: str = "data") -> LanczosState:
+                           axis_name: str | tuple[str, ...] = "data") -> LanczosState:
     """Shardings for a :class:`LanczosState` on ``mesh`` (a pytree of ``NamedSharding``).
 
     Everything is replicated, except, with ``shard_basis=True``, the ``(rows, P)`` Krylov basis,
-    which is split along the parameter axis: ``P(None, axis_name)``.
+    which is split along the parameter axis: ``P(None, axis_name)`` (``axis_name`` one mesh
+    axis or a tuple of them: split over their product).
 
     Example:
       >>> from jaxspec import lanczos_state_sharding
@@ -747,7 +749,7 @@ def run_lanczos(
     driver: str = "auto",
     mesh: Mesh | None = None,
     shard_basis: bool = False,
-    axis_name: str = "data",
+    axis_name: str | tuple[str, ...] = "data",
     chunk_size: int | None = None,
     hooks: Sequence[LanczosHook] = (),
     tol: float | None = None,
@@ -781,7 +783,9 @@ def run_lanczos(
       num_steps: number of steps m (clamped to ``len(v0)`` with a warning).
       driver: ``"auto"``, ``"compiled"`` or ``"host"``.
       mesh, shard_basis, axis_name: the compiled driver's state on ``mesh``, the basis split
-        along ``axis_name`` if ``shard_basis``.
+        along ``axis_name`` if ``shard_basis``: one mesh axis, or a tuple of axes (e.g.
+        ``("data", "model")``: over every device of a 2-D mesh, for an operator whose
+        parameters are split over the model axis, :class:`jaxspec.parallel.MeshReduce`).
       chunk_size: steps between hook calls (default: all at once, 10 with a hook).
       hooks: :class:`LanczosHook` objects.
       tol, block_size, return_basis, reorth: as in :func:`lanczos`.
@@ -814,9 +818,11 @@ def run_lanczos(
     if driver == "host" and (mesh is not None or shard_basis):
         raise ValueError("mesh and shard_basis need driver='compiled'")
     dim = int(v0.shape[0])
-    pad = (-dim) % int(mesh.shape[axis_name]) if shard_basis else 0
-    if mesh is not None and axis_name not in mesh.shape:
+    axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    if mesh is not None and not set(axes) <= set(mesh.shape):
         raise ValueError(f"mesh has no axis {axis_name!r} (axes: {mesh.axis_names})")
+    axis_name = axes[0] if len(axes) == 1 else axes  # hashable: a key of _compiled_programs
+    pad = (-dim) % math.prod(int(mesh.shape[a]) for a in axes) if shard_basis else 0
     if hooks and jax.process_count() > 1 and mesh is not None:
         raise ValueError("hooks that save the state need every device of the mesh in one "
                          f"process; this run has {jax.process_count()} processes")
