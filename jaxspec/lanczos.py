@@ -786,6 +786,8 @@ def run_lanczos(
     """
     _check_v0(v0)
     num_steps = _clamp_steps(num_steps, v0.shape[0])
+    if callable(getattr(matvec, "linearized", None)):  # an operator: linearise it once per run
+        matvec = matvec.linearized()
     # the basis on a mesh is the compiled driver's
     driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
                                                                                       matvec)

@@ -323,6 +323,8 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
+    if callable(getattr(matvec, "linearized", None)):  # an operator: linearised once, all probes
+        matvec = matvec.linearized()
     if check:
         assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=probes[0].dtype)
     return [run_lanczos(matvec, probe, num_steps,
