@@ -298,7 +298,8 @@ def bench(name, init, apply, args):
 
 def readme_rows(loss, params, batched, m, driver, fastest, repeat):
     """Rows timing the README's library snippet as written (the default operator, built anew
-    each run as the snippet does, and ``slq`` with its defaults, one probe) against the fastest
+    each run as the snippet does, and ``slq`` with its defaults, one probe, in the operator's
+    dtype, so that it also runs with float64 enabled) against the fastest
     Lanczos run ``fastest()`` (on ``driver``): the two are timed in turn, ``repeat`` rounds,
     and the median of the rounds' ratios is kept (the load drifts between rounds).
 
@@ -315,7 +316,7 @@ def readme_rows(loss, params, batched, m, driver, fastest, repeat):
     """
     def readme():
         H = jaxspec.curvature_operator(loss, params, batched)
-        return jaxspec.slq(H, jax.random.key(0), H.size, m, num_vectors=1).nodes
+        return jaxspec.slq(H, jax.random.key(0), H.size, m, num_vectors=1, dtype=H.dtype).nodes
 
     times = {"readme": [], "fastest": []}
     for fn in (readme, fastest):
