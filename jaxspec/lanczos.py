@@ -58,6 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxspec.linearized import linearized
+
 __all__ = [
     "LanczosHook",
     "LanczosResult",
@@ -786,8 +788,7 @@ def run_lanczos(
     """
     _check_v0(v0)
     num_steps = _clamp_steps(num_steps, v0.shape[0])
-    if callable(getattr(matvec, "linearized", None)):  # an operator: linearise it once per run
-        matvec = matvec.linearized()
+    matvec = linearized(matvec)  # an operator's products linearised once for the run
     # the basis on a mesh is the compiled driver's
     driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
                                                                                       matvec)

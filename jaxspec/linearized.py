@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["AUTO_FRACTION", "LinearCache", "memory_budget", "residual_bytes"]
+__all__ = ["AUTO_FRACTION", "LinearCache", "linearized", "memory_budget", "residual_bytes"]
 
 # The share of the free memory that linearize="auto" gives the residuals: the rest is left to
 # the products' own buffers, the Krylov basis and whatever else runs.
@@ -74,6 +74,22 @@ class LinearCache:
 
 jax.tree_util.register_dataclass(LinearCache, data_fields=["maps", "tail"],
                                  meta_fields=["count", "stacked"])
+
+
+def linearized(matvec: Any, /) -> Any:
+    """``matvec.linearized()`` for a :class:`jaxspec.CurvatureOperator`, any other matvec as it
+    is: what a loop of many products at one point (Lanczos, SLQ, a trace estimate) calls once.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxspec
+      >>> from jaxspec.linearized import linearized
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 3),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(jnp.ones(2), 2))
+      >>> linearized(op).linear.count, linearized(abs) is abs
+      (1, True)
+    """
+    build = getattr(matvec, "linearized", None)
+    return build() if callable(build) else matvec
 
 
 def _linear_map(op, batch):

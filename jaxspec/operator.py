@@ -42,6 +42,7 @@ from jaxspec.batching import Batched
 from jaxspec.hvp import hvp
 from jaxspec.kinds import (FisherMC, SplitLoss, check_kind, empirical_fisher_mv, fisher_mv,
                            ggn_mv)
+from jaxspec.linearized import memory_budget
 from jaxspec.reduction import resolve_reduce
 
 __all__ = ["KINDS", "CurvatureOperator", "curvature_operator"]
@@ -314,8 +315,6 @@ class CurvatureOperator:
           >>> fast.linear.count, fast.mv(jnp.array([1.0, 0.0])).tolist()   # 6 p v
           (2, [6.0, 0.0])
         """
-        from jaxspec.linearized import memory_budget
-
         build = getattr(self.reduce, "linearize", None)
         budget = memory_budget(self.linearize)
         if self.linear is not None or build is None or budget == 0:
@@ -454,8 +453,6 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         key = jax.random.key_data(key)  # plain uint32: placed and hashed like any array
     _check_params(params)
     strategy = resolve_reduce(reduce)
-    from jaxspec.linearized import memory_budget
-
     memory_budget(linearize)  # a bad budget fails here, not at the first Lanczos run
     op = CurvatureOperator(params, data, transform, loss_fn, kind, strategy, key,
                            linearize=linearize)
