@@ -33,15 +33,9 @@ SETTINGS = {
 }
 
 
-def measure(model: str, batch: int, repeat: int) -> dict:
-    """Best seconds of one gradient and one HVP of ``model`` on one batch, in this process.
-
-    Example:
-      >>> from experiments.cpu_flags import measure
-      >>> row = measure("mlp", 2, 1)
-      >>> sorted(row), row["grad_s"] > 0
-      (['grad_s', 'hvp_s'], True)
-    """
+def _measure(model: str, batch: int, repeat: int) -> dict:
+    """Best seconds of one gradient and one HVP of ``model`` on one batch, in this process
+    (``main``'s example runs it)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -84,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        row = measure(args.model, args.batch, args.repeat)
+        row = _measure(args.model, args.batch, args.repeat)
         print(json.dumps(row))
         return row
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
