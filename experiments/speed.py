@@ -5,8 +5,9 @@
     python -m experiments.speed --models mlp --drivers host --reorth full partial
 
 For each model it prints the time of one dataset gradient (all batches in one jitted function),
-one dataset HVP (host-driven, compiled in a ``lax.scan``, and unrolled: all batches in one jitted
-function, no XLA loop, the floor on CPU), their ratios, the Lanczos time per driver (first run,
+one dataset HVP (host-driven, host-driven with every batch's product linearised once
+(:meth:`jaxspec.CurvatureOperator.linearized`), compiled in a ``lax.scan``, and unrolled: all
+batches in one jitted function, no XLA loop, the floor on CPU), their ratios, the Lanczos time per driver (first run,
 with compilation, and warm) for each re-orthogonalisation method (``--reorth``: full, partial),
 the Gram-Schmidt passes over the basis that run made, and Lanczos / (m x HVP): how much the
 re-orthogonalisation and bookkeeping add on top of the HVPs. It also prints the floor of full
@@ -14,7 +15,8 @@ re-orthogonalisation: two reads of exactly the filled rows of the basis per step
 the update), timed on this machine, and the ratio that floor alone gives (no step that
 re-orthogonalises its vector before the next HVP can go below it; see the notes in
 :mod:`jaxspec.lanczos`). Partial re-orthogonalisation reads the basis only at the steps that
-count as passes, so it can go below that floor.
+count as passes, so it can go below that floor. Last, the README's library snippet run as
+written (default operator, ``slq`` with one probe) against the fastest warm Lanczos run.
 
 Absolute times on a shared machine mean little (the load average is printed) and the load drifts
 within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
@@ -195,7 +197,7 @@ def bench(name, init, apply, args):
       True
       >>> rows = {line[2:36].strip(): line[37:].strip() for line in lines[2:]}
       >>> len(rows), rows["P (parameters)"], rows["Krylov basis (m+1) x P floats"]
-      (17, '855,050', '9.8 MiB')
+      (23, '855,050', '9.8 MiB')
     """
     key = jax.random.key(0)
     params = init(key)
@@ -230,19 +232,27 @@ def bench(name, init, apply, args):
             out = out + batched.weights[i] * ravel_pytree(jaxspec.hvp(loss, params, b, t))[0]
         return out
 
+    cached_mv = host_mv.linearized()  # every batch's product linearised once
     best = _race({"grad": lambda: dataset_grad(params, batches), "host": lambda: host_mv(v),
-                  "unrolled": lambda: unrolled(v, params, batches)})
+                  "cached": lambda: cached_mv(v), "unrolled": lambda: unrolled(v, params, batches)})
     t_grad, t_hvp_host, t_hvp_unrolled = best["grad"], best["host"], best["unrolled"]
     rows = [("P (parameters)", f"{P:,}"),
             ("dataset gradient", f"{t_grad * 1e3:9.1f} ms"),
             ("dataset HVP, host-driven", f"{t_hvp_host * 1e3:9.1f} ms"),
+            ("dataset HVP, host, linearised", f"{best['cached'] * 1e3:9.1f} ms"),
             ("dataset HVP, lax.scan", f"{t_hvp_scan * 1e3:9.1f} ms"),
             ("dataset HVP, unrolled (floor)", f"{t_hvp_unrolled * 1e3:9.1f} ms"),
             ("HVP(host) / gradient", f"{t_hvp_host / t_grad:9.2f}"),
+            ("HVP(linearised) / gradient", f"{best['cached'] / t_grad:9.2f}"),
+            ("HVP(host) / HVP(linearised)", f"{t_hvp_host / best['cached']:9.2f}"),
+            ("linearisation residuals", f"{cached_mv.linear.nbytes() / 2**20:9.1f} MiB"),
             ("HVP(host) / HVP(unrolled)", f"{t_hvp_host / t_hvp_unrolled:9.2f}")]
     v0 = jax.random.normal(jax.random.key(2), (P,), flat.dtype)
+    fastest = []  # (warm Lanczos seconds, driver, run)
     for driver, reorth in [(d, r) for d in args.drivers for r in args.reorth]:
-        mv = host_mv if driver == "host" else scan_mv
+        # the operators as run_lanczos uses them (linearised), so the chained HVPs below are
+        # the same products as the run's
+        mv = (host_mv if driver == "host" else scan_mv).linearized()
         run = lambda: jaxspec.run_lanczos(mv, v0, args.m, driver=driver,  # noqa: E731
                                           block_size=args.block_size, reorth=reorth)
         t = time.perf_counter()
@@ -267,6 +277,7 @@ def bench(name, init, apply, args):
             rounds.append((time.perf_counter() - t, t_hvps))
         t_lz, t_hvps = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]
         how = f"{driver}, {reorth}"
+        fastest.append((min(r[0] for r in rounds), driver, run))
         rows += [(f"Lanczos m={args.m}, {how}, first", f"{t_first:9.2f} s"),
                  (f"Lanczos m={args.m}, {how}, warm", f"{t_lz:9.2f} s"),
                  ("  m chained HVPs, same round", f"{t_hvps:9.2f} s"),
@@ -276,6 +287,9 @@ def bench(name, init, apply, args):
                  (f"Lanczos / (m x HVP), {how}",
                   f"{t_lz / t_hvps:9.2f}  (rounds: "
                   f"{' '.join(f'{a / b:.2f}' for a, b in rounds)})")]
+    if fastest:
+        _, driver, run = min(fastest, key=lambda f: f[0])
+        rows += readme_rows(loss, params, batched, args.m, driver, run, args.repeat)
     peak_bytes, peak_kind = peak_memory()  # before the floor's own test arrays are allocated
     floor = reorth_floor(P, args.m, flat.dtype)
     rows.append(("re-orth floor per step (2 reads)", f"{floor / args.m * 1e3:9.1f} ms"))
@@ -287,6 +301,42 @@ def bench(name, init, apply, args):
           f"devices={jax.device_count()})")
     for k, val in rows:
         print(f"  {k:34s} {val}")
+
+
+def readme_rows(loss, params, batched, m, driver, fastest, repeat):
+    """Rows timing the README's library snippet as written (the default operator, built anew
+    each run as the snippet does, and ``slq`` with its defaults, one probe, in the operator's
+    dtype, so that it also runs with float64 enabled) against the fastest
+    Lanczos run ``fastest()`` (on ``driver``): the two are timed in turn, ``repeat`` rounds,
+    and the median of the rounds' ratios is kept (the load drifts between rounds).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxspec
+      >>> from experiments.speed import readme_rows
+      >>> loss = lambda p, x: jnp.mean(x) * jnp.sum(p ** 4)
+      >>> data = jaxspec.batch_dataset(jnp.ones(4), 2)
+      >>> op = jaxspec.curvature_operator(loss, jnp.ones(3), data)
+      >>> rows = readme_rows(loss, jnp.ones(3), data, 2, "host",
+      ...                    lambda: jaxspec.run_lanczos(op, jnp.ones(3), 2).alphas, 1)
+      >>> [name for name, _ in rows]
+      ['README snippet (slq, 1 probe), warm', 'README snippet / fastest Lanczos (host)']
+    """
+    def readme():
+        H = jaxspec.curvature_operator(loss, params, batched)
+        return jaxspec.slq(H, jax.random.key(0), H.size, m, num_vectors=1, dtype=H.dtype).nodes
+
+    times = {"readme": [], "fastest": []}
+    for fn in (readme, fastest):
+        jax.block_until_ready(fn())  # compile + warm up
+    for _ in range(repeat):
+        for name, fn in (("readme", readme), ("fastest", fastest)):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t)
+    ratios = sorted(a / b for a, b in zip(times["readme"], times["fastest"]))
+    return [("README snippet (slq, 1 probe), warm", f"{min(times['readme']):9.2f} s"),
+            (f"README snippet / fastest Lanczos ({driver})",
+             f"{ratios[len(ratios) // 2]:9.2f}  (rounds: {' '.join(f'{r:.2f}' for r in ratios)})")]
 
 
 def main(argv=None):

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxspec.linearized import linearized
 from jaxspec.reorth import check_method, omega_init, orthogonalise
 
 __all__ = [
@@ -806,6 +807,7 @@ def run_lanczos(
     """
     _check_v0(v0)
     num_steps, reorth = _clamp_steps(num_steps, v0.shape[0]), check_method(reorth)
+    matvec = linearized(matvec)  # an operator's products linearised once for the run
     # the basis on a mesh is the compiled driver's
     driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
                                                                                       matvec)

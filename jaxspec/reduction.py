@@ -28,12 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.batching import dataset_mean
+from jaxspec.linearized import apply_maps, build_cache, scan_mean
 
 __all__ = ["HostReduce", "ScanReduce", "resolve_reduce"]
 
 
 @functools.partial(jax.jit, inline=True)
 def _scan_apply(op, v):
+    if op.linear is not None:
+        return scan_mean(op, v)
     tangent = op.unravel(v)
     return dataset_mean(lambda batch: op.batch_mv(batch, tangent), op.data, v)
 
@@ -80,6 +83,21 @@ class ScanReduce:
           [2.0]
         """
         return _scan_apply(op, v)
+
+    def linearize(self, op, budget: int, /):
+        """``op`` with the linearised products of the batches that fit in ``budget`` bytes, their
+        residuals stacked (:mod:`jaxspec.linearized`).
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> from jaxspec.reduction import ScanReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(jnp.ones(3), 2),
+          ...                                 reduce="scan")
+          >>> ScanReduce().linearize(op, 10**6).linear.count
+          1
+        """
+        return dataclasses.replace(op, linear=build_cache(op, budget, stacked=True))
 
 
 # Module level, one compilation per (operator structure, shapes): the operator goes in as an
@@ -159,21 +177,42 @@ class HostReduce:
                 "an operator with the host reduction loops over batch groups in Python and "
                 "cannot be traced (jit, vmap, lax loops); pass it to jaxspec.run_lanczos / slq, "
                 "which drive it from the host, or build it with reduce='scan' (or a mesh)")
-        data = op.data
-        bare = dataclasses.replace(op, data=None)
+        data, cache = op.data, op.linear
+        bare = dataclasses.replace(op, data=None, linear=None)
         acc = jnp.zeros(v.shape, v.dtype)
         weights = np.asarray(data.weights)
         on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
+        cached = 0 if cache is None else cache.count
         for start, stop in self._groups(weights):
-            if on_device:
+            if stop <= cached:  # the cache's count is a multiple of group_size, or all
+                acc = apply_maps(cache.maps[start:stop], acc, v, weights[start:stop])
+            elif on_device:
                 acc = _group_apply(bare, acc, v, data.batches, start, weights[start:stop])
             else:
                 group = jax.tree.map(lambda x: x[start:stop], data.batches)
                 acc = _group_apply(bare, acc, v, group, 0, weights[start:stop])
-        if data.tail is not None:
+        if cache is not None and cache.tail is not None:
+            acc = apply_maps((cache.tail,), acc, v, np.asarray([data.tail_weight]))
+        elif data.tail is not None:
             tail = jax.tree.map(lambda x: x[None], data.tail)
             acc = _group_apply(bare, acc, v, tail, 0, np.asarray([data.tail_weight]))
         return acc
+
+    def linearize(self, op, budget: int, /):
+        """``op`` with the linearised products of the batches that fit in ``budget`` bytes
+        (:mod:`jaxspec.linearized`), whole groups of ``group_size`` unless all fit.
+
+        Example:
+          >>> import jax.numpy as jnp, numpy as np, jaxspec
+          >>> from jaxspec.reduction import HostReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(np.ones(4), 2),
+          ...                                 reduce=HostReduce())
+          >>> HostReduce().linearize(op, 10**6).linear.count
+          2
+        """
+        return dataclasses.replace(op, linear=build_cache(op, budget, stacked=False,
+                                                          multiple=self.group_size))
 
     def _groups(self, weights: np.ndarray) -> list[tuple[int, int]]:
         """``(start, stop)``: runs of consecutive nonzero-weight batches, cut into groups."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxspec.checks import assert_symmetric
 from jaxspec.lanczos import LanczosResult, run_lanczos
+from jaxspec.linearized import linearized
 from jaxspec.ritz import ritz_pairs
 
 __all__ = ["NegativeMass", "Spectrum", "random_probe", "slq", "slq_runs"]
@@ -323,6 +324,7 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
+    matvec = linearized(matvec)  # an operator's products linearised once for all probes
     if check:
         assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=probes[0].dtype)
     return [run_lanczos(matvec, probe, num_steps,

@@ -36,6 +36,7 @@ import numpy as np
 from matfree import stochtrace
 
 from jaxspec.lanczos import jit_argument, run_lanczos
+from jaxspec.linearized import linearized
 from jaxspec.ritz import ritz_pairs
 from jaxspec.slq import random_probe
 
@@ -340,6 +341,7 @@ def logdet(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int,
     dtype = _dtype(matvec, dtype)
     keys = jax.random.split(key, num_probes)
     samples, num_matvecs = [], 0
+    matvec = linearized(matvec)  # an operator's products linearised once for all probes
     for i in range(num_probes):
         v = random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
         run = run_lanczos(matvec, v, num_steps, **lanczos_kwargs)

@@ -1,6 +1,7 @@
-"""No recompilation per Lanczos step, nor per operator: a second run on a NEW operator with the
-same shapes (other parameter values, as during training) compiles nothing. The regression test
-for "the README's library snippet must not retrace or recompile per Lanczos step"."""
+"""No recompilation per Lanczos step, nor per operator: a first run compiles only in its first
+step, and a second run on a NEW operator with the same shapes (other parameter values, as during
+training) compiles nothing. The regression test for "the README's library snippet must not
+retrace or recompile per Lanczos step"."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 
 from compiles import compilations
 from hessians import make_data, mlp_loss, mlp_params
-from jaxspec import batch_dataset, curvature_operator, run_lanczos, slq
+from jaxspec import LanczosHook, batch_dataset, curvature_operator, run_lanczos, slq
 
 # shapes used by no other test module (sizes 3-6-2: 38 parameters), so the first run compiles
 SIZES = (3, 6, 2)
@@ -39,3 +40,28 @@ def test_second_run_on_a_new_operator_compiles_nothing(reduce, how):
         b = run(1, reduce, how)
     assert second == [], f"recompiled for new parameter values: {second}"
     assert not np.array_equal(a, b)  # another matrix, really
+
+
+class CompilesPerStep(LanczosHook):
+    """Records, after every step (chunks of one step), how many compilations ``seen`` holds."""
+
+    def __init__(self, seen):
+        self.seen, self.counts = seen, []
+
+    def after_chunk(self, snapshot, step, num_steps):
+        self.counts.append(len(self.seen))
+
+
+@pytest.mark.parametrize("reduce,driver", [("auto", "auto"), ("scan", "compiled")])
+def test_a_first_run_compiles_in_its_first_step_only(reduce, driver):
+    # 12 steps: one block of the basis, whose host step program has one shape (a new block is a
+    # new shape, compiled once for all runs); no other test of this module runs 12 steps
+    params = mlp_params(jax.random.key(3), SIZES)
+    data = batch_dataset(make_data(jax.random.key(6), 37), 8)
+    v0 = jnp.asarray(np.random.default_rng(3).normal(size=38))
+    with compilations() as seen:
+        op = curvature_operator(mlp_loss, params, data, reduce=reduce)
+        hook = CompilesPerStep(seen)
+        run_lanczos(op, v0, 12, driver=driver, hooks=[hook], chunk_size=1)
+    assert len(hook.counts) == 12 and hook.counts[0] > 0
+    assert hook.counts[-1] == hook.counts[0], f"compiled after the first step: {seen}"

@@ -1,0 +1,267 @@
+"""Cached linearisation of a curvature operator's per-batch products.
+
+At fixed parameters every product ``A_b v`` of a batch repeats the same work that does not
+depend on ``v``: the forward pass, the activations' derivatives, the parts of the backward pass
+that only read the parameters. ``jax.linearize`` of the product as a function of ``v`` splits it
+once into that work's results (the *residuals*, arrays) and a linear program of ``v`` that reads
+them; applying the linear program is the same product at the cost of its ``v``-dependent part
+only. The residuals take memory, so a budget decides how many batches are cached; the others are
+recomputed at every product, as without a cache.
+
+:meth:`jaxspec.CurvatureOperator.linearized` builds the cache (the Lanczos drivers and
+:func:`jaxspec.slq` call it, so a run pays the linearisation once); the host and ``lax.scan``
+reductions apply it. The cache is a :class:`LinearCache`, a pytree of the residuals, so an
+operator that holds one still goes into ``jax.jit`` as an argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["AUTO_FRACTION", "LinearCache", "linearized", "memory_budget", "residual_bytes"]
+
+# The share of the free memory that linearize="auto" gives the residuals: the rest is left to
+# the products' own buffers, the Krylov basis and whatever else runs.
+AUTO_FRACTION = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearCache:
+    """The linearised products of the first ``count`` batches and, if cached, of the tail.
+
+    Attributes:
+      maps: the linear maps ``v -> A_b v`` (flat vectors) of batches ``0 .. count - 1``, each a
+        ``jax.tree_util.Partial`` of its residuals: a tuple of ``count`` maps (host reduction)
+        or one map whose residuals are stacked along a leading axis of ``count`` (``lax.scan``).
+      tail: the tail batch's linear map, or None (not cached, or no tail).
+      count: the number of cached batches (static).
+      stacked: whether ``maps`` is one stacked map (static).
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 4), jnp.ones(2),
+      ...                                 jaxspec.batch_dataset(np.ones(5), 2), reduce="host")
+      >>> cache = op.linearized().linear
+      >>> cache.count, cache.tail is not None, cache.maps[0](jnp.array([1.0, 0.0])).tolist()
+      (2, True, [12.0, 0.0])
+    """
+
+    maps: Any
+    tail: Any
+    count: int
+    stacked: bool
+
+    def nbytes(self) -> int:
+        """Bytes held by the residuals.
+
+        Example:
+          >>> import jax.numpy as jnp, numpy as np, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 4),
+          ...                                 jnp.ones(3, jnp.float32),
+          ...                                 jaxspec.batch_dataset(np.ones(4), 2))
+          >>> op.linearized().linear.nbytes() > 0
+          True
+        """
+        return int(sum(x.nbytes for x in jax.tree.leaves((self.maps, self.tail))))
+
+
+jax.tree_util.register_dataclass(LinearCache, data_fields=["maps", "tail"],
+                                 meta_fields=["count", "stacked"])
+
+
+def linearized(matvec: Any, /) -> Any:
+    """``matvec.linearized()`` for a :class:`jaxspec.CurvatureOperator`, any other matvec as it
+    is: what a loop of many products at one point (Lanczos, SLQ, a trace estimate) calls once.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxspec
+      >>> from jaxspec.linearized import linearized
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 3),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(jnp.ones(2), 2))
+      >>> linearized(op).linear.count, linearized(abs) is abs
+      (1, True)
+    """
+    build = getattr(matvec, "linearized", None)
+    return build() if callable(build) else matvec
+
+
+def _linear_map(op, batch):
+    """The product on ``batch`` as a linear function of a flat vector, linearised."""
+    zero = jnp.zeros(op.size, op.dtype)
+    return jax.linearize(lambda t: op.batch_mv(batch, op.unravel(t)), zero)[1]
+
+
+# Module level, so one compilation per (operator structure, shapes) and, since jit returns the
+# traced output structure of its cache, one linear program object: the maps built by repeated
+# calls share it and so share the compilations of the programs that apply them.
+@jax.jit
+def _map_at(op, stacked, index):
+    return _linear_map(op, jax.tree.map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), stacked))
+
+
+@jax.jit
+def _stacked_maps(op, stacked):
+    return jax.lax.map(lambda batch: _linear_map(op, batch), stacked)
+
+
+_tail_map = jax.jit(_linear_map)
+
+
+@functools.partial(jax.jit, donate_argnums=1)
+def apply_maps(maps, acc, v, weights):
+    """``acc + sum_j weights[j] maps[j](v)`` for a tuple of linear maps, unrolled.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> from jaxspec.linearized import apply_maps
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2), jnp.ones(1),
+      ...                                 jaxspec.batch_dataset(np.ones(4), 2), reduce="host")
+      >>> maps = op.linearized().linear.maps
+      >>> apply_maps(maps, jnp.zeros(1), jnp.ones(1), np.array([0.5, 0.5])).tolist()
+      [2.0]
+    """
+    for j, linear in enumerate(maps):
+        out = linear(v)
+        acc = acc + weights[j].astype(out.dtype) * out
+    return acc
+
+
+def residual_bytes(op, batch_like) -> int:
+    """Bytes of the residuals of one batch's linearised product (shapes only, nothing run).
+
+    ``batch_like`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` shaped like one batch.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxspec
+      >>> from jaxspec.linearized import residual_bytes
+      >>> loss = lambda w, x: jnp.mean(jnp.tanh(x @ w) ** 2)
+      >>> op = jaxspec.curvature_operator(loss, jnp.ones((3, 2)),
+      ...                                 jaxspec.batch_dataset(jnp.ones((4, 3)), 4))
+      >>> residual_bytes(op, jax.ShapeDtypeStruct((4, 3), jnp.float64)) > 0
+      True
+    """
+    bare = dataclasses.replace(op, data=None, linear=None)
+    shapes = jax.eval_shape(_tail_map, bare, batch_like)
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes)))
+
+
+def _free_bytes() -> int:
+    """Free memory of the default device: the allocator's limit less what is in use where the
+    device reports it (GPU, TPU), else the host's available memory (CPU)."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def memory_budget(linearize: Any, /) -> int:
+    """The bytes of residuals that ``linearize`` allows.
+
+    ``"auto"``: :data:`AUTO_FRACTION` of the device's free memory (on CPU, of the host's
+    available memory); an int: that many bytes; None, False or 0: no cache.
+
+    Example:
+      >>> from jaxspec.linearized import memory_budget
+      >>> memory_budget(None), memory_budget(2**20), memory_budget("auto") > 0
+      (0, 1048576, True)
+    """
+    if linearize is None or linearize is False:
+        return 0
+    if linearize == "auto":
+        return int(AUTO_FRACTION * _free_bytes())
+    if isinstance(linearize, (int, np.integer)) and not isinstance(linearize, bool) \
+            and linearize >= 0:
+        return int(linearize)
+    raise ValueError(f"linearize must be 'auto', a number of bytes >= 0, or None; got "
+                     f"{linearize!r}")
+
+
+def build_cache(op, budget: int, *, stacked: bool, multiple: int = 1) -> LinearCache | None:
+    """The cache of ``op`` within ``budget`` bytes: its first full batches (as many as fit,
+    rounded down to a multiple of ``multiple`` unless all fit), then the tail if it also fits.
+    None if not even one batch fits. Padding (zero-weight) batches are never cached.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> from jaxspec.linearized import build_cache
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 4), jnp.ones(2),
+      ...                                 jaxspec.batch_dataset(np.ones(7), 2), reduce="host")
+      >>> build_cache(op, 10**9, stacked=False).count, build_cache(op, 0, stacked=False)
+      (3, None)
+    """
+    data = op.data
+    bare = dataclasses.replace(op, data=None, linear=None)
+    weights = np.asarray(data.weights)
+    real = int(np.argmin(weights > 0)) if (weights <= 0).any() else weights.shape[0]
+    count, tail, used = 0, None, 0
+    if data.batches is not None and real:
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), data.batches)
+        per_batch = residual_bytes(op, like)
+        count = min(real, budget // max(per_batch, 1))
+        if count < real:
+            count -= count % multiple
+        used = count * per_batch
+    if data.tail is not None and used + residual_bytes(op, data.tail) <= budget:
+        tail = _tail_map(bare, jax.device_put(data.tail))
+    if count == 0 and tail is None:
+        return None
+    maps = ()
+    if count and stacked:
+        maps = _stacked_maps(bare, jax.tree.map(lambda x: x[:count], data.batches))
+    elif count:
+        on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
+        maps = tuple(_map_at(bare, data.batches, b) if on_device else
+                     _map_at(bare, jax.tree.map(lambda x: x[b:b + 1], data.batches), 0)
+                     for b in range(count))
+    return LinearCache(maps, tail, int(count), stacked)
+
+
+def scan_mean(op, v: jax.Array, /) -> jax.Array:
+    """``sum_b w_b A_b v`` of an operator with a stacked cache, traceable: the cached batches by
+    ``lax.scan`` over their maps, the others by ``lax.scan`` over the data.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> from jaxspec.linearized import scan_mean
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2), jnp.ones(1),
+      ...                                 jaxspec.batch_dataset(np.ones(5), 2), reduce="scan")
+      >>> scan_mean(op.linearized(), jnp.ones(1)).tolist()
+      [2.0]
+    """
+    from jaxspec.batching import dataset_mean
+
+    cache, data = op.linear, op.data
+    weights = jnp.asarray(data.weights)
+    total = jnp.zeros_like(v)
+    if cache.count:
+        def body(acc, xs):
+            linear, w = xs
+            out = linear(v)
+            return acc + w.astype(out.dtype) * out, None
+
+        total, _ = jax.lax.scan(body, total, (cache.maps, weights[:cache.count]))
+    size = 0 if data.batches is None else jax.tree.leaves(data.batches)[0].shape[0]
+    rest = data._replace(
+        batches=jax.tree.map(lambda x: x[cache.count:], data.batches) if size > cache.count
+        else None, weights=weights[cache.count:],
+        tail=None if cache.tail is not None else data.tail)
+    tangent = op.unravel(v)
+    total = total + dataset_mean(lambda batch: op.batch_mv(batch, tangent), rest, v)
+    if cache.tail is not None:
+        out = cache.tail(v)
+        total = total + jnp.asarray(data.tail_weight).astype(out.dtype) * out
+    return total

@@ -1,0 +1,66 @@
+"""The cached linearisation (jaxspec.linearized): the same matrix as the plain operator and as a
+dense jax.hessian, whole or partly cached, on the host and lax.scan reductions; dropped when the
+parameters or the block change; a bad budget fails at construction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hessians import dense_hessian, make_data, mlp_loss, mlp_params
+from jaxspec import batch_dataset, curvature_operator
+from jaxspec.linearized import memory_budget, residual_bytes
+from jaxspec.reduction import HostReduce, ScanReduce
+
+# 4 full batches of 8 and a tail of 5; shapes shared with test_operator's plain case
+PARAMS = mlp_params(jax.random.key(0))
+DATA = make_data(jax.random.key(6), 37)
+BATCHED = batch_dataset(DATA, 8)
+DENSE = np.asarray(dense_hessian(mlp_loss, PARAMS, DATA))
+VECTORS = np.random.default_rng(1).normal(size=(3, DENSE.shape[0]))
+PER_BATCH = residual_bytes(curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=None),
+                           jax.tree.map(lambda x: x[0], BATCHED.batches))
+
+
+def products(op):
+    return np.stack([np.asarray(op.mv(jnp.asarray(v))) for v in VECTORS])
+
+
+HOST = HostReduce(group_size=2)
+
+
+@pytest.mark.parametrize("reduce,budget,count,tail", [
+    (HOST, "auto", 4, True),                # every batch and the tail
+    (ScanReduce(), 2 * PER_BATCH, 2, False),  # two batches; two and the tail recomputed
+], ids=["host-all", "scan-part"])
+def test_cached_products_are_the_plain_and_dense_ones(reduce, budget, count, tail):
+    plain = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=None)
+    assert plain.linearized() is plain  # no budget, no cache
+    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=budget)
+    assert op.linear is None  # built only when asked
+    fast = op.linearized()
+    assert (fast.linear.count, fast.linear.tail is not None) == (count, tail)
+    assert fast.linearized() is fast and fast.fingerprint() == plain.fingerprint()
+    got = products(fast)
+    np.testing.assert_allclose(got, products(plain), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(got, VECTORS @ DENSE, rtol=1e-12, atol=1e-13)
+    if isinstance(reduce, ScanReduce):  # a pytree: into jit as an argument
+        jitted = jax.jit(lambda o, v: o.mv(v))(fast, jnp.asarray(VECTORS[0]))
+        np.testing.assert_allclose(jitted, got[0], rtol=1e-13, atol=1e-14)
+
+
+def test_new_parameters_or_block_drop_the_cache():
+    fast = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST).linearized()
+    moved = jax.tree.map(lambda x: 1.5 * x, PARAMS)
+    assert fast.with_params(moved).linear is None
+    np.testing.assert_allclose(
+        products(fast.with_params(moved).linearized()),
+        VECTORS @ np.asarray(dense_hessian(mlp_loss, moved, DATA)), rtol=1e-12, atol=1e-13)
+    assert fast.restrict("layer1").linear is None  # another vector space
+
+
+@pytest.mark.parametrize("bad", ["fast", -1, 1.5, True])
+def test_a_bad_budget_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="linearize must be"):
+        curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=bad)
+    assert memory_budget(0) == 0
