@@ -158,8 +158,8 @@ class HostReduce:
         """
         data = op.data._replace(weights=np.asarray(op.data.weights),
                                 tail_weight=np.asarray(op.data.tail_weight))
-        return dataclasses.replace(op, params=jax.device_put(op.params),
-                                   transform=jax.device_put(op.transform), data=data)
+        return dataclasses.replace(op, params=_uncommitted(op.params),
+                                   transform=_uncommitted(op.transform), data=data)
 
     def apply(self, op, v: jax.Array, /) -> jax.Array:
         """``sum_b w_b A_b v``, group by group (eager only).
@@ -179,7 +179,7 @@ class HostReduce:
                 "which drive it from the host, or build it with reduce='scan' (or a mesh)")
         data, cache = op.data, op.linear
         bare = dataclasses.replace(op, data=None, linear=None)
-        acc = jnp.zeros(v.shape, v.dtype)
+        acc = jnp.zeros_like(v)  # committed to v's device if v is (one jit signature)
         weights = np.asarray(data.weights)
         on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
         cached = 0 if cache is None else cache.count
@@ -221,6 +221,22 @@ class HostReduce:
         size = self.group_size
         return [(int(run[k]), int(run[min(k + size, run.size) - 1]) + 1)
                 for run in runs for k in range(0, run.size, size)]
+
+
+def _uncommitted(tree: Any) -> Any:
+    """``tree`` on the default device, uncommitted (as the driver's own vectors are).
+
+    A committed array (``device_put`` to a device, an Orbax restore) is another jit signature
+    than an uncommitted one, and it makes every result computed from it committed: products of
+    committed parameters with the driver's fresh vectors would compile once more at the second
+    step. Copying such leaves once here keeps a whole run on one signature.
+    """
+    def place(x):
+        if isinstance(x, jax.Array) and x.committed:
+            return jnp.asarray(np.asarray(x))
+        return jax.device_put(x)
+
+    return jax.tree.map(place, tree)
 
 
 def resolve_reduce(reduce: Any = "auto", /) -> Any:

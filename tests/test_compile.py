@@ -65,3 +65,19 @@ def test_a_first_run_compiles_in_its_first_step_only(reduce, driver):
         run_lanczos(op, v0, 12, driver=driver, hooks=[hook], chunk_size=1)
     assert len(hook.counts) == 12 and hook.counts[0] > 0
     assert hook.counts[-1] == hook.counts[0], f"compiled after the first step: {seen}"
+
+
+
+def test_committed_parameters_compile_in_the_first_step_only():
+    # parameters placed on a device explicitly (an Orbax restore, device_put) are committed
+    # arrays: a different jit signature from the driver's fresh vectors, which must not make
+    # the second step compile again
+    params = jax.device_put(mlp_params(jax.random.key(4), SIZES), jax.devices()[0])
+    data = batch_dataset(make_data(jax.random.key(6), 37), 8)
+    v0 = jnp.asarray(np.random.default_rng(4).normal(size=38))
+    with compilations() as seen:
+        op = curvature_operator(mlp_loss, params, data, reduce="host")
+        hook = CompilesPerStep(seen)
+        run_lanczos(op, v0, 12, driver="host", hooks=[hook], chunk_size=1)
+    assert hook.counts[-1] == hook.counts[0], f"compiled after the first step: {seen}"
+    np.testing.assert_array_equal(op.mv(jax.device_put(v0, jax.devices()[0])), op.mv(v0))
