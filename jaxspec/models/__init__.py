@@ -1,7 +1,8 @@
 """Model zoo (Flax NNX) and the Hessian-ready loss adapter.
 
 Models follow the SWA code base the paper used (PreResNet, VGG) plus small CPU models; all take
-NHWC float images ``(B, 32, 32, 3)`` and return logits. :func:`hessian_loss` turns any NNX
+NHWC float images ``(B, 32, 32, 3)`` and return logits, except the transformer language model
+(integer tokens ``(B, T)`` to logits ``(B, T, V)``). :func:`hessian_loss` turns any NNX
 classifier into the pure ``loss_fn(params, batch)`` of :mod:`jaxspec.hvp`.
 
 Example:
@@ -29,6 +30,8 @@ from jaxspec.models.registry import model_names
 from jaxspec.models.registry import param_count
 from jaxspec.models.small import MLP
 from jaxspec.models.small import SmallCNN
+from jaxspec.models.transformer import Transformer
+from jaxspec.models.transformer import TransformerBlock
 from jaxspec.models.vgg import VGG
 from jaxspec.models.vgg import VGG16
 from jaxspec.models.vgg import VGG16BN
@@ -43,6 +46,8 @@ __all__ = [
     "PreResNet164",
     "PreResNet20",
     "SmallCNN",
+    "Transformer",
+    "TransformerBlock",
     "VGG",
     "VGG16",
     "VGG16BN",

@@ -1,7 +1,9 @@
 """Turn an NNX model into the pure ``loss_fn(params, batch)`` that the Hessian code takes.
 
 A batch is the project-wide dict ``{"image": float (B, H, W, C), "label": int (B,)}``; the loss is
-the mean softmax cross-entropy over the batch.
+the mean softmax cross-entropy over the batch. A sequence model (the transformer language model)
+reads ``{"tokens": int (B, T), "label": int (B, T)}`` (``input_key="tokens"``) and returns
+logits ``(B, T, V)``; the loss is then the mean over every (sequence, position).
 
 BatchNorm must be chosen explicitly for a Hessian (``bn_mode``):
 
@@ -111,7 +113,8 @@ def _call(model: nnx.Module, images: jax.Array) -> jax.Array:
 
 
 def _label_cross_entropy(logits: jax.Array, batch: Batch) -> jax.Array:
-    return cross_entropy(logits, batch["label"])
+    # Logits arrive as rows (N, C) (see hessian_loss's apply); labels (B,) or (B, T) follow.
+    return cross_entropy(logits, batch["label"].reshape(-1))
 
 
 class _ReadOnlyStat(nnx.BatchStat):
@@ -168,6 +171,7 @@ def hessian_loss(
     bn_mode: BNMode,
     weight_decay: float = 0.0,
     forward: Forward | None = None,
+    input_key: str = "image",
 ) -> tuple[SplitLoss, nnx.State]:
     """A pure ``loss_fn(params, batch)`` of ``model`` and its parameters, for every matrix kind.
 
@@ -191,6 +195,7 @@ def hessian_loss(
         Its Hessian ``weight_decay * I`` is added to every matrix kind (GGN and Fisher kinds
         included: the curvature of the regularised objective); it is not in the logits.
       forward: ``forward(model, images) -> logits``; default ``model(images)``.
+      input_key: the batch entry the model reads (``"tokens"`` for the transformer).
 
     Returns:
       ``(loss_fn, params)``: ``params`` is the ``nnx.Param`` state of ``model`` (a pytree;
@@ -202,7 +207,10 @@ def hessian_loss(
       ``jaxspec.Categorical("label")``, so ``kind="ggn"``, ``"fisher"``, ``"fisher_mc"`` and
       ``"empirical_fisher"`` work in both BatchNorm modes (in batch mode the per-sample terms
       of the Fisher kinds are those of the batch's loss, the batch and its statistics held
-      fixed; see :mod:`jaxspec.kinds`).
+      fixed; see :mod:`jaxspec.kinds`). Logits of more than two axes, ``(B, T, V)`` of a
+      sequence model, are returned by ``apply`` as rows ``(B * T, V)`` and the labels
+      flattened to match: every (sequence, position) is one sample of those kinds, so the
+      Fisher is the mean over all ``B * T`` predictions, as the loss is.
 
     Example:
       >>> import jax.numpy as jnp
@@ -215,6 +223,18 @@ def hessian_loss(
       >>> hv = jax.jit(hvp, static_argnums=0)(loss_fn, params, batch, params)
       >>> jax.tree.structure(hv) == jax.tree.structure(params)
       True
+
+    A language model (logits ``(B, T, V)``): the loss of uniform logits is ``log V``.
+
+      >>> from jaxspec.models import Transformer
+      >>> lm = Transformer(5, num_layers=1, width=8, num_heads=2, max_len=4, rngs=nnx.Rngs(0))
+      >>> lm_loss, lm_params = hessian_loss(lm, bn_mode="batch", input_key="tokens")
+      >>> zero = jax.tree.map(jnp.zeros_like, lm_params)
+      >>> tokens = jnp.zeros((2, 4), jnp.int32)
+      >>> lm_loss.apply(zero, {"tokens": tokens}).shape
+      (8, 5)
+      >>> round(float(lm_loss(zero, {"tokens": tokens, "label": tokens})), 4)  # log(5)
+      1.6094
     """
     if bn_mode not in ("batch", "running"):
         raise ValueError(f"bn_mode must be 'batch' or 'running', got {bn_mode!r}")
@@ -233,9 +253,9 @@ def hessian_loss(
         # copy=True: fresh Variables, so whatever else the forward pass assigns lands in this
         # throw-away module, never in `rest` or `model`.
         m = nnx.merge(graphdef, params, rest, copy=True)
-        logits = forward(m, batch["image"])
+        logits = forward(m, batch[input_key])
         _check_bn_mode(m, bn_mode)
-        return logits
+        return logits.reshape(-1, logits.shape[-1])
 
     loss_fn = SplitLoss(apply, _label_cross_entropy, predictive=Categorical("label"),
                         weight_decay=weight_decay)

@@ -4,7 +4,9 @@ Names (case-insensitive; ``-`` and ``_`` are ignored, so ``"PreResNet-110"`` wor
 
 * ``"preresnet<depth>"`` for any valid depth (``"preresnet20"``, ``"preresnet110"``, ...);
 * ``"vgg16"``, ``"vgg16bn"``, ``"vgg19"``, ``"vgg19bn"``;
-* ``"mlp"`` and ``"smallcnn"`` (small CPU models).
+* ``"mlp"`` and ``"smallcnn"`` (small CPU models);
+* ``"transformer"`` (a small decoder-only language model: ``num_classes`` is the vocabulary
+  size, inputs are integer tokens ``(B, T)``, logits ``(B, T, V)``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flax import nnx
 
 from jaxspec.models.preresnet import PreResNet
 from jaxspec.models.small import MLP, SmallCNN
+from jaxspec.models.transformer import Transformer
 from jaxspec.models.vgg import VGG16, VGG16BN, VGG19, VGG19BN
 
 __all__ = ["abstract_model", "count_params", "create_model", "model_names", "param_count"]
@@ -29,6 +32,7 @@ _FIXED: dict[str, Callable[..., nnx.Module]] = {
     "vgg19bn": VGG19BN,
     "mlp": MLP,
     "smallcnn": SmallCNN,
+    "transformer": Transformer,
 }
 _PRERESNET = re.compile(r"preresnet(\d+)")
 
