@@ -15,7 +15,9 @@ V, T = 7, 6
 
 @pytest.fixture(scope="module")
 def lm():
-    return Transformer(V, num_layers=2, width=8, num_heads=2, max_len=T, rngs=nnx.Rngs(0))
+    # rbg keys: threefry's initialisers take seconds each to compile on CPU.
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    return Transformer(V, num_layers=1, width=8, num_heads=2, max_len=T, rngs=rngs)
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +28,14 @@ def split(lm):
 
 @pytest.fixture(scope="module")
 def tokens():
-    return jax.random.randint(jax.random.key(1), (3, T), 0, V)
+    return jnp.asarray(np.random.default_rng(1).integers(0, V, (3, T)), jnp.int32)
 
 
 def test_shapes_and_errors(lm, split, tokens):
+    # The model's own forward (lm(x)) and the loss's apply are one function; apply is jitted.
     _, params, apply = split
-    assert lm(tokens).shape == (3, T, V)
     assert apply(params, {"tokens": tokens}).shape == (3 * T, V)
-    made = abstract_model("transformer", num_classes=V, num_layers=2, width=8, num_heads=2,
+    made = abstract_model("transformer", num_classes=V, num_layers=1, width=8, num_heads=2,
                           max_len=T)
     assert jax.tree.map(jnp.shape, nnx.state(made, nnx.Param)) == jax.tree.map(jnp.shape, params)
     with pytest.raises(ValueError, match="longer than max_len"):
@@ -41,7 +43,7 @@ def test_shapes_and_errors(lm, split, tokens):
     with pytest.raises(ValueError, match="integers"):
         lm(jnp.zeros((1, T), jnp.float32))
     with pytest.raises(ValueError, match="divisible"):
-        Transformer(V, width=6, num_heads=4, rngs=nnx.Rngs(0))
+        abstract_model("transformer", num_classes=V, width=6, num_heads=4)
 
 
 def test_causal(split, tokens):
@@ -61,7 +63,7 @@ def test_blocks_are_the_named_layers(split):
     names = list(jaxspec.param_blocks(split[1], by="layer"))
     per_layer = ["norm1", "query", "key", "value", "out", "norm2", "fc1", "fc2"]
     expected = {"embed", "pos", "norm", "head",
-                *(f"layers/{i}/{n}" for i in range(2) for n in per_layer)}
+                *(f"layers/{i}/{n}" for i in range(1) for n in per_layer)}
     assert set(names) == expected
 
 
@@ -73,7 +75,8 @@ def test_loss_is_mean_over_positions_and_fisher_is_ggn(split, tokens):
     np.testing.assert_allclose(jax.jit(loss_fn)(params, batch), manual, rtol=1e-6)
     # For softmax cross-entropy the exact Fisher equals the GGN only when the Fisher's
     # per-sample average runs over the same B * T predictions the loss averages over.
-    v = jax.tree.map(lambda x: jax.random.normal(jax.random.key(2), x.shape, x.dtype), params)
+    rng = np.random.default_rng(2)
+    v = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
     both = jax.jit(lambda p, b, v: (ggn_mv(loss_fn, p, b, v), fisher_mv(loss_fn, p, b, v)))
     g, f = both(params, batch, v)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(f)):
