@@ -6,9 +6,10 @@ has it. :func:`pydoc_dataset` encodes it as bytes (vocabulary 256) and cuts it i
 ``seq_len + 1`` bytes, consecutive windows sharing one byte: the input is a window's first
 ``seq_len`` bytes, the target its last ``seq_len`` (the next byte at each position).
 
-**Held-out split by topic**: topics are sorted by name and every ``test_every``-th one (the
-last of each group of ``test_every``) is held out, so no test window overlaps a training window
-and the test text is whole topics the model never saw.
+**Held-out split by topic**: topics are taken in the order of their names and one is held out
+whenever the held-out text, that topic included, stays within ``test_fraction`` of the text so
+far; so at most that fraction of the bytes is held out, in whole topics: no test window
+overlaps a training window and the test text is topics the model never saw.
 
 The result is a :class:`jaxspec.data.ImageDataset` with token windows for images: ``x`` holds
 ``uint8`` tokens ``(N, seq_len)``, ``y`` the ``int32`` next tokens ``(N, seq_len)``,
@@ -82,12 +83,12 @@ def _windows(texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, np.ndarray
     return byte_windows("\n\n".join(texts).encode("utf-8"), seq_len)
 
 
-def pydoc_dataset(*, seq_len: int = 128, test_every: int = 10) -> ImageDataset:
+def pydoc_dataset(*, seq_len: int = 128, test_fraction: float = 0.1) -> ImageDataset:
     """Python's documentation as byte windows, with whole topics held out (module docstring).
 
     Args:
       seq_len: tokens per window (the model's context).
-      test_every: hold out every ``test_every``-th topic (``>= 2``).
+      test_fraction: about this fraction of the bytes is held out, in whole topics.
 
     Returns:
       An :class:`~jaxspec.data.ImageDataset` named ``"pydoc"`` of token windows.
@@ -96,15 +97,20 @@ def pydoc_dataset(*, seq_len: int = 128, test_every: int = 10) -> ImageDataset:
       >>> d = pydoc_dataset(seq_len=64)
       >>> d.x_train.shape[1], d.x_train.dtype, d.y_test.dtype, d.num_classes, d.mean
       (64, dtype('uint8'), dtype('int32'), 256, None)
-      >>> 0.05 < len(d.x_test) / len(d.x_train) < 0.2
+      >>> 0.05 < len(d.x_test) / (len(d.x_train) + len(d.x_test)) < 0.15
       True
     """
-    if not isinstance(test_every, int) or test_every < 2:
-        raise ValueError(f"test_every must be an int >= 2, got {test_every!r}")
-    topics = pydoc_topics()
-    held_out = [i % test_every == test_every - 1 for i in range(len(topics))]
-    train = [t for t, h in zip(topics, held_out) if not h]
-    test = [t for t, h in zip(topics, held_out) if h]
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    train, test = [], []
+    seen = held = 0
+    for topic in pydoc_topics():
+        seen += len(topic)
+        if held + len(topic) <= test_fraction * seen:
+            test.append(topic)
+            held += len(topic)
+        else:
+            train.append(topic)
     x_train, y_train = _windows(train, seq_len)
     x_test, y_test = _windows(test, seq_len)
     return ImageDataset("pydoc", x_train, y_train, x_test, y_test, VOCAB_SIZE, None, None)
