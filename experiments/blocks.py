@@ -65,7 +65,8 @@ def model_spectra(workdir: str, batch: dict, key: jax.Array, num_steps: int, /, 
       ...                   synthetic_size=(32, 8), epochs=1, batch_size=16, progress=False)
       >>> _ = train_and_evaluate(cfg, d)
       >>> batch = {"image": np.zeros((4, 32, 32, 3), np.float32), "label": np.arange(4)}
-      >>> spectra, info = model_spectra(d, batch, jax.random.key(0), 3, input_key="image")
+      >>> with contextlib.redirect_stdout(io.StringIO()):
+      ...     spectra, info = model_spectra(d, batch, jax.random.key(0), 3, input_key="image")
       >>> list(spectra), info["params"]
       (['layers/0', 'layers/1'], 12342)
     """
@@ -73,8 +74,13 @@ def model_spectra(workdir: str, batch: dict, key: jax.Array, num_steps: int, /, 
     loss_fn, params = hessian_loss(model, bn_mode="batch", input_key=input_key)
     n = len(batch["label"])
     op = jaxspec.curvature_operator(loss_fn, params, jaxspec.batch_dataset(batch, n))
-    spectra = jaxspec.block_spectra(op, jaxspec.param_blocks(params), key, num_steps,
-                                    masked=True)
+    spectra = {}
+    for name, select in jaxspec.param_blocks(params).items():  # one at a time, for progress
+        t0 = time.perf_counter()
+        spectra.update(jaxspec.block_spectra(op, {name: select}, key, num_steps, masked=True))
+        print(f"  {name}: P={spectra[name].meta['block_size']}, "
+              f"lambda_max={spectra[name].lambda_max:.4g} ({time.perf_counter() - t0:.1f}s)",
+              flush=True)
     return spectra, {"model": config.model, "params": count_params(model),
                      "metrics": metrics[-1] if metrics else None}
 
