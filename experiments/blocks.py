@@ -114,8 +114,10 @@ def markdown_table(results: dict[str, dict], /) -> str:
 def _record(spectra: dict, info: dict, samples: int) -> dict:
     names, dist = jaxspec.js_matrix(spectra)
     mean_js = dist.sum(axis=1) / max(len(names) - 1, 1)
+    # Ritz values and weights too, so the distances can be recomputed with other smoothing.
     blocks = {n: {"size": spectra[n].meta["block_size"], **spectra[n].summary(),
-                  "mean_js": float(mean_js[i])} for i, n in enumerate(names)}
+                  "mean_js": float(mean_js[i]), "nodes": spectra[n].nodes.tolist(),
+                  "weights": spectra[n].weights.tolist()} for i, n in enumerate(names)}
     return {**info, "hessian_samples": samples, "heterogeneity": jaxspec.heterogeneity(spectra),
             "blocks": blocks, "js_matrix": dist.round(4).tolist()}
 
