@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("jaxspec", "train", "experiments")
 MAX_LINES = 400
-CORE = ["hvp", "batching", "operator", "reduction", "lanczos", "ritz", "slq", "rmt", "parallel",
+CORE = ["hvp", "batching", "operator", "reduction", "lanczos", "ritz", "slq", "rmt", "outliers", "parallel",
         "checks", "heterogeneity"]
 FORBIDDEN_IN_CORE = {"flax", "optax", "tensorflow_datasets", "tqdm", "matplotlib"}
 

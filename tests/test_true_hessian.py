@@ -49,15 +49,17 @@ def test_outputs_exist_and_parse(study):
     assert [r["N"] for r in rows] == [str(r["N"]) for r in summary["rows"]]
     assert tuple(rows[0]) == SUMMARY_COLUMNS
     md = open(os.path.join(wd, "summary.md")).read()
-    assert md.startswith("| q | N |") and "Noise matrix spectra" in md
+    assert md.startswith("Seed 0") and "Noise matrix spectra" in md and "Gauss-Newton" in md
     assert _png(os.path.join(wd, "extremal.png"))
     for r in out["points"]:
         d = os.path.join(wd, f"N{r['N']:06d}")
         assert _png(os.path.join(d, "spectra.png"))
         assert json.load(open(os.path.join(d, "result.json")))["N"] == r["N"]
-        for name in ("empirical", "heldout", "true"):
+        for name in ("empirical", "heldout", "true", "ggn_true", "ggn_empirical", "ggn_heldout",
+                     "residual_empirical", "residual_heldout"):
             s = load_spectrum(os.path.join(d, f"spectrum_{name}.json"))
             assert s.meta["hessian"] == name and abs(s.weights.sum() - 1) < 1e-6
+            assert s.meta["ritz_residual_max"] >= 0 and s.meta["ritz_residual_min"] >= 0
         for which in ("train", "heldout"):
             comp = json.load(open(os.path.join(d, f"comparison_{which}.json")))
             assert comp["rows"][0]["quantity"] == "lambda_max"
@@ -130,27 +132,61 @@ def test_a_point_killed_mid_lanczos_resumes_and_reports_its_training_loss(tmp_pa
     from experiments.true_hessian import measure
 
     cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0, train_steps=20,
-                 lanczos_steps=12, true_lanczos_steps=12, noise_probes=1)
+                 lanczos_steps=12, true_lanczos_steps=12, noise_probes=1, ggn=False,
+                 coupling_samples=512)
     full = run_study(cfg, tmp_path / "full", progress=False, quiet=True)["points"][0]
 
-    real = jaxspec.slq
+    real, calls = jaxspec.slq_runs, []
 
-    def dies_after_a_chunk(*args, hooks=None, **kw):  # the empirical Hessian's run dies
+    def dies_after_a_chunk(*args, hooks=None, **kw):  # the 2nd run (empirical Hessian) dies
         class Die(jaxspec.LanczosHook):
             def after_chunk(self, snapshot, step, num_steps):
                 raise KeyboardInterrupt
 
-        return real(*args, hooks=lambda i, n: [*hooks(i, n), Die()], **kw)
+        calls.append(1)
+        return real(*args, hooks=(lambda i, n: [*hooks(i, n), Die()]) if len(calls) == 2
+                    else hooks, **kw)
 
-    monkeypatch.setattr(jaxspec, "slq", dies_after_a_chunk)
+    monkeypatch.setattr(jaxspec, "slq_runs", dies_after_a_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, tmp_path / "resumed", progress=False, quiet=True)
     point = next((tmp_path / "resumed").glob("N*"))
     assert (point / "params.npz").exists() and not (point / "result.json").exists()
     assert list((point / ".lanczos_empirical").glob("lanczos_0.npz"))  # a checkpoint was left
-    monkeypatch.setattr(jaxspec, "slq", real)
+    monkeypatch.setattr(jaxspec, "slq_runs", real)
     resumed = run_study(cfg, tmp_path / "resumed", progress=False, quiet=True)["points"][0]
     assert resumed["final_minibatch_loss"] == full["final_minibatch_loss"] is not None
     for k in ("emp_lambda_max", "emp_lambda_min", "true_lambda_max", "sigma2"):
         assert resumed[k] == pytest.approx(full[k], rel=1e-5), k
     assert measure.num_params(measure.make_mlp([8, 24, 12, 3], 0)[1]) == full["P"]
+
+
+def test_predictors_and_gauss_newton_are_reported(study):
+    """Every point carries the second-order predictions (finite, on the outer side of the true
+    edge), the GGN's Wishart prediction, and the residual H - GGN; the GGN matrices are PSD up
+    to Lanczos rounding, and at the interpolating point the residual of the training set is
+    narrower than that of N held-out samples (the training-set Hessian is near its GGN)."""
+    for r in study["out"]["points"]:
+        assert r["bw_lambda_max"] > r["true_lambda_max"] > 0 > r["true_lambda_min"]
+        assert r["bw_lambda_min"] < r["true_lambda_min"] and r["fluct_max"] > 0
+        assert r["ggn_pred_lambda_max"] > r["ggn_true_lambda_max"] > 0
+        for name in ("true", "empirical", "heldout"):
+            assert r[f"ggn_{name}_lambda_min"] > -1e-4 * r[f"ggn_{name}_lambda_max"]
+    rows = study["out"]["rows"]
+    last = max(rows, key=lambda r: r["q"])
+    assert last["train_acc"] > last["test_acc"]
+    assert last["residual_empirical_lambda_min"] > last["residual_heldout_lambda_min"]
+    assert all(r["ritz_rel_residual_max"] < 0.05 for r in rows)   # converged top Ritz values
+
+
+def test_seeds_give_mean_and_spread(tmp_path):
+    cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0, train_steps=20,
+                 lanczos_steps=6, true_lanczos_steps=6, noise_probes=1, seeds=2,
+                 coupling_samples=512, ggn=False)
+    out = run_study(cfg, tmp_path, progress=False, quiet=True)
+    assert sorted(r["seed"] for r in out["rows"]) == [0, 1]
+    assert (tmp_path / "seed1" / "N000278" / "result.json").exists()
+    a, b = out["points"]
+    assert a["true_lambda_max"] != b["true_lambda_max"]        # other data, init and probe
+    md = (tmp_path / "summary.md").read_text()
+    assert md.startswith("Seeds: 0, 1 (2)") and " +- " in md

@@ -1,7 +1,8 @@
 """Theorem 1 against ground truth: the True Hessian of a teacher-student problem, measured.
 
-    python -m experiments.true_hessian                          # default: ~1 min on 2 CPU cores
-    python -m experiments.true_hessian --preset smoke           # ~30 s; what the tests run
+    python -m experiments.true_hessian                     # default: 3 seeds, ~3 min on 2 cores
+    python -m experiments.true_hessian --preset smoke           # ~40 s; what the tests run
+    python -m experiments.true_hessian --preset full --workdir runs/true_hessian_full
     python -m experiments.true_hessian --preset gpu --workdir runs/true_hessian_gpu
     python -m experiments.true_hessian --qs 0.1 1 10 --lanczos-steps 60 --num-vectors 3
     python -m experiments.true_hessian --preset smoke --set qs=0.5,2 --set lanczos_steps=12
@@ -35,18 +36,33 @@ distribution) by augmentation. Here the distribution is ours, so fresh samples a
   were a GOE); and per-sample statistics (kurtosis, share of the variance carried by the top 1 %
   of samples).
 
+* **Predictors beyond Theorem 1** (:mod:`~experiments.true_hessian.theory`, on
+  :mod:`jaxspec.outliers`; derivations in ``docs/true_hessian_theory.md``): second-order
+  perturbation with the coupling ``E[(v_j^T X u)^2]`` of the per-sample noise to the true
+  extremal Ritz vector ``u``, measured on fresh samples' per-sample HVPs and resolved over the
+  True Hessian's Ritz vectors ``v_j`` (plain and self-consistent).
+* **Gauss-Newton** (``kind="ggn"``): the empirical, held-out and true GGN, the Wishart
+  (Baik-Silverstein / BBP) prediction of the held-out GGN's top eigenvalue, and the residual
+  ``H - GGN`` on the training and on the held-out set.
+* **Seeds.** ``--seeds k`` repeats everything but the teacher for seeds ``seed ... seed+k-1``
+  (points under ``seed<s>/``); the summary gives mean +- standard deviation. Every extremal
+  Ritz value's residual norm is recorded (``ritz_residual_*`` in each spectrum's meta).
+
 Costs: every HVP is over zero-weight-padded batches of one shape (one compilation for the whole
 study); the operators are :func:`jaxspec.curvature_operator` with the host reduction and
 host-driven Lanczos on CPU, ``lax.scan`` and compiled Lanczos on GPU (``--driver``).
 
 Layout: :mod:`~experiments.true_hessian.config` (:class:`StudyConfig`, the presets
-``default``, ``smoke``, ``gpu``), :mod:`~experiments.true_hessian.measure` (data, training,
-operators, spectra, noise statistics), :mod:`~experiments.true_hessian.report` (tables,
-summaries, figures), :mod:`~experiments.true_hessian.main` (:func:`run_study`, the CLI).
+``default``, ``smoke``, ``full``, ``gpu``), :mod:`~experiments.true_hessian.measure` (data,
+training, operators, spectra, noise statistics and couplings),
+:mod:`~experiments.true_hessian.theory` (the predictions),
+:mod:`~experiments.true_hessian.report` (tables, summaries, figures),
+:mod:`~experiments.true_hessian.main` (:func:`run_study`, the CLI).
 
 Repeated over a sweep of ``q`` (default 0.1 ... 10). Everything goes under ``--workdir``
 (default ``runs/true_hessian``): ``config.json``; per point ``N<N>/`` with the trained
-``params.npz``, raw spectra ``spectrum_{empirical,heldout,true,noise_*}.json``, comparison tables
+``params.npz``, raw spectra ``spectrum_{empirical,heldout,true,ggn_*,residual_*,noise_*}.json``
+with their Ritz pairs ``ritz_*.npz``, comparison tables
 ``comparison_{train,heldout}.{md,csv,json}``, the stem plots ``spectra.png`` and ``result.json``
 (written last: a rerun skips finished points and resumes an interrupted Lanczos run from its
 checkpoint); over the sweep ``summary.{md,csv,json}`` and ``extremal.png`` (measured and

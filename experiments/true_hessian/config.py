@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from train.configs import apply_overrides
 
-__all__ = ["StudyConfig", "apply_overrides", "config_names", "default", "get_config", "gpu",
-           "preset", "smoke"]
+__all__ = ["StudyConfig", "apply_overrides", "config_names", "default", "full", "get_config",
+           "gpu", "preset", "smoke"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,13 @@ class StudyConfig:
       hvp_batch_size: samples per HVP batch, and the mini-batch size of the sigma^2 estimate.
         Every data set is zero-weight padded to whole batches
         (:func:`experiments.true_hessian.measure.padded`), so all HVPs share one compilation.
+      coupling_samples: fresh samples whose per-sample HVPs give the noise couplings of the
+        second-order predictor (rounded down to whole chunks of 512).
+      ggn: also measure the Gauss-Newton matrices (true, empirical, held-out) and the residual
+        ``H - GGN`` on the training and held-out sets.
+      seeds: independent repetitions (seeds ``seed, seed + 1, ...``: data pools, student
+        initialisation and training order, probe vectors; the teacher stays the one of
+        ``seed``); the summary gives their mean and spread.
       driver: Lanczos driver, ``"auto"`` (host on CPU, compiled elsewhere), ``"host"``,
         ``"compiled"``; it also picks the operators' batch reduction (host loop or
         ``lax.scan``).
@@ -80,6 +87,9 @@ class StudyConfig:
     noise_lanczos_steps: int = 30
     per_sample_count: int = 2048
     hvp_batch_size: int = 2000
+    coupling_samples: int = 4096
+    ggn: bool = True
+    seeds: int = 1
     driver: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,18 +120,18 @@ class StudyConfig:
 
 
 def default() -> StudyConfig:
-    """The README's study: P = 2,092, M = 42,000, five q from 0.1 to 10, m = 30.
+    """The README's study: P = 2,092, M = 42,000, five q from 0.1 to 10, m = 30, three seeds.
 
-    About 1-2 minutes on 2 CPU cores. Command::
+    About 3 minutes of CPU on 2 cores (the seeds share every compilation). Command::
 
         python -m experiments.true_hessian --workdir runs/true_hessian
 
     Example:
       >>> from experiments.true_hessian.config import default
-      >>> default().qs
-      (0.1, 0.316, 1.0, 3.16, 10.0)
+      >>> default().qs, default().seeds
+      ((0.1, 0.316, 1.0, 3.16, 10.0), 3)
     """
-    return StudyConfig()
+    return StudyConfig(seeds=3)
 
 
 def smoke() -> StudyConfig:
@@ -139,7 +149,22 @@ def smoke() -> StudyConfig:
     return StudyConfig(input_dim=8, num_classes=3, teacher_widths=(16,), student_widths=(24, 12),
                        qs=(0.3, 1.0, 3.0), true_ratio=10.0, train_steps=300, lanczos_steps=20,
                        true_lanczos_steps=20, noise_spectrum_qs=(1.0,), noise_lanczos_steps=20,
-                       per_sample_count=512, hvp_batch_size=500)
+                       per_sample_count=512, coupling_samples=1024, hvp_batch_size=500)
+
+
+def full() -> StudyConfig:
+    """The full figure on CPU: the default model at nine q, five seeds, m = 60, 8,192 coupling
+    samples (about 5 seeds x 2-3 times the default's time). Command::
+
+        python -m experiments.true_hessian --preset full --workdir runs/true_hessian_full
+
+    Example:
+      >>> from experiments.true_hessian.config import full
+      >>> full().seeds, len(full().qs), full().lanczos_steps
+      (5, 9, 60)
+    """
+    return StudyConfig(qs=(0.1, 0.178, 0.316, 0.562, 1.0, 1.78, 3.16, 5.62, 10.0), seeds=5,
+                       lanczos_steps=60, true_lanczos_steps=60, coupling_samples=8192)
 
 
 def gpu() -> StudyConfig:
@@ -163,7 +188,8 @@ def gpu() -> StudyConfig:
                        per_sample_count=2048, hvp_batch_size=50000)
 
 
-_CONFIGS: dict[str, Callable[[], StudyConfig]] = {"default": default, "smoke": smoke, "gpu": gpu}
+_CONFIGS: dict[str, Callable[[], StudyConfig]] = {"default": default, "smoke": smoke, "gpu": gpu,
+                                                  "full": full}
 
 
 def config_names() -> list[str]:
@@ -172,7 +198,7 @@ def config_names() -> list[str]:
     Example:
       >>> from experiments.true_hessian.config import config_names
       >>> config_names()
-      ['default', 'gpu', 'smoke']
+      ['default', 'full', 'gpu', 'smoke']
     """
     return sorted(_CONFIGS)
 

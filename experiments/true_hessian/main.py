@@ -27,7 +27,7 @@ from jaxspec.workdir import workdir_lock
 from jaxspec import Spectrum, rmt
 from jaxspec.compare import compare_spectra
 from jaxspec.io import dumps, load_spectrum, save_spectrum, slq_hooks
-from experiments.true_hessian import measure, report
+from experiments.true_hessian import measure, report, theory
 from experiments.true_hessian.config import (StudyConfig, apply_overrides, config_names,
                                              get_config)
 
@@ -84,7 +84,8 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
       >>> from experiments.true_hessian.config import preset
       >>> from experiments.true_hessian.main import make_pools, run_point
       >>> cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0,
-      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1)
+      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1,
+      ...              ggn=False, coupling_samples=512)
       >>> pools, _ = make_pools(cfg, 278, 5500)
       >>> r = run_point(cfg, 278, pools, tempfile.mkdtemp(), progress=False, quiet=True)
       >>> r["N"], r["P"], r["final_minibatch_loss"] > 0
@@ -99,17 +100,13 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     net, init = measure.make_mlp(widths, measure.seed_int(cfg.seed, n, 1))
     p = measure.num_params(init)
     q, m_true = p / n, pools["fresh"]["x"].shape[0]
-    tag = f"[q={q:.3g} N={n}]"
+    tag = f"[seed {cfg.seed} q={q:.3g} N={n}]"
     data = {"empirical": (pools["train"]["x"][:n], pools["train"]["y"][:n]),
             "heldout": (pools["heldout"]["x"][:n], pools["heldout"]["y"][:n]),
             "true": (pools["fresh"]["x"], pools["fresh"]["y"])}
     x_f, y_f = data["true"]
     k_probe = jax.random.fold_in(jax.random.key(cfg.seed), n)
     rng = np.random.default_rng([cfg.seed, n, 2])
-
-    def hooks(name, label):
-        return slq_hooks(checkpoint_dir=os.path.join(outdir, f".lanczos_{name}"),
-                         progress=f"{tag} {label}" if progress else False)
 
     # 1. train (or reload the student of an interrupted run, with its mini-batch losses)
     t = time.perf_counter()
@@ -131,30 +128,53 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
          f"fresh-sample loss {test_loss:.3f} acc {test_acc:.3f}", quiet)
     ops = {k: measure.hessian_operator(net, params, *xy, batch_size=cfg.hvp_batch_size,
                                        reduce=reduce) for k, xy in data.items()}
+    if cfg.ggn:
+        ops.update({f"ggn_{k}": measure.hessian_operator(
+            net, params, *xy, batch_size=cfg.hvp_batch_size, reduce=reduce, kind="ggn")
+            for k, xy in data.items()})
     steps = {"empirical": cfg.lanczos_steps, "heldout": cfg.lanczos_steps,
              "true": cfg.true_lanczos_steps}
     meta = {"P": p, "q": q}
 
     # 2. the True Hessian first: its extremal Ritz vectors feed the directional noise variance
     spectra: dict[str, Spectrum] = {}
-    t = time.perf_counter()
-    true_path = os.path.join(outdir, "spectrum_true.json")
-    vec_path = os.path.join(outdir, "true_ritz_vectors.npz")
-    if os.path.exists(true_path) and os.path.exists(vec_path):
-        spectra["true"] = load_spectrum(true_path)
-        with np.load(vec_path) as f:
-            u_top, u_bottom = f["top"], f["bottom"]
-    else:
-        spectra["true"], u_top, u_bottom = measure.spectrum_with_ritz_vectors(
-            ops["true"], k_probe, p, steps["true"], num_vectors=cfg.num_vectors, driver=driver,
-            hooks=hooks("true", f"true H (M={m_true})"),
-            meta={"hessian": "true", "num_samples": m_true, **meta})
-        np.savez(vec_path, top=u_top, bottom=u_bottom)
-        save_spectrum(spectra["true"], true_path)
-    times["slq_true"] = time.perf_counter() - t
-    _log(f"{tag} true      Hessian (M={m_true}, m={steps['true']}): lambda in "
-         f"[{spectra['true'].lambda_min:.4g}, {spectra['true'].lambda_max:.4g}] "
-         f"[{times['slq_true']:.1f}s]", quiet)
+    pairs: dict[str, dict] = {}
+
+    def slq_stage(name, op, num_steps, label, num_samples, mv=None, fingerprint="auto"):
+        """SLQ of ``op`` (or the matvec ``mv``) into ``spectrum_<name>.json`` with its extremal
+        Ritz residuals in the meta; ``pairs[name]`` gets the Ritz pairs (``ritz_<name>.npz``)."""
+        t = time.perf_counter()
+        path, vec_path = (os.path.join(outdir, f"{s}_{name}.{e}")
+                          for s, e in (("spectrum", "json"), ("ritz", "npz")))
+        if os.path.exists(path) and os.path.exists(vec_path):
+            spectra[name] = load_spectrum(path)
+            with np.load(vec_path) as f:
+                pairs[name] = {side: {k: f[f"{side}_{k}"] for k in ("values", "residuals",
+                                                                    "vectors")}
+                               for side in ("top", "bottom")}
+        else:
+            hk = slq_hooks(checkpoint_dir=os.path.join(outdir, f".lanczos_{name}"),
+                           progress=f"{tag} {label}" if progress else False,
+                           fingerprint=fingerprint)
+            sp, top, bottom = measure.spectrum_with_ritz_vectors(
+                mv or op, k_probe, p, num_steps, num_vectors=cfg.num_vectors,
+                driver=jaxspec.resolve_driver(driver, op), hooks=hk,
+                meta={"hessian": name, "num_samples": num_samples, **meta})
+            sp.meta.update(ritz_residual_max=float(top["residuals"][-1]),
+                           ritz_residual_min=float(bottom["residuals"][0]))
+            pairs[name] = {"top": top, "bottom": bottom}
+            np.savez(vec_path, **{f"{side}_{k}": v for side, d in pairs[name].items()
+                                  for k, v in d.items()})
+            save_spectrum(sp, path)
+            spectra[name] = sp
+        times[f"slq_{name}"] = time.perf_counter() - t
+        sp = spectra[name]
+        _log(f"{tag} {name:13s} ({label}, m={num_steps}): lambda in [{sp.lambda_min:.4g}, "
+             f"{sp.lambda_max:.4g}], Ritz residuals {sp.meta['ritz_residual_min']:.2g} / "
+             f"{sp.meta['ritz_residual_max']:.2g} [{times[f'slq_{name}']:.1f}s]", quiet)
+
+    slq_stage("true", ops["true"], steps["true"], f"true H, M={m_true}", m_true)
+    u_top, u_bottom = pairs["true"]["top"]["vectors"][-1], pairs["true"]["bottom"]["vectors"][0]
 
     # 3. sigma^2 on the fresh samples, along random probes and the true extremal eigenvectors
     t = time.perf_counter()
@@ -172,17 +192,37 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
          f"((q + P/M) sigma^2 |v|^2): train {noise['direct_s2_train'] / s2_model:.3g}, "
          f"held-out {noise['direct_s2_heldout'] / s2_model:.3g} [{times['sigma2']:.1f}s]", quiet)
 
+    # 3b. the noise's coupling to the true extremal Ritz vectors, on fresh samples
+    t = time.perf_counter()
+    c = max(1, min(cfg.coupling_samples, m_true) // 512) * 512  # whole chunks: one shape
+    coup = {side: measure.noise_couplings(net, params, x_f[-c:], y_f[-c:], u,
+                                          pairs["true"][side]["vectors"])
+            for side, u in (("top", u_top), ("bottom", u_bottom))}
+    preds = theory.hessian_predictions(pairs["true"], coup, n)
+    times["couplings"] = time.perf_counter() - t
+
     # 4. Empirical (training set) and held-out empirical spectra, same probe key
     for name in ("empirical", "heldout"):
+        slq_stage(name, ops[name], steps[name], f"{name} H, N={n}", n)
+
+    # 4b. the Gauss-Newton matrices, and the residual H - GGN on the training and held-out sets
+    if cfg.ggn:
+        slq_stage("ggn_true", ops["ggn_true"], steps["true"], f"true GGN, M={m_true}", m_true)
+        for name in ("empirical", "heldout"):
+            slq_stage(f"ggn_{name}", ops[f"ggn_{name}"], steps[name], f"{name} GGN, N={n}", n)
+            slq_stage(f"residual_{name}", ops[name], steps[name], f"{name} H - GGN, N={n}", n,
+                      mv=jax.tree_util.Partial(measure.difference, ops[name],
+                                               ops[f"ggn_{name}"]),
+                      fingerprint=ops[name].fingerprint() + "-ggn")
+        preds.update(theory.ggn_predictions(spectra["ggn_true"], n, cfg.num_classes))
         t = time.perf_counter()
-        spectra[name] = _spectrum(os.path.join(outdir, f"spectrum_{name}.json"), lambda: (
-            jaxspec.slq(ops[name], k_probe, p, steps[name], num_vectors=cfg.num_vectors,
-                        driver=driver, hooks=hooks(name, f"{name} H (N={n})"),
-                        meta={"hessian": name, "num_samples": n, **meta})))
-        times[f"slq_{name}"] = time.perf_counter() - t
-        _log(f"{tag} {name:9s} Hessian (N={n}, m={steps[name]}): lambda in "
-             f"[{spectra[name].lambda_min:.4g}, {spectra[name].lambda_max:.4g}] "
-             f"[{times[f'slq_{name}']:.1f}s]", quiet)
+        gtop = pairs["ggn_true"]["top"]
+        coup["ggn_top"] = measure.noise_couplings(net, params, x_f[-c:], y_f[-c:],
+                                                  gtop["vectors"][-1], gtop["vectors"],
+                                                  kind="ggn")
+        preds.update({f"ggn_{k}": v for k, v in theory.hessian_predictions(
+            pairs["ggn_true"], {"top": coup["ggn_top"]}, n, sides=("top",)).items()})
+        times["couplings_ggn"] = time.perf_counter() - t
 
     # 5. the noise matrices themselves, at selected q
     noise_spectra: dict[str, Any] = {}
@@ -230,7 +270,7 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     pred_dir_min = float(rmt.empirical_edge(np.float32(tru.lambda_min), q=q,
                                             sigma2=sigma2_bottom, side="bottom"))
     result = {
-        "q": q, "N": n, "P": p, "M": m_true,
+        "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true,
         "train_loss": train_loss, "train_acc": train_acc,
         "test_loss": test_loss, "test_acc": test_acc,
         "final_minibatch_loss": None if losses is None else float(losses[-10:].mean()),
@@ -243,7 +283,13 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
         "pred_lambda_min": rows["lambda_min"]["predicted_empirical"],
         "pred_dir_lambda_max": pred_dir_max, "pred_dir_lambda_min": pred_dir_min,
         "true_noise_edge_goe": 2 * math.sqrt(p / m_true * sigma2),
-        "noise_spectrum": noise_spectra or None, "per_sample": per_sample,
+        "noise_spectrum": noise_spectra or None, "per_sample": per_sample, **preds,
+        "coupling_samples": c, **{f"coupling_{side}_total": d["total"] for side, d in coup.items()},
+        **{f"coupling_{side}_rest": d["rest"] for side, d in coup.items()},
+        **{f"{k}_lambda_{e}": getattr(spectra[k], f"lambda_{e}") for k in spectra
+           if k.startswith(("ggn_", "residual_")) for e in ("max", "min")},
+        "ritz_residuals": {k: [sp.meta.get("ritz_residual_min"), sp.meta.get("ritz_residual_max")]
+                           for k, sp in spectra.items() if "ritz_residual_max" in sp.meta},
         "summaries": {k: v.summary() for k, v in spectra.items()}, "times": times,
     }
     result = json.loads(dumps(result))  # NaN -> None, as the saved file has it
@@ -252,19 +298,25 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     for name in os.listdir(outdir):  # the Lanczos checkpoints are only needed mid-point
         if name.startswith(".lanczos_"):
             shutil.rmtree(os.path.join(outdir, name), ignore_errors=True)
-    pred = {k: float("nan") if result[k] is None else result[k]
-            for k in ("pred_lambda_max", "pred_lambda_min")}
-    _log(f"{tag} done [{result['times']['total']:.1f}s]: lambda_max emp {emp.lambda_max:.4g}, "
-         f"held-out {ho.lambda_max:.4g}, Thm1 {pred['pred_lambda_max']:.4g} (directional "
-         f"{pred_dir_max:.4g}), true {tru.lambda_max:.4g}; lambda_min emp {emp.lambda_min:.4g}, "
-         f"held-out {ho.lambda_min:.4g}, Thm1 {pred['pred_lambda_min']:.4g} (directional "
-         f"{pred_dir_min:.4g}), true {tru.lambda_min:.4g}", quiet)
+    shifts = {f"{k}_{e}": theory.shift_error(result.get(f"{k}_lambda_{e}"), tru.lambda_max
+                                              if e == "max" else tru.lambda_min,
+                                              getattr(ho, f"lambda_{e}"))
+              for k in ("pred", "pred_dir", "bw") for e in ("max", "min")}
+    _log(f"{tag} done [{result['times']['total']:.1f}s]: lambda_max true {tru.lambda_max:.4g}, "
+         f"held-out {ho.lambda_max:.4g}, train {emp.lambda_max:.4g}; lambda_min true "
+         f"{tru.lambda_min:.4g}, held-out {ho.lambda_min:.4g}, train {emp.lambda_min:.4g}. "
+         f"Predicted / measured held-out shift, top | bottom: Thm 1 {shifts['pred_max']:.3g} | "
+         f"{shifts['pred_min']:.3g}, Thm 1 dir {shifts['pred_dir_max']:.3g} | "
+         f"{shifts['pred_dir_min']:.3g}, self-consistent 2nd order {shifts['bw_max']:.3g} | "
+         f"{shifts['bw_min']:.3g}", quiet)
     return result
 
 
-def make_pools(cfg: StudyConfig, n_max: int, m: int, /) -> tuple[dict[str, Any], dict]:
+def make_pools(cfg: StudyConfig, n_max: int, m: int, /, *,
+               data_seed: int | None = None) -> tuple[dict[str, Any], dict]:
     """The teacher's samples: ``train`` and ``heldout`` pools of ``n_max`` and ``fresh`` of
-    ``m``; plus the Bayes-optimal loss and accuracy (means over the fresh pool).
+    ``m``; plus the Bayes-optimal loss and accuracy (means over the fresh pool). The teacher
+    comes from ``cfg.seed``, the samples from ``data_seed`` (default ``cfg.seed``).
 
     Example:
       >>> from experiments.true_hessian.config import smoke
@@ -275,7 +327,8 @@ def make_pools(cfg: StudyConfig, n_max: int, m: int, /) -> tuple[dict[str, Any],
     """
     teacher, t_params = measure.make_mlp(
         [cfg.input_dim, *cfg.teacher_widths, cfg.num_classes], measure.seed_int(cfg.seed, 0, 0))
-    pools = {name: measure.sample_data(teacher, t_params, [cfg.seed, 0, 10 + i], size,
+    data_seed = cfg.seed if data_seed is None else data_seed
+    pools = {name: measure.sample_data(teacher, t_params, [data_seed, 0, 10 + i], size,
                                        scale=cfg.teacher_scale)
              for i, (name, size) in enumerate((("train", n_max), ("heldout", n_max),
                                                ("fresh", m)))}
@@ -299,7 +352,8 @@ def run_study(config: StudyConfig, workdir: str | os.PathLike, /, *, progress: b
       >>> import tempfile
       >>> from experiments.true_hessian import preset, run_study
       >>> cfg = preset("smoke", qs=(2.0,), noise_spectrum_qs=(), per_sample_count=0,
-      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1)
+      ...              train_steps=20, lanczos_steps=5, true_lanczos_steps=5, noise_probes=1,
+      ...              ggn=False, coupling_samples=512)
       >>> out = run_study(cfg, tempfile.mkdtemp(), progress=False, quiet=True)
       >>> out["rows"][0]["N"], out["P"]
       (278, 555)
@@ -330,20 +384,24 @@ def _sweep(config: StudyConfig, workdir: str, /, *, progress: bool, quiet: bool)
     _log(f"True-Hessian study: P = {p}, M = {m_true} fresh samples (P/M = {p / m_true:.3g}), "
          f"N in {ns}, backend {jax.default_backend()}, driver "
          f"{jaxspec.resolve_driver(config.driver)}", quiet)
-    t = time.perf_counter()
-    pools, bayes = make_pools(config, max(ns), m_true)
-    _log(f"sampled data in {time.perf_counter() - t:.1f}s; Bayes-optimal loss "
-         f"{bayes['bayes_loss']:.3f}, accuracy {bayes['bayes_accuracy']:.3f}", quiet)
     results = []
-    for n in ns:
-        outdir = os.path.join(workdir, f"N{n:06d}")
-        done = os.path.join(outdir, "result.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                results.append(json.load(f))
-            _log(f"[q={p / n:.3g} N={n}] finished earlier: skipped", quiet)
-            continue
-        results.append(run_point(config, n, pools, outdir, progress=progress, quiet=quiet))
+    for seed in range(config.seed, config.seed + config.seeds):
+        # one seed: the points directly under workdir; several: under seed<s>/ each
+        base = workdir if config.seeds == 1 else os.path.join(workdir, f"seed{seed}")
+        cfg = dataclasses.replace(config, seed=seed)
+        t = time.perf_counter()
+        pools, bayes = make_pools(config, max(ns), m_true, data_seed=seed)
+        _log(f"seed {seed}: sampled data in {time.perf_counter() - t:.1f}s; Bayes-optimal "
+             f"loss {bayes['bayes_loss']:.3f}, accuracy {bayes['bayes_accuracy']:.3f}", quiet)
+        for n in ns:
+            outdir = os.path.join(base, f"N{n:06d}")
+            done = os.path.join(outdir, "result.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    results.append(json.load(f))
+                _log(f"[seed {seed} q={p / n:.3g} N={n}] finished earlier: skipped", quiet)
+                continue
+            results.append(run_point(cfg, n, pools, outdir, progress=progress, quiet=quiet))
     rows = report.write_summary(results, workdir, config.to_dict())
     report.plot_extremal(results, os.path.join(workdir, "extremal.png"))
     report.write_json(os.path.join(workdir, "bayes.json"), bayes)

@@ -31,10 +31,12 @@ from flax import nnx
 
 import jaxspec
 from jaxspec import Spectrum, rmt
+from jaxspec.kinds import ggn_mv
 from jaxspec.models import MLP, cross_entropy
 
 __all__ = ["Network", "difference", "evaluate", "hessian_operator", "make_mlp",
-           "noise_spectrum_stats", "noise_statistics", "num_params", "padded", "per_sample_stats",
+           "noise_couplings", "noise_spectrum_stats", "noise_statistics", "num_params", "padded",
+           "per_sample_stats",
            "reduce_for", "sample_data", "seed_int", "spectrum_with_ritz_vectors",
            "train_student"]
 
@@ -100,13 +102,54 @@ class Network:
           >>> bool(jnp.isclose(net.weighted_loss(params, b), net.loss(params, {"x": x, "y": y})))
           True
         """
-        logits = self.apply(params, batch["x"])
+        return self.output_loss(self.logits(params, batch), batch)
+
+    def logits(self, params: Any, batch: dict[str, jax.Array], /) -> jax.Array:
+        """The logits of ``batch["x"]``: the ``apply`` of :meth:`split_loss`.
+
+        Example:
+          >>> import numpy as np
+          >>> from experiments.true_hessian.measure import make_mlp
+          >>> net, params = make_mlp([3, 2], 0)
+          >>> net.logits(params, {"x": np.zeros((4, 3), np.float32)}).shape
+          (4, 2)
+        """
+        return self.apply(params, batch["x"])
+
+    @staticmethod
+    def output_loss(logits: jax.Array, batch: dict[str, jax.Array], /) -> jax.Array:
+        """``sum_i w_i nll_i / B`` of the logits (the ``output_loss`` of :meth:`split_loss`).
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from experiments.true_hessian.measure import Network
+          >>> b = {"x": jnp.zeros((2, 1)), "y": jnp.array([0, 1]), "w": jnp.array([2.0, 0.0])}
+          >>> round(float(Network.output_loss(jnp.zeros((2, 2)), b)), 4)   # 2 log 2 / 2
+          0.6931
+        """
         logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
         return jnp.sum(batch["w"] * nll) / batch["x"].shape[0]
 
+    def split_loss(self) -> jaxspec.SplitLoss:
+        """:meth:`weighted_loss` split at the logits, for the Gauss-Newton kind (one instance
+        per network, so the operators share their compiled programs).
+
+        Example:
+          >>> from experiments.true_hessian.measure import make_mlp
+          >>> net, _ = make_mlp([3, 2], 0)
+          >>> net.split_loss() is net.split_loss()
+          True
+        """
+        return _split_loss(self)
+
 
 _NETWORKS: dict[Network, Network] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _split_loss(net: Network) -> jaxspec.SplitLoss:
+    return jaxspec.SplitLoss(net.logits, Network.output_loss)
 
 
 def seed_int(*parts: int) -> int:
@@ -314,9 +357,11 @@ def reduce_for(driver: str, /) -> str:
 
 
 def hessian_operator(net: Network, params: Any, x: np.ndarray, y: np.ndarray, /, *,
-                     batch_size: int, reduce: Any = "auto") -> jaxspec.CurvatureOperator:
-    """The Hessian of the mean cross-entropy over ``(x, y)``, over padded batches of
-    ``batch_size`` (NumPy batches stay on the host for the host reduction).
+                     batch_size: int, reduce: Any = "auto",
+                     kind: str = "hessian") -> jaxspec.CurvatureOperator:
+    """The Hessian (or with ``kind="ggn"`` the Gauss-Newton matrix) of the mean cross-entropy
+    over ``(x, y)``, over padded batches of ``batch_size`` (NumPy batches stay on the host for
+    the host reduction).
 
     Example:
       >>> import numpy as np
@@ -328,7 +373,8 @@ def hessian_operator(net: Network, params: Any, x: np.ndarray, y: np.ndarray, /,
       ((26, 26), (2, 4, 3))
     """
     data = jaxspec.batch_dataset(padded(x, y, batch_size), batch_size)
-    return jaxspec.curvature_operator(net.weighted_loss, params, data, reduce=reduce)
+    loss = net.weighted_loss if kind == "hessian" else net.split_loss()
+    return jaxspec.curvature_operator(loss, params, data, reduce=reduce, kind=kind)
 
 
 def difference(a: Callable, b: Callable, v: jax.Array, /) -> jax.Array:
@@ -346,28 +392,38 @@ def difference(a: Callable, b: Callable, v: jax.Array, /) -> jax.Array:
 
 def spectrum_with_ritz_vectors(op: Callable, key: jax.Array, dim: int, num_steps: int, /, *,
                                num_vectors: int = 1, hooks: Any = None, driver: str = "auto",
-                               meta: dict | None = None) -> tuple[Spectrum, np.ndarray,
-                                                                  np.ndarray]:
-    """:func:`jaxspec.slq` (same probes, same spectrum) and the unit Ritz vectors of the largest
-    and of the smallest Ritz value over the probes (:func:`jaxspec.ritz_pairs`).
+                               meta: dict | None = None) -> tuple[Spectrum, dict[str, Any],
+                                                                  dict[str, Any]]:
+    """:func:`jaxspec.slq` (same probes, same spectrum) and every Ritz pair of the probe run
+    with the largest Ritz value (``top``) and of the one with the smallest (``bottom``).
+
+    Each pair set is ``{"values", "residuals", "vectors"}`` (:func:`jaxspec.ritz_pairs`,
+    ascending; ``vectors`` ``(k, P)`` float32 unit rows), so ``top["vectors"][-1]`` is the top
+    Ritz vector and ``top["residuals"][-1]`` its residual norm ``|A y - theta y|``.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
       >>> from experiments.true_hessian.measure import spectrum_with_ritz_vectors
       >>> op = lambda v: jnp.arange(1.0, 7.0, dtype=jnp.float32) * v
       >>> s, top, bottom = spectrum_with_ritz_vectors(op, jax.random.key(0), 6, 6)
-      >>> round(s.lambda_max, 4), int(np.abs(top).argmax()), int(np.abs(bottom).argmax())
-      (6.0, 5, 0)
+      >>> round(s.lambda_max, 4), int(np.abs(top["vectors"][-1]).argmax()), top["values"].shape
+      (6.0, 5, (6,))
+      >>> int(np.abs(bottom["vectors"][0]).argmax()), bool(top["residuals"][-1] < 1e-3)
+      (0, True)
     """
     runs = jaxspec.slq_runs(op, key, dim, num_steps, num_vectors=num_vectors,
                             dtype=jnp.float32, hooks=hooks, driver=driver, return_basis=True)
-    pairs = [jaxspec.ritz_pairs(r, vectors=[0, -1]) for r in runs]
-    top = max(pairs, key=lambda p: p.values[-1]).vectors[1]
-    bottom = min(pairs, key=lambda p: p.values[0]).vectors[0]
+    pairs = [jaxspec.ritz_pairs(r) for r in runs]
+    picked = {}
+    for side, i in (("top", int(np.argmax([p.values[-1] for p in pairs]))),
+                    ("bottom", int(np.argmin([p.values[0] for p in pairs])))):
+        full = jaxspec.ritz_pairs(runs[i], vectors=True)
+        picked[side] = {"values": np.asarray(full.values), "residuals": np.asarray(full.residuals),
+                        "vectors": np.asarray(full.vectors, np.float32)}
     info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": "normal",
             "dtype": "float32", **(meta or {})}
     spectrum = Spectrum.average([Spectrum.from_lanczos(r) for r in runs], meta=info)
-    return spectrum, np.asarray(top, np.float32), np.asarray(bottom, np.float32)
+    return spectrum, picked["top"], picked["bottom"]
 
 
 # ---- noise statistics -------------------------------------------------------------------------
@@ -432,15 +488,49 @@ def noise_statistics(net: Network, params: Any, ops: dict[str, Any], fresh_x: np
             "direct_s2_model": (q + num_params(params) / m) * sigma2}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _per_sample_hvps(net: Network, params, x, y, v):
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _per_sample_hvps(net: Network, params, x, y, v, kind="hessian"):
+    """Per-sample products ``h_i v``: Hessians, or with ``kind="ggn"`` Gauss-Newton terms."""
     tangent = jax.flatten_util.ravel_pytree(params)[1](v)
 
     def one(xi, yi):
-        hv = jaxspec.hvp(net.loss, params, {"x": xi[None], "y": yi[None]}, tangent)
+        batch = {"x": xi[None], "y": yi[None], "w": jnp.ones(1, jnp.float32)}
+        hv = (jaxspec.hvp(net.weighted_loss, params, batch, tangent) if kind == "hessian"
+              else ggn_mv(net.split_loss(), params, batch, tangent))
         return jax.flatten_util.ravel_pytree(hv)[0]
 
     return jax.vmap(one)(x, y)
+
+
+def noise_couplings(net: Network, params: Any, x: np.ndarray, y: np.ndarray, u: np.ndarray,
+                    basis: np.ndarray, /, *, chunk: int = 512,
+                    kind: str = "hessian") -> dict[str, Any]:
+    """The coupling of the per-sample noise ``X_i = h_i - H`` (``h_i`` sample ``i``'s Hessian,
+    or with ``kind="ggn"`` its Gauss-Newton term) to a unit direction ``u``,
+    resolved over the orthonormal rows ``v_j`` of ``basis``: ``c_j = E[(v_j^T X u)^2]`` and
+    the rest ``E|X u|^2 - sum_j c_j`` (the part outside the basis), from the per-sample HVPs
+    ``h_i u`` of the samples ``(x, y)`` (centred by their mean). ``len(x)`` should be a multiple
+    of ``chunk`` (one compiled shape).
+
+    Example:
+      >>> import numpy as np
+      >>> from experiments.true_hessian.measure import make_mlp, noise_couplings, num_params
+      >>> net, params = make_mlp([3, 4, 2], 0)
+      >>> rng = np.random.default_rng(0)
+      >>> x, y = rng.normal(size=(64, 3)).astype(np.float32), rng.integers(0, 2, 64)
+      >>> basis = np.eye(num_params(params), dtype=np.float32)[:5]
+      >>> d = noise_couplings(net, params, x, y, basis[0], basis, chunk=32)
+      >>> d["couplings"].shape, bool(d["total"] >= d["couplings"].sum())
+      ((5,), True)
+    """
+    w = np.concatenate([np.asarray(_per_sample_hvps(net, params, x[s:s + chunk],
+                                                    y[s:s + chunk], jnp.asarray(u), kind))
+                        for s in range(0, x.shape[0], chunk)]).astype(np.float64)
+    w -= w.mean(0)
+    c = ((w @ np.asarray(basis, np.float64).T) ** 2).mean(0)
+    total = float((w ** 2).sum(1).mean())
+    return {"couplings": c, "total": total, "rest": max(0.0, total - float(c.sum())),
+            "count": int(x.shape[0])}
 
 
 def per_sample_stats(net: Network, params: Any, x: np.ndarray, y: np.ndarray, v: jax.Array, /,

@@ -17,27 +17,77 @@ from jaxspec import Spectrum
 from jaxspec.compare import SpectrumComparison
 from jaxspec.io import dumps
 
-__all__ = ["SUMMARY_COLUMNS", "format_value", "plot_extremal", "plot_point", "summary_rows",
+__all__ = ["SUMMARY_COLUMNS", "aggregate_cell", "format_value", "plot_extremal", "plot_point",
+           "pooled_shift_ratio", "summary_rows",
            "write_comparison", "write_json", "write_summary"]
 
 SUMMARY_COLUMNS = (
-    "q", "N", "train_acc", "test_acc", "sigma2", "s", "sigma2_top", "sigma2_bottom",
+    "seed", "q", "N", "train_loss", "train_acc", "test_acc", "sigma2", "s", "sigma2_top",
+    "sigma2_bottom", "sigma2_top_ratio", "sigma2_bottom_ratio",
     "true_lambda_max", "emp_lambda_max", "heldout_lambda_max", "pred_lambda_max",
-    "pred_dir_lambda_max",
+    "pred_dir_lambda_max", "pert_lambda_max", "bw_lambda_max",
     "true_lambda_min", "emp_lambda_min", "heldout_lambda_min", "pred_lambda_min",
-    "pred_dir_lambda_min",
+    "pred_dir_lambda_min", "pert_lambda_min", "bw_lambda_min", "fluct_max", "fluct_min",
+    "shift_pred_max", "shift_pred_dir_max", "shift_pert_max", "shift_bw_max",
+    "shift_pred_min", "shift_pred_dir_min", "shift_pert_min", "shift_bw_min",
+    "ggn_true_lambda_max", "ggn_heldout_lambda_max", "ggn_empirical_lambda_max",
+    "ggn_pred_lambda_max", "ggn_pred_iso_lambda_max", "ggn_pert_lambda_max",
+    "ggn_bw_lambda_max", "shift_ggn_pred_max", "shift_ggn_pred_iso_max", "shift_ggn_pert_max", "ggn_gamma", "ggn_sigma2", "ggn_empirical_lambda_min",
+    "residual_empirical_lambda_min", "residual_empirical_lambda_max",
+    "residual_heldout_lambda_min", "residual_heldout_lambda_max",
+    "ritz_rel_residual_max", "ritz_rel_residual_min",
     "direct_ratio_train", "direct_ratio_heldout", "more_extreme", "heldout_more_extreme",
 )
 
-_HEADERS = (
-    "q", "N", "train acc", "test acc", "sigma^2", "s=sqrt(q)sigma", "sigma^2 top dir",
-    "sigma^2 bottom dir",
-    "lambda_max true", "lambda'_max emp", "lambda'_max held-out", "lambda'_max Thm1",
-    "lambda'_max Thm1 dir",
-    "lambda_min true", "lambda'_min emp", "lambda'_min held-out", "lambda'_min Thm1",
-    "lambda'_min Thm1 dir",
-    "eps ratio train", "eps ratio held-out", "emp more extreme", "held-out more extreme",
+# The summary's tables: (title, [(column, header), ...]).
+_TABLES = (
+    ("Top eigenvalue of the Hessian. Predictions of the held-out lambda'_1 from fresh samples; "
+     "'shift ratio' = predicted / measured shift lambda'_1 - lambda_1 (1 is exact).",
+     [("q", "q"), ("N", "N"), ("true_lambda_max", "true"), ("heldout_lambda_max", "held-out"),
+      ("emp_lambda_max", "train"), ("pred_lambda_max", "Thm 1"),
+      ("pred_dir_lambda_max", "Thm 1 dir"), ("pert_lambda_max", "2nd order"),
+      ("bw_lambda_max", "self-consistent"), ("fluct_max", "1st-order scatter"),
+      ("shift_pred_max", "shift ratio Thm 1"),
+      ("shift_pred_dir_max", "ratio dir"), ("shift_pert_max", "ratio 2nd order"),
+      ("shift_bw_max", "ratio self-consistent")]),
+    ("Bottom eigenvalue of the Hessian, the same for lambda'_P.",
+     [("q", "q"), ("N", "N"), ("true_lambda_min", "true"), ("heldout_lambda_min", "held-out"),
+      ("emp_lambda_min", "train"), ("pred_lambda_min", "Thm 1"),
+      ("pred_dir_lambda_min", "Thm 1 dir"), ("pert_lambda_min", "2nd order"),
+      ("bw_lambda_min", "self-consistent"), ("fluct_min", "1st-order scatter"),
+      ("shift_pred_min", "shift ratio Thm 1"),
+      ("shift_pred_dir_min", "ratio dir"), ("shift_pert_min", "ratio 2nd order"),
+      ("shift_bw_min", "ratio self-consistent")]),
+    ("Gauss-Newton matrix, top eigenvalue: Wishart prediction (Baik-Silverstein with the true "
+     "GGN's spectrum as population law, gamma = P / (N (K-1)); 'iso': BBP with sigma^2 = "
+     "tr(GGN) / P).",
+     [("q", "q"), ("N", "N"), ("ggn_true_lambda_max", "true"),
+      ("ggn_heldout_lambda_max", "held-out"), ("ggn_empirical_lambda_max", "train"),
+      ("ggn_pred_lambda_max", "Baik-Silverstein"), ("ggn_pred_iso_lambda_max", "BBP iso"),
+      ("ggn_pert_lambda_max", "2nd order"), ("shift_ggn_pred_max", "shift ratio B-S"),
+      ("shift_ggn_pred_iso_max", "ratio iso"), ("shift_ggn_pert_max", "ratio 2nd order"),
+      ("ggn_gamma", "gamma"), ("ggn_sigma2", "sigma^2 = tr/P")]),
+    ("Training-set Hessian against its Gauss-Newton part: the residual H - GGN on the training "
+     "set and on N held-out samples.",
+     [("q", "q"), ("N", "N"), ("train_loss", "train loss"), ("train_acc", "train acc"),
+      ("emp_lambda_max", "H train max"), ("emp_lambda_min", "H train min"),
+      ("ggn_empirical_lambda_max", "GGN train max"), ("ggn_empirical_lambda_min", "GGN train min"),
+      ("residual_empirical_lambda_min", "H-GGN train min"),
+      ("residual_empirical_lambda_max", "H-GGN train max"),
+      ("residual_heldout_lambda_min", "H-GGN held-out min"),
+      ("residual_heldout_lambda_max", "H-GGN held-out max")]),
+    ("Noise scale and checks: sigma^2, directional variances over sigma^2, |eps v|^2 over its "
+     "CLT value (q + P/M) sigma^2, the largest relative Ritz residual |A y - theta y| / |theta| "
+     "of the extremal Ritz values of the three Hessians, the paper's 'more extreme' claim.",
+     [("q", "q"), ("N", "N"), ("test_acc", "test acc"), ("sigma2", "sigma^2"),
+      ("sigma2_top_ratio", "sigma^2 top / sigma^2"),
+      ("sigma2_bottom_ratio", "sigma^2 bottom / sigma^2"),
+      ("direct_ratio_train", "eps ratio train"), ("direct_ratio_heldout", "eps ratio held-out"),
+      ("ritz_rel_residual_max", "Ritz res top"), ("ritz_rel_residual_min", "Ritz res bottom"),
+      ("more_extreme", "train more extreme"), ("heldout_more_extreme", "held-out more extreme")]),
 )
+
+_PREFIX = {"true": "true", "empirical": "emp", "heldout": "heldout"}
 
 
 def write_json(path: str | os.PathLike, obj: Any, /) -> None:
@@ -112,7 +162,8 @@ def plot_point(spectra: dict[str, Spectrum], path: str, /, *, title: str) -> Non
 
 
 def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 110) -> None:
-    """Measured vs Theorem-1-predicted extremal eigenvalues against q (log x), top and bottom.
+    """Measured and predicted extremal eigenvalues against q (log x): the Hessian's top and
+    bottom and (when measured) the GGN's top; with several seeds, mean and standard deviation.
 
     Example:
       >>> import os, tempfile
@@ -121,57 +172,82 @@ def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int =
       ...          heldout_lambda_max=1.8, true_lambda_min=-0.1, emp_lambda_min=-0.5,
       ...          pred_lambda_min=-0.6, heldout_lambda_min=-0.4, s=0.5)
       >>> p = os.path.join(tempfile.mkdtemp(), "e.png")
-      >>> plot_extremal([r, {**r, "q": 10.0}], p)
+      >>> plot_extremal([r, {**r, "q": 10.0}, {**r, "q": 10.0, "seed": 1}], p)
       >>> os.path.getsize(p) > 0
       True
     """
     plt = _pyplot()
-    rs = sorted(results, key=lambda r: r["q"])
-    q = np.array([r["q"] for r in rs])
+    qs = sorted({round(r["q"], 9) for r in results})
+    q = np.array(qs)
 
-    def get(k):
-        return np.array([np.nan if r.get(k) is None else r[k] for r in rs], float)
+    def stats(k, sign):
+        vals = [[sign * r[k] if r.get(k) is not None else np.nan for r in results
+                 if round(r["q"], 9) == qq] for qq in qs]
+        ok = [np.any(np.isfinite(v)) for v in vals]
+        mean = np.array([np.nanmean(v) if f else np.nan for v, f in zip(vals, ok)])
+        std = np.array([np.nanstd(v) if f else np.nan for v, f in zip(vals, ok)])
+        return np.where(mean > 0, mean, np.nan), std  # log axes: values <= 0 are left out
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
-    for ax, side, sign in ((axes[0], "max", 1.0), (axes[1], "min", -1.0)):
-        # the bottom panel shows -lambda_P on the same log scale (values >= 0 are left out)
-        def y(k):
-            return np.where(sign * get(k) > 0, sign * get(k), np.nan)
-
-        ax.plot(q, y(f"true_lambda_{side}"), "k-o", ms=4, label="True (M fresh)")
-        ax.plot(q, y(f"emp_lambda_{side}"), "C3-s", ms=5, label="Empirical (train), measured")
-        ax.plot(q, y(f"heldout_lambda_{side}"), "C1:^", ms=5,
-                label="Empirical (held-out), measured")
-        ax.plot(q, y(f"pred_lambda_{side}"), "C0--D", ms=4,
-                label=r"Theorem 1 (True, mean $\sigma^2$)")
-        ax.plot(q, y(f"pred_dir_lambda_{side}"), "C2--v", ms=4,
-                label=r"Theorem 1 (True, $\sigma^2$ along its eigenvector)")
-        ax.plot(q, 2 * get("s"), color="0.6", ls="-.", lw=1,
-                label=r"GOE bulk edge $2\sqrt{q}\sigma$")
+    panels = [("max", 1.0, r"Hessian: top eigenvalue $\lambda_1$"),
+              ("min", -1.0, r"Hessian: bottom eigenvalue, $-\lambda_P$")]
+    ggn = any(r.get("ggn_true_lambda_max") is not None for r in results)
+    fig, axes = plt.subplots(1, 2 + ggn, figsize=(5 * (2 + ggn), 4.5))
+    lines = [("true_lambda_{}", "k-o", "True (M fresh)"),
+             ("emp_lambda_{}", "C3-s", "Empirical (train), measured"),
+             ("heldout_lambda_{}", "C1:^", "Empirical (held-out), measured"),
+             ("pred_lambda_{}", "C0--D", r"Theorem 1 (mean $\sigma^2$)"),
+             ("pred_dir_lambda_{}", "C2--v", r"Theorem 1 ($\sigma^2$ along the eigenvector)"),
+             ("pert_lambda_{}", "C4-.x", "2nd order, measured couplings"),
+             ("bw_lambda_{}", "C5-.P", "self-consistent 2nd order")]
+    ggn_lines = [("ggn_true_lambda_max", "k-o", None), ("ggn_empirical_lambda_max", "C3-s", None),
+                 ("ggn_heldout_lambda_max", "C1:^", None),
+                 ("ggn_pred_lambda_max", "C6--*", "GGN: Baik-Silverstein (true GGN spectrum)"),
+                 ("ggn_pred_iso_lambda_max", "C7--", r"GGN: BBP, $\sigma^2$ = tr/P"),
+                 ("ggn_pert_lambda_max", "C4-.x", None)]
+    for ax, (side, sign, title) in zip(axes, panels):
+        for key, style, label in lines:
+            m, sd = stats(key.format(side), sign)
+            ax.errorbar(q, m, yerr=sd, fmt=style, ms=4, capsize=2, label=label)
+        m, _ = stats("s", 1.0)
+        ax.plot(q, 2 * m, color="0.6", ls="-.", lw=1, label=r"GOE bulk edge $2\sqrt{q}\sigma$")
+        ax.set_title(title, fontsize=10)
+    if ggn:
+        for key, style, label in ggn_lines:
+            m, sd = stats(key, 1.0)
+            axes[2].errorbar(q, m, yerr=sd, fmt=style, ms=4, capsize=2, label=label)
+        axes[2].set_title(r"Gauss-Newton: top eigenvalue", fontsize=10)
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(q, [f"{v:.3g}" for v in q])
         ax.minorticks_off()
         ax.set_xlabel("q = P / N")
-        ax.set_title(r"top eigenvalue $\lambda_1$" if side == "max"
-                     else r"bottom eigenvalue, $-\lambda_P$", fontsize=10)
         ax.grid(True, which="major", alpha=0.25)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    if ggn:
+        h2, l2 = axes[2].get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
 def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
-    """One row per point: the sweep table (``SUMMARY_COLUMNS``), sorted by q.
+    """One row per point: the sweep table (``SUMMARY_COLUMNS``), sorted by seed and q.
 
     ``direct_ratio_*`` is ``|(H_N - H_M) v|^2 / |v|^2`` over its sampling-model value
     ``(q + P/M) sigma^2`` (1 if the noise has the CLT scale). ``more_extreme`` is the paper's
     qualitative claim for the training-set Hessian, ``lambda'_max > lambda_max`` and
     ``lambda'_min < lambda_min``; ``heldout_more_extreme`` the same for the held-out one.
     ``pred_dir_*`` is Theorem 1 with the noise variance measured along the true extremal
-    eigenvector (``sigma2_top``, ``sigma2_bottom``) instead of the mean element variance.
+    eigenvector instead of the mean element variance; ``pert_*`` and ``bw_*`` the second-order
+    predictions (:mod:`experiments.true_hessian.theory`). ``shift_<pred>_<max|min>`` is that
+    prediction's shift over the measured held-out shift
+    (:func:`experiments.true_hessian.theory.shift_error`); ``ritz_rel_residual_*`` the largest
+    relative residual of the extremal Ritz values of the point's true, empirical and held-out
+    Hessians; ``fluct_*`` the standard deviation ``sqrt(Var(u^T X u) / N)`` of the first-order
+    term ``u^T E u`` (a single draw's scatter about any prediction of the mean).
 
     Example:
       >>> from experiments.true_hessian.report import summary_rows
@@ -183,15 +259,36 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
       >>> row = summary_rows([r])[0]
       >>> row["more_extreme"], row["heldout_more_extreme"], row["direct_ratio_heldout"]
       (True, False, 1.0)
+      >>> round(row["shift_pred_max"], 4), row["seed"]
+      (0.2222, 0)
     """
+    from experiments.true_hessian.theory import shift_error
+
     rows = []
-    for r in sorted(results, key=lambda r: r["q"]):
+    for r in sorted(results, key=lambda r: (r.get("seed", 0), r["q"])):
         row = {k: r.get(k) for k in SUMMARY_COLUMNS}
+        row["seed"] = r.get("seed", 0)
         row["direct_ratio_train"] = r["direct_s2_train"] / r["direct_s2_model"]
         row["direct_ratio_heldout"] = r["direct_s2_heldout"] / r["direct_s2_model"]
+        for side in ("top", "bottom"):
+            if r.get(f"sigma2_{side}") is not None:
+                row[f"sigma2_{side}_ratio"] = r[f"sigma2_{side}"] / r["sigma2"]
         for col, pre in (("more_extreme", "emp"), ("heldout_more_extreme", "heldout")):
             row[col] = bool(r[f"{pre}_lambda_max"] > r["true_lambda_max"]
                             and r[f"{pre}_lambda_min"] < r["true_lambda_min"])
+        for e in ("max", "min"):
+            for pred in ("pred", "pred_dir", "pert", "bw"):
+                row[f"shift_{pred}_{e}"] = shift_error(r.get(f"{pred}_lambda_{e}"),
+                                                       r[f"true_lambda_{e}"],
+                                                       r[f"heldout_lambda_{e}"])
+            rel = [res[e == "max"] / abs(r[f"{_PREFIX[k]}_lambda_{e}"])
+                   for k, res in (r.get("ritz_residuals") or {}).items()
+                   if k in _PREFIX and r.get(f"{_PREFIX[k]}_lambda_{e}")]
+            row[f"ritz_rel_residual_{e}"] = max(rel) if rel else None
+        for pred in ("ggn_pred", "ggn_pred_iso", "ggn_pert"):
+            row[f"shift_{pred}_max"] = shift_error(r.get(f"{pred}_lambda_max"),
+                                                   r.get("ggn_true_lambda_max"),
+                                                   r.get("ggn_heldout_lambda_max"))
         rows.append(row)
     return rows
 
@@ -213,36 +310,117 @@ def format_value(x: Any, /) -> str:
     return f"{float(x):.4g}"
 
 
+def aggregate_cell(values: Sequence[Any], /) -> str:
+    """A table cell over seeds: the value for one, ``mean +- std`` (sample std) for several,
+    ``k/n`` for booleans (how many seeds say yes); None entries are left out.
+
+    Example:
+      >>> from experiments.true_hessian.report import aggregate_cell
+      >>> aggregate_cell([1.0, 3.0]), aggregate_cell([True, False, True]), aggregate_cell([2.5])
+      ('2 +- 1.4', '2/3', '2.5')
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return ""
+    if len(vals) == 1:
+        return format_value(vals[0])
+    if isinstance(vals[0], (bool, np.bool_)):
+        return f"{sum(bool(v) for v in vals)}/{len(vals)}"
+    x = np.asarray(vals, float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return ""
+    if x.size == 1 or np.allclose(x, x[0], rtol=1e-9, atol=0):  # e.g. q and N: no spread
+        return format_value(vals[0]) if x.size == len(vals) else f"{x[0]:.4g}"
+    return f"{x.mean():.4g} +- {x.std(ddof=1):.2g}"
+
+
+def pooled_shift_ratio(rows: Sequence[dict[str, Any]], pred: str, side: str, /,
+                       *, prefix: str = "") -> tuple[float, float]:
+    """A prediction's mean shift over the mean measured held-out shift, pooled over the seeds
+    of ``rows`` (one q), and the relative standard error of that measured mean shift
+    (``std / sqrt(seeds) / |mean|``; NaN for one seed): the ratio is only resolved to that
+    precision.
+
+    Example:
+      >>> from experiments.true_hessian.report import pooled_shift_ratio
+      >>> rows = [dict(true_lambda_max=1.0, heldout_lambda_max=h, bw_lambda_max=1.5)
+      ...         for h in (1.8, 2.2)]
+      >>> [round(x, 4) for x in pooled_shift_ratio(rows, "bw", "max")]
+      [0.5, 0.2]
+    """
+    def get(k):
+        return np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)
+
+    true = get(f"{prefix}true_lambda_{side}")
+    measured = get(f"{prefix}heldout_lambda_{side}") - true
+    predicted = get(f"{pred}_lambda_{side}") - true
+    ok = np.isfinite(measured) & np.isfinite(predicted)
+    if not ok.any() or measured[ok].mean() == 0:
+        return float("nan"), float("nan")
+    m = measured[ok].mean()
+    err = measured[ok].std(ddof=1) / np.sqrt(ok.sum()) / abs(m) if ok.sum() > 1 else np.nan
+    return float(predicted[ok].mean() / m), float(err)
+
+
 def _markdown(results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
-    lines += ["| " + " | ".join(format_value(row[k]) for k in SUMMARY_COLUMNS) + " |"
-              for row in rows]
-    ordered = sorted(results, key=lambda r: r["q"])
-    noise = [f"| {r['q']:.3g} | {name} - true | {d['lambda_min']:.4g} | {d['lambda_max']:.4g} "
-             f"| +-{d['semicircle_edge']:.4g} | {d['bottom_over_edge']:.3g} | "
-             f"{d['top_over_edge']:.3g} | {d['skewness']:.3g} |"
+    by_q: dict[float, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_q.setdefault(round(row["q"], 9), []).append(row)
+    seeds = sorted({row["seed"] for row in rows})
+    lines = [f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)}); cells are mean +- standard "
+             "deviation over seeds, booleans the number of seeds that say yes."
+             if len(seeds) > 1 else f"Seed {seeds[0]} (one seed: no spread)."]
+    for title, cols in _TABLES:
+        lines += ["", title, "", "| " + " | ".join(h for _, h in cols) + " |",
+                  "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(aggregate_cell([r.get(c) for r in group]) for c, _ in cols)
+                  + " |" for _, group in sorted(by_q.items())]
+    preds = [("pred", "Thm 1"), ("pred_dir", "Thm 1 dir"), ("pert", "2nd order"),
+             ("bw", "self-consistent")]
+    lines += ["", "Shift ratios pooled over seeds: mean predicted shift / mean measured held-out "
+              "shift (the 10% target: within 0.9-1.1), with the relative standard error of the "
+              "measured mean shift (the precision to which the ratio is resolved).", "",
+              "| q | side | " + " | ".join(h for _, h in preds) + " | GGN Baik-Silverstein "
+              "| GGN BBP iso | GGN 2nd order | measured shift rel. s.e. | GGN rel. s.e. |",
+              "|---" * 11 + "|"]
+    for _, group in sorted(by_q.items()):
+        for side in ("max", "min"):
+            cells = [pooled_shift_ratio(group, k, side) for k, _ in preds]
+            ggn = [pooled_shift_ratio(group, k, "max", prefix="ggn_")
+                   for k in ("ggn_pred", "ggn_pred_iso", "ggn_pert")] if side == "max" else []
+            lines.append(f"| {group[0]['q']:.3g} | {'top' if side == 'max' else 'bottom'} | "
+                         + " | ".join(f"{c[0]:.3g}" for c in cells) + " | "
+                         + " | ".join(f"{g[0]:.3g}" for g in ggn) + (" | | | " if not ggn else " | ")
+                         + f"{cells[0][1]:.2g} | " + (f"{ggn[0][1]:.2g} |" if ggn else " |"))
+    ordered = sorted(results, key=lambda r: (r.get("seed", 0), r["q"]))
+    noise = [f"| {r.get('seed', 0)} | {r['q']:.3g} | {name} - true | {d['lambda_min']:.4g} | "
+             f"{d['lambda_max']:.4g} | +-{d['semicircle_edge']:.4g} | {d['bottom_over_edge']:.3g}"
+             f" | {d['top_over_edge']:.3g} | {d['skewness']:.3g} |"
              for r in ordered for name, d in (r.get("noise_spectrum") or {}).items()]
     if noise:
         lines += ["", "Noise matrix spectra (SLQ of H_N - H_M; a GOE would give ratios 1 and "
                   "skewness 0):", "",
-                  "| q | matrix | lambda_min | lambda_max | semicircle edges | "
-                  "-lambda_min / 2s | lambda_max / 2s | skewness |", "|---" * 8 + "|", *noise]
-    per_sample = [(r["q"], r["per_sample"]) for r in ordered if r.get("per_sample")]
+                  "| seed | q | matrix | lambda_min | lambda_max | semicircle edges | "
+                  "-lambda_min / 2s | lambda_max / 2s | skewness |", "|---" * 9 + "|", *noise]
+    per_sample = [(r.get("seed", 0), r["q"], r["per_sample"]) for r in ordered
+                  if r.get("per_sample")]
     if per_sample:
         lines += ["", "Per-sample noise u_i = H_i v (one probe): Gaussian elements would give "
                   "excess kurtosis 0 and a top-1% share of about 0.01.", "",
-                  "| q | samples | sigma^2 (per-sample) | excess kurtosis (median over "
-                  "coordinates) | variance share of top 1% samples |", "|---|---|---|---|---|"]
-        lines += [f"| {q:.3g} | {d['count']} | {d['sigma2_per_sample']:.4g} | "
+                  "| seed | q | samples | sigma^2 (per-sample) | excess kurtosis (median over "
+                  "coordinates) | variance share of top 1% samples |", "|---" * 6 + "|"]
+        lines += [f"| {seed} | {q:.3g} | {d['count']} | {d['sigma2_per_sample']:.4g} | "
                   f"{d['excess_kurtosis_median']:.3g} | {d['top1pct_variance_share']:.3g} |"
-                  for q, d in per_sample]
+                  for seed, q, d in per_sample]
     return "\n".join(lines) + "\n"
 
 
 def write_summary(results: Sequence[dict[str, Any]], workdir: str, config: dict[str, Any],
                   /) -> list[dict[str, Any]]:
     """``summary.json`` (config, rows, every point's result), ``summary.csv`` (the rows) and
-    ``summary.md`` (the table, the noise spectra, the per-sample statistics); returns the rows.
+    ``summary.md`` (the tables, mean +- spread over the seeds of ``results``, the noise spectra,
+    the per-sample statistics); returns the rows.
 
     Example:
       >>> import os, tempfile
@@ -252,8 +430,8 @@ def write_summary(results: Sequence[dict[str, Any]], workdir: str, config: dict[
       ...          direct_s2_train=0.3, direct_s2_heldout=0.2, direct_s2_model=0.2)
       >>> d = tempfile.mkdtemp()
       >>> rows = write_summary([r], d, {"seed": 0})
-      >>> sorted(os.listdir(d)), open(os.path.join(d, "summary.md")).read()[:9]
-      (['summary.csv', 'summary.json', 'summary.md'], '| q | N |')
+      >>> sorted(os.listdir(d)), open(os.path.join(d, "summary.md")).read()[:6]
+      (['summary.csv', 'summary.json', 'summary.md'], 'Seed 0')
     """
     rows = summary_rows(results)
     write_json(os.path.join(workdir, "summary.json"),

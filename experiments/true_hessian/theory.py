@@ -1,0 +1,114 @@
+"""The study's predictions of the held-out empirical extremal eigenvalues, beyond Theorem 1.
+
+Everything here maps quantities measured on *fresh* samples (the True Hessian's Ritz pairs,
+the noise couplings of :func:`experiments.true_hessian.measure.noise_couplings`, the True GGN's
+spectrum) through :mod:`jaxspec.outliers`; nothing reads the empirical matrices it predicts.
+
+* Hessian, second order (:func:`hessian_predictions`): the coupling ``c_j`` of the per-sample
+  noise to the true extremal Ritz vector ``u``, resolved over the other Ritz vectors ``v_j``
+  (levels ``theta_j``), the part outside the Krylov space as a level at 0;
+  ``lambda' = lambda + (1/N) sum_j c_j / (lambda - theta_j)`` (plain) or with ``lambda'`` in
+  the denominators (self-consistent, Brillouin-Wigner).
+* GGN, Wishart (:func:`ggn_predictions`): the empirical GGN is ``(1/N) sum_i J_i^T L_i J_i``,
+  a sample second-moment matrix of ``N (K - 1)`` vectors (``L_i``, the softmax Hessian, has
+  rank ``K - 1``) whose population matrix is the True GGN: Baik-Silverstein with
+  ``gamma = P / (N (K - 1))`` and the True GGN's spectrum as the population law, and the
+  isotropic BBP formula with ``sigma^2 = tr(GGN) / P`` (its mean eigenvalue).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jaxspec import Spectrum
+from jaxspec.outliers import perturbative_edge, population_outlier, spiked_covariance_edge
+
+__all__ = ["ggn_predictions", "hessian_predictions", "shift_error"]
+
+
+def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, dict[str, Any]],
+                        n: int, /, *, sides: tuple[str, ...] = ("top", "bottom")
+                        ) -> dict[str, float]:
+    """Second-order predictions of the held-out extremal eigenvalues (plain ``pert_*`` and
+    self-consistent ``bw_*``) from the True Hessian's Ritz pairs and the noise couplings, and
+    ``fluct_*``: the standard deviation ``sqrt(c_uu / N)`` of the first-order term ``u^T E u``
+    (mean 0), the scatter of one draw about the predicted mean.
+
+    Args:
+      pairs: ``{"top", "bottom"}`` Ritz pairs (``values`` ascending) of the True Hessian, from
+        :func:`experiments.true_hessian.measure.spectrum_with_ritz_vectors`.
+      couplings: ``{"top", "bottom"}`` from
+        :func:`experiments.true_hessian.measure.noise_couplings` over those pairs' vectors.
+      n: ``N``, the held-out sample count.
+      sides: the sides to predict (``couplings`` needs only those); the same predictor serves
+        the GGN's top eigenvalue, with its pairs and ``kind="ggn"`` couplings.
+
+    Example:
+      >>> import numpy as np
+      >>> from experiments.true_hessian.theory import hessian_predictions
+      >>> pairs = {s: {"values": np.array([-1.0, 0.0, 2.0])} for s in ("top", "bottom")}
+      >>> coup = {"top": {"couplings": np.array([0.0, 4.0, 0.0]), "rest": 0.0},
+      ...         "bottom": {"couplings": np.array([0.0, 1.0, 0.0]), "rest": 0.0}}
+      >>> d = hessian_predictions(pairs, coup, 1)   # top: 2 + 4 / 2; z = 2 + 4 / z
+      >>> d["pert_lambda_max"], round(d["bw_lambda_max"], 4), d["pert_lambda_min"]
+      (4.0, 3.2361, -2.0)
+    """
+    out = {}
+    for side, idx, key in (("top", -1, "max"), ("bottom", 0, "min")):
+        if side not in sides:
+            continue
+        values = np.asarray(pairs[side]["values"], np.float64)
+        c = np.asarray(couplings[side]["couplings"], np.float64)
+        keep = np.arange(values.size) != idx % values.size  # every level but lambda's own
+        levels = np.append(values[keep], 0.0)
+        cs = np.append(c[keep], couplings[side]["rest"])
+        out[f"fluct_{key}"] = float(np.sqrt(c[idx] / n))  # std of u^T E u, first order
+        for name, sc in (("pert", False), ("bw", True)):
+            out[f"{name}_lambda_{key}"] = float(perturbative_edge(
+                values[idx], cs, levels, num_samples=n, side=side, self_consistent=sc))
+    return out
+
+
+def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /) -> dict[str, float]:
+    """The Wishart predictions of the held-out empirical GGN's top eigenvalue.
+
+    ``ggn_pred_lambda_max``: Baik-Silverstein, the True GGN's top Ritz value as the spike and
+    its other SLQ nodes as the population law, ``gamma = P / (N (K - 1))``;
+    ``ggn_pred_iso_lambda_max``: BBP with ``sigma^2 = tr(GGN) / P`` (the spectrum's mean).
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> from experiments.true_hessian.theory import ggn_predictions
+      >>> s = Spectrum([1.0, 5.0], [0.99, 0.01], meta={"P": 100})
+      >>> d = ggn_predictions(s, 50, 3)   # gamma = 100 / 100 = 1
+      >>> round(d["ggn_pred_lambda_max"], 4), round(d["ggn_sigma2"], 4), d["ggn_gamma"]
+      (6.25, 1.04, 1.0)
+    """
+    p = int(true_ggn.meta["P"])
+    gamma = p / (n * (num_classes - 1))
+    nodes, weights = np.asarray(true_ggn.nodes), np.asarray(true_ggn.weights)
+    top = int(np.argmax(nodes))
+    rest = np.arange(nodes.size) != top
+    bulk = np.clip(nodes[rest], 0.0, None)  # Ritz values of a PSD matrix: >= 0 up to rounding
+    sigma2 = float(np.sum(nodes * weights) / np.sum(weights))
+    return {"ggn_gamma": gamma, "ggn_sigma2": sigma2,
+            "ggn_pred_lambda_max": float(population_outlier(nodes[top], bulk, weights[rest],
+                                                            gamma=gamma)),
+            "ggn_pred_iso_lambda_max": float(spiked_covariance_edge(nodes[top], gamma=gamma,
+                                                                    sigma2=sigma2))}
+
+
+def shift_error(pred: float | None, true: float | None, measured: float | None, /) -> float:
+    """The predicted shift over the measured one, ``(pred - true) / (measured - true)``
+    (1: exact; NaN when a value is missing or the measured shift is 0).
+
+    Example:
+      >>> from experiments.true_hessian.theory import shift_error
+      >>> shift_error(1.5, 1.0, 2.0), shift_error(None, 1.0, 2.0)
+      (0.5, nan)
+    """
+    if pred is None or true is None or measured is None or measured == true:
+        return float("nan")
+    return (pred - true) / (measured - true)
