@@ -7,8 +7,8 @@ of ``jaxspec.trace`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`hutchi
 :func:`logdet`) run on it, or on any plain ``v -> A v``.
 
 The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``blocks``,
-``heterogeneity``, ``lanczos``, ``ritz``, ``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and
-numpy (``trace`` also matfree); files and progress bars (``jaxspec.io``), models, data and
+``heterogeneity``, ``lanczos``, ``ritz``, ``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``)
+imports only jax and numpy (``trace`` also matfree); files and progress bars (``jaxspec.io``), models, data and
 plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.text``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
