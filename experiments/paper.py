@@ -5,6 +5,7 @@
     python -m experiments.paper --report --runs-dir runs             # runs/report.md from results
     python -m experiments.paper --preset cpu --npz cifar10.npz --out runs/cpu   # ~5-10 min, CPU
     python -m experiments.paper --preset smoke --out /tmp/smoke                 # ~1 min, tests
+    python -m experiments.paper --preset cnn-cpu --npz cifar10.npz --out runs/cnn_cpu  # PreResNet-8
 
 Granziol et al. (2020), "Towards understanding the true loss surface of deep neural networks using
 random matrix theory and iterative spectral methods" (ICLR 2020 submission), section 6 and
@@ -18,7 +19,10 @@ to the paper's and flags, in every table, the choices of ours each row depends o
 ``--preset cpu`` runs the whole chain at toy scale on a CPU: a 2x256 MLP trained for 10 epochs on
 3,000 CIFAR-10 images (``--npz`` a local copy, else synthetic data), spectra with m = 30 / 24 and
 K = 4 variants per image, the empirical spectra along training, the comparison and the report.
-``--preset smoke`` is the same chain in miniature, for tests.
+``--preset cnn-cpu`` is the chain on a convolutional network, as in the paper: a PreResNet-8 with
+BatchNorm in batch mode trained on 2,000 real CIFAR-10 images (``--npz`` required), both Hessians
+over the first 512 of them (K = 2 variants each for the augmented one). ``--preset smoke`` and
+``--preset cnn-smoke`` are the chains in miniature, for tests.
 """
 
 from __future__ import annotations
@@ -77,9 +81,13 @@ __all__ = [
 class Preset:
     """A toy-scale version of the whole chain.
 
-    ``make_config(npz)`` gives the training config (synthetic data when ``npz`` is None); the
-    other fields set the spectra of :func:`run_preset`: Lanczos steps m of each, variants per
-    image K, the Hessian-vector-product batch size and the epochs of the sweep.
+    ``make_config(npz)`` gives the training config (synthetic data when ``npz`` is None, unless
+    ``needs_npz``); the other fields set the spectra of :func:`run_preset`: Lanczos steps m of
+    each, variants per image K, the Hessian-vector-product batch size (in BatchNorm batch mode,
+    also the batch of the BatchNorm statistics), the epochs of the sweep and ``num_images``, the
+    first this many training images that both Hessians are taken over (``None``: all), the
+    batches per jitted call of the HVP (``group_size``: more is fewer dispatches but a longer
+    compile) and the probes of the ``sigma^2`` estimate (``noise_probes``; 0: no Theorem 1).
 
     Example:
       >>> from experiments.paper import PRESETS
@@ -89,6 +97,9 @@ class Preset:
       >>> config = smoke.make_config(None)
       >>> config.model, config.model_kwargs, config.dataset, config.epochs
       ('mlp', {'hidden': [16]}, 'synthetic', 2)
+      >>> cnn = PRESETS["cnn-cpu"]
+      >>> cnn.make_config("cifar10.npz").model, cnn.needs_npz, cnn.num_images
+      ('preresnet8', True, 512)
     """
 
     name: str
@@ -99,6 +110,11 @@ class Preset:
     hvp_batch_size: int
     sweep_epochs: tuple[int, ...]
     description: str
+    model_label: str = "MLP"
+    num_images: int | None = None
+    needs_npz: bool = False
+    group_size: int = 4
+    noise_probes: int = 1
 
 
 def _cpu_config(npz: str | None):
@@ -126,6 +142,32 @@ def _smoke_config(npz: str | None):
         checkpoint_epochs=(0, 2), prng_impl="rbg", progress=False)
 
 
+def _cnn_cpu_config(npz: str | None):
+    from train import TrainConfig
+
+    if npz is None:
+        raise ValueError("preset 'cnn-cpu' trains on real CIFAR-10 images: pass --npz PATH, a "
+                         ".npz with x_train, y_train, x_test, y_test (uint8 HWC images, "
+                         "integer labels), at least 200 training and 50 test images per class")
+    return TrainConfig(
+        name="paper_cnn_cpu_preset", model="preresnet8", dataset="cifar10", npz_path=npz,
+        train_per_class=200, test_per_class=50, epochs=8, base_lr=0.1, weight_decay=3e-4,
+        batch_size=128, eval_batch_size=500, checkpoint_epochs=(0, 4, 8), prng_impl="rbg",
+        progress=False)
+
+
+def _cnn_smoke_config(npz: str | None):
+    from train import TrainConfig
+
+    real = npz is not None
+    return TrainConfig(
+        name="paper_cnn_smoke_preset", model="preresnet8", dataset="cifar10" if real else
+        "synthetic", npz_path=npz, synthetic_size=(20, 10), train_per_class=2 if real else None,
+        test_per_class=1 if real else None, epochs=1, base_lr=0.05, weight_decay=3e-4,
+        batch_size=20, eval_batch_size=10, checkpoint_epochs=(1,), prng_impl="rbg",
+        progress=False)
+
+
 PRESETS: dict[str, Preset] = {
     "cpu": Preset("cpu", _cpu_config, empirical_steps=30, augmented_steps=24, num_per_image=4,
                   hvp_batch_size=128, sweep_epochs=(0, 5, 10),
@@ -134,6 +176,18 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", _smoke_config, empirical_steps=8, augmented_steps=6,
                     num_per_image=2, hvp_batch_size=32, sweep_epochs=(0, 2),
                     description="1x16 MLP, 128 images, 2 epochs; m = 8 / 6, K = 2"),
+    "cnn-cpu": Preset("cnn-cpu", _cnn_cpu_config, empirical_steps=20, augmented_steps=16,
+                      num_per_image=2, hvp_batch_size=128, sweep_epochs=(8,),
+                      description="PreResNet-8 (P = 77,850, BatchNorm in batch mode), 2,000 "
+                                  "CIFAR-10 images (200 per class), 8 epochs; spectra over the "
+                                  "first 512 training images: m = 20 empirical / 16 augmented, "
+                                  "K = 2 (1,024 samples)",
+                      model_label="PreResNet-8", num_images=512, needs_npz=True),
+    "cnn-smoke": Preset("cnn-smoke", _cnn_smoke_config, empirical_steps=4, augmented_steps=3,
+                        num_per_image=2, hvp_batch_size=20, sweep_epochs=(1,),
+                        description="PreResNet-8, 20 images, 1 epoch; m = 4 / 3, K = 2, "
+                                    "one batch per jitted HVP, no sigma^2",
+                        model_label="PreResNet-8", group_size=1, noise_probes=0),
 }
 
 
@@ -165,6 +219,14 @@ def trained_preset(name: str = "smoke", /) -> str:
     return workdir
 
 
+def _checked_config(preset: Preset, npz: str | None):
+    """The preset's training config; clear errors for a missing ``--npz`` file or argument."""
+    if npz is not None and not os.path.isfile(npz):
+        raise FileNotFoundError(f"--npz {npz}: no such file (a CIFAR-10 .npz with x_train, "
+                                "y_train, x_test, y_test)")
+    return preset.make_config(None if npz is None else os.path.abspath(npz))
+
+
 def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
                verbose: bool = True) -> dict[str, Any]:
     """Runs the whole chain of preset ``name`` in ``out_dir``; returns the artefacts and timings.
@@ -174,7 +236,9 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     exists (training resumes, spectra are skipped).
 
     Raises:
-      ValueError: if ``name`` is not one of :data:`PRESETS`.
+      ValueError: if ``name`` is not one of :data:`PRESETS`, or the preset needs real images
+        (``cnn-cpu``) and ``npz`` is None.
+      FileNotFoundError: if ``npz`` names no file.
 
     The ``smoke`` chain takes about a minute on a CPU, so the example shows only its settings
     and the error for an unknown name (``tests/test_experiments.py`` runs the chain).
@@ -187,7 +251,11 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
       >>> run_preset("tiny", tempfile.mkdtemp())
       Traceback (most recent call last):
       ...
-      ValueError: unknown preset 'tiny'; choose from ['cpu', 'smoke']
+      ValueError: unknown preset 'tiny'; choose from ['cnn-cpu', 'cnn-smoke', 'cpu', 'smoke']
+      >>> run_preset("cnn-cpu", tempfile.mkdtemp(), npz="missing.npz")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: --npz missing.npz: no such file (a CIFAR-10 .npz with x_train, y_train, x_test, y_test)
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
@@ -198,7 +266,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     from train import train_and_evaluate
 
     preset = PRESETS[name]
-    config = preset.make_config(None if npz is None else os.path.abspath(npz))
+    config = _checked_config(preset, npz)
     workdir = os.path.join(out_dir, "run")
     spectra_dir = os.path.join(workdir, "spectra")
     times: dict[str, float] = {}
@@ -215,10 +283,11 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     times["train"] = time.perf_counter() - t
     final = config.epochs
     log(f"trained: test accuracy {records[-1]['test_accuracy']:.4f}")
-    common = dict(batch_size=preset.hvp_batch_size, progress=verbose)
+    common = dict(batch_size=preset.hvp_batch_size, num_images=preset.num_images,
+                  group_size=preset.group_size, progress=verbose)
     settings = {
         "empirical": SpectrumSettings(mode="empirical", num_steps=preset.empirical_steps,
-                                      **common),
+                                      noise_probes=preset.noise_probes, **common),
         "augmented": SpectrumSettings(mode="augmented", num_steps=preset.augmented_steps,
                                       num_per_image=preset.num_per_image, **common),
     }
@@ -241,7 +310,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     times["total"] = time.perf_counter() - t_all
     ref_key = ("preresnet110", "cifar10", "normal")
     data_txt = (f"{config.dataset} from {os.path.basename(npz)}" if npz else "synthetic data")
-    entry = ReportEntry(f"{name} preset: MLP, {data_txt}", cmp.data, None,
+    entry = ReportEntry(f"{name} preset: {preset.model_label}, {data_txt}", cmp.data, None,
                         (cmp.paths["png"], epoch_paths["png"]),
                         choices=("preset", "wd", "batch", "norm", "lr-epoch", "drop-last",
                                  "no-wd-hess", "aug-set", "origin-tol"))
@@ -267,7 +336,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``--print-commands``, ``--list``, ``--report`` or ``--preset cpu|smoke``.
+    """Command line: ``--print-commands``, ``--list``, ``--report`` or ``--preset NAME``.
 
     Example:
       >>> import contextlib, io, os, tempfile
@@ -298,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="list the runs, their figures and the settings that are ours")
     what.add_argument("--report", action="store_true",
                       help="write the report from the runs under --runs-dir")
-    what.add_argument("--preset", choices=sorted(PRESETS), help="run a toy-scale chain")
+    what.add_argument("--preset", choices=sorted(PRESETS),
+                      help="run a toy-scale chain (cnn-cpu needs --npz)")
     parser.add_argument("--runs-dir", default="runs", help="where the paper runs live")
     parser.add_argument("--out", default=None,
                         help="report path (--report; default RUNS_DIR/report.md) or preset "
@@ -320,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {out} ({done}/{len(entries)} runs with results)")
         return 0
     out = args.out or os.path.join("runs", f"paper_{args.preset}")
+    try:
+        _checked_config(PRESETS[args.preset], args.npz)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
     result = run_preset(args.preset, out, npz=args.npz)
     with open(result["report"]) as f:
         print(f.read())

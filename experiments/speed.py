@@ -2,15 +2,19 @@
 
     python -m experiments.speed                 # N = 512 CIFAR-shaped samples, batch 128, m = 50
     python -m experiments.speed --drivers host compiled --m 50 --n 512
+    python -m experiments.speed --models mlp --drivers host --reorth full partial
 
 For each model it prints the time of one dataset gradient (all batches in one jitted function),
 one dataset HVP (host-driven, compiled in a ``lax.scan``, and unrolled: all batches in one jitted
 function, no XLA loop, the floor on CPU), their ratios, the Lanczos time per driver (first run,
-with compilation, and warm), and Lanczos / (m x HVP): how much the re-orthogonalisation and
-bookkeeping add on top of the HVPs. It also prints the re-orthogonalisation floor: two reads of
-exactly the filled rows of the basis per step (the dots, then the update), timed on this machine,
-and the ratio that floor alone gives (no step that re-orthogonalises its vector before the next
-HVP can go below it; see the notes in :mod:`jaxspec.lanczos`).
+with compilation, and warm) for each re-orthogonalisation method (``--reorth``: full, partial),
+the Gram-Schmidt passes over the basis that run made, and Lanczos / (m x HVP): how much the
+re-orthogonalisation and bookkeeping add on top of the HVPs. It also prints the floor of full
+re-orthogonalisation: two reads of exactly the filled rows of the basis per step (the dots, then
+the update), timed on this machine, and the ratio that floor alone gives (no step that
+re-orthogonalises its vector before the next HVP can go below it; see the notes in
+:mod:`jaxspec.lanczos`). Partial re-orthogonalisation reads the basis only at the steps that
+count as passes, so it can go below that floor.
 
 Absolute times on a shared machine mean little (the load average is printed) and the load drifts
 within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
@@ -31,6 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxspec
 from experiments.timing import best_time, peak_memory
+from jaxspec.reorth import METHODS
 
 
 def _time(fn, *args, repeat: int = 5) -> float:
@@ -175,13 +180,13 @@ def make_loss(apply):
 def bench(name, init, apply, args):
     """Times one model and prints its table (see the module docstring): ``init(key)`` and
     ``apply(params, images)`` define it, ``args`` are :func:`main`'s parsed options (``n``,
-    ``batch_size``, ``m``, ``block_size``, ``repeat``, ``drivers``).
+    ``batch_size``, ``m``, ``block_size``, ``repeat``, ``drivers``, ``reorth``).
 
     Example:
       >>> import argparse, contextlib, io
       >>> from experiments.speed import bench, mlp_apply, mlp_init
       >>> args = argparse.Namespace(n=4, batch_size=4, m=2, block_size=16, repeat=1,
-      ...                           drivers=["host"])
+      ...                           drivers=["host"], reorth=["full"])
       >>> out = io.StringIO()
       >>> with contextlib.redirect_stdout(out):
       ...     bench("mlp", mlp_init, mlp_apply, args)
@@ -190,7 +195,7 @@ def bench(name, init, apply, args):
       True
       >>> rows = {line[2:36].strip(): line[37:].strip() for line in lines[2:]}
       >>> len(rows), rows["P (parameters)"], rows["Krylov basis (m+1) x P floats"]
-      (16, '855,050', '9.8 MiB')
+      (17, '855,050', '9.8 MiB')
     """
     key = jax.random.key(0)
     params = init(key)
@@ -236,12 +241,12 @@ def bench(name, init, apply, args):
             ("HVP(host) / gradient", f"{t_hvp_host / t_grad:9.2f}"),
             ("HVP(host) / HVP(unrolled)", f"{t_hvp_host / t_hvp_unrolled:9.2f}")]
     v0 = jax.random.normal(jax.random.key(2), (P,), flat.dtype)
-    for driver in args.drivers:
+    for driver, reorth in [(d, r) for d in args.drivers for r in args.reorth]:
         mv = host_mv if driver == "host" else scan_mv
         run = lambda: jaxspec.run_lanczos(mv, v0, args.m, driver=driver,  # noqa: E731
-                                          block_size=args.block_size).alphas
+                                          block_size=args.block_size, reorth=reorth)
         t = time.perf_counter()
-        jax.block_until_ready(run())  # first run: includes compiling the step (or the loop)
+        passes = int(run().passes)  # first run: includes compiling the step (or the loop)
         t_first = time.perf_counter() - t
         # Each warm run is paired with m chained HVPs (a power iteration: v <- Hv / |Hv|, Lanczos
         # without the re-orthogonalisation; each product waits for the last, as in Lanczos, and
@@ -258,15 +263,17 @@ def bench(name, init, apply, args):
             jax.block_until_ready(u)
             t_hvps = time.perf_counter() - t
             t = time.perf_counter()
-            jax.block_until_ready(run())
+            jax.block_until_ready(run().alphas)
             rounds.append((time.perf_counter() - t, t_hvps))
         t_lz, t_hvps = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]
-        rows += [(f"Lanczos m={args.m}, {driver}, first", f"{t_first:9.2f} s"),
-                 (f"Lanczos m={args.m}, {driver}, warm", f"{t_lz:9.2f} s"),
+        how = f"{driver}, {reorth}"
+        rows += [(f"Lanczos m={args.m}, {how}, first", f"{t_first:9.2f} s"),
+                 (f"Lanczos m={args.m}, {how}, warm", f"{t_lz:9.2f} s"),
                  ("  m chained HVPs, same round", f"{t_hvps:9.2f} s"),
-                 (f"  per step beyond the HVP, {driver}",
+                 ("  Gram-Schmidt passes over the basis", f"{passes:9d}"),
+                 (f"  per step beyond the HVP, {how}",
                   f"{(t_lz - t_hvps) / args.m * 1e3:9.1f} ms"),
-                 (f"Lanczos / (m x HVP), {driver}",
+                 (f"Lanczos / (m x HVP), {how}",
                   f"{t_lz / t_hvps:9.2f}  (rounds: "
                   f"{' '.join(f'{a / b:.2f}' for a, b in rounds)})")]
     peak_bytes, peak_kind = peak_memory()  # before the floor's own test arrays are allocated
@@ -292,14 +299,14 @@ def main(argv=None):
       >>> out = io.StringIO()
       >>> with contextlib.redirect_stdout(out):
       ...     main(["--models", "mlp", "--n", "4", "--batch-size", "4", "--m", "2",
-      ...           "--repeat", "1", "--drivers", "host"])
+      ...           "--repeat", "1", "--drivers", "host", "--reorth", "partial"])
       >>> lines = out.getvalue().splitlines()
       >>> lines[0].startswith("jax "), lines[2].startswith("== mlp  (N=4, batch=4,")
       (True, True)
       >>> [line.split()[-1] for line in lines[3:] if line.startswith("  P (parameters)")]
       ['855,050']
       >>> [line[2:36].strip() for line in lines if line.startswith("  Lanczos m=")]
-      ['Lanczos m=2, host, first', 'Lanczos m=2, host, warm']
+      ['Lanczos m=2, host, partial, first', 'Lanczos m=2, host, partial, warm']
     """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
@@ -312,6 +319,9 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     ap.add_argument("--drivers", nargs="+", default=["host", "compiled"],
                     choices=["host", "compiled"])
+    ap.add_argument("--reorth", nargs="+", default=["full", "partial"],
+                    choices=list(METHODS),
+                    help="re-orthogonalisation methods to time (jaxspec.reorth)")
     args = ap.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxspec.lanczos import LanczosHook, LanczosState
+from jaxspec.reorth import omega_init
 from jaxspec.slq import Spectrum
 from jaxspec.atomic import replacing, write_text
 
@@ -185,11 +186,16 @@ def _read(path) -> tuple[LanczosState, str | None]:
     try:
         with np.load(os.fspath(path)) as f:
             missing = set(LanczosState._fields) - set(f.files)
-            if missing:
+            if missing - {"omega", "passes"}:
                 raise ValueError(f"{path} is not a Lanczos checkpoint (missing {sorted(missing)}); "
                                  "delete it or use another path")
             fingerprint = str(f["fingerprint"]) if "fingerprint" in f.files else None
-            return LanczosState(**{k: f[k] for k in LanczosState._fields}), fingerprint
+            arrays = {k: f[k] for k in LanczosState._fields if k in f.files}
+        if missing:  # written before the state held the estimates: every vector had full passes
+            step, num_steps = int(arrays["step"]), arrays["alphas"].shape[0]
+            arrays["omega"] = np.asarray(omega_init(num_steps, arrays["alphas"].dtype, step))
+            arrays["passes"] = np.int32(step)  # at least one pass a step; the second not counted
+        return LanczosState(**arrays), fingerprint
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as err:
         if isinstance(err, ValueError) and "not a Lanczos checkpoint" in str(err):
             raise

@@ -1,4 +1,4 @@
-"""Lanczos tridiagonalisation with full re-orthogonalisation, compiled or host-driven.
+"""Lanczos tridiagonalisation with full or partial re-orthogonalisation, compiled or host-driven.
 
 The step mathematics lives in one function, :func:`lanczos_step`; two drivers call it:
 
@@ -19,14 +19,16 @@ axis.
 Deviations from the textbook algorithm, and why:
 
 * Every new vector goes through the three-term recurrence and is then orthogonalised against the
-  whole basis by classical Gram-Schmidt; a second pass runs only where the first removed more than
-  half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a ``lax.cond``; ``|w|^2``
-  before the pass comes from Pythagoras, ``|h|^2 + |w'|^2``). A step that passes the test reads
-  the basis twice (the coefficients ``h = Q w``, then ``w - h Q``) instead of four times.
-  Without the second pass where it is due, the Ritz values of a long run in float32 grow
-  spurious copies ("ghosts") and the quadrature weights are wrong. The passes use
-  ``Precision.HIGHEST`` so that GPUs do not drop to TF32, and every reduction is a dot (on
-  XLA:CPU a reduce first materialises its input: one more pass over ``P`` floats).
+  whole basis by classical Gram-Schmidt (with ``reorth="partial"`` only at the steps where the
+  omega recurrence estimates a loss of orthogonality above ``sqrt(eps)``: :mod:`jaxspec.reorth`,
+  which holds both methods; the estimates are part of the state); a second pass runs only where
+  the first removed more than half of ``|w|^2`` (the Daniel-Gragg-Kaufman-Stewart test, under a
+  ``lax.cond``; ``|w|^2`` before the pass comes from Pythagoras, ``|h|^2 + |w'|^2``). A step that
+  passes the test reads the basis twice (the coefficients ``h = Q w``, then ``w - h Q``) instead
+  of four times. Without the second pass where it is due, the Ritz values of a long run in float32
+  grow spurious copies ("ghosts") and the quadrature weights are wrong. The passes use
+  ``Precision.HIGHEST`` so that GPUs do not drop to TF32, and every reduction is a dot (on XLA:CPU
+  a reduce first materialises its input: one more pass over ``P`` floats).
 * Those two reads of the filled rows are the floor of a step: the dots must all be done before
   the update starts, and XLA does not fuse a ``Q w`` and an ``h Q`` into one pass over ``Q``
   (a column-tiled ``fori_loop`` that does both per tile ran 1.3-1.7x *slower* on XLA:CPU than
@@ -50,6 +52,7 @@ Deviations from the textbook algorithm, and why:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Callable, NamedTuple, Sequence
 
@@ -57,6 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxspec.reorth import check_method, omega_init, orthogonalise
 
 __all__ = [
     "LanczosHook",
@@ -87,6 +92,9 @@ class LanczosState(NamedTuple):
       num_valid: number of valid steps; stops growing at breakdown or at a non-finite matvec.
       broken_down: whether the Krylov space became invariant (``beta ~ 0``): the run is complete.
       nonfinite_step: the first step whose matvec returned NaN/Inf, or -1.
+      omega: ``(2, num_steps + 1)`` estimated loss of orthogonality of the last two basis rows
+        (:mod:`jaxspec.reorth`; ``reorth="partial"`` decides by it when to re-orthogonalise).
+      passes: Gram-Schmidt passes over the basis so far.
 
     Example:
       >>> import jax.numpy as jnp
@@ -105,6 +113,8 @@ class LanczosState(NamedTuple):
     num_valid: jax.Array
     broken_down: jax.Array
     nonfinite_step: jax.Array
+    omega: jax.Array
+    passes: jax.Array
 
     @property
     def num_steps(self) -> int:
@@ -129,6 +139,8 @@ class LanczosResult(NamedTuple):
       num_valid: number of valid steps (less than ``num_steps`` after a breakdown).
       nonfinite_step: first step whose matvec returned NaN/Inf, or -1.
       basis: ``(num_steps + 1, P)`` orthonormal basis rows, or ``None`` unless asked for.
+      passes: Gram-Schmidt passes over the basis the run made (``num_valid`` or more with
+        ``reorth="full"``, fewer with ``"partial"``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -145,6 +157,7 @@ class LanczosResult(NamedTuple):
     num_valid: jax.Array
     nonfinite_step: jax.Array
     basis: jax.Array | None = None
+    passes: jax.Array | None = None
 
 
 def _default_tol(dtype) -> float:
@@ -229,7 +242,8 @@ def _first_rows(v0: jax.Array, rows: int) -> jax.Array:
 def _fresh_state(basis, num_steps: int, dtype) -> LanczosState:
     zeros = lambda: jnp.zeros((num_steps,), dtype)  # noqa: E731  (distinct buffers: donated)
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
-    return LanczosState(basis, zeros(), zeros(), i32(0), i32(0), jnp.asarray(False), i32(-1))
+    return LanczosState(basis, zeros(), zeros(), i32(0), i32(0), jnp.asarray(False), i32(-1),
+                        omega_init(num_steps, dtype), i32(0))
 
 
 def _active(state: LanczosState) -> jax.Array:
@@ -277,7 +291,7 @@ def _project_out(blocks: list, w: jax.Array, count: jax.Array | None):
 
 
 def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Array,
-             blocks: list, tol: float | None, all_filled: bool = False
+             blocks: list, tol: float | None, all_filled: bool = False, reorth: str = "full"
              ) -> tuple[jax.Array, LanczosState]:
     """The step mathematics, shared by both drivers: folds ``w = A q_i`` into the state.
 
@@ -294,23 +308,16 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
     w_norm = jnp.sqrt(jnp.dot(w, w, precision=_HIGHEST))
     finite = jnp.isfinite(w_norm)
     keep = active & finite
-    # the three-term recurrence (alpha's first part: the Gram-Schmidt pass adds the rest) ...
+    # the three-term recurrence (alpha's first part), then re-orthogonalisation against the
+    # filled basis by the method asked for (jaxspec.reorth: every step, or where the estimated
+    # loss of orthogonality calls for it)
     beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0)
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
     w = w - beta_prev * q_prev - a0 * q_cur
-    # ... then one Gram-Schmidt pass against the filled basis, and a second one only where the
-    # first removed more than half of |w|^2 (Daniel-Gragg-Kaufman-Stewart), that is where
-    # |h|^2 > |w - Q^T h|^2 (Pythagoras: no norm of w before the pass is needed)
     count = None if all_filled else i + 1
-    w, h1 = _project_out(blocks, w, count)
-    after = jnp.dot(w, w, precision=_HIGHEST)
-    w, h2, after = jax.lax.cond(
-        after >= jnp.dot(h1, h1, precision=_HIGHEST),
-        lambda w: (w, jnp.zeros_like(h1), after),
-        lambda w: (lambda w, h: (w, h, jnp.dot(w, w, precision=_HIGHEST)))(
-            *_project_out(blocks, w, count)),
-        w)
-    alpha = a0 + h1[i] + h2[i]
+    w, alpha, after, omega, passes = orthogonalise(
+        reorth, lambda w: _project_out(blocks, w, count), w, i, a0, state.omega, state.alphas,
+        state.betas)
     beta = jnp.sqrt(after)
     go_on = keep & (beta > tol * w_norm)
     q_next = jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
@@ -322,22 +329,26 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
         num_valid=jnp.where(keep, i + 1, state.num_valid).astype(jnp.int32),
         broken_down=state.broken_down | (keep & ~go_on),
         nonfinite_step=jnp.where(active & ~finite, i, state.nonfinite_step).astype(jnp.int32),
+        omega=jnp.where(go_on, omega, state.omega),
+        passes=state.passes + jnp.where(keep, passes, 0),
     )
 
 
 def lanczos_step(
-    state: LanczosState, w: jax.Array, /, *, tol: float | None = None, block_size: int = 16
+    state: LanczosState, w: jax.Array, /, *, tol: float | None = None, block_size: int = 16,
+    reorth: str = "full",
 ) -> LanczosState:
     """Folds ``w = A q_i`` (``i = state.step``) into the state: one Lanczos step.
 
     Shared by both drivers. ``w`` goes through the three-term recurrence and is then
     re-orthogonalised against the filled basis (classical Gram-Schmidt over blocks of
     ``block_size`` rows, the value given to :func:`lanczos_init`; a second pass where the first
-    removed more than half of ``|w|^2``), ``alpha_i`` and ``beta_i`` are recorded, and
-    ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or ``|w|`` is not
-    finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below ``tol * |w|``
-    (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows uses it, and
-    no NaN enters the state.
+    removed more than half of ``|w|^2``; with ``reorth="partial"`` only where the estimated loss
+    of orthogonality exceeds ``sqrt(eps)``, see :mod:`jaxspec.reorth`), ``alpha_i`` and ``beta_i``
+    are recorded, and ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or
+    ``|w|`` is not finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below
+    ``tol * |w|`` (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows
+    uses it, and no NaN enters the state.
 
     Example:
       >>> import jax.numpy as jnp
@@ -355,7 +366,7 @@ def lanczos_step(
     q_cur = state.basis[i]
     q_prev = state.basis[jnp.maximum(i - 1, 0)]
     q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, block_size),
-                             tol)
+                             tol, reorth=check_method(reorth))
     return state._replace(basis=state.basis.at[i + 1].set(q_next, mode="drop"))
 
 def lanczos_continue(
@@ -366,6 +377,7 @@ def lanczos_continue(
     *,
     tol: float | None = None,
     block_size: int = 16,
+    reorth: str = "full",
 ) -> LanczosState:
     """Takes ``num_new_steps`` more steps in one ``lax.fori_loop`` (the compiled driver).
 
@@ -387,19 +399,15 @@ def lanczos_continue(
     def body(_, s):
         q = s.basis[s.step]
         w = jax.lax.cond(_active(s), matvec, jnp.zeros_like, q)
-        return lanczos_step(s, w, tol=tol, block_size=block_size)
+        return lanczos_step(s, w, tol=tol, block_size=block_size, reorth=reorth)
 
     return jax.lax.fori_loop(state.step, stop, body, state)
 
 
-def _result(state: LanczosState, num_steps: int, return_basis: bool) -> LanczosResult:
-    return LanczosResult(
-        alphas=state.alphas,
-        betas=state.betas,
-        num_valid=state.num_valid,
-        nonfinite_step=state.nonfinite_step,
-        basis=state.basis[: num_steps + 1] if return_basis else None,
-    )
+def _result(state: LanczosState, num_steps: int, return_basis: bool, dim=None) -> LanczosResult:
+    return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
+                         state.basis[: num_steps + 1, :dim] if return_basis else None,
+                         state.passes)
 
 
 def _stop(state: LanczosState) -> bool:
@@ -427,8 +435,10 @@ def lanczos(
     tol: float | None = None,
     block_size: int = 16,
     return_basis: bool = False,
+    reorth: str = "full",
 ) -> LanczosResult:
-    """Lanczos tridiagonalisation of a symmetric operator, with full re-orthogonalisation.
+    """Lanczos tridiagonalisation of a symmetric operator, with full or partial
+    re-orthogonalisation.
 
     Runs ``num_steps`` steps from ``v0`` in one ``lax.fori_loop``. Can be called inside
     ``jax.jit`` (then check ``result.nonfinite_step`` yourself) and vmapped over ``v0``.
@@ -441,6 +451,9 @@ def lanczos(
       tol: relative breakdown threshold (default ``sqrt(eps)``).
       block_size: rows of the basis read per block when re-orthogonalising.
       return_basis: also return the ``(m + 1, P)`` orthonormal basis.
+      reorth: ``"full"`` (every step) or ``"partial"`` (where the omega recurrence asks for
+        it, keeping ``|Q^T Q - I| <= sqrt(eps)``: the same Ritz values and quadrature weights
+        with fewer passes over the basis); :mod:`jaxspec.reorth`.
 
     Returns:
       A :class:`LanczosResult`. T is ``diag(alphas[:k]) + offdiag(betas[:k-1])`` with
@@ -458,7 +471,8 @@ def lanczos(
     num_steps = _clamp_steps(num_steps, v0.shape[0])
     _check_matvec(matvec, v0)
     state = lanczos_init(v0, num_steps, block_size=block_size)
-    state = lanczos_continue(matvec, state, num_steps, tol=tol, block_size=block_size)
+    state = lanczos_continue(matvec, state, num_steps, tol=tol, block_size=block_size,
+                             reorth=reorth)
     if _is_concrete(state.nonfinite_step):
         _raise_if_nonfinite(state.nonfinite_step)
     return _result(state, num_steps, return_basis)
@@ -568,11 +582,12 @@ def resolve_driver(driver: str = "auto", matvec: Callable | None = None, /) -> s
 
 
 def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
-                           axis_name: str = "data") -> LanczosState:
+                           axis_name: str | tuple[str, ...] = "data") -> LanczosState:
     """Shardings for a :class:`LanczosState` on ``mesh`` (a pytree of ``NamedSharding``).
 
     Everything is replicated, except, with ``shard_basis=True``, the ``(rows, P)`` Krylov basis,
-    which is split along the parameter axis: ``P(None, axis_name)``.
+    which is split along the parameter axis: ``P(None, axis_name)`` (``axis_name`` one mesh
+    axis or a tuple of them: split over their product).
 
     Example:
       >>> from jaxspec import lanczos_state_sharding
@@ -582,12 +597,12 @@ def lanczos_state_sharding(mesh: Mesh, /, *, shard_basis: bool = False,
     """
     whole = NamedSharding(mesh, PartitionSpec())
     basis = NamedSharding(mesh, PartitionSpec(None, axis_name)) if shard_basis else whole
-    return LanczosState(basis, whole, whole, whole, whole, whole, whole)
+    return LanczosState(basis, *[whole] * (len(LanczosState._fields) - 1))
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num_steps: int,
-                       dim: int, pad: int, tol: float | None, block_size: int):
+                       dim: int, pad: int, tol: float | None, block_size: int, reorth: str):
     """The jitted init and chunk of the compiled driver, made once per configuration (made per
     call, every call, e.g. every probe of an SLQ run, would recompile the whole run).
 
@@ -607,7 +622,8 @@ def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num
         def padded(v):
             return jnp.pad(mv(v[:dim]), (0, pad)) if pad else mv(v)
 
-        return lanczos_continue(padded, state, num_new_steps, tol=tol, block_size=block_size)
+        return lanczos_continue(padded, state, num_new_steps, tol=tol, block_size=block_size,
+                                reorth=reorth)
 
     # Donating the state lets the new basis reuse the old one's memory (else every chunk copies
     # the (m + 1) x P basis); XLA:CPU cannot donate sharded buffers.
@@ -616,19 +632,19 @@ def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num
             jax.jit(chunk, out_shardings=shardings, donate_argnums=donate), shardings)
 
 
-def _host_advance(state: LanczosState, w, q_prev, q_cur, tol):
+def _host_advance(state: LanczosState, w, q_prev, q_cur, tol, reorth="full"):
     """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is a tuple of the blocks
     that hold a filled row (rows ``0 .. step``); their number is static, so a step reads exactly
     those blocks with no ``lax.cond``, at the price of one compilation per block count."""
     q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol,
-                             all_filled=True)
+                             all_filled=True, reorth=reorth)
     return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
 
 
 # The host driver's jitted pieces, shared by all runs (a jit made inside run_lanczos would be
 # recompiled, seconds on a loaded CPU, on every call). The blocks are read, not written, by the
 # step; the new row is written into its block in place by _write_row (donated).
-_host_step = jax.jit(_host_advance, static_argnames="tol")
+_host_step = jax.jit(_host_advance, static_argnames=("tol", "reorth"))
 _write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(block, q, r, 0),
                      donate_argnums=0)
 
@@ -678,7 +694,8 @@ class _HostBasis:
         return jnp.concatenate([jnp.asarray(b) for b in blocks])
 
 
-def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: float | None):
+def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: float | None,
+                     reorth: str):
     """The host driver's chunk: ``advance(state, n)`` takes up to ``n`` steps in Python."""
 
     def advance(state, n):
@@ -694,7 +711,7 @@ def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: flo
                 raise TypeError(f"the matvec must map shape {v0.shape} {v0.dtype} to the same; "
                                 f"it returned {w.shape} {w.dtype}")
             q_next, state = _host_step(state._replace(basis=host.filled(i)), w, host.q_prev,
-                                       host.q_cur, tol=tol)
+                                       host.q_cur, tol=tol, reorth=reorth)
             host.push(i, q_next)
         else:
             _stop(state)
@@ -732,12 +749,13 @@ def run_lanczos(
     driver: str = "auto",
     mesh: Mesh | None = None,
     shard_basis: bool = False,
-    axis_name: str = "data",
+    axis_name: str | tuple[str, ...] = "data",
     chunk_size: int | None = None,
     hooks: Sequence[LanczosHook] = (),
     tol: float | None = None,
     block_size: int = 16,
     return_basis: bool = False,
+    reorth: str = "full",
 ) -> LanczosResult:
     """Runs Lanczos: the driver for the operator, chunks of steps, hooks, the basis on a mesh.
 
@@ -765,10 +783,12 @@ def run_lanczos(
       num_steps: number of steps m (clamped to ``len(v0)`` with a warning).
       driver: ``"auto"``, ``"compiled"`` or ``"host"``.
       mesh, shard_basis, axis_name: the compiled driver's state on ``mesh``, the basis split
-        along ``axis_name`` if ``shard_basis``.
+        along ``axis_name`` if ``shard_basis``: one mesh axis, or a tuple of axes (e.g.
+        ``("data", "model")``: over every device of a 2-D mesh, for an operator whose
+        parameters are split over the model axis, :class:`jaxspec.parallel.MeshReduce`).
       chunk_size: steps between hook calls (default: all at once, 10 with a hook).
       hooks: :class:`LanczosHook` objects.
-      tol, block_size, return_basis: as in :func:`lanczos`.
+      tol, block_size, return_basis, reorth: as in :func:`lanczos`.
 
     Returns:
       A :class:`LanczosResult` (on the host driver, ``num_valid`` stops early at breakdown).
@@ -785,7 +805,7 @@ def run_lanczos(
       True
     """
     _check_v0(v0)
-    num_steps = _clamp_steps(num_steps, v0.shape[0])
+    num_steps, reorth = _clamp_steps(num_steps, v0.shape[0]), check_method(reorth)
     # the basis on a mesh is the compiled driver's
     driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
                                                                                       matvec)
@@ -798,9 +818,11 @@ def run_lanczos(
     if driver == "host" and (mesh is not None or shard_basis):
         raise ValueError("mesh and shard_basis need driver='compiled'")
     dim = int(v0.shape[0])
-    pad = (-dim) % int(mesh.shape[axis_name]) if shard_basis else 0
-    if mesh is not None and axis_name not in mesh.shape:
+    axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    if mesh is not None and not set(axes) <= set(mesh.shape):
         raise ValueError(f"mesh has no axis {axis_name!r} (axes: {mesh.axis_names})")
+    axis_name = axes[0] if len(axes) == 1 else axes  # hashable: a key of _compiled_programs
+    pad = (-dim) % math.prod(int(mesh.shape[a]) for a in axes) if shard_basis else 0
     if hooks and jax.process_count() > 1 and mesh is not None:
         raise ValueError("hooks that save the state need every device of the mesh in one "
                          f"process; this run has {jax.process_count()} processes")
@@ -817,14 +839,14 @@ def run_lanczos(
             saved = jax.tree.map(jnp.asarray, saved)
             host = _HostBasis.resume(saved.basis, int(saved.step), block_size)
             state = saved._replace(basis=())
-        advance = _host_advance_fn(matvec, host, v0, tol)
+        advance = _host_advance_fn(matvec, host, v0, tol, reorth)
         state = _drive(state, num_steps, chunk_size, advance, hooks,
                        lambda s: s._replace(basis=host.basis(as_numpy=True)))
         state = state._replace(basis=host.basis() if return_basis else None)
         return _result(state, num_steps, return_basis)
     _check_matvec(matvec, v0)
     init, chunk, shardings = _compiled_programs(mesh, bool(shard_basis), axis_name, num_steps,
-                                                dim, pad, tol, block_size)
+                                                dim, pad, tol, block_size, reorth)
     if saved is not None:
         state = jax.device_put(saved, shardings) if mesh is not None else jax.tree.map(
             jnp.asarray, saved)
@@ -835,5 +857,4 @@ def run_lanczos(
     mv = jit_argument(matvec)
     state = _drive(state, num_steps, chunk_size, functools.partial(chunk, mv), hooks,
                    lambda s: jax.tree.map(np.asarray, s))
-    return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
-                         state.basis[: num_steps + 1, :dim] if return_basis else None)
+    return _result(state, num_steps, return_basis, dim)

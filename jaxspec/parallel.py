@@ -45,7 +45,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxspec.batching import Batched
+from jaxspec.batching import Batched, dataset_mean
 
 __all__ = [
     "MeshReduce",
@@ -53,6 +53,7 @@ __all__ = [
     "data_mesh",
     "global_batched",
     "initialize",
+    "param_shardings",
     "process_share",
     "replicate",
     "shard_batched",
@@ -62,32 +63,79 @@ __all__ = [
 # ---- meshes and placement -------------------------------------------------------------------
 
 
-def data_mesh(devices: Sequence[jax.Device] | None = None, /, *,
-              axis_name: str = "data") -> Mesh:
-    """A 1-D mesh over ``devices`` (default: every device of every process) for data parallelism.
+def data_mesh(devices: Sequence[jax.Device] | None = None, /, *, axis_name: str = "data",
+              model_devices: int | None = None, model_axis: str = "model") -> Mesh:
+    """A mesh over ``devices`` (default: every device of every process): 1-D for data
+    parallelism, or 2-D ``(data, model)`` for parameters sharded over a model axis.
 
-    The axis is of type ``Auto``: arrays sharded on it (data, or a parameter-sharded Krylov basis)
-    can be used in ordinary ``jit``-ed code and the compiler inserts the collectives. (JAX's
+    The axes are of type ``Auto``: arrays sharded on them (data, parameters, a Krylov basis) can
+    be used in ordinary ``jit``-ed code and the compiler inserts the collectives. (JAX's
     ``make_mesh`` defaults to ``Explicit`` axes, where such code must spell out every sharding.)
 
     Args:
       devices: the devices, in mesh order; default ``jax.devices()``.
-      axis_name: the name of the mesh axis.
+      axis_name: the name of the data axis.
+      model_devices: with a number, a 2-D mesh ``(len(devices) // model_devices,
+        model_devices)`` whose second axis, ``model_axis``, the parameters are split over
+        (:func:`param_shardings`, :class:`MeshReduce` ``(model_axis=...)``); devices next to
+        each other in ``devices`` share a data slice.
+      model_axis: the name of the model axis.
 
     Returns:
-      A :class:`jax.sharding.Mesh` of shape ``(len(devices),)``.
+      A :class:`jax.sharding.Mesh` of shape ``(len(devices),)`` or ``(data, model)``.
 
     Example:
       >>> from jaxspec.parallel import data_mesh
       >>> mesh = data_mesh()
       >>> mesh.axis_names, mesh.size >= 1
       (('data',), True)
+      >>> dict(data_mesh(model_devices=1).shape) == {"data": mesh.size, "model": 1}
+      True
     """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("data_mesh: no devices given")
-    return jax.make_mesh((len(devices),), (axis_name,), axis_types=(AxisType.Auto,),
+    if model_devices is None:
+        return jax.make_mesh((len(devices),), (axis_name,), axis_types=(AxisType.Auto,),
+                             devices=devices)
+    if not (isinstance(model_devices, (int, np.integer)) and model_devices >= 1
+            and len(devices) % model_devices == 0):
+        raise ValueError(f"data_mesh: model_devices={model_devices!r} must be a positive "
+                         f"divisor of the {len(devices)} devices")
+    shape = (len(devices) // int(model_devices), int(model_devices))
+    return jax.make_mesh(shape, (axis_name, model_axis), axis_types=(AxisType.Auto,) * 2,
                          devices=devices)
+
+
+def param_shardings(params: Any, mesh: Mesh, /, *, axis_name: str = "model") -> Any:
+    """FSDP-style shardings of ``params`` over the ``axis_name`` axis of ``mesh``: a pytree of
+    ``NamedSharding`` like ``params``.
+
+    Each leaf is split along its largest dimension that the axis size divides (the first of
+    equal ones) and replicated over the other mesh axes; a leaf no dimension of which divides
+    (a bias of odd length, a scalar) is replicated. Every device then holds about
+    ``P / model_devices`` parameters; the compiler gathers a weight where it is used.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.parallel import data_mesh, param_shardings
+      >>> mesh = data_mesh(model_devices=1)
+      >>> specs = param_shardings({"w": jnp.ones((3, 4)), "s": jnp.ones(())}, mesh)
+      >>> specs["w"].spec, specs["s"].spec
+      (P(None, 'model'), P())
+    """
+    size = _axis_size(mesh, axis_name)
+
+    def sharding(x):
+        shape = np.shape(x)
+        dims = [d for d in range(len(shape)) if shape[d] % size == 0 and shape[d] >= size]
+        if not dims:
+            return NamedSharding(mesh, P())
+        dim = max(dims, key=lambda d: (shape[d], -d))
+        return NamedSharding(mesh, P(*[axis_name if d == dim else None
+                                       for d in range(len(shape))]))
+
+    return jax.tree.map(sharding, params)
 
 
 def _axis_size(mesh: Mesh, axis_name: str) -> int:
@@ -156,7 +204,7 @@ def shard_batched(batched: Batched, /, mesh: Mesh | None = None, *,
 
     Args:
       batched: from :func:`jaxspec.batch_dataset` (NumPy or JAX arrays).
-      mesh: a 1-D mesh; default :func:`data_mesh`.
+      mesh: the mesh (replicated over any axis but ``axis_name``); default :func:`data_mesh`.
       axis_name: the mesh axis to split the batches over.
 
     Returns:
@@ -225,6 +273,12 @@ def _mesh_apply(op, v):
     last = _axis_size(reduce.mesh, axis_name) - 1
     data = op.data
     has_batches, has_tail = data.batches is not None, data.tail is not None
+    if reduce.model_axis is not None and last == 0:
+        # One data slice: nothing to split over it, so no shard_map (and XLA's SPMD
+        # partitioner refuses a psum over a manual axis of size 1 beside an auto axis);
+        # the batches are scanned as ScanReduce does, the parameters split over the model axis.
+        tangent = op.unravel(v)
+        return dataset_mean(lambda batch: op.batch_mv(batch, tangent), data, v)
 
     def local(params, transform, key, batches, weights, tail, tail_weight, v):
         # Params and v are replicated (invariant over the axis). Differentiating an invariant
@@ -237,32 +291,41 @@ def _mesh_apply(op, v):
         tangent = here.unravel(v)
         zeros = _vary(jnp.zeros_like(v), axis_name)
         acc = zeros
+
+        def unless(pred, product):
+            # ``product()`` where ``pred``, else zeros. Without a model axis a ``lax.cond``
+            # skips the work. With one, the product holds collectives over the model axis (the
+            # gathers of weights), which every device of the program must join, so a branch
+            # that some data slices take and others do not would deadlock: the product is
+            # computed everywhere and selected.
+            if reduce.model_axis is None:
+                return jax.lax.cond(pred, lambda: _vary(product(), axis_name), lambda: zeros)
+            return jnp.where(pred, product(), zeros)
+
         if has_batches:
 
             def body(acc, xs):
                 batch, w = xs
-                # Zero-weight batches are padding: skip them rather than multiply them by 0.
-                out = jax.lax.cond(
-                    w != 0,
-                    lambda: _vary(w.astype(v.dtype) * here.batch_mv(batch, tangent), axis_name),
-                    lambda: zeros)
+                # Zero-weight batches are padding: skipped rather than multiplied by 0.
+                out = unless(w != 0, lambda: w.astype(v.dtype) * here.batch_mv(batch, tangent))
                 return acc + out, None
 
             acc, _ = jax.lax.scan(body, acc, (batches, weights))
         if has_tail:
             # The tail is replicated; only the last device (which holds the padding, if any)
-            # computes it, so it is counted once.
-            acc = acc + jax.lax.cond(
-                jax.lax.axis_index(axis_name) == last,
-                lambda: _vary(tail_weight.astype(v.dtype) * here.batch_mv(tail, tangent),
-                              axis_name),
-                lambda: zeros)
+            # counts it, so it is counted once.
+            acc = acc + unless(jax.lax.axis_index(axis_name) == last,
+                               lambda: tail_weight.astype(v.dtype) * here.batch_mv(tail, tangent))
         return jax.lax.psum(acc, axis_name)
 
     split, whole = P(axis_name), P()
+    # With a model axis only the data axis is manual: the parameters keep their sharding over
+    # the model axis inside, and the compiler places the gathers of weights and the
+    # reduce-scatters of products (sharding propagation from the parameters).
+    manual = {} if reduce.model_axis is None else {"axis_names": frozenset({axis_name})}
     mapped = jax.shard_map(local, mesh=reduce.mesh,
                            in_specs=(whole, whole, whole, split, split, whole, whole, whole),
-                           out_specs=whole)
+                           out_specs=whole, **manual)
     return mapped(op.params, op.transform, op.key, data.batches,
                   data.weights if has_batches else None, data.tail,
                   data.tail_weight if has_tail else None, v)
@@ -273,14 +336,24 @@ class MeshReduce:
     """Batches split over a device mesh (``jax.shard_map``), one ``psum`` per product.
 
     Each device scans over its own whole batches, skipping zero-weight padding; the last device
-    also takes the ragged tail. Parameters and the batch transform are replicated. The result
-    is the same for any number of devices (up to float summation order). Traceable: a whole
-    Lanczos run is one program. Data from :func:`global_batched` (several processes) is used
-    as it is; otherwise it is padded to split evenly and placed with :func:`shard_batched`.
+    also takes the ragged tail. The result is the same for any number of devices (up to float
+    summation order). Traceable: a whole Lanczos run is one program. Data from
+    :func:`global_batched` (several processes) is used as it is; otherwise it is padded to
+    split evenly and placed with :func:`shard_batched`.
+
+    Parameters are replicated, or, with ``model_axis`` (a 2-D mesh from
+    ``data_mesh(model_devices=...)``), split over that axis by :func:`param_shardings`
+    (FSDP-style): the batches are split over ``axis_name`` only, each data slice of the mesh
+    computes its batches' products with the weights split over its model devices, and one
+    product is still one compiled program. Pair it with ``run_lanczos(..., mesh=mesh,
+    shard_basis=True, axis_name=(data, model))`` so the Krylov basis is split too: a device
+    then holds about ``P / model_devices`` parameters and ``(m + 1) P / mesh.size`` basis
+    entries.
 
     Attributes:
       mesh: the mesh (see :func:`data_mesh`).
       axis_name: the mesh axis the batches are split over.
+      model_axis: the mesh axis the parameters are split over, or None (replicated).
 
     Example:
       >>> import jax.numpy as jnp, jaxspec
@@ -290,17 +363,29 @@ class MeshReduce:
       ...                                 reduce=MeshReduce(data_mesh()))
       >>> op.mv(jnp.array([1.0, 0.0])).tolist()
       [2.0, 0.0]
+      >>> fsdp = MeshReduce(data_mesh(model_devices=1), model_axis="model")
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(jnp.ones(5), 2),
+      ...                                 reduce=fsdp)
+      >>> op.mv(jnp.array([1.0, 0.0])).tolist()   # the parameters split over "model"
+      [2.0, 0.0]
     """
 
     mesh: Mesh
     axis_name: str = "data"
+    model_axis: str | None = None
     driver = "compiled"
 
     def __post_init__(self):
         _axis_size(self.mesh, self.axis_name)
+        if self.model_axis is not None:
+            _axis_size(self.mesh, self.model_axis)
+            if self.model_axis == self.axis_name:
+                raise ValueError("MeshReduce: the model axis must differ from the data axis")
 
     def prepare(self, op):
-        """Pads and shards the batches, replicates the tail, parameters, transform and key.
+        """Pads and shards the batches; replicates the tail, transform and key, and the
+        parameters (split over the model axis instead, if there is one).
 
         Example:
           >>> import jax.numpy as jnp, numpy as np, jaxspec
@@ -312,10 +397,14 @@ class MeshReduce:
           P('data',)
         """
         data = _pad_batches(op.data, _axis_size(self.mesh, self.axis_name))
+        if self.model_axis is None:
+            params = replicate(op.params, self.mesh)
+        else:
+            params = jax.tree.map(_place, op.params,
+                                  param_shardings(op.params, self.mesh, axis_name=self.model_axis))
         return dataclasses.replace(
-            op, data=shard_batched(data, self.mesh, axis_name=self.axis_name),
-            params=replicate(op.params, self.mesh), transform=replicate(op.transform, self.mesh),
-            key=replicate(op.key, self.mesh))
+            op, data=shard_batched(data, self.mesh, axis_name=self.axis_name), params=params,
+            transform=replicate(op.transform, self.mesh), key=replicate(op.key, self.mesh))
 
     def apply(self, op, v: jax.Array, /) -> jax.Array:
         """``sum_b w_b A_b v`` over the mesh (called eagerly: one cached program).

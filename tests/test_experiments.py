@@ -226,3 +226,41 @@ def test_spectrum_of_another_kind_with_top_k_trace_and_blocks(smoke, tmp_path):
     assert len(blocks) == 2 and all(b["summary"]["lambda_max"] <= top["values"][-1] * (1 + 1e-6)
                                     + top["residuals"][-1] for b in blocks.values())
     assert not (tmp_path / "empirical_e0002.json").exists()
+
+
+def test_cnn_preset_chain_on_a_local_npz(tmp_path):
+    # The CNN chain in miniature through the same code path as `--preset cnn-cpu --npz`: a real
+    # .npz file (synthetic images in it), a PreResNet-8, BatchNorm in batch mode.
+    from flax import nnx
+
+    from jaxspec.data import save_npz, synthetic_cifar
+    from jaxspec.models import PreResNet, count_params
+
+    npz = str(tmp_path / "tiny.npz")
+    save_npz(synthetic_cifar(num_train=20, num_test=10), npz)
+    out = paper.run_preset("cnn-smoke", str(tmp_path / "out"), npz=npz, verbose=False)
+    emp = load_spectrum(out["spectra"]["empirical"])
+    aug = load_spectrum(out["spectra"]["augmented"])
+    p = count_params(nnx.eval_shape(lambda: PreResNet(10, depth=8, rngs=nnx.Rngs(0))))
+    for s, n, m in ((emp, 20, 4), (aug, 40, 3)):  # N = 2 per class; augmented K x N
+        assert s.meta["model"] == "preresnet8" and s.meta["bn_mode"] == "batch"
+        assert (s.meta["P"], s.meta["N"], len(s.nodes)) == (p, n, m)
+        assert np.sum(s.weights) == pytest.approx(1.0, abs=1e-4)
+        assert np.all(np.isfinite(s.nodes))
+    with open(out["report"]) as f:
+        text = f.read()
+    assert "cnn-smoke preset: PreResNet-8, cifar10 from tiny.npz" in text
+    assert set(out["claims"]) == {"narrower", "smaller_top", "smaller_bottom",
+                                  "fewer_negative", "lighter_negative"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "cnn-cpu"], "preset 'cnn-cpu' trains on real CIFAR-10 images: pass --npz"),
+    (["--preset", "cnn-cpu", "--npz", "no/such.npz"], "--npz no/such.npz: no such file"),
+    (["--preset", "cpu", "--npz", "no/such.npz"], "--npz no/such.npz: no such file"),
+])
+def test_preset_without_its_data_is_a_clear_error(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        paper.main([*argv, "--out", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # refused before anything is written

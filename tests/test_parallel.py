@@ -11,12 +11,8 @@ one device (the scan reduction), in float64.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -38,13 +34,10 @@ from jaxspec.parallel import (
     process_share,
     shard_batched,
 )
+from workers import FAST_COMPILE, ROOT, Workers
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 240  # seconds for all subprocesses together (on a loaded 2-core machine)
 CASES = {name: (kind, n, b) for name, kind, n, b in pw.CASES}
-# XLA:CPU compiles slowly; every program here is checked for its values, not its speed.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 # ---- subprocesses ---------------------------------------------------------------------------
@@ -56,53 +49,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Workers:
-    """Worker processes that write JSON; :meth:`result` waits for one and reads its file."""
-
-    def __init__(self, tmp: str):
-        self.tmp = tmp
-        self.procs: dict = {}
-        self.deadline = time.monotonic() + TIMEOUT
-        self.env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        flags = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE.items())
-        # The checkout under test first: a worker's sys.path[0] is tests/, so `import jaxspec`
-        # would otherwise find whatever jaxspec is installed (another checkout, an old version).
-        path = os.pathsep.join(filter(None, [ROOT, os.path.join(ROOT, "tests"),
-                                             os.environ.get("PYTHONPATH")]))
-        self.env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=flags, PYTHONPATH=path)
-
-    def start(self, name: str, args: list[str], out: str, env: dict | None = None) -> None:
-        log = open(os.path.join(self.tmp, f"{name}.log"), "w")
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
-        self.procs[name] = (proc, out, log.name)
-        log.close()  # the child holds its own copy of the descriptor
-
-    def result(self, name: str) -> dict:
-        proc, out, log = self.procs[name]
-        try:
-            rc = proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-            pytest.fail(f"{name} did not finish within {TIMEOUT} s:\n{self._tail(log)}")
-        if rc != 0 or not os.path.exists(out):
-            pytest.fail(f"{name} exited with {rc}:\n{self._tail(log)}")
-        with open(out) as f:
-            return json.load(f)
-
-    @staticmethod
-    def _tail(log: str) -> str:
-        with open(log) as f:  # without XLA's native stack traces
-            lines = [x for x in f.read().splitlines() if not x.lstrip().startswith("@")]
-        return "\n".join(lines[-30:])
-
-    def kill_all(self) -> None:
-        for proc, _, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def workers(request, tmp_path_factory):
     # Started before the first test so they compile while the in-process tests run, and only
@@ -111,7 +57,7 @@ def workers(request, tmp_path_factory):
                for item in request.session.items):
         yield None
         return
-    w = Workers(str(tmp_path_factory.mktemp("parallel")))
+    w = Workers(str(tmp_path_factory.mktemp("parallel")), timeout=240)
     try:
         out = os.path.join(w.tmp, "devices.json")
         w.start("devices", [os.path.join("tests", "parallel_worker.py"), out, "8", "4"], out)

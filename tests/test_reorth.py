@@ -1,0 +1,140 @@
+"""Partial re-orthogonalisation (``reorth="partial"``) against plain Lanczos, full
+re-orthogonalisation and dense eigh, on a float32 matrix with four outliers."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspec import Spectrum, ritz_pairs, run_lanczos
+from jaxspec.io import LanczosCheckpoint
+from checkpoints import recorded_saves
+from spectra import matrix_with_spectrum
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
+N, M, BLOCK = 300, 60, 32
+SPIKES = np.array([10.0, 20.0, 50.0, 100.0])
+EPS = float(np.finfo(np.float32).eps)
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    eigs = np.concatenate([rng.uniform(0.0, 1.0, N - SPIKES.size), SPIKES])
+    A, Q = matrix_with_spectrum(eigs, 1, dtype=np.float32)
+    return A, Q, jnp.asarray(rng.standard_normal(N), jnp.float32)
+
+
+A, EIGVECS, V0 = _problem()
+
+
+def matvec(v):  # one function for every run: the compiled driver's program is reused
+    return A @ v
+
+
+def _run(driver, reorth, **kwargs):
+    return run_lanczos(matvec, V0, M, driver=driver, reorth=reorth, block_size=BLOCK, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {(r, d): _run(d, r, return_basis=True)
+            for r, d in [("partial", "host"), ("partial", "compiled"), ("full", "host")]}
+
+
+def _plain_lanczos_ritz_values(A, v, m):
+    """Ritz values of Lanczos without any re-orthogonalisation (float32, like the runs)."""
+    A, q = np.asarray(A), np.asarray(v) / np.linalg.norm(np.asarray(v))
+    q_prev, beta, alphas, betas = np.zeros_like(q), np.float32(0), [], []
+    for _ in range(m):
+        w = A @ q - beta * q_prev
+        alpha = q @ w
+        w = w - alpha * q
+        beta = np.linalg.norm(w)
+        alphas.append(alpha)
+        betas.append(beta)
+        q_prev, q = q, w / beta
+    T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+    return np.linalg.eigvalsh(T.astype(np.float64))
+
+
+def _copies(values):
+    return [int(np.sum(np.abs(values - s) < 1e-3 * s)) for s in SPIKES]
+
+
+def test_no_ghosts_where_plain_lanczos_has_them(runs):
+    plain = _copies(_plain_lanczos_ritz_values(A, V0, M))
+    assert max(plain) >= 2, plain  # the failure partial re-orthogonalisation must prevent
+    v = np.asarray(V0, np.float64)
+    proj2 = (EIGVECS.T @ v) ** 2 / float(v @ v)  # exact weights of v on the eigenvectors
+    for driver in ("host", "compiled"):
+        pairs = ritz_pairs(runs["partial", driver])
+        assert _copies(pairs.values) == [1] * SPIKES.size
+        nearest = np.abs(pairs.values[:, None] - SPIKES[None, :]).argmin(axis=0)
+        np.testing.assert_allclose(pairs.values[nearest], SPIKES, rtol=10 * EPS)
+        np.testing.assert_allclose(pairs.weights[nearest], proj2[-SPIKES.size:], atol=1e-6)
+
+
+def test_semi_orthogonal_with_fewer_passes_and_the_ritz_values_of_full(runs):
+    full, partial = runs["full", "host"], runs["partial", "host"]
+    Q = np.asarray(partial.basis, np.float64)
+    assert np.abs(Q @ Q.T - np.eye(M + 1)).max() <= np.sqrt(EPS)
+    assert int(full.passes) >= M and 0 < int(partial.passes) < M
+    a, b = ritz_pairs(full), ritz_pairs(partial)
+    # the same T up to float32 rounding: every Ritz value, converged or not, and every weight
+    np.testing.assert_allclose(b.values, a.values, rtol=0, atol=10 * EPS * SPIKES.max())
+    np.testing.assert_allclose(b.weights, a.weights, atol=1e-5)
+    comp = runs["partial", "compiled"]
+    assert int(comp.passes) == int(partial.passes)
+    np.testing.assert_allclose(comp.alphas, partial.alphas, rtol=1e-6)
+
+
+def test_moments_up_to_2m_minus_1_are_exact(runs):
+    spec = Spectrum.from_lanczos(runs["partial", "host"])
+    k_max = 2 * int(spec.nodes.size) - 1
+    assert k_max == 2 * M - 1
+    moments = spec.moments(k_max)
+    An, v = np.asarray(A, np.float64), np.asarray(V0, np.float64)
+    x = v.copy()
+    for k in range(k_max + 1):  # v^T A^k v / |v|^2 of the float32 matrix, in float64
+        exact = float(v @ x) / float(v @ v)
+        # float32 rounding of T, grown at most linearly with the power
+        assert abs(moments[k] - exact) <= (k + 1) * EPS * SPIKES.max() ** k, (k, moments[k])
+        x = An @ x
+
+
+@pytest.mark.parametrize("driver", ["host", "compiled"])
+def test_resume_is_identical(tmp_path, runs, driver):
+    """Killed after its second checkpoint and resumed: the same T, basis and passes as the run
+    that was never interrupted (the omega estimates are part of the saved state)."""
+    path = tmp_path / "state.npz"
+    with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2) as saved:
+        _run(driver, "partial", chunk_size=16, hooks=[LanczosCheckpoint(path)])
+    assert saved == [16, 32]
+    resumed = _run(driver, "partial", chunk_size=16, hooks=[LanczosCheckpoint(path)],
+                   return_basis=True)
+    whole = runs["partial", driver]
+    for field in ("alphas", "betas", "basis", "passes"):
+        np.testing.assert_array_equal(np.asarray(getattr(resumed, field)),
+                                      np.asarray(getattr(whole, field)))
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="reorth must be one of"):
+        run_lanczos(matvec, V0, 3, reorth="selective")
+
+
+def test_checkpoint_without_estimates_resumes_a_full_run(tmp_path, runs):
+    """A checkpoint that holds no omega estimates (written before the state had them) is taken
+    as a fully re-orthogonalised run, and resumes it exactly."""
+    path = tmp_path / "state.npz"
+    with pytest.raises(KeyboardInterrupt), recorded_saves(die_after=2):
+        _run("host", "full", chunk_size=16, hooks=[LanczosCheckpoint(path)])
+    with np.load(path) as f:
+        old = {k: f[k] for k in f.files if k not in ("omega", "passes")}
+    np.savez(path, **old)
+    resumed = _run("host", "full", chunk_size=16, hooks=[LanczosCheckpoint(path)],
+                   return_basis=True)
+    whole = runs["full", "host"]
+    for field in ("alphas", "betas", "basis"):
+        np.testing.assert_array_equal(np.asarray(getattr(resumed, field)),
+                                      np.asarray(getattr(whole, field)))
