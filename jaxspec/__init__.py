@@ -7,9 +7,9 @@ of ``jaxspec.trace`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`hutchi
 :func:`logdet`) run on it, or on any plain ``v -> A v``.
 
 The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``blocks``,
-``lanczos``, ``ritz``, ``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``) imports only jax and
-numpy (``trace`` also matfree); files and progress bars (``jaxspec.io``), models, data and
-plotting live at the edge (``jaxspec.models``, ``jaxspec.data``,
+``heterogeneity``, ``lanczos``, ``ritz``, ``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``)
+imports only jax and numpy (``trace`` also matfree); files and progress bars (``jaxspec.io``), models, data and
+plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.text``,
 ``jaxspec.augment``, ``jaxspec.augmented``, ``jaxspec.plotting``); import those by name.
 """
 
@@ -31,6 +31,9 @@ from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
 from jaxspec.eigsh import EigshResult
 from jaxspec.eigsh import eigsh
+from jaxspec.heterogeneity import heterogeneity
+from jaxspec.heterogeneity import js_distance
+from jaxspec.heterogeneity import js_matrix
 from jaxspec.hvp import hvp
 from jaxspec.kinds import Categorical
 from jaxspec.kinds import FisherMC
@@ -96,11 +99,14 @@ __all__ = [
     "dataset_mean",
     "eigsh",
     "global_batched",
+    "heterogeneity",
     "hutch_plus_plus",
     "hutchinson",
     "hutchinson_diagonal",
     "hvp",
     "jit_argument",
+    "js_distance",
+    "js_matrix",
     "lanczos",
     "lanczos_continue",
     "lanczos_init",

@@ -21,8 +21,9 @@ import re
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import jax
+import jax.numpy as jnp
 
-from jaxspec.slq import Spectrum, slq
+from jaxspec.slq import Spectrum, random_probe, slq
 
 __all__ = ["Selector", "block_spectra", "param_blocks", "restrict", "select_leaves"]
 
@@ -162,13 +163,48 @@ def param_blocks(params: Any, /, by: str | Sequence[str] | Mapping[str, Selector
     return blocks
 
 
-def block_spectra(op: Any, blocks: Any, key: jax.Array, num_steps: int, /,
-                  **slq_kwargs: Any) -> dict[str, Spectrum]:
+def _masked_mv(mask: jax.Array, op: Any, v: jax.Array) -> jax.Array:
+    return mask * op.mv(mask * v)
+
+
+def _masked_run(op: Any, sub: Any, key: jax.Array, steps: int, slq_kwargs: dict,
+                meta: dict) -> Spectrum:
+    """SLQ of the block ``sub`` of ``op`` by masked full products, from the probe the
+    restricted run would draw, scattered into the block's coordinates."""
+    if op.block is not None:
+        raise ValueError("masked=True needs an unrestricted operator")
+    kw = dict(slq_kwargs)
+    if kw.pop("num_vectors", 1) != 1 or "v0" in kw:
+        raise ValueError("masked=True draws one probe per block: no num_vectors or v0")
+    dtype, distribution = kw.pop("dtype"), kw.pop("distribution", "normal")
+    probe = random_probe(jax.random.split(key, 1)[0], sub.size, dtype=dtype,
+                         distribution=distribution)
+    full = lambda block: op.ravel(jax.tree.map(  # noqa: E731
+        lambda p, b: jnp.zeros(p.shape, dtype) if b is None else b.astype(dtype), op.params,
+        block, is_leaf=lambda x: x is None))
+    mask = full(sub.unravel(jnp.ones(sub.size, dtype)))
+    # Arrays in a tree_util.Partial are arguments of the compiled products: every block of a
+    # model reuses one program.
+    mv = jax.tree_util.Partial(_masked_mv, mask, op)
+    return slq(mv, key, op.size, steps, v0=full(sub.unravel(probe)), dtype=dtype, meta=meta,
+               **kw)
+
+
+def block_spectra(op: Any, blocks: Any, key: jax.Array, num_steps: int, /, *,
+                  masked: bool = False, **slq_kwargs: Any) -> dict[str, Spectrum]:
     """The SLQ spectrum of each diagonal block ``A[S, S]`` of ``op``, one run per block.
 
     Each block's probe is drawn from ``key`` itself, so a block's spectrum does not depend on
     which other blocks are listed. Each run takes ``min(num_steps, block size)`` steps, in the
     operator's dtype unless ``dtype`` is given; ``meta`` records the block's name and size.
+
+    By default each block's products are those of the restricted operator (:func:`restrict`):
+    they differentiate the block's parameters only, but each block compiles its own program.
+    ``masked=True`` computes ``M A M v`` instead, ``M`` the block's 0/1 mask, with the Lanczos
+    vectors living in the full space and starting from the restricted run's probe scattered
+    into the block: the same Krylov space, hence the same spectrum up to rounding, from one
+    compiled product for all blocks, each product costing a full one. Worth it when
+    compilation dominates (many blocks, small data, a CPU).
 
     Args:
       op: a :class:`jaxspec.CurvatureOperator` (restricted or not).
@@ -176,6 +212,7 @@ def block_spectra(op: Any, blocks: Any, key: jax.Array, num_steps: int, /,
         :func:`param_blocks` takes as ``by`` (``"layer"``, a list of regexes, ...).
       key: PRNG key of the probes.
       num_steps: Lanczos steps per block.
+      masked: masked full products instead of restricted ones (one probe per block).
       **slq_kwargs: as in :func:`jaxspec.slq` (``num_vectors``, ``driver``, ``meta``, ...).
 
     Returns:
@@ -199,8 +236,10 @@ def block_spectra(op: Any, blocks: Any, key: jax.Array, num_steps: int, /,
     for name, select in blocks.items():
         sub = op.restrict(select)
         steps = min(int(num_steps), sub.size)
-        out[name] = slq(sub, key, sub.size, steps, meta={**meta, "block": name,
-                                                           "block_size": sub.size},
-                        **slq_kwargs)
+        info = {**meta, "block": name, "block_size": sub.size}
+        if masked:
+            out[name] = _masked_run(op, sub, key, steps, slq_kwargs, info)
+        else:
+            out[name] = slq(sub, key, sub.size, steps, meta=info, **slq_kwargs)
     return out
 

@@ -60,6 +60,9 @@ class ImageDataset(NamedTuple):
       mean: ``float32`` ``(C,)`` per-channel mean of the full training split, pixel units 0..255.
       std: ``float32`` ``(C,)`` per-channel standard deviation of the full training split.
 
+    A text data set (:mod:`jaxspec.text`) uses the same fields: token windows ``(N, T)`` for
+    images, next tokens ``(N, T)`` for labels, ``mean`` and ``std`` ``None``.
+
     Example:
       >>> from jaxspec.data import synthetic_cifar
       >>> d = synthetic_cifar(num_train=6, num_test=3, num_classes=3)

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["block_spectra_plot", "stem_plot", "stem_plots"]
+__all__ = ["block_heterogeneity_plot", "block_spectra_plot", "stem_plot", "stem_plots"]
 
 
 def _pyplot():
@@ -155,5 +155,64 @@ def block_spectra_plot(spectra: Mapping[str, object], /, *, path: str | None = N
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def block_heterogeneity_plot(models: Mapping[str, Mapping[str, object]], /, *,
+                             path: str | None = None, suptitle: str | None = None):
+    """Block spectra of several models side by side: densities and Jensen-Shannon distances.
+
+    One row per model: on the left every block's spectral density (one row of the image per
+    block, :func:`jaxspec.heterogeneity.block_densities`, on an ``asinh`` eigenvalue axis), on
+    the right the matrix of Jensen-Shannon distances between the blocks
+    (:func:`jaxspec.heterogeneity.js_matrix`), titled with their mean over pairs.
+
+    Args:
+      models: ``{model name: {block name: Spectrum}}``.
+      path: save the figure there (``.png`` or ``.pdf``).
+      suptitle: the figure's title.
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> from jaxspec import Spectrum
+      >>> from jaxspec.plotting import block_heterogeneity_plot
+      >>> a, b = Spectrum([0.0, 1.0], [0.5, 0.5]), Spectrum([2.0], [1.0])
+      >>> fig = block_heterogeneity_plot({"m": {"a": a, "b": b}})
+      >>> len(fig.axes)   # densities, distances, one colour bar
+      3
+    """
+    from jaxspec.heterogeneity import block_densities, js_matrix
+
+    plt = _pyplot()
+    if not models:
+        raise ValueError("block_heterogeneity_plot: no models")
+    rows = [max(len(s), 4) for s in models.values()]
+    fig, axes = plt.subplots(len(models), 2, figsize=(13, 0.16 * sum(rows) + 1.6 * len(models)),
+                             squeeze=False, gridspec_kw={"height_ratios": rows,
+                                                         "width_ratios": [1.6, 1]})
+    for (left, right), (model, spectra) in zip(axes, models.items()):
+        lam, dens = block_densities(spectra)
+        names, dist = js_matrix(spectra)
+        image = np.log10(np.stack([dens[n] for n in names]) + 1e-8)
+        left.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest",
+                    extent=(0, lam.size, len(names) - 0.5, -0.5), vmin=-6)
+        ticks = np.linspace(0, lam.size - 1, 7).astype(int)  # the grid is uniform in asinh
+        left.set_xticks(ticks, [f"{lam[i]:.2g}" for i in ticks], fontsize=7)
+        left.set_yticks(range(len(names)), names, fontsize=6)
+        left.set_xlabel("eigenvalue (asinh scale)", fontsize=8)
+        left.set_title(f"{model}: block densities (log10 weight per bin)", fontsize=9)
+        im = right.imshow(dist, cmap="magma", vmin=0, vmax=1)
+        right.set_xticks([])
+        right.set_yticks(range(len(names)), names, fontsize=6)
+        mean = dist[np.triu_indices(len(names), k=1)].mean() if len(names) > 1 else 0.0
+        right.set_title(f"{model}: JS distance between blocks (mean {mean:.3f})", fontsize=9)
+    fig.colorbar(im, ax=axes[:, 1].tolist(), shrink=0.6)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
     return fig

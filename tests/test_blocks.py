@@ -247,3 +247,18 @@ def test_block_spectra_and_plot(tmp_path):
     fig = block_spectra_plot(spectra, path=str(path), suptitle="SmallCNN")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(ax.get_visible() for ax in fig.axes) == len(spectra)
+
+
+def test_masked_block_spectra_equal_restricted():
+    # Masked full products from the restricted run's probe span the same Krylov space.
+    op = MLP_OPS["host"]
+    blocks = param_blocks(MLP_PARAMS)
+    restricted = block_spectra(op, blocks, jax.random.key(0), 6, check=False)
+    masked = block_spectra(op, blocks, jax.random.key(0), 6, masked=True, check=False)
+    for name, s in restricted.items():
+        np.testing.assert_allclose(masked[name].nodes, s.nodes, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(masked[name].weights, s.weights, rtol=1e-6, atol=1e-10)
+    with pytest.raises(ValueError, match="one probe"):
+        block_spectra(op, blocks, jax.random.key(0), 6, masked=True, num_vectors=2)
+    with pytest.raises(ValueError, match="unrestricted"):
+        block_spectra(op.restrict("layer0"), "layer", jax.random.key(0), 6, masked=True)

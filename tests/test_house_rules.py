@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("jaxspec", "train", "experiments")
 MAX_LINES = 400
 CORE = ["hvp", "batching", "operator", "reduction", "lanczos", "reorth", "ritz", "slq", "rmt",
-        "outliers", "parallel", "checks"]
+        "outliers", "parallel", "checks", "heterogeneity"]
 FORBIDDEN_IN_CORE = {"flax", "optax", "tensorflow_datasets", "tqdm", "matplotlib"}
 
 

@@ -10,12 +10,15 @@ import jaxspec
 from jaxspec.kinds import fisher_mv, ggn_mv
 from jaxspec.models import Transformer, abstract_model, hessian_loss
 
-V, T = 7, 6
+# One model shape for every test (the tiny training run included): each shape compiles anew.
+V, T = 256, 6
+KW = {"num_layers": 1, "width": 8, "num_heads": 2, "max_len": T}
 
 
 @pytest.fixture(scope="module")
 def lm():
-    return Transformer(V, num_layers=2, width=8, num_heads=2, max_len=T, rngs=nnx.Rngs(0))
+    # rbg keys: each threefry initialiser takes seconds to compile on CPU.
+    return Transformer(V, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")), **KW)
 
 
 @pytest.fixture(scope="module")
@@ -26,31 +29,31 @@ def split(lm):
 
 @pytest.fixture(scope="module")
 def tokens():
-    return jax.random.randint(jax.random.key(1), (3, T), 0, V)
+    return jnp.asarray(np.random.default_rng(1).integers(0, V, (T, T)), jnp.int32)
 
 
 def test_shapes_and_errors(lm, split, tokens):
+    # The model's own forward (lm(x)) and the loss's apply are one function; apply is jitted.
     _, params, apply = split
-    assert lm(tokens).shape == (3, T, V)
-    assert apply(params, {"tokens": tokens}).shape == (3 * T, V)
-    made = abstract_model("transformer", num_classes=V, num_layers=2, width=8, num_heads=2,
-                          max_len=T)
+    assert apply(params, {"tokens": tokens}).shape == (T * T, V)
+    made = abstract_model("transformer", num_classes=V, **KW)
     assert jax.tree.map(jnp.shape, nnx.state(made, nnx.Param)) == jax.tree.map(jnp.shape, params)
     with pytest.raises(ValueError, match="longer than max_len"):
         lm(jnp.zeros((1, T + 1), jnp.int32))
     with pytest.raises(ValueError, match="integers"):
         lm(jnp.zeros((1, T), jnp.float32))
     with pytest.raises(ValueError, match="divisible"):
-        Transformer(V, width=6, num_heads=4, rngs=nnx.Rngs(0))
+        abstract_model("transformer", num_classes=V, width=6, num_heads=4)
 
 
 def test_causal(split, tokens):
     # Row t of the batch changes every token after position t: the logits at positions <= t
     # stay, those at t + 1 change (the model does read its input). One forward pass for all.
     _, params, apply = split
-    x = tokens[0]
-    variants = jnp.stack([x.at[t + 1:].set((x[t + 1:] + 1) % V) for t in range(T - 1)])
-    logits = apply(params, {"tokens": jnp.concatenate([x[None], variants])}).reshape(T, T, V)
+    batch = np.tile(np.asarray(tokens[0]), (T, 1))  # T rows: the shape of `tokens`
+    for t in range(T - 1):
+        batch[t + 1, t + 1:] = (batch[t + 1, t + 1:] + 1) % V
+    logits = np.asarray(apply(params, {"tokens": jnp.asarray(batch)})).reshape(T, T, V)
     base, other = logits[0], logits[1:]
     for t in range(T - 1):
         np.testing.assert_allclose(other[t, :t + 1], base[:t + 1], rtol=1e-6, atol=1e-6)
@@ -61,7 +64,7 @@ def test_blocks_are_the_named_layers(split):
     names = list(jaxspec.param_blocks(split[1], by="layer"))
     per_layer = ["norm1", "query", "key", "value", "out", "norm2", "fc1", "fc2"]
     expected = {"embed", "pos", "norm", "head",
-                *(f"layers/{i}/{n}" for i in range(2) for n in per_layer)}
+                *(f"layers/{i}/{n}" for i in range(1) for n in per_layer)}
     assert set(names) == expected
 
 
@@ -73,8 +76,37 @@ def test_loss_is_mean_over_positions_and_fisher_is_ggn(split, tokens):
     np.testing.assert_allclose(jax.jit(loss_fn)(params, batch), manual, rtol=1e-6)
     # For softmax cross-entropy the exact Fisher equals the GGN only when the Fisher's
     # per-sample average runs over the same B * T predictions the loss averages over.
-    v = jax.tree.map(lambda x: jax.random.normal(jax.random.key(2), x.shape, x.dtype), params)
+    rng = np.random.default_rng(2)
+    v = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
     both = jax.jit(lambda p, b, v: (ggn_mv(loss_fn, p, b, v), fisher_mv(loss_fn, p, b, v)))
     g, f = both(params, batch, v)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(f)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_tiny_training_run(tmp_path, split):
+    # Through train like the CNNs: the loss goes down, the held-out loss the loop reports is
+    # the mean next-token cross-entropy of the checkpoint (recomputed here by hessian_loss).
+    from jaxspec.data import ImageDataset
+    from jaxspec.text import byte_windows, pydoc_topics, token_split
+    from train import TrainConfig, load_checkpoint, train_and_evaluate
+
+    topics = pydoc_topics()
+    x, y = byte_windows("".join(topics[:3]).encode()[:4000], T)
+    xt, yt = byte_windows(topics[3].encode()[:T * T + 1], T)  # T windows
+    data = ImageDataset("pydoc", x, y, xt, yt, 256, None, None)
+    config = TrainConfig(model="transformer", model_kwargs=KW, dataset="pydoc", seq_len=T, augment=False, optimizer="adam",
+                         base_lr=1e-2, weight_decay=0.0, epochs=2, batch_size=64,
+                         eval_batch_size=64, prng_impl="rbg", progress=False)
+    records = train_and_evaluate(config, tmp_path, data=data)
+    assert records[1]["train_loss"] < records[0]["train_loss"] < np.log(256)
+    model, _, _ = load_checkpoint(tmp_path)
+    test = token_split(data, "test")
+    assert len(test["tokens"]) == T  # the whole held-out set, in the fixture's shape
+    logits = split[2](nnx.state(model, nnx.Param), test)
+    labels = test["label"].reshape(-1, 1)
+    held_out = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels, axis=-1))
+    np.testing.assert_allclose(records[-1]["test_loss"], held_out, rtol=1e-5)
+    with pytest.raises(ValueError, match="augment"):
+        train_and_evaluate(TrainConfig(model="transformer", dataset="pydoc"), tmp_path / "x",
+                           data=data)

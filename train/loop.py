@@ -48,6 +48,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxspec import data as data_lib
+from jaxspec import text
 from jaxspec.atomic import write_text
 from jaxspec.checks import check_labels
 from jaxspec.models import abstract_model
@@ -83,6 +84,11 @@ def load_data(config: TrainConfig, /) -> data_lib.ImageDataset:
       >>> load_data(TrainConfig(dataset="synthetic", synthetic_size=(40, 20))).x_train.shape
       (40, 32, 32, 3)
     """
+    if config.dataset == "pydoc":
+        if config.train_per_class is not None or config.test_per_class is not None:
+            raise ValueError("train_per_class/test_per_class subsample images by class; the "
+                             "text data set 'pydoc' has no classes to subsample")
+        return text.pydoc_dataset(seq_len=config.seq_len)
     data = data_lib.load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -177,8 +183,8 @@ def _data_info(config: TrainConfig, data: data_lib.ImageDataset, *, loaded: bool
         "num_classes": data.num_classes,
         "num_train": int(data.x_train.shape[0]),
         "num_test": int(data.x_test.shape[0]),
-        "mean": [float(v) for v in data.mean],
-        "std": [float(v) for v in data.std],
+        "mean": None if data.mean is None else [float(v) for v in data.mean],
+        "std": None if data.std is None else [float(v) for v in data.std],
         "npz_path": npz,
         "digest": data_digest(data),
     }
@@ -430,10 +436,10 @@ def _evaluate_test(
         trainer.eval_step(state, x, y, np.int32(start), np.int32(min(eval_bs, n - start)))
         for start in range(0, n, eval_bs)
     ]
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct = 0.0, 0.0
     for l, c in jax.device_get(outs):
         loss_sum += float(l)
-        correct += int(c)
+        correct += float(c)
     return loss_sum / n, correct / n
 
 

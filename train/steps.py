@@ -94,10 +94,13 @@ class Trainer(NamedTuple):
     Attributes:
       init_state: the initial :class:`TrainState`, replicated over the mesh.
       train_step: ``(state, x, y, perm, step, epoch_key) -> (state, (loss, correct))``, jitted;
-        ``x, y`` the device-resident training set (``uint8`` images, ``int32`` labels), ``perm``
-        the epoch's permutation, ``step`` the step within the epoch. ``state`` is donated.
+        ``x, y`` the device-resident training set (``uint8`` images, ``int32`` labels; or
+        token windows and their next tokens), ``perm`` the epoch's permutation, ``step`` the
+        step within the epoch. ``state`` is donated. ``correct`` (float) sums over the batch
+        each example's fraction of correct predictions (a sequence: over its positions).
       eval_step: ``(state, x, y, start, count) -> (loss_sum, correct)``, jitted, over
-        ``x[start:start + eval_batch_size]`` of which the first ``count`` rows count.
+        ``x[start:start + eval_batch_size]`` of which the first ``count`` rows count; an
+        example's loss is the mean over its positions for a sequence model.
       model: the initial model (its Variables are not updated by the steps).
       steps_per_epoch: optimiser steps per epoch (``N // batch_size``; the rest is dropped).
       eval_batch_size: rows per ``eval_step`` (a multiple of the device count).
@@ -135,11 +138,16 @@ def make_mesh(devices: Any = None, /) -> Mesh:
 
 
 def _optimizer(
-    base_lr: float, epochs: int, ratio: float, momentum: float, weight_decay: float, steps: int
+    name: str, base_lr: float, epochs: int, ratio: float, momentum: float, weight_decay: float,
+    steps: int
 ) -> optax.GradientTransformation:
     schedule = epoch_lr_schedule(
         base_lr=base_lr, total_epochs=epochs, steps_per_epoch=steps, ratio=ratio
     )
+    if name == "adam":
+        # L2 into the gradient, as for SGD (torch's Adam(weight_decay=...)); b1 is the momentum.
+        return optax.chain(optax.add_decayed_weights(weight_decay),
+                           optax.adam(schedule, b1=momentum))
     return optax.chain(
         optax.add_decayed_weights(weight_decay),  # into the gradient, before momentum: torch SGD
         optax.sgd(schedule, momentum=momentum),
@@ -148,6 +156,9 @@ def _optimizer(
 
 def make_optimizer(config: TrainConfig, /, *, steps_per_epoch: int) -> optax.GradientTransformation:
     """PyTorch-equivalent SGD with momentum, L2 weight decay and the equation-11 schedule.
+
+    With ``config.optimizer == "adam"``: Adam (``b1 = config.momentum``) on the gradient plus
+    the L2 term, as PyTorch's ``Adam(weight_decay=...)``, with the same schedule.
 
     Example:
       >>> import jax.numpy as jnp
@@ -160,7 +171,7 @@ def make_optimizer(config: TrainConfig, /, *, steps_per_epoch: int) -> optax.Gra
       Array([-0.1, -0.1], dtype=float32)
     """
     return _optimizer(
-        config.base_lr, config.epochs, config.lr_ratio, config.momentum, config.weight_decay,
+        config.optimizer, config.base_lr, config.epochs, config.lr_ratio, config.momentum, config.weight_decay,
         steps_per_epoch,
     )
 
@@ -235,7 +246,7 @@ class _TrainSpec(NamedTuple):
     graphdef: Any
     batch_size: int
     augment: bool
-    optimizer: tuple[float, int, float, float, float, int]
+    optimizer: tuple[str, float, int, float, float, float, int]
     batch_sharding: NamedSharding
 
 
@@ -255,7 +266,8 @@ def _train_step(spec: _TrainSpec, state: TrainState, consts: Any, x, y, perm, st
     if spec.augment:
         aug_key = jax.random.fold_in(jax.random.fold_in(key, AUGMENT_STREAM), step)
         images = augment_lib.random_crop_flip(aug_key, images)  # raw pixels: zero padding
-    images = data_lib.normalize(images, mean=mean, std=std)
+    if mean is not None:  # tokens (text data) are not normalised
+        images = data_lib.normalize(images, mean=mean, std=std)
     step_rngs = _fresh_rngs(rngs, jax.random.fold_in(jax.random.fold_in(key, DROPOUT_STREAM), step))
 
     def loss_fn(params):
@@ -268,8 +280,14 @@ def _train_step(spec: _TrainSpec, state: TrainState, consts: Any, x, y, perm, st
     tx = _optimizer(*spec.optimizer)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32)
+    correct = jnp.sum(_row_mean(jnp.argmax(logits, -1) == labels))
     return TrainState(params, new_stats, opt_state), (loss.astype(jnp.float32), correct)
+
+
+def _row_mean(x: jax.Array) -> jax.Array:
+    """Per example (leading axis), the float32 mean over its other axes: the positions of a
+    sequence model's ``(B, T)`` predictions; a classifier's ``(B,)`` is returned as is."""
+    return jnp.mean(x.reshape(x.shape[0], -1).astype(jnp.float32), axis=1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -278,13 +296,14 @@ def _eval_step(spec: _EvalSpec, state: TrainState, consts: Any, x, y, start, cou
     images = jax.lax.dynamic_slice_in_dim(x, start, spec.batch_size)
     labels = jax.lax.dynamic_slice_in_dim(y, start, spec.batch_size)
     images = jax.lax.with_sharding_constraint(images, spec.batch_sharding)
-    images = data_lib.normalize(images, mean=mean, std=std)
+    if mean is not None:
+        images = data_lib.normalize(images, mean=mean, std=std)
     m = nnx.merge(spec.graphdef, state.params, state.batch_stats, rngs, rest, copy=True)
     logits = m(images).astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    losses = _row_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     valid = jnp.arange(spec.batch_size) < count
     loss_sum = jnp.sum(jnp.where(valid, losses, 0.0))
-    correct = jnp.sum(valid & (jnp.argmax(logits, -1) == labels)).astype(jnp.int32)
+    correct = jnp.sum(jnp.where(valid, _row_mean(jnp.argmax(logits, -1) == labels), 0.0))
     return loss_sum, correct
 
 
@@ -304,16 +323,17 @@ def build_trainer(
       config: the run's config.
       num_classes: outputs of the model.
       num_train: training-set size (fixes the steps per epoch).
-      mean: per-channel pixel mean used for normalisation.
-      std: per-channel pixel standard deviation.
+      mean: per-channel pixel mean used for normalisation; ``None`` for tokens (text data),
+        which are fed to the model as they are.
+      std: per-channel pixel standard deviation (``None`` with ``mean``).
       mesh: device mesh; default all local devices.
 
     Returns:
       A :class:`Trainer`.
 
     Raises:
-      ValueError: if the batch sizes do not split over the devices or the data set is smaller
-        than one batch.
+      ValueError: if the batch sizes do not split over the devices, the data set is smaller
+        than one batch, or augmentation is asked for tokens.
 
     Example:
       >>> import numpy as np
@@ -325,6 +345,9 @@ def build_trainer(
       ...
       ValueError: 5 training images are fewer than one batch of 8
     """
+    if mean is None and config.augment:
+        raise ValueError("augment=True crops and flips images; text data (mean=None) needs "
+                         "augment=False")
     mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
     if config.batch_size % n_dev:
@@ -350,12 +373,12 @@ def build_trainer(
     graph_eval = nnx.split(eval_view, *filters)[0]
 
     opt_args = (
-        config.base_lr, config.epochs, config.lr_ratio, config.momentum, config.weight_decay,
+        config.optimizer, config.base_lr, config.epochs, config.lr_ratio, config.momentum, config.weight_decay,
         steps_per_epoch,
     )
     state = TrainState(params, batch_stats, _optimizer(*opt_args).init(params))
     state = jax.device_put(state, replicated)
-    consts = (rngs, rest, np.asarray(mean, np.float32), np.asarray(std, np.float32))
+    consts = (rngs, rest, *(None if a is None else np.asarray(a, np.float32) for a in (mean, std)))
     consts = jax.device_put(consts, replicated)
     train_spec = _TrainSpec(
         graph_train, config.batch_size, config.augment, opt_args, batch_sharding

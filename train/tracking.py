@@ -175,7 +175,8 @@ def build_tracker(config: TrainConfig, /, *, model: Any,
       config: the run's config (``track_curvature*`` fields, ``batch_size``,
         ``weight_decay``, ``momentum``, ``seed``).
       model: the run's NNX model (its structure; the parameters come with each measurement).
-      data: the run's data set; the first ``track_curvature_samples`` training images are used.
+      data: the run's data set; the first ``track_curvature_samples`` training images (or
+        token windows) are used.
 
     Example:
       >>> import jax
@@ -191,12 +192,16 @@ def build_tracker(config: TrainConfig, /, *, model: Any,
       ((2, 8, 32, 32, 3), 'hessian')
     """
     n = min(config.track_curvature_samples, int(data.x_train.shape[0]))
-    images = data_lib.normalize(data.x_train[:n], mean=data.mean, std=data.std)
-    batched = batch_dataset({"image": images, "label": np.asarray(data.y_train[:n], np.int32)},
+    if data.mean is None:  # token windows (jaxspec.text) go to the model as they are
+        key, inputs = "tokens", np.asarray(data.x_train[:n], np.int32)
+    else:
+        key, inputs = "image", data_lib.normalize(data.x_train[:n], mean=data.mean, std=data.std)
+    batched = batch_dataset({key: inputs, "label": np.asarray(data.y_train[:n], np.int32)},
                             min(config.batch_size, n), num_classes=data.num_classes)
     # On the device once: moving the operator to new parameters then moves no data.
     batched = jax.device_put(batched)
-    loss_fn, _ = hessian_loss(model, bn_mode="batch", weight_decay=config.weight_decay)
+    loss_fn, _ = hessian_loss(model, bn_mode="batch", weight_decay=config.weight_decay,
+                              input_key=key)
     return CurvatureTracker(loss_fn, batched, kind=config.track_curvature,
                             tol=config.track_curvature_tol, momentum=config.momentum,
                             seed=config.seed)

@@ -227,7 +227,8 @@ def hessian_loss(
     A language model (logits ``(B, T, V)``): the loss of uniform logits is ``log V``.
 
       >>> from jaxspec.models import Transformer
-      >>> lm = Transformer(5, num_layers=1, width=8, num_heads=2, max_len=4, rngs=nnx.Rngs(0))
+      >>> lm = Transformer(5, num_layers=1, width=8, num_heads=2, max_len=4,
+      ...                  rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
       >>> lm_loss, lm_params = hessian_loss(lm, bn_mode="batch", input_key="tokens")
       >>> zero = jax.tree.map(jnp.zeros_like, lm_params)
       >>> tokens = jnp.zeros((2, 4), jnp.int32)

@@ -62,7 +62,8 @@ class TransformerBlock(nnx.Module):
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> block = TransformerBlock(8, num_heads=2, rngs=nnx.Rngs(0))
+      >>> rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))  # compiles faster than threefry on CPU
+      >>> block = TransformerBlock(8, num_heads=2, rngs=rngs)
       >>> block(jnp.ones((1, 5, 8))).shape
       (1, 5, 8)
     """
@@ -113,8 +114,8 @@ class Transformer(nnx.Module):
       >>> from jaxspec.models import param_count
       >>> param_count("transformer", num_classes=256)   # the defaults
       875520
-      >>> model = Transformer(256, num_layers=1, width=16, num_heads=2, max_len=8,
-      ...                     rngs=nnx.Rngs(0))
+      >>> rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))  # compiles faster than threefry on CPU
+      >>> model = Transformer(256, num_layers=1, width=16, num_heads=2, max_len=8, rngs=rngs)
       >>> model(jnp.zeros((2, 8), jnp.int32)).shape
       (2, 8, 256)
     """
