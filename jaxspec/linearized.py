@@ -156,7 +156,7 @@ def residual_bytes(op, batch_like) -> int:
 def _free_bytes() -> int:
     """Free memory of the default device: the allocator's limit less what is in use where the
     device reports it (GPU, TPU), else the host's available memory (CPU)."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # this process's own: another's cannot be asked
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

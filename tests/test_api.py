@@ -9,14 +9,10 @@ import sys
 import pytest
 
 import jaxspec
+from layout import core_modules, jaxspec_modules
 
-MODULES = ["jaxspec", "jaxspec.rmt", "jaxspec.compare", "jaxspec.checks", "jaxspec.plotting",
-           "jaxspec.models", "jaxspec.data", "jaxspec.augment", "jaxspec.parallel",
-           "jaxspec.augmented", "jaxspec.io", "jaxspec.operator", "jaxspec.reduction",
-           "jaxspec.ritz", "jaxspec.batching", "jaxspec.lanczos", "jaxspec.reorth", "jaxspec.slq",
-           "jaxspec.hvp", "jaxspec.workdir", "jaxspec.atomic", "jaxspec.report", "jaxspec.kinds"]
-CORE = ["hvp", "kinds", "batching", "operator", "reduction", "lanczos", "reorth", "ritz", "slq",
-        "rmt", "parallel", "checks", "workdir", "atomic", "report"]
+MODULES = jaxspec_modules()
+CORE = core_modules()
 
 
 def test_core_imports_no_flax_optax_tfds_or_tqdm():

@@ -9,12 +9,12 @@ import os
 import tokenize
 
 import pytest
+from layout import core_modules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("jaxspec", "train", "experiments")
 MAX_LINES = 400
-CORE = ["hvp", "batching", "operator", "reduction", "lanczos", "reorth", "ritz", "slq", "rmt",
-        "outliers", "parallel", "checks", "heterogeneity"]
+CORE = core_modules()
 FORBIDDEN_IN_CORE = {"flax", "optax", "tensorflow_datasets", "tqdm", "matplotlib"}
 
 
