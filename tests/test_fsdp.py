@@ -2,8 +2,8 @@
 
 The 8-device runs happen in one subprocess (tests/fsdp_worker.py), started when the module
 starts (if a test marked ``slow`` is selected) so that it compiles while the in-process tests
-run. It computes, in float64, the Ritz values of each model's Hessian on one device and on 2 x 4
-and 1 x 8 meshes with the parameters and the Krylov basis split, and the per-device memory of a
+run. It computes, in float64, the Ritz values of each model's Hessian on one device and on a 2 x 4
+or 1 x 8 mesh with the parameters and the Krylov basis split, and the per-device memory of a
 compiled Lanczos step with and without the sharding.
 """
 
@@ -73,8 +73,8 @@ def test_one_device_model_axis_equals_core_operator():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mesh", ["2x4", "1x8"])
-@pytest.mark.parametrize("model", list(fw.MODELS))
+@pytest.mark.parametrize("model,mesh", [(m, "x".join(map(str, s))) for m in fw.MODELS
+                                        for s in fw.MESHES[m]])
 def test_sharded_ritz_values_equal_one_device(worker, model, mesh):
     out = worker.result("fsdp")
     assert out["jaxspec"] == os.path.join(ROOT, "jaxspec", "__init__.py")
@@ -96,7 +96,7 @@ def test_sharded_ritz_values_equal_one_device(worker, model, mesh):
 @pytest.mark.slow
 def test_sharded_lanczos_step_memory_per_device(worker):
     mem = worker.result("fsdp")["wide_mlp"]["memory"]
-    size, rows, devices = mem["size"], mem["rows"], fw.MESHES[-1][1]
+    size, rows, devices = mem["size"], mem["rows"], fw.MEMORY_MESH[1]
     total = {k: sum(mem[k][f] for f in ("argument", "output", "temp"))
              for k in ("sharded", "replicated")}
     # The state (the (rows, P) basis, read and written) is split over the 8 devices: the
