@@ -4,7 +4,10 @@ a fast hypothesis profile for CI."""
 
 import os
 
-import jax
+# two test processes share a GPU when there is one: neither may take most of its memory
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
 import pytest
 from hypothesis import HealthCheck, settings
 
