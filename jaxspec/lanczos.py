@@ -95,7 +95,7 @@ class LanczosState(NamedTuple):
       nonfinite_step: the first step whose matvec returned NaN/Inf, or -1.
       omega: ``(2, num_steps + 1)`` estimated loss of orthogonality of the last two basis rows
         (:mod:`jaxspec.reorth`; ``reorth="partial"`` decides by it when to re-orthogonalise).
-      passes: Gram-Schmidt passes over the basis so far.
+      passes: Gram-Schmidt passes over the basis made in steps 1 to `step`.
 
     Example:
       >>> import jax.numpy as jnp
