@@ -92,8 +92,9 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
                              + beta_{k-1} omega_{i,k-1} - beta_{i-1} omega_{i-1,k} +- eps |T|
 
     where the rounding term takes the sign of the rest (the bound grows, never cancels) and
-    ``|T|`` is a Gershgorin bound of the first i rows of the tridiagonal; ``omega_{i+1,i} = eps |T| / beta``
-    (the rounding of the recurrence itself) and ``omega_{i+1,i+1} = 1``.
+    ``|T|`` is a Gershgorin bound of the first i rows of the tridiagonal;
+    ``omega_{i+1,i} = eps |T| / beta`` (the rounding of the recurrence itself) and
+    ``omega_{i+1,i+1} = 1``.
 
     Example:
       >>> import jax.numpy as jnp
