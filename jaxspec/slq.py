@@ -21,6 +21,7 @@ import numpy as np
 from jaxspec.checks import assert_symmetric
 from jaxspec.lanczos import LanczosResult, run_lanczos
 from jaxspec.linearized import linearized
+from jaxspec.operator import CurvatureOperator
 from jaxspec.ritz import ritz_pairs
 
 __all__ = ["NegativeMass", "Spectrum", "random_probe", "slq", "slq_runs"]
@@ -287,11 +288,11 @@ def slq_runs(
     /,
     *,
     num_vectors: int = 1,
-    dtype=jnp.float32,
+    dtype=None,
     distribution: str = "normal",
     v0: jax.Array | None = None,
     hooks: Callable[[int, int], Sequence[Any]] | None = None,
-    check: bool = True,
+    check: bool | None = None,
     **lanczos_kwargs: Any,
 ) -> list[LanczosResult]:
     """The Lanczos runs behind :func:`slq`, one per probe (e.g. to keep their bases).
@@ -300,9 +301,13 @@ def slq_runs(
     given (then ``num_vectors`` must be 1); ``hooks(i, num_vectors)`` gives the hooks of run
     ``i`` (:func:`jaxspec.io.slq_hooks`); ``lanczos_kwargs`` go to :func:`jaxspec.run_lanczos`
     (``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ``return_basis``, ...).
-    With ``check`` (default), three products first make sure that the matvec is one fixed
-    symmetric matrix (:func:`jaxspec.assert_symmetric`): a loss that changes between calls
-    (dropout on, augmentation redrawn) would give a spectrum of nothing.
+    With ``check``, three products first make sure that the matvec is one fixed symmetric
+    matrix (:func:`jaxspec.assert_symmetric`): a callable that changes between calls (dropout
+    on, augmentation redrawn, moving BatchNorm statistics) would give a spectrum of nothing.
+    ``None`` (default) checks every matvec but a :class:`jaxspec.CurvatureOperator`, which is
+    that matrix by construction: one compiled pure function of the weights and the batches,
+    whose Hessian, Gauss-Newton and Fisher products are symmetric in exact arithmetic; the
+    check would add three products to every run.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -314,6 +319,7 @@ def slq_runs(
     """
     if num_vectors < 1:
         raise ValueError(f"num_vectors must be >= 1, got {num_vectors}")
+    dtype = jnp.dtype(getattr(matvec, "dtype", jnp.float32) if dtype is None else dtype)
     if v0 is not None:
         if num_vectors != 1:
             raise ValueError("an explicit start vector v0 makes one probe: num_vectors must be 1")
@@ -324,7 +330,9 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
-    matvec = linearized(matvec)  # an operator's products linearised once for all probes
+    if check is None:
+        check = not isinstance(matvec, CurvatureOperator)
+    matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
     if check:
         assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=probes[0].dtype)
     return [run_lanczos(matvec, probe, num_steps,
@@ -340,11 +348,11 @@ def slq(
     /,
     *,
     num_vectors: int = 1,
-    dtype=jnp.float32,
+    dtype=None,
     distribution: str = "normal",
     v0: jax.Array | None = None,
     hooks: Callable[[int, int], Sequence[Any]] | None = None,
-    check: bool = True,
+    check: bool | None = None,
     meta: dict | None = None,
     **lanczos_kwargs: Any,
 ) -> Spectrum:
@@ -362,12 +370,14 @@ def slq(
       dim: the dimension P.
       num_steps: Lanczos steps per probe (the paper: 100 empirical, 80 augmented).
       num_vectors: number of probes.
-      dtype: working precision of the Lanczos vectors.
+      dtype: working precision of the Lanczos vectors; None: the operator's (``matvec.dtype``,
+        as a :class:`jaxspec.CurvatureOperator` has), else float32.
       distribution: ``"normal"`` or ``"rademacher"`` probes.
       v0: an explicit start vector instead of a random probe.
       hooks: ``hooks(i, num_vectors)`` -> the hooks of probe ``i``'s run, e.g.
         ``jaxspec.io.slq_hooks(checkpoint_dir=..., progress="label")``.
-      check: first probe that the matvec is one fixed symmetric matrix (three products).
+      check: first probe that the matvec is one fixed symmetric matrix (three products);
+        ``None``: unless it is a :class:`jaxspec.CurvatureOperator` (see :func:`slq_runs`).
       meta: settings recorded with the spectrum.
       **lanczos_kwargs: ``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ... as
         in :func:`jaxspec.run_lanczos`.
@@ -380,9 +390,10 @@ def slq(
       >>> round(s.lambda_max, 4), round(s.lambda_min, 4)
       (10.0, -1.0)
     """
+    dtype = jnp.dtype(getattr(matvec, "dtype", jnp.float32) if dtype is None else dtype)
     runs = slq_runs(matvec, key, dim, num_steps, num_vectors=num_vectors, dtype=dtype,
                     distribution=distribution, v0=v0, hooks=hooks, check=check,
                     **lanczos_kwargs)
     info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": distribution,
-            "dtype": str(jnp.dtype(dtype if v0 is None else v0.dtype)), **(meta or {})}
+            "dtype": str(dtype if v0 is None else jnp.dtype(v0.dtype)), **(meta or {})}
     return Spectrum.average([Spectrum.from_lanczos(r) for r in runs], meta=info)

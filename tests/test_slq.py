@@ -114,6 +114,10 @@ def test_symmetry_probe():
     assert assert_symmetric(lambda v: sym64 @ v, jax.random.key(1), 20, dtype=jnp.float64)
     with pytest.raises(ValueError, match="not symmetric"):
         assert_symmetric(lambda v: A @ v, jax.random.key(1), 20)
+    # slq probes a plain callable by default (only a CurvatureOperator is exempt)
+    with pytest.raises(ValueError, match="not symmetric"):
+        slq(lambda v: A @ v, jax.random.key(1), 20, 5)
+    assert slq(lambda v: A @ v, jax.random.key(1), 20, 5, check=False).nodes.size == 5
 
 
 def test_stem_plots_write_files(tmp_path):
