@@ -653,25 +653,28 @@ _write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(blo
 class _HostBasis:
     """The host driver's basis: separate ``(block, P)`` arrays, the last rows ``q_{i-1}, q_i``.
 
-    Blocks are allocated when their first row is written, and the ``(rows, P)`` basis is only
+    Blocks are allocated when their first row is written; the last holds only the rows a run
+    writes (``num_steps + 1`` in all), so no memory goes to rows that stay zero. The
+    ``(rows, P)`` basis of the compiled driver's layout (rows a multiple of the block) is only
     assembled for a checkpoint or ``return_basis``.
     """
 
-    def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array):
-        self.blocks = blocks
+    def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int, rows: int):
+        self.blocks, self.block, self.rows = blocks, block, rows
         self.q_prev, self.q_cur = q_prev, q_cur
-        first = blocks[0]
-        self.block, self.dim, self.dtype = first.shape[0], first.shape[1], first.dtype
+        self.dim, self.dtype = q_cur.shape[0], q_cur.dtype
 
     @classmethod
-    def fresh(cls, v0: jax.Array, num_rows: int, block: int) -> "_HostBasis":
-        first = _first_rows(v0, block)  # only the first block exists
-        return cls([first] + [None] * (num_rows // block - 1), first[0], first[0])
+    def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> "_HostBasis":
+        rows = num_steps + 1
+        first = _first_rows(v0, min(block, rows))  # only the first block exists
+        return cls([first] + [None] * (-(-rows // block) - 1), first[0], first[0], block, rows)
 
     @classmethod
-    def resume(cls, basis: jax.Array, step: int, block: int) -> "_HostBasis":
-        blocks = [basis[k:k + block] for k in range(0, basis.shape[0], block)]
-        return cls(blocks, basis[max(step - 1, 0)], basis[step])
+    def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":
+        rows = num_steps + 1  # the blocks of a fresh run's shapes: the same sums, bit for bit
+        blocks = [basis[k:min(k + block, rows)] for k in range(0, rows, block)]
+        return cls(blocks, basis[max(step - 1, 0)], basis[step], block, rows)
 
     def filled(self, i: int) -> tuple:
         """The blocks that hold a filled row when ``q_i`` is the newest row."""
@@ -682,17 +685,17 @@ class _HostBasis:
         k, r = divmod(i + 1, self.block)
         if k < len(self.blocks):
             if self.blocks[k] is None:
-                self.blocks[k] = jnp.zeros((self.block, self.dim), self.dtype)
+                size = min(self.block, self.rows - k * self.block)
+                self.blocks[k] = jnp.zeros((size, self.dim), self.dtype)
             self.blocks[k] = _write_row(self.blocks[k], q_next, r)
         self.q_prev, self.q_cur = self.q_cur, q_next
 
     def basis(self, as_numpy: bool = False):
-        """The ``(rows, P)`` basis (rows not yet written are zero)."""
-        blocks = [np.zeros((self.block, self.dim), self.dtype) if b is None else b
+        """The ``(rows, P)`` basis, rows a multiple of the block (rows not written are zero)."""
+        xp = np if as_numpy else jnp
+        blocks = [np.zeros((0, self.dim), self.dtype) if b is None else xp.asarray(b)
                   for b in self.blocks]
-        if as_numpy:
-            return np.concatenate([np.asarray(b) for b in blocks])
-        return jnp.concatenate([jnp.asarray(b) for b in blocks])
+        return xp.concatenate([xp.pad(b, ((0, self.block - len(b)), (0, 0))) for b in blocks])
 
 
 def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: float | None,
@@ -807,7 +810,7 @@ def run_lanczos(
     """
     _check_v0(v0)
     num_steps, reorth = _clamp_steps(num_steps, v0.shape[0]), check_method(reorth)
-    matvec = linearized(matvec)  # an operator's products linearised once for the run
+    matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for the run
     # the basis on a mesh is the compiled driver's
     driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
                                                                                       matvec)
@@ -835,11 +838,11 @@ def run_lanczos(
         saved = hook.resume(host_v0, num_steps, block_size, matvec) if saved is None else saved
     if driver == "host":  # the basis lives in host.blocks; the state carries the rest
         if saved is None:
-            host = _HostBasis.fresh(v0, _num_rows(num_steps, block_size), block_size)
+            host = _HostBasis.fresh(v0, num_steps, block_size)
             state = _fresh_state((), num_steps, v0.dtype)
         else:
             saved = jax.tree.map(jnp.asarray, saved)
-            host = _HostBasis.resume(saved.basis, int(saved.step), block_size)
+            host = _HostBasis.resume(saved.basis, int(saved.step), num_steps, block_size)
             state = saved._replace(basis=())
         advance = _host_advance_fn(matvec, host, v0, tol, reorth)
         state = _drive(state, num_steps, chunk_size, advance, hooks,

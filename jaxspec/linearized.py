@@ -27,8 +27,8 @@ import numpy as np
 
 __all__ = ["AUTO_FRACTION", "LinearCache", "linearized", "memory_budget", "residual_bytes"]
 
-# The share of the free memory that linearize="auto" gives the residuals: the rest is left to
-# the products' own buffers, the Krylov basis and whatever else runs.
+# The share of the free memory that linearize="auto" gives the residuals at most: the rest is
+# left to the products' own buffers, the Krylov basis and whatever else runs.
 AUTO_FRACTION = 0.4
 
 
@@ -76,9 +76,11 @@ jax.tree_util.register_dataclass(LinearCache, data_fields=["maps", "tail"],
                                  meta_fields=["count", "stacked"])
 
 
-def linearized(matvec: Any, /) -> Any:
-    """``matvec.linearized()`` for a :class:`jaxspec.CurvatureOperator`, any other matvec as it
-    is: what a loop of many products at one point (Lanczos, SLQ, a trace estimate) calls once.
+def linearized(matvec: Any, /, rows: int | None = None) -> Any:
+    """``matvec.linearized(rows)`` for a :class:`jaxspec.CurvatureOperator`, any other matvec as
+    it is: what a loop of many products at one point (Lanczos, SLQ, a trace estimate) calls
+    once. ``rows``: the vectors of the run's Krylov basis, the allowance of ``"auto"``
+    (:func:`memory_budget`).
 
     Example:
       >>> import jax.numpy as jnp, jaxspec
@@ -89,7 +91,7 @@ def linearized(matvec: Any, /) -> Any:
       (1, True)
     """
     build = getattr(matvec, "linearized", None)
-    return build() if callable(build) else matvec
+    return build(rows) if callable(build) else matvec
 
 
 def _linear_map(op, batch):
@@ -168,21 +170,30 @@ def _free_bytes() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def memory_budget(linearize: Any, /) -> int:
+def memory_budget(linearize: Any, /, allowance: int | None = None) -> int:
     """The bytes of residuals that ``linearize`` allows.
 
-    ``"auto"``: :data:`AUTO_FRACTION` of the device's free memory (on CPU, of the host's
-    available memory); an int: that many bytes; None, False or 0: no cache.
+    ``"auto"``: :data:`AUTO_FRACTION` of the device's free memory; on a CPU, whose memory is
+    the host's, shared with everything else, also no more than ``allowance`` bytes (a Lanczos
+    run passes the size of its Krylov basis, so the cache at most doubles the memory the run
+    needs anyway: a small model's residuals fit, a CNN's activations on hundreds of images do
+    not, and the run keeps the footprint of one batch's product at a time). An int: that many
+    bytes, on any device; None, False or 0: no cache.
 
     Example:
+      >>> import jax
       >>> from jaxspec.linearized import memory_budget
-      >>> memory_budget(None), memory_budget(2**20), memory_budget("auto") > 0
-      (0, 1048576, True)
+      >>> memory_budget(None), memory_budget(2**20)
+      (0, 1048576)
+      >>> jax.default_backend() != "cpu" or memory_budget("auto", allowance=1000) == 1000
+      True
     """
     if linearize is None or linearize is False:
         return 0
     if linearize == "auto":
-        return int(AUTO_FRACTION * _free_bytes())
+        free = int(AUTO_FRACTION * _free_bytes())
+        on_cpu = jax.local_devices()[0].platform == "cpu"
+        return free if allowance is None or not on_cpu else min(free, int(allowance))
     if isinstance(linearize, (int, np.integer)) and not isinstance(linearize, bool) \
             and linearize >= 0:
         return int(linearize)

@@ -296,16 +296,19 @@ class CurvatureOperator:
                                  "already restricted to")
         return dataclasses.replace(self, block=block, linear=None)
 
-    def linearized(self) -> "CurvatureOperator":
+    def linearized(self, rows: int | None = None) -> "CurvatureOperator":
         """The operator with each batch's product linearised once at its fixed parameters: the
         same matrix, each product then recomputes only the part that depends on the vector.
 
         ``jax.linearize`` of the per-batch product keeps the work that depends only on the
         parameters and the batch (forward pass, activation derivatives) as residual arrays;
         the batches whose residuals fit in the ``linearize`` budget are cached, the others
-        recomputed at every product (:mod:`jaxspec.linearized`). The operator itself if it
-        already holds a cache, if the budget is None or 0, or if its reduction has no cache
-        (a device mesh). Worth it when many products are taken at one point (Lanczos, SLQ).
+        recomputed at every product (:mod:`jaxspec.linearized`). Under ``"auto"`` on a CPU,
+        ``rows`` parameter vectors (a Lanczos run's basis, ``num_steps + 1``: what the drivers
+        pass) bound the budget (:func:`jaxspec.linearized.memory_budget`). The operator
+        itself if it already holds a cache, if the budget is None or 0, or if its reduction
+        has no cache (a device mesh). Worth it when many products are taken at one point
+        (Lanczos, SLQ).
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -316,7 +319,8 @@ class CurvatureOperator:
           (2, [6.0, 0.0])
         """
         build = getattr(self.reduce, "linearize", None)
-        budget = memory_budget(self.linearize)
+        budget = memory_budget(self.linearize, allowance=None if rows is None else
+                               rows * self.size * jnp.dtype(self.dtype).itemsize)
         if self.linear is not None or build is None or budget == 0:
             return self
         op = build(self, budget)
@@ -423,8 +427,9 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         every product applies the same matrix. Stored as its key data.
       linearize: memory for caching the per-batch products linearised at ``params``
         (:meth:`CurvatureOperator.linearized`, :mod:`jaxspec.linearized`), which makes each
-        product cheaper: ``"auto"`` (a share of the free device memory, on CPU of the host's),
-        a number of bytes, or None (no cache: the least memory, every product recomputed).
+        product cheaper: ``"auto"`` (a share of the free memory of an accelerator; on a CPU,
+        in a Lanczos run, also no more than its Krylov basis takes), a number of bytes (the
+        knob that trades memory for speed), or None (no cache, every product recomputed).
 
     Returns:
       A :class:`CurvatureOperator`, its arrays placed as the reduction needs them.

@@ -341,7 +341,7 @@ def logdet(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int,
     dtype = _dtype(matvec, dtype)
     keys = jax.random.split(key, num_probes)
     samples, num_matvecs = [], 0
-    matvec = linearized(matvec)  # an operator's products linearised once for all probes
+    matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
     for i in range(num_probes):
         v = random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
         run = run_lanczos(matvec, v, num_steps, **lanczos_kwargs)

@@ -64,3 +64,19 @@ def test_a_bad_budget_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="linearize must be"):
         curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=bad)
     assert memory_budget(0) == 0
+
+
+def test_auto_caches_up_to_the_krylov_basis_of_the_run():
+    # under "auto" on a CPU, a run's basis of `rows` parameter vectors bounds the residuals:
+    # the cache at most doubles what the run holds anyway (the suite runs on CPU)
+    assert jax.default_backend() == "cpu"
+    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST)
+    vector = op.size * jnp.dtype(op.dtype).itemsize
+    rows = -(-2 * PER_BATCH // vector)  # room for one group of two batches, not two groups
+    assert op.linearized(rows).linear.count == 2
+    assert vector < PER_BATCH and op.linearized(1).linear is None
+    assert op.linearized().linear.count == 4  # no run: a share of the free memory
+    assert memory_budget("auto", allowance=rows * vector) == rows * vector
+    # a number of bytes is taken as given, whatever the run
+    fixed = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST, linearize=2 * PER_BATCH)
+    assert fixed.linearized(10**6).linear.count == fixed.linearized(1).linear.count == 2
