@@ -10,6 +10,11 @@ falls on all of them alike; each prints the best time of one jitted gradient and
 PreResNet-20 (BatchNorm with batch statistics) on one batch of CIFAR-shaped images, and the
 ratio to the default setting in the same round. A setting this jaxlib does not know fails in
 its subprocess and is reported as such.
+
+With each setting it also times the three parts of one 3x3 convolution's gradient at each stage
+of the network (:func:`conv_ops`: forward, gradient to the input, gradient to the kernel): the
+kernel gradient of the 16-channel 32x32 stage is where XLA:CPU loses to PyTorch (see the
+README's speed section).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ SETTINGS = {
     "ynn convolutions": "--xla_cpu_experimental_ynn_fusion_type="
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "onednn convolutions": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type="
+                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
     "fast math": "--xla_cpu_enable_fast_math=true",
     "no thunk runtime": "--xla_cpu_use_thunk_runtime=false",
 }
@@ -54,7 +61,41 @@ def _measure(model: str, batch: int, repeat: int) -> dict:
     prod = jax.jit(lambda p, b, v: hvp(loss_fn, p, b, v))
     jax.block_until_ready((grad(params, data), prod(params, data, params)))
     return {"grad_s": best_time(grad, params, data, repeats=repeat),
-            "hvp_s": best_time(prod, params, data, params, repeats=repeat)}
+            "hvp_s": best_time(prod, params, data, params, repeats=repeat),
+            **(conv_ops(batch, repeat) if model != "mlp" else {})}  # the convolutions' parts
+
+
+def conv_ops(batch: int, repeat: int, stages=((16, 32), (32, 16), (64, 8))) -> dict:
+    """Milliseconds of the three parts of a 3x3 convolution's gradient at each stage of
+    PreResNet-20 (``(channels, size)``: 16 x 32 x 32, 32 x 16 x 16, 64 x 8 x 8, NHWC): the
+    forward pass (``fwd``), the gradient with respect to the input (``dx``, a transposed
+    convolution) and to the kernel (``dw``, a correlation of the input with the output's
+    gradient, summed over the batch and the image), each one jitted call.
+
+    Example:
+      >>> from experiments.cpu_flags import conv_ops
+      >>> sorted(conv_ops(2, 1, stages=((4, 8),)))
+      ['c4_dw_ms', 'c4_dx_ms', 'c4_fwd_ms']
+    """
+    import jax
+    import numpy as np
+
+    from experiments.timing import best_time
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for c, size in stages:
+        x, g = (rng.standard_normal((batch, size, size, c)).astype(np.float32) for _ in range(2))
+        w = rng.standard_normal((3, 3, c, c)).astype(np.float32)
+        conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        parts = {"fwd": (jax.jit(conv), (x, w)),
+                 "dx": (jax.jit(lambda w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]), (w, g)),
+                 "dw": (jax.jit(lambda x, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]), (x, g))}
+        for name, (fn, args) in parts.items():
+            jax.block_until_ready(fn(*args))
+            out[f"c{c}_{name}_ms"] = 1e3 * best_time(fn, *args, repeats=repeat)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
       >>> out = io.StringIO()
       >>> with contextlib.redirect_stdout(out):
       ...     _ = main(["--child", "--model", "mlp", "--batch", "2", "--repeat", "1"])
-      >>> sorted(json.loads(out.getvalue()))
+      >>> sorted(json.loads(out.getvalue()))[-2:]
       ['grad_s', 'hvp_s']
     """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
             results[name].append(row)
             print(name, row, flush=True)
     base = results.get("default")
-    print(f"\n{'setting':20s} {'grad s':>8s} {'hvp s':>8s}  grad / default per round")
+    ops = [k for k in next(iter(results.values()))[0] if k.endswith("_ms")]
+    print(f"\n{'setting':20s} {'grad s':>8s} {'hvp s':>8s}  "
+          + " ".join(f"{k[:-3]:>9s}" for k in ops) + "  grad / default per round")
     for name, rows in results.items():
         if "error" in rows[0]:
             print(f"{name:20s} failed: {rows[0]['error']}")
@@ -103,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = "" if not base or "error" in base[0] else " ".join(
             f"{r['grad_s'] / b['grad_s']:.2f}" for r, b in zip(rows, base))
         print(f"{name:20s} {min(r['grad_s'] for r in rows):8.3f} "
-              f"{min(r['hvp_s'] for r in rows):8.3f}  {ratio}")
+              f"{min(r['hvp_s'] for r in rows):8.3f}  "
+              + " ".join(f"{min(r.get(k, float('nan')) for r in rows):9.1f}" for k in ops)
+              + f"  {ratio}")
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return results
 

@@ -16,7 +16,8 @@ the update), timed on this machine, and the ratio that floor alone gives (no ste
 re-orthogonalises its vector before the next HVP can go below it; see the notes in
 :mod:`jaxspec.lanczos`). Partial re-orthogonalisation reads the basis only at the steps that
 count as passes, so it can go below that floor. Last, the README's library snippet run as
-written (default operator, ``slq`` with one probe) against the fastest warm Lanczos run.
+written (default operator, ``slq`` with one probe) against the fastest warm Lanczos run with
+the snippet's re-orthogonalisation (full, the default).
 
 Absolute times on a shared machine mean little (the load average is printed) and the load drifts
 within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
@@ -277,7 +278,7 @@ def bench(name, init, apply, args):
             rounds.append((time.perf_counter() - t, t_hvps))
         t_lz, t_hvps = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]
         how = f"{driver}, {reorth}"
-        fastest.append((min(r[0] for r in rounds), driver, run))
+        fastest.append((min(r[0] for r in rounds), how, reorth, run))
         rows += [(f"Lanczos m={args.m}, {how}, first", f"{t_first:9.2f} s"),
                  (f"Lanczos m={args.m}, {how}, warm", f"{t_lz:9.2f} s"),
                  ("  m chained HVPs, same round", f"{t_hvps:9.2f} s"),
@@ -287,9 +288,12 @@ def bench(name, init, apply, args):
                  (f"Lanczos / (m x HVP), {how}",
                   f"{t_lz / t_hvps:9.2f}  (rounds: "
                   f"{' '.join(f'{a / b:.2f}' for a, b in rounds)})")]
-    if fastest:
-        _, driver, run = min(fastest, key=lambda f: f[0])
-        rows += readme_rows(loss, params, batched, args.m, driver, run, args.repeat)
+    # the README's snippet runs the default re-orthogonalisation (full): its fastest run is the
+    # path to match; a faster method is a choice of algorithm, not of execution
+    same = [f for f in fastest if f[2] == "full"] or fastest
+    if same:
+        _, how, _, run = min(same, key=lambda f: f[0])
+        rows += readme_rows(loss, params, batched, args.m, how, run, args.repeat)
     peak_bytes, peak_kind = peak_memory()  # before the floor's own test arrays are allocated
     floor = reorth_floor(P, args.m, flat.dtype)
     rows.append(("re-orth floor per step (2 reads)", f"{floor / args.m * 1e3:9.1f} ms"))
@@ -303,12 +307,14 @@ def bench(name, init, apply, args):
         print(f"  {k:34s} {val}")
 
 
-def readme_rows(loss, params, batched, m, driver, fastest, repeat):
+def readme_rows(loss, params, batched, m, how, fastest, repeat):
     """Rows timing the README's library snippet as written (the default operator, built anew
-    each run as the snippet does, and ``slq`` with its defaults, one probe, in the operator's
-    dtype, so that it also runs with float64 enabled) against the fastest
-    Lanczos run ``fastest()`` (on ``driver``): the two are timed in turn, ``repeat`` rounds,
-    and the median of the rounds' ratios is kept (the load drifts between rounds).
+    each run as the snippet does, and ``slq`` with its defaults: one probe, in the operator's
+    dtype) against the fastest
+    Lanczos run ``fastest()`` (``how``: its driver and method): the two are timed in turn,
+    ``repeat`` rounds, and the median of the rounds' ratios is kept (the load drifts between
+    rounds). The snippet builds its operator's cache in every run; ``fastest`` is handed a
+    cached one.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxspec
@@ -323,7 +329,7 @@ def readme_rows(loss, params, batched, m, driver, fastest, repeat):
     """
     def readme():
         H = jaxspec.curvature_operator(loss, params, batched)
-        return jaxspec.slq(H, jax.random.key(0), H.size, m, num_vectors=1, dtype=H.dtype).nodes
+        return jaxspec.slq(H, jax.random.key(0), H.size, m).nodes
 
     times = {"readme": [], "fastest": []}
     for fn in (readme, fastest):
@@ -335,7 +341,7 @@ def readme_rows(loss, params, batched, m, driver, fastest, repeat):
             times[name].append(time.perf_counter() - t)
     ratios = sorted(a / b for a, b in zip(times["readme"], times["fastest"]))
     return [("README snippet (slq, 1 probe), warm", f"{min(times['readme']):9.2f} s"),
-            (f"README snippet / fastest Lanczos ({driver})",
+            (f"README snippet / fastest Lanczos ({how})",
              f"{ratios[len(ratios) // 2]:9.2f}  (rounds: {' '.join(f'{r:.2f}' for r in ratios)})")]
 
 
