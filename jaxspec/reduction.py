@@ -124,12 +124,10 @@ class HostReduce:
     Zero-weight (padding) batches are skipped. Batches already on the device are passed whole
     and cut out inside the compiled group; NumPy batches stay on the host and each group is
     copied to the device when it is used. The default, one batch per call, holds one batch's
-    activations at a time (the least memory: PyHessian's footprint). More batches per group
-    means fewer dispatches and XLA:CPU runs the group's products side by side, but each group
-    holds the activations of all its batches at once and compiles longer: on PreAct-ResNet-20
-    at batch 128, ``group_size=4`` measured 2.4 GB of peak memory against 1.0 GB for 1, for a
-    product 0-30% faster within the noise of a shared 2-core CPU; on a 855k-parameter MLP
-    the two were within that noise.
+    activations at a time (the least memory, as a PyTorch loop over batches). More batches per
+    group means fewer dispatches and XLA:CPU runs the group's products side by side, but each
+    group holds the activations of all its batches at once and compiles longer: memory traded
+    for fewer dispatches (the README's speed section has the figures).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, jaxspec
