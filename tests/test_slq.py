@@ -118,6 +118,10 @@ def test_symmetry_probe():
     with pytest.raises(ValueError, match="not symmetric"):
         slq(lambda v: A @ v, jax.random.key(1), 20, 5)
     assert slq(lambda v: A @ v, jax.random.key(1), 20, 5, check=False).nodes.size == 5
+    # the probes follow a matvec's own dtype (a float64 operator), else float32
+    A64 = type("A64", (), {"dtype": jnp.float64, "__call__": lambda self, v: sym64 @ v})()
+    assert slq(A64, jax.random.key(1), 20, 5).meta["dtype"] == "float64"
+    assert slq(lambda v: sym @ v, jax.random.key(1), 20, 5).meta["dtype"] == "float32"
 
 
 def test_stem_plots_write_files(tmp_path):
