@@ -24,7 +24,7 @@ from jaxspec.linearized import linearized
 from jaxspec.operator import CurvatureOperator
 from jaxspec.ritz import ritz_pairs
 
-__all__ = ["NegativeMass", "Spectrum", "random_probe", "slq", "slq_runs"]
+__all__ = ["NegativeMass", "Spectrum", "probe_dtype", "random_probe", "slq", "slq_runs"]
 
 
 class NegativeMass(NamedTuple):
@@ -262,6 +262,19 @@ class Spectrum:
         }
 
 
+def probe_dtype(matvec: Callable, dtype=None, /) -> jnp.dtype:
+    """The probes' dtype: ``dtype`` if given, else the matvec's own (``matvec.dtype``, as a
+    :class:`jaxspec.CurvatureOperator` has), else float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.slq import probe_dtype
+      >>> probe_dtype(abs).name, probe_dtype(abs, jnp.float16).name
+      ('float32', 'float16')
+    """
+    return jnp.dtype(getattr(matvec, "dtype", jnp.float32) if dtype is None else dtype)
+
+
 def random_probe(key: jax.Array, dim: int, /, *, dtype=jnp.float32,
                  distribution: str = "normal") -> jax.Array:
     """A random probe vector with ``E[v v^T] = I``: standard normal or Rademacher.
@@ -319,7 +332,7 @@ def slq_runs(
     """
     if num_vectors < 1:
         raise ValueError(f"num_vectors must be >= 1, got {num_vectors}")
-    dtype = jnp.dtype(getattr(matvec, "dtype", jnp.float32) if dtype is None else dtype)
+    dtype = probe_dtype(matvec, dtype)
     if v0 is not None:
         if num_vectors != 1:
             raise ValueError("an explicit start vector v0 makes one probe: num_vectors must be 1")
@@ -390,7 +403,7 @@ def slq(
       >>> round(s.lambda_max, 4), round(s.lambda_min, 4)
       (10.0, -1.0)
     """
-    dtype = jnp.dtype(getattr(matvec, "dtype", jnp.float32) if dtype is None else dtype)
+    dtype = probe_dtype(matvec, dtype)
     runs = slq_runs(matvec, key, dim, num_steps, num_vectors=num_vectors, dtype=dtype,
                     distribution=distribution, v0=v0, hooks=hooks, check=check,
                     **lanczos_kwargs)

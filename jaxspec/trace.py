@@ -38,7 +38,7 @@ from matfree import stochtrace
 from jaxspec.lanczos import jit_argument, run_lanczos
 from jaxspec.linearized import linearized
 from jaxspec.ritz import ritz_pairs
-from jaxspec.slq import random_probe
+from jaxspec.slq import probe_dtype, random_probe
 
 __all__ = ["TraceEstimate", "hutch_plus_plus", "hutchinson", "hutchinson_diagonal", "logdet",
            "xtrace"]
@@ -70,12 +70,6 @@ class TraceEstimate(NamedTuple):
 def _traceable(matvec: Callable) -> bool:
     """False for an operator whose reduction runs on the host (it cannot be vmapped)."""
     return getattr(getattr(matvec, "reduce", None), "driver", "compiled") != "host"
-
-
-def _dtype(matvec: Callable, dtype) -> jnp.dtype:
-    if dtype is not None:
-        return jnp.dtype(dtype)
-    return jnp.dtype(getattr(matvec, "dtype", jnp.float32))
 
 
 def _check_distribution(distribution: str) -> None:
@@ -160,7 +154,7 @@ def _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, 
     _check_count("num_probes", num_probes)
     if batch_size is not None:
         _check_count("batch_size", batch_size)
-    dtype = _dtype(matvec, dtype)
+    dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
     keys = jax.random.split(key, num_probes)
     size = num_probes if batch_size is None else batch_size
@@ -265,7 +259,7 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
       (True, 30)
     """
     _check_count("num_matvecs", num_matvecs, 3)
-    dtype = _dtype(matvec, dtype)
+    dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
     s = num_matvecs // 3
     g = num_matvecs - 2 * s
@@ -302,7 +296,8 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     if not _traceable(matvec):
         raise TypeError("xtrace vmaps the operator over its probes; an operator with the host "
                         "reduction cannot be traced: use hutch_plus_plus, or reduce='scan'")
-    sampler = stochtrace.sampler_normal(jnp.zeros((dim,), _dtype(matvec, dtype)), num=num_probes)
+    zeros = jnp.zeros((dim,), probe_dtype(matvec, dtype))
+    sampler = stochtrace.sampler_normal(zeros, num=num_probes)
     estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
         stochtrace.leave_one_out_xtrace(), sampler)
     mean, sem = jax.jit(estimate)(jit_argument(matvec), key)
@@ -338,7 +333,7 @@ def logdet(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int,
       True
     """
     _check_count("num_probes", num_probes)
-    dtype = _dtype(matvec, dtype)
+    dtype = probe_dtype(matvec, dtype)
     keys = jax.random.split(key, num_probes)
     samples, num_matvecs = [], 0
     matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
