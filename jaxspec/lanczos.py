@@ -33,14 +33,13 @@ Deviations from the textbook algorithm, and why:
   the update starts, and XLA does not fuse a ``Q w`` and an ``h Q`` into one pass over ``Q``
   (a column-tiled ``fori_loop`` that does both per tile ran 1.3-1.7x *slower* on XLA:CPU than
   the two passes). ``python -m experiments.speed`` prints that floor next to the real step.
-* The basis is read in blocks of ``block_size`` rows, so a step costs O(i P), not O(m P). The
-  compiled driver reads every block of the state's ``(rows, P)`` basis as a static slice under
-  a ``lax.cond`` on whether it holds a filled row (one compilation for all steps; on a GPU a
-  slice of contiguous rows feeding a GEMM is cheap). The host driver keeps the blocks as
-  separate arrays and passes the step only those that hold a filled row, so XLA:CPU reads them
-  in place with no ``lax.cond`` (one compilation per block count, ``ceil((m + 1) / block_size)``
-  in all). It allocates a block when its first row is written, writes each new row in place
-  (donated), and assembles the ``(rows, P)`` basis only for checkpoints and ``return_basis``.
+* The basis is read in blocks of ``block_size`` rows, each under a ``lax.cond`` on whether it
+  holds a filled row, so a step costs O(i P), not O(m P), and one compilation serves every
+  step. The compiled driver reads the blocks of the state's ``(rows, P)`` basis as static
+  slices (on a GPU a slice of contiguous rows feeding a GEMM is cheap). The host driver keeps
+  the blocks as separate arrays, each a whole argument of the step, so XLA:CPU reads them in
+  place (a slice would be copied first); it writes each new row into its block in place
+  (donated) and assembles the ``(rows, P)`` basis only for checkpoints and ``return_basis``.
 * ``alpha_i`` is the sum of all the Gram-Schmidt coefficients on ``q_i`` and ``beta_i`` is the
   norm after re-orthogonalisation, so T matches the re-orthogonalised basis.
 * Breakdown (``beta_i <= tol * |A q_i|``: the Krylov space is invariant) is masked: the remaining
@@ -262,41 +261,35 @@ def _block_readers(basis, block: int) -> list:
     return [lambda k=k: basis[k * block:(k + 1) * block] for k in range(basis.shape[0] // block)]
 
 
-def _project_out(blocks: list, w: jax.Array, count: jax.Array | None):
+def _project_out(blocks: list, w: jax.Array, count: jax.Array):
     """One classical Gram-Schmidt pass, ``w - Q^T (Q w)``, against rows ``0 .. count-1``.
 
-    ``blocks`` are readers from :func:`_block_readers`. With a traced ``count`` each block is
-    read under a ``lax.cond`` on whether it holds a filled row, so the pass reads the filled
-    blocks only, with one compilation for every step (the compiled driver). ``count=None`` means
-    that every block given holds a filled row (the host driver passes just those), and no
-    ``lax.cond`` is needed. Each block is read as a whole array: on XLA:CPU a slice of an
-    operand, static or dynamic, is copied before a dot; a block that is a whole argument is
-    not. Returns the new ``w`` and ``h = Q w``.
+    ``blocks`` are readers from :func:`_block_readers`, in row order. Each block is read under a
+    ``lax.cond`` on whether it holds a filled row, so the pass reads the filled blocks only,
+    with one compilation for every step. Each block is read as a whole array: on XLA:CPU a
+    slice of an operand, static or dynamic, is copied before a dot; a block that is a whole
+    argument (the host driver's) is not, and a ``lax.cond`` passes it to its branch in place.
+    Returns the new ``w`` and ``h = Q w``.
     """
-    if count is None:
-        h = [jnp.dot(read(), w, precision=_HIGHEST) for read in blocks]
-        for read, hk in zip(blocks, h):
-            w = w - jnp.dot(hk, read(), precision=_HIGHEST)
-        return w, jnp.concatenate(h)
-    h = []
-    for k, read in enumerate(blocks):
-        rows = jax.eval_shape(read).shape[0]
-        h.append(jax.lax.cond(k * rows < count,
-                              lambda read=read: jnp.dot(read(), w, precision=_HIGHEST),
-                              lambda rows=rows: jnp.zeros((rows,), w.dtype)))
-    for k, (read, hk) in enumerate(zip(blocks, h)):
-        w = jax.lax.cond(k * hk.shape[0] < count,
+    rows = [jax.eval_shape(read).shape[0] for read in blocks]
+    starts = np.cumsum([0] + rows[:-1]).tolist()  # the last block may be shorter
+    h = [jax.lax.cond(start < count,
+                      lambda read=read: jnp.dot(read(), w, precision=_HIGHEST),
+                      lambda n=n: jnp.zeros((n,), w.dtype))
+         for read, start, n in zip(blocks, starts, rows)]
+    for read, start, hk in zip(blocks, starts, h):
+        w = jax.lax.cond(start < count,
                          lambda w, hk, read=read: w - jnp.dot(hk, read(), precision=_HIGHEST),
                          lambda w, hk: w, w, hk)
     return w, jnp.concatenate(h)
 
 
 def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Array,
-             blocks: list, tol: float | None, all_filled: bool = False, reorth: str = "full"
+             blocks: list, tol: float | None, reorth: str = "full"
              ) -> tuple[jax.Array, LanczosState]:
     """The step mathematics, shared by both drivers: folds ``w = A q_i`` into the state.
 
-    ``blocks`` hold the basis (``all_filled``: only blocks that hold a filled row). Returns
+    ``blocks`` hold the basis (readers, :func:`_block_readers`). Returns
     ``q_{i+1}`` (zero if the step is masked) and the state with everything updated but the
     basis, which each driver writes in its own layout.
     """
@@ -315,9 +308,8 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
     beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0)
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
     w = w - beta_prev * q_prev - a0 * q_cur
-    count = None if all_filled else i + 1
     w, alpha, after, omega, passes = orthogonalise(
-        reorth, lambda w: _project_out(blocks, w, count), w, i, a0, state.omega, state.alphas,
+        reorth, lambda w: _project_out(blocks, w, i + 1), w, i, a0, state.omega, state.alphas,
         state.betas)
     beta = jnp.sqrt(after)
     go_on = keep & (beta > tol * w_norm)
@@ -634,11 +626,11 @@ def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num
 
 
 def _host_advance(state: LanczosState, w, q_prev, q_cur, tol, reorth="full"):
-    """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is a tuple of the blocks
-    that hold a filled row (rows ``0 .. step``); their number is static, so a step reads exactly
-    those blocks with no ``lax.cond``, at the price of one compilation per block count."""
+    """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is the tuple of the
+    basis's blocks, each a whole argument (read in place), the unfilled ones skipped by
+    ``lax.cond``: one compilation serves every step of a run."""
     q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol,
-                             all_filled=True, reorth=reorth)
+                             reorth=reorth)
     return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
 
 
@@ -653,49 +645,44 @@ _write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(blo
 class _HostBasis:
     """The host driver's basis: separate ``(block, P)`` arrays, the last rows ``q_{i-1}, q_i``.
 
-    Blocks are allocated when their first row is written; the last holds only the rows a run
-    writes (``num_steps + 1`` in all), so no memory goes to rows that stay zero. The
-    ``(rows, P)`` basis of the compiled driver's layout (rows a multiple of the block) is only
-    assembled for a checkpoint or ``return_basis``.
+    All blocks are allocated at the start (the memory the run ends with); the last holds only
+    the rows a run writes (``num_steps + 1`` in all), so no memory goes to rows that stay zero.
+    Each new row is written into its block in place. The ``(rows, P)`` basis of the compiled
+    driver's layout (rows a multiple of the block) is only assembled for a checkpoint or
+    ``return_basis``.
     """
 
-    def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int, rows: int):
-        self.blocks, self.block, self.rows = blocks, block, rows
+    def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int):
+        self.blocks, self.block = blocks, block
         self.q_prev, self.q_cur = q_prev, q_cur
         self.dim, self.dtype = q_cur.shape[0], q_cur.dtype
 
     @classmethod
     def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> "_HostBasis":
         rows = num_steps + 1
-        first = _first_rows(v0, min(block, rows))  # only the first block exists
-        return cls([first] + [None] * (-(-rows // block) - 1), first[0], first[0], block, rows)
+        first = _first_rows(v0, min(block, rows))
+        rest = [jnp.zeros((min(block, rows - k), v0.shape[0]), v0.dtype)
+                for k in range(block, rows, block)]
+        return cls([first] + rest, first[0], first[0], block)
 
     @classmethod
     def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":
         rows = num_steps + 1  # the blocks of a fresh run's shapes: the same sums, bit for bit
         blocks = [basis[k:min(k + block, rows)] for k in range(0, rows, block)]
-        return cls(blocks, basis[max(step - 1, 0)], basis[step], block, rows)
-
-    def filled(self, i: int) -> tuple:
-        """The blocks that hold a filled row when ``q_i`` is the newest row."""
-        return tuple(self.blocks[: i // self.block + 1])
+        return cls(blocks, basis[max(step - 1, 0)], basis[step], block)
 
     def push(self, i: int, q_next: jax.Array) -> None:
         """Writes ``q_{i+1}`` (row ``i + 1``)."""
         k, r = divmod(i + 1, self.block)
         if k < len(self.blocks):
-            if self.blocks[k] is None:
-                size = min(self.block, self.rows - k * self.block)
-                self.blocks[k] = jnp.zeros((size, self.dim), self.dtype)
             self.blocks[k] = _write_row(self.blocks[k], q_next, r)
         self.q_prev, self.q_cur = self.q_cur, q_next
 
     def basis(self, as_numpy: bool = False):
         """The ``(rows, P)`` basis, rows a multiple of the block (rows not written are zero)."""
         xp = np if as_numpy else jnp
-        blocks = [np.zeros((0, self.dim), self.dtype) if b is None else xp.asarray(b)
-                  for b in self.blocks]
-        return xp.concatenate([xp.pad(b, ((0, self.block - len(b)), (0, 0))) for b in blocks])
+        return xp.concatenate([xp.pad(xp.asarray(b), ((0, self.block - len(b)), (0, 0)))
+                               for b in self.blocks])
 
 
 def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: float | None,
@@ -714,8 +701,8 @@ def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: flo
             if w.shape != v0.shape or w.dtype != v0.dtype:
                 raise TypeError(f"the matvec must map shape {v0.shape} {v0.dtype} to the same; "
                                 f"it returned {w.shape} {w.dtype}")
-            q_next, state = _host_step(state._replace(basis=host.filled(i)), w, host.q_prev,
-                                       host.q_cur, tol=tol, reorth=reorth)
+            q_next, state = _host_step(state._replace(basis=tuple(host.blocks)), w,
+                                       host.q_prev, host.q_cur, tol=tol, reorth=reorth)
             host.push(i, q_next)
         else:
             _stop(state)

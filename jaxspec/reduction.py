@@ -28,9 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.batching import dataset_mean
-from jaxspec.linearized import apply_maps, build_cache, scan_mean
+from jaxspec.linearized import apply_maps, build_cache, residual_bytes, scan_mean
 
-__all__ = ["HostReduce", "ScanReduce", "resolve_reduce"]
+__all__ = ["GROUP_BYTES", "HostReduce", "ScanReduce", "resolve_reduce"]
+
+# The activations one call of the host loop may hold, by default: batches are grouped until
+# their linearised products' residuals (the activations a product keeps for its backward pass)
+# reach this. A call costs a dispatch and a pass over the P-vector it returns, so a small
+# model's batches all go in one call, while a CNN's (hundreds of MiB each) go one at a time.
+GROUP_BYTES = 64 * 2**20
 
 
 @functools.partial(jax.jit, inline=True)
@@ -139,12 +145,35 @@ class HostReduce:
       [2.0, 0.0]
     """
 
-    group_size: int = 1
+    group_size: int | None = None
     driver = "host"
 
     def __post_init__(self):
-        if not (isinstance(self.group_size, (int, np.integer)) and self.group_size >= 1):
-            raise ValueError(f"group_size must be a positive int, got {self.group_size!r}")
+        size = self.group_size
+        if size is not None and not (isinstance(size, (int, np.integer)) and size >= 1):
+            raise ValueError(f"group_size must be a positive int or None, got {size!r}")
+
+    def resolved(self, op) -> "HostReduce":
+        """The strategy with its group size fixed for ``op`` (itself if already fixed): as many
+        batches per call as fit in :data:`GROUP_BYTES` of activations, at least one.
+
+        Example:
+          >>> import jax.numpy as jnp, numpy as np, jaxspec
+          >>> from jaxspec.reduction import HostReduce
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+          ...                                 jnp.ones(2), jaxspec.batch_dataset(np.ones(6), 2))
+          >>> op.reduce, HostReduce(2).resolved(op)   # small batches: all three in one call
+          (HostReduce(group_size=3), HostReduce(group_size=2))
+        """
+        if self.group_size is not None:
+            return self
+        batches = op.data.batches
+        if batches is None:
+            return HostReduce(1)
+        count = jax.tree.leaves(batches)[0].shape[0]
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batches)
+        per_batch = max(residual_bytes(op, like), 1)
+        return HostReduce(int(min(count, max(1, GROUP_BYTES // per_batch))))
 
     def prepare(self, op):
         """Parameters and transform to the device; the data stays where it is; the weights go
@@ -161,8 +190,9 @@ class HostReduce:
         """
         data = op.data._replace(weights=np.asarray(op.data.weights),
                                 tail_weight=np.asarray(op.data.tail_weight))
-        return dataclasses.replace(op, params=_uncommitted(op.params),
-                                   transform=_uncommitted(op.transform), data=data)
+        op = dataclasses.replace(op, params=_uncommitted(op.params),
+                                 transform=_uncommitted(op.transform), data=data)
+        return dataclasses.replace(op, reduce=self.resolved(op))
 
     def apply(self, op, v: jax.Array, /) -> jax.Array:
         """``sum_b w_b A_b v``, group by group (eager only).
@@ -182,11 +212,11 @@ class HostReduce:
                 "which drive it from the host, or build it with reduce='scan' (or a mesh)")
         data, cache = op.data, op.linear
         bare = dataclasses.replace(op, data=None, linear=None)
-        acc = jnp.zeros_like(v)  # committed to v's device if v is (one jit signature)
+        acc = _zeros_like(v)  # committed to v's device if v is (one jit signature)
         weights = np.asarray(data.weights)
         on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
         cached = 0 if cache is None else cache.count
-        for start, stop in self._groups(weights):
+        for start, stop in self.resolved(op)._groups(weights):
             if stop <= cached:  # the cache's count is a multiple of group_size, or all
                 acc = apply_maps(cache.maps[start:stop], acc, v, weights[start:stop])
             elif on_device:
@@ -214,8 +244,9 @@ class HostReduce:
           >>> HostReduce().linearize(op, 10**6).linear.count
           2
         """
+        size = self.resolved(op).group_size
         return dataclasses.replace(op, linear=build_cache(op, budget, stacked=False,
-                                                          multiple=self.group_size))
+                                                          multiple=size))
 
     def _groups(self, weights: np.ndarray) -> list[tuple[int, int]]:
         """``(start, stop)``: runs of consecutive nonzero-weight batches, cut into groups."""
@@ -224,6 +255,10 @@ class HostReduce:
         size = self.group_size
         return [(int(run[k]), int(run[min(k + size, run.size) - 1]) + 1)
                 for run in runs for k in range(0, run.size, size)]
+
+
+# one dispatch (eager jnp.zeros_like is several, about a millisecond on CPU)
+_zeros_like = jax.jit(jnp.zeros_like)
 
 
 def _uncommitted(tree: Any) -> Any:
