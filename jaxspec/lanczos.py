@@ -403,6 +403,12 @@ def _result(state: LanczosState, num_steps: int, return_basis: bool, dim=None) -
                          state.passes)
 
 
+def _running(state: LanczosState) -> bool:
+    """:func:`_active`, read on the host (evaluated eagerly, it would compile three programs)."""
+    broken_down, nonfinite_step = jax.device_get((state.broken_down, state.nonfinite_step))
+    return not broken_down and nonfinite_step < 0
+
+
 def _stop(state: LanczosState) -> bool:
     """Waits for ``state``'s flags (one transfer): raises on a NaN/Inf, True at a breakdown."""
     nonfinite_step, broken_down = jax.device_get((state.nonfinite_step, state.broken_down))
@@ -642,6 +648,17 @@ _write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(blo
                      donate_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _host_init(v0: jax.Array, num_steps: int, block: int):
+    """The host driver's blocks (all allocated; the last holds only the rows a run writes),
+    ``q_0`` and the state without its basis."""
+    rows = num_steps + 1
+    first = _first_rows(v0, min(block, rows))
+    rest = [jnp.zeros((min(block, rows - k), v0.shape[0]), v0.dtype)
+            for k in range(block, rows, block)]
+    return (first, *rest), first[0], _fresh_state((), num_steps, v0.dtype)
+
+
 class _HostBasis:
     """The host driver's basis: separate ``(block, P)`` arrays, the last rows ``q_{i-1}, q_i``.
 
@@ -658,12 +675,17 @@ class _HostBasis:
         self.dim, self.dtype = q_cur.shape[0], q_cur.dtype
 
     @classmethod
-    def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> "_HostBasis":
-        rows = num_steps + 1
-        first = _first_rows(v0, min(block, rows))
-        rest = [jnp.zeros((min(block, rows - k), v0.shape[0]), v0.dtype)
-                for k in range(block, rows, block)]
-        return cls([first] + rest, first[0], first[0], block)
+    def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> tuple["_HostBasis", LanczosState]:
+        """The basis and the state before the first step, made by one compiled program (built
+        eagerly, the zeros, the first row and the orthogonality estimates would each compile
+        a small program of their own)."""
+        blocks, q0, state = _host_init(v0, num_steps, block)
+        blocks = list(blocks)
+        if len(blocks) > 1 and blocks[-1].shape != blocks[0].shape:
+            # a shorter last block: its row write is another program, compiled now rather
+            # than at the step that reaches it (writing a zero row into a zero block)
+            blocks[-1] = _write_row(blocks[-1], jnp.zeros_like(q0), 0)
+        return cls(blocks, q0, q0, block), state
 
     @classmethod
     def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":
@@ -720,7 +742,7 @@ def _drive(state: LanczosState, num_steps: int, chunk_size: int,
     try:
         for hook in hooks:
             hook.start(int(state.step), num_steps)
-        while int(state.step) < num_steps and bool(_active(state)):
+        while int(state.step) < num_steps and _running(state):
             state = advance(state, min(chunk_size, num_steps - int(state.step)))
             _raise_if_nonfinite(state.nonfinite_step)
             for hook in hooks:
@@ -825,8 +847,7 @@ def run_lanczos(
         saved = hook.resume(host_v0, num_steps, block_size, matvec) if saved is None else saved
     if driver == "host":  # the basis lives in host.blocks; the state carries the rest
         if saved is None:
-            host = _HostBasis.fresh(v0, num_steps, block_size)
-            state = _fresh_state((), num_steps, v0.dtype)
+            host, state = _HostBasis.fresh(v0, num_steps, block_size)
         else:
             saved = jax.tree.map(jnp.asarray, saved)
             host = _HostBasis.resume(saved.basis, int(saved.step), num_steps, block_size)

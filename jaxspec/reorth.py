@@ -127,16 +127,24 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
 def _gram_schmidt(project: Callable, w: jax.Array, i):
     """A full pass, and a second where the first removed more than half of ``|w|^2``, that is
     where ``|h|^2 > |w - Q^T h|^2`` (Pythagoras: no norm of ``w`` before the pass is needed).
-    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2`` and the number of passes."""
-    w, h1 = project(w)
-    after = jnp.dot(w, w, precision=_HIGHEST)
+    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2`` and the number of passes.
 
-    def second(w):
-        w, h2 = project(w)
-        return w, h1[i] + h2[i], jnp.dot(w, w, precision=_HIGHEST), jnp.int32(2)
+    The passes are a ``lax.while_loop`` of at most two iterations: the pass over the basis
+    is compiled once, not once per pass."""
+    def again(carry):
+        _, _, removed, kept, passes = carry
+        return (passes == 0) | ((passes == 1) & (removed > kept))
 
-    return jax.lax.cond(after >= jnp.dot(h1, h1, precision=_HIGHEST),
-                        lambda w: (w, h1[i], after, jnp.int32(1)), second, w)
+    def one_pass(carry):
+        w, coef, _, _, passes = carry
+        w, h = project(w)
+        return (w, coef + h[i], jnp.dot(h, h, precision=_HIGHEST),
+                jnp.dot(w, w, precision=_HIGHEST), passes + 1)
+
+    zero = jnp.zeros((), w.dtype)
+    w, coef, _, kept, passes = jax.lax.while_loop(again, one_pass,
+                                                  (w, zero, zero, zero, jnp.int32(0)))
+    return w, coef, kept, passes
 
 
 def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega: jax.Array,

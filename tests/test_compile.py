@@ -14,7 +14,7 @@ from jaxspec import LanczosHook, batch_dataset, curvature_operator, run_lanczos,
 
 # shapes used by no other test module (sizes 3-6-2: 38 parameters), so the first run compiles
 SIZES = (3, 6, 2)
-STEPS = 20  # two blocks of the basis (block_size 16): the host driver's step has two shapes
+STEPS = 20  # two blocks of the basis (block_size 16)
 
 
 def run(seed, reduce, how):
@@ -54,16 +54,16 @@ class CompilesPerStep(LanczosHook):
 
 @pytest.mark.parametrize("reduce,driver", [("auto", "auto"), ("scan", "compiled")])
 def test_a_first_run_compiles_in_its_first_step_only(reduce, driver):
-    # 12 steps: one block of the basis, whose host step program has one shape (a new block is a
-    # new shape, compiled once for all runs); no other test of this module runs 12 steps
+    # 30 steps in blocks of 8: four blocks of the basis, filled one after another, all read by
+    # the one program of the step; no other test of this module runs 30 steps
     params = mlp_params(jax.random.key(3), SIZES)
     data = batch_dataset(make_data(jax.random.key(6), 37), 8)
     v0 = jnp.asarray(np.random.default_rng(3).normal(size=38))
     with compilations() as seen:
         op = curvature_operator(mlp_loss, params, data, reduce=reduce)
         hook = CompilesPerStep(seen)
-        run_lanczos(op, v0, 12, driver=driver, hooks=[hook], chunk_size=1)
-    assert len(hook.counts) == 12 and hook.counts[0] > 0
+        run_lanczos(op, v0, 30, driver=driver, hooks=[hook], chunk_size=1, block_size=8)
+    assert len(hook.counts) == 30 and hook.counts[0] > 0
     assert hook.counts[-1] == hook.counts[0], f"compiled after the first step: {seen}"
 
 
