@@ -186,15 +186,17 @@ def _read(path) -> tuple[LanczosState, str | None]:
     try:
         with np.load(os.fspath(path)) as f:
             missing = set(LanczosState._fields) - set(f.files)
-            if missing - {"omega", "passes"}:
+            if missing - {"omega", "passes", "unit"}:
                 raise ValueError(f"{path} is not a Lanczos checkpoint (missing {sorted(missing)}); "
                                  "delete it or use another path")
             fingerprint = str(f["fingerprint"]) if "fingerprint" in f.files else None
             arrays = {k: f[k] for k in LanczosState._fields if k in f.files}
-        if missing:  # written before the state held the estimates: every vector had full passes
-            step, num_steps = int(arrays["step"]), arrays["alphas"].shape[0]
+        if missing - {"unit"}:  # written before the state held the estimates: every vector
+            step, num_steps = int(arrays["step"]), arrays["alphas"].shape[0]  # had full passes
             arrays["omega"] = np.asarray(omega_init(num_steps, arrays["alphas"].dtype, step))
             arrays["passes"] = np.int32(step)  # at least one pass a step; the second not counted
+        if "unit" in missing:  # written before the unit was measured: the recurrence's default
+            arrays["unit"] = np.finfo(arrays["alphas"].dtype).eps
         return LanczosState(**arrays), fingerprint
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as err:
         if isinstance(err, ValueError) and "not a Lanczos checkpoint" in str(err):

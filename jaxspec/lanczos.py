@@ -95,6 +95,8 @@ class LanczosState(NamedTuple):
       omega: ``(2, num_steps + 1)`` estimated loss of orthogonality of the last two basis rows
         (:mod:`jaxspec.reorth`; ``reorth="partial"`` decides by it when to re-orthogonalise).
       passes: Gram-Schmidt passes over the basis made in steps 1 to `step`.
+      unit: the omega recurrence's rounding unit (``eps`` at the start; :mod:`jaxspec.reorth`
+        raises it under ``reorth="partial"`` where the products are less accurate).
 
     Example:
       >>> import jax.numpy as jnp
@@ -115,6 +117,7 @@ class LanczosState(NamedTuple):
     nonfinite_step: jax.Array
     omega: jax.Array
     passes: jax.Array
+    unit: jax.Array
 
     @property
     def num_steps(self) -> int:
@@ -141,6 +144,8 @@ class LanczosResult(NamedTuple):
       basis: ``(num_steps + 1, P)`` orthonormal basis rows, or ``None`` unless asked for.
       passes: Gram-Schmidt passes over the basis the run made (``num_valid`` or more with
         ``reorth="full"``, fewer with ``"partial"``).
+      unit: the rounding unit of the orthogonality estimates at the end (``eps`` of the dtype
+        unless ``reorth="partial"`` measured less accurate products, :mod:`jaxspec.reorth`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -158,6 +163,7 @@ class LanczosResult(NamedTuple):
     nonfinite_step: jax.Array
     basis: jax.Array | None = None
     passes: jax.Array | None = None
+    unit: jax.Array | None = None
 
 
 def _default_tol(dtype) -> float:
@@ -243,7 +249,8 @@ def _fresh_state(basis, num_steps: int, dtype) -> LanczosState:
     zeros = lambda: jnp.zeros((num_steps,), dtype)  # noqa: E731  (distinct buffers: donated)
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
     return LanczosState(basis, zeros(), zeros(), i32(0), i32(0), jnp.asarray(False), i32(-1),
-                        omega_init(num_steps, dtype), i32(0))
+                        omega_init(num_steps, dtype), i32(0), jnp.asarray(jnp.finfo(dtype).eps,
+                                                                          dtype))
 
 
 def _active(state: LanczosState) -> jax.Array:
@@ -308,9 +315,9 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
     beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0)
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
     w = w - beta_prev * q_prev - a0 * q_cur
-    w, alpha, after, omega, passes = orthogonalise(
+    w, alpha, after, omega, passes, unit = orthogonalise(
         reorth, lambda w: _project_out(blocks, w, i + 1), w, i, a0, state.omega, state.alphas,
-        state.betas)
+        state.betas, state.unit)
     beta = jnp.sqrt(after)
     go_on = keep & (beta > tol * w_norm)
     q_next = jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
@@ -324,6 +331,7 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
         nonfinite_step=jnp.where(active & ~finite, i, state.nonfinite_step).astype(jnp.int32),
         omega=jnp.where(go_on, omega, state.omega),
         passes=state.passes + jnp.where(keep, passes, 0),
+        unit=jnp.where(go_on, unit, state.unit),
     )
 
 
@@ -400,7 +408,7 @@ def lanczos_continue(
 def _result(state: LanczosState, num_steps: int, return_basis: bool, dim=None) -> LanczosResult:
     return LanczosResult(state.alphas, state.betas, state.num_valid, state.nonfinite_step,
                          state.basis[: num_steps + 1, :dim] if return_basis else None,
-                         state.passes)
+                         state.passes, state.unit)
 
 
 def _running(state: LanczosState) -> bool:

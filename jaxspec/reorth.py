@@ -13,18 +13,28 @@ weights. Two remedies are offered to :mod:`jaxspec.lanczos` (its ``reorth`` opti
   ``omega_{i+1,k} ~ q_{i+1}^T q_k`` from T alone (Simon 1984; the ``|rounding|`` term bounds the
   local errors with the sign that makes them grow, as in Larsen's PROPACK). ``w`` is
   orthogonalised against the whole basis (the same passes as ``"full"``) only where
-  ``max_k |omega_{i+1,k}| > sqrt(eps)``; the estimates for that vector are then reset to
-  ``eps``. The vector before it keeps its estimates, so the recurrence asks for the next vector
-  as well whenever that one would inherit the loss (Simon's rule of orthogonalising two
+  ``max_k |omega_{i+1,k}| > sqrt(eps)``; the estimates for that vector are then reset to the
+  rounding unit. The vector before it keeps its estimates, so the recurrence asks for the next
+  vector as well whenever that one would inherit the loss (Simon's rule of orthogonalising two
   consecutive vectors, taken from the estimates instead of imposed). Semi-orthogonality
   (``|Q^T Q - I| <= sqrt(eps)``) is enough for T to be, to working precision, the projection of
   ``A`` on an orthonormal basis of the Krylov space (Simon 1984), so the Ritz values have no
   ghosts and the Gauss quadrature weights and moments are those of full re-orthogonalisation,
   while steps between the passes never read the basis.
 
-The estimates of the last two vectors live in the Lanczos state (``omega``, shape
-``(2, num_steps + 1)``), so a checkpoint resumes a partial run exactly. Under ``"full"`` they are
-kept as after a pass, so a run may switch methods between chunks.
+  Deviation: the recurrence's rounding unit is measured, not assumed. Simon's model takes the
+  local error of a step to be ``eps |T|``, true of an exact matrix product; a product computed
+  in lower precision (float32 matmuls in TF32 or bfloat16, the default on GPUs and TPUs) makes
+  errors orders of magnitude larger, orthogonality is lost long before ``eps`` estimates say so,
+  and T grows ghosts. So the first :data:`CALIBRATION_STEPS` steps always take a pass, and
+  every pass compares the largest coefficient it removes, ``max_k |q_k^T w| / |w|``, with the
+  largest estimate; where the measured loss is larger, the unit (``unit`` in the Lanczos state,
+  ``eps`` at the start) grows by their ratio. With products as coarse as the threshold itself
+  every step takes a pass: full re-orthogonalisation, with its accuracy.
+
+The estimates of the last two vectors and the unit live in the Lanczos state (``omega``, shape
+``(2, num_steps + 1)``, and ``unit``), so a checkpoint resumes a partial run exactly. Under
+``"full"`` the estimates are kept as after a pass, so a run may switch methods between chunks.
 """
 
 from __future__ import annotations
@@ -34,9 +44,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["METHODS", "check_method", "omega_init", "omega_next", "orthogonalise"]
+__all__ = ["CALIBRATION_STEPS", "METHODS", "check_method", "omega_init", "omega_next",
+           "orthogonalise"]
 
 METHODS = ("full", "partial")
+
+# Steps 0 .. CALIBRATION_STEPS - 1 of a partial run take a pass whatever the estimates say: the
+# passes measure the products' rounding (step 0's cannot: alpha_0 is taken from the product
+# itself, so q_0^T w is zero up to the recurrence's own rounding).
+CALIBRATION_STEPS = 3
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -72,16 +88,16 @@ def omega_init(num_steps: int, dtype, step: int = 0) -> jax.Array:
     return jnp.stack([_fresh_row(size, step - 2, dtype), _fresh_row(size, step - 1, dtype)])
 
 
-def _fresh_row(size: int, i, dtype) -> jax.Array:
-    """The estimates of ``q_{i+1}`` right after a full pass: ``eps`` for ``k <= i``, 1 at
-    ``i + 1``."""
+def _fresh_row(size: int, i, dtype, unit=None) -> jax.Array:
+    """The estimates of ``q_{i+1}`` right after a full pass: the rounding ``unit`` (default
+    ``eps``) for ``k <= i``, 1 at ``i + 1``."""
     k = jnp.arange(size, dtype=jnp.int32)
-    eps = jnp.finfo(dtype).eps
-    return jnp.where(k <= i, eps, jnp.where(k == i + 1, 1, 0)).astype(dtype)
+    unit = jnp.finfo(dtype).eps if unit is None else unit
+    return jnp.where(k <= i, unit, jnp.where(k == i + 1, 1, 0)).astype(dtype)
 
 
 def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
-               beta) -> jax.Array:
+               beta, unit=None) -> jax.Array:
     """The estimates ``omega_{i+1,k}`` of ``q_{i+1}^T q_k`` (Simon's recurrence).
 
     ``omega`` holds the rows of ``q_{i-1}`` and ``q_i``; ``alphas[:i]``, ``betas[:i]`` are the
@@ -94,7 +110,7 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
     where the rounding term takes the sign of the rest (the bound grows, never cancels) and
     ``|T|`` is a Gershgorin bound of the first i rows of the tridiagonal;
     ``omega_{i+1,i} = eps |T| / beta`` (the rounding of the recurrence itself) and
-    ``omega_{i+1,i+1} = 1``.
+    ``omega_{i+1,i+1} = 1``. ``unit`` replaces ``eps`` (default: the dtype's ``eps``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -115,7 +131,7 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
     beta_prev = jnp.where(i > 0, b[jnp.maximum(i - 1, 0)], 0)
     norm_t = jnp.maximum(jnp.max(jnp.where(before, jnp.abs(a) + b + b_down, 0)),
                          jnp.abs(alpha) + beta + beta_prev)
-    rounding = jnp.finfo(omega.dtype).eps * norm_t
+    rounding = (jnp.finfo(omega.dtype).eps if unit is None else unit) * norm_t
     rec = (b * jnp.concatenate([cur[1:], zero]) + (a - alpha) * cur
            + b_down * jnp.concatenate([zero, cur[:-1]]) - beta_prev * prev)
     rec = rec + jnp.where(rec >= 0, rounding, -rounding)
@@ -127,62 +143,73 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
 def _gram_schmidt(project: Callable, w: jax.Array, i):
     """A full pass, and a second where the first removed more than half of ``|w|^2``, that is
     where ``|h|^2 > |w - Q^T h|^2`` (Pythagoras: no norm of ``w`` before the pass is needed).
-    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2`` and the number of passes.
+    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2``, the number of passes and the
+    largest coefficient the first pass removed, ``max_k |q_k^T w|``.
 
     The passes are a ``lax.while_loop`` of at most two iterations: the pass over the basis
     is compiled once, not once per pass."""
     def again(carry):
-        _, _, removed, kept, passes = carry
+        _, _, removed, kept, passes, _ = carry
         return (passes == 0) | ((passes == 1) & (removed > kept))
 
     def one_pass(carry):
-        w, coef, _, _, passes = carry
+        w, coef, _, _, passes, top = carry
         w, h = project(w)
+        top = jnp.where(passes == 0, jnp.max(jnp.abs(h)), top)
         return (w, coef + h[i], jnp.dot(h, h, precision=_HIGHEST),
-                jnp.dot(w, w, precision=_HIGHEST), passes + 1)
+                jnp.dot(w, w, precision=_HIGHEST), passes + 1, top)
 
     zero = jnp.zeros((), w.dtype)
-    w, coef, _, kept, passes = jax.lax.while_loop(again, one_pass,
-                                                  (w, zero, zero, zero, jnp.int32(0)))
-    return w, coef, kept, passes
+    w, coef, _, kept, passes, top = jax.lax.while_loop(
+        again, one_pass, (w, zero, zero, zero, jnp.int32(0), zero))
+    return w, coef, kept, passes, top
 
 
 def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega: jax.Array,
-                  alphas: jax.Array, betas: jax.Array):
+                  alphas: jax.Array, betas: jax.Array, unit=None):
     """Re-orthogonalises ``w`` (step ``i``'s vector after the three-term recurrence) by
     ``method``.
 
     ``project(w)`` is one classical Gram-Schmidt pass against the filled basis (rows
     ``0 .. i``): it returns ``w - Q^T (Q w)`` and ``Q w``. ``alpha`` is ``q_i^T A q_i`` from the
     recurrence; the coefficients a pass takes off ``q_i`` are added to it, so T matches the
-    re-orthogonalised basis. Returns the new ``w``, ``alpha``, ``|w|^2`` (``beta_i^2``), the
-    estimates of the rows of ``q_i`` and ``q_{i+1}``, and the number of passes over the basis.
+    re-orthogonalised basis. ``unit`` is the recurrence's rounding unit (default ``eps``).
+    Returns the new ``w``, ``alpha``, ``|w|^2`` (``beta_i^2``), the estimates of the rows of
+    ``q_i`` and ``q_{i+1}``, the number of passes over the basis, and the unit (under
+    ``"partial"`` raised where a pass measured more loss of orthogonality than estimated).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxspec.reorth import omega_init, orthogonalise
       >>> Q = jnp.eye(3)[:1]                     # the basis: q_0 = e_0
       >>> project = lambda w: (w - (Q @ w) @ Q, Q @ w)
-      >>> w, alpha, norm2, omega, passes = orthogonalise(
+      >>> w, alpha, norm2, omega, passes, unit = orthogonalise(
       ...     "full", project, jnp.array([0.5, 2.0, 0.0]), 0, 1.0, omega_init(2, jnp.float32),
       ...     jnp.zeros(2), jnp.zeros(2))
       >>> w.tolist(), float(alpha), float(norm2), int(passes)
       ([0.0, 2.0, 0.0], 1.5, 4.0, 1)
+      >>> bool(unit == jnp.finfo(jnp.float32).eps)
+      True
     """
-    size = omega.shape[1]
-
-    def full(w):
-        w, h, norm2, passes = _gram_schmidt(project, w, i)
-        return w, alpha + h, norm2, _fresh_row(size, i, omega.dtype), passes
-
+    size, dtype = omega.shape[1], omega.dtype
+    unit = jnp.asarray(jnp.finfo(dtype).eps if unit is None else unit, dtype)
     if check_method(method) == "full":
-        w, alpha, norm2, row, passes = full(w)
-    else:
-        norm2 = jnp.dot(w, w, precision=_HIGHEST)
-        row = omega_next(omega, alphas, betas, i, alpha, jnp.sqrt(norm2))
-        # a NaN estimate (beta = 0, or a non-finite w) also takes the pass
-        filled = jnp.arange(size, dtype=jnp.int32) <= i
-        ok = jnp.max(jnp.where(filled, jnp.abs(row), 0)) <= jnp.sqrt(jnp.finfo(w.dtype).eps)
-        w, alpha, norm2, row, passes = jax.lax.cond(
-            ok, lambda w: (w, alpha, norm2, row, jnp.int32(0)), full, w)
-    return w, alpha, norm2, jnp.stack([omega[1], row]), passes
+        w, h, norm2, passes, _ = _gram_schmidt(project, w, i)
+        return (w, alpha + h, norm2, jnp.stack([omega[1], _fresh_row(size, i, dtype, unit)]),
+                passes, unit)
+    norm2 = jnp.dot(w, w, precision=_HIGHEST)
+    row = omega_next(omega, alphas, betas, i, alpha, jnp.sqrt(norm2), unit)
+    filled = jnp.arange(size, dtype=jnp.int32) <= i
+    estimate = jnp.max(jnp.where(filled, jnp.abs(row), 0))
+    # a NaN estimate (beta = 0, or a non-finite w) also takes the pass
+    ok = (i >= CALIBRATION_STEPS) & (estimate <= jnp.sqrt(jnp.finfo(dtype).eps))
+
+    def measured(w):
+        w, h, after, passes, top = _gram_schmidt(project, w, i)
+        ratio = top / jnp.sqrt(norm2) / estimate  # the loss measured over the loss estimated
+        new = unit * jnp.where(jnp.isfinite(ratio), jnp.maximum(ratio, 1), 1).astype(dtype)
+        return w, alpha + h, after, _fresh_row(size, i, dtype, new), passes, new
+
+    w, alpha, norm2, row, passes, unit = jax.lax.cond(
+        ok, lambda w: (w, alpha, norm2, row, jnp.int32(0), unit), measured, w)
+    return w, alpha, norm2, jnp.stack([omega[1], row]), passes, unit
