@@ -4,8 +4,10 @@
     python -m experiments.vs_pyhessian --models mlp --configs default low-memory --rounds 3
 
 The workloads: ``--n`` CIFAR-shaped Gaussian images with random labels (the same seeded arrays
-on both sides) in batches of 128, ``--m`` Lanczos steps, one probe, full re-orthogonalisation,
-the mean cross-entropy's Hessian over the whole set.
+on both sides) in batches of 128, ``--m`` Lanczos steps, one probe, the mean cross-entropy's
+Hessian over the whole set. PyHessian re-orthogonalises every vector fully; ``slq`` by default
+partially (the same T to working precision, :mod:`jaxspec.reorth`), so the ``full`` config
+times jaxspec with PyHessian's method.
 
 * ``mlp``: a tanh MLP 3072-256-256-10 (855,050 parameters). Both sides start from the same
   weights, so their largest Ritz values must agree (a check that both compute one matrix).
@@ -20,9 +22,10 @@ Each run is a subprocess of its own, so that its peak resident memory is its own
   PyHessian 0.1 calls ``torch.eig``, which PyTorch removed in 1.9; the child gives it an
   equivalent built on ``torch.linalg.eigh`` (T is symmetric).
 * jaxspec, the README's snippet (``curvature_operator`` then ``slq``), under this Python, with
-  each ``--configs`` entry: ``default`` (the operator as constructed with no options), or
-  ``low-memory`` (``reduce=HostReduce(1)``, ``linearize=None``: one batch at a time, nothing
-  cached). It runs twice in its process: the first run includes compiling, the second is warm.
+  each ``--configs`` entry (:data:`CONFIGS`): ``default`` (the snippet as written), ``full``
+  (``slq(..., reorth="full")``), or ``low-memory`` (``reduce=HostReduce(1)``,
+  ``linearize=None``: one batch at a time, nothing cached). It runs twice in its process: the
+  first run includes compiling, the second is warm.
 
 The runs take turns, round after round (the load of a shared machine drifts); the table keeps
 each one's best round, and the ratios of PyHessian's time and peak to jaxspec's.
@@ -42,7 +45,7 @@ import time
 import numpy as np
 
 MODELS = ("mlp", "cnn")
-CONFIGS = ("default", "low-memory")
+CONFIGS = ("default", "full", "low-memory")
 
 
 def workload(n: int, seed: int = 0) -> dict:
@@ -116,13 +119,15 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
 
         net = create_model("preresnet20", num_classes=10, rngs=nnx.Rngs(0))
         loss_fn, params = hessian_loss(net, bn_mode="running")
-    options = {} if config == "default" else {"reduce": HostReduce(1), "linearize": None}
+    options, slq_options = {"default": ({}, {}), "full": ({}, {"reorth": "full"}),
+                            "low-memory": ({"reduce": HostReduce(1), "linearize": None}, {})
+                            }[config]  # to curvature_operator, to slq
     data = jaxspec.batch_dataset(workload(n), batch_size)
     setup = _peak_rss()
 
     def snippet():
         H = jaxspec.curvature_operator(loss_fn, params, data, **options)
-        return jaxspec.slq(H, jax.random.key(0), H.size, m)
+        return jaxspec.slq(H, jax.random.key(0), H.size, m, **slq_options)
 
     t = time.perf_counter()
     spectrum = snippet()  # compiles
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
       >>> from experiments.vs_pyhessian import main
       >>> out = io.StringIO()
       >>> with contextlib.redirect_stdout(out):
-      ...     _ = main(["--child", "jaxspec", "--models", "mlp", "--n", "4", "--m", "2",
+      ...     _ = main(["--child", "jaxspec-default", "--models", "mlp", "--n", "4", "--m", "2",
       ...               "--batch-size", "4"])
       >>> sorted(json.loads(out.getvalue()))[:2]
       ['first_s', 'lambda_max']
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
                     help="time a second, warm jaxspec run (--no-warm: the first only, for "
                          "workloads where compiling is a small part)")
-    ap.add_argument("--child", choices=("jaxspec", "pyhessian", "jaxspec-low-memory"),
+    ap.add_argument("--child", choices=("pyhessian", *(f"jaxspec-{c}" for c in CONFIGS)),
                     help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -301,15 +306,14 @@ def main(argv: list[str] | None = None) -> dict:
         model = args.models[0]
         row = (_torch_run(model, args.n, args.m, args.batch_size, args.weights)
                if args.child == "pyhessian" else
-               _jaxspec_run(model, "default" if args.child == "jaxspec" else "low-memory",
-                           args.n, args.m, args.batch_size, args.weights, args.warm))
+               _jaxspec_run(model, args.child.removeprefix("jaxspec-"), args.n, args.m,
+                            args.batch_size, args.weights, args.warm))
         print(json.dumps(row))
         return row
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; N={args.n}, "
-          f"batch={args.batch_size}, m={args.m}, one probe, full re-orthogonalisation")
+          f"batch={args.batch_size}, m={args.m}, one probe")
     runs = ([("pyhessian", args.torch_python, "pyhessian")] if args.torch_python else [])
-    runs += [(c, sys.executable, "jaxspec" if c == "default" else "jaxspec-low-memory")
-             for c in args.configs]
+    runs += [(c, sys.executable, f"jaxspec-{c}") for c in args.configs]
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "mlp.npz")

@@ -680,7 +680,6 @@ class _HostBasis:
     def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int):
         self.blocks, self.block = blocks, block
         self.q_prev, self.q_cur = q_prev, q_cur
-        self.dim, self.dtype = q_cur.shape[0], q_cur.dtype
 
     @classmethod
     def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> tuple["_HostBasis", LanczosState]:
@@ -688,12 +687,10 @@ class _HostBasis:
         eagerly, the zeros, the first row and the orthogonality estimates would each compile
         a small program of their own)."""
         blocks, q0, state = _host_init(v0, num_steps, block)
-        blocks = list(blocks)
-        if len(blocks) > 1 and blocks[-1].shape != blocks[0].shape:
-            # a shorter last block: its row write is another program, compiled now rather
-            # than at the step that reaches it (writing a zero row into a zero block)
-            blocks[-1] = _write_row(blocks[-1], jnp.zeros_like(q0), 0)
-        return cls(blocks, q0, q0, block), state
+        # a shorter last block's row write is a program of its own: compiled now, not at the
+        # step that reaches it, by writing a zero into its last row (zero until the last step)
+        last = _write_row(blocks[-1], jnp.zeros_like(q0), blocks[-1].shape[0] - 1)
+        return cls([*blocks[:-1], last], q0, q0, block), state
 
     @classmethod
     def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":

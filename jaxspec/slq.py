@@ -306,6 +306,7 @@ def slq_runs(
     v0: jax.Array | None = None,
     hooks: Callable[[int, int], Sequence[Any]] | None = None,
     check: bool | None = None,
+    reorth: str | None = None,
     **lanczos_kwargs: Any,
 ) -> list[LanczosResult]:
     """The Lanczos runs behind :func:`slq`, one per probe (e.g. to keep their bases).
@@ -320,7 +321,11 @@ def slq_runs(
     ``None`` (default) checks every matvec but a :class:`jaxspec.CurvatureOperator`, which is
     that matrix by construction: one compiled pure function of the weights and the batches,
     whose Hessian, Gauss-Newton and Fisher products are symmetric in exact arithmetic; the
-    check would add three products to every run.
+    check would add three products to every run. ``reorth`` (:mod:`jaxspec.reorth`): None
+    means ``"partial"``, which keeps T, and so the nodes and weights, those of full
+    re-orthogonalisation to working precision while reading the basis at a fraction of the
+    steps, unless ``return_basis=True`` asks for the basis: then ``"full"``, whose basis (and
+    so every Ritz vector) is orthonormal to working precision, not only to ``sqrt(eps)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -348,7 +353,9 @@ def slq_runs(
     matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
     if check:
         assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=probes[0].dtype)
-    return [run_lanczos(matvec, probe, num_steps,
+    if reorth is None:
+        reorth = "full" if lanczos_kwargs.get("return_basis") else "partial"
+    return [run_lanczos(matvec, probe, num_steps, reorth=reorth,
                         hooks=() if hooks is None else hooks(i, num_vectors), **lanczos_kwargs)
             for i, probe in enumerate(probes)]
 
@@ -367,6 +374,7 @@ def slq(
     hooks: Callable[[int, int], Sequence[Any]] | None = None,
     check: bool | None = None,
     meta: dict | None = None,
+    reorth: str | None = None,
     **lanczos_kwargs: Any,
 ) -> Spectrum:
     """Stochastic Lanczos quadrature: the spectral density of ``matvec`` as a :class:`Spectrum`.
@@ -392,6 +400,8 @@ def slq(
       check: first probe that the matvec is one fixed symmetric matrix (three products);
         ``None``: unless it is a :class:`jaxspec.CurvatureOperator` (see :func:`slq_runs`).
       meta: settings recorded with the spectrum.
+      reorth: the re-orthogonalisation, ``"partial"`` (None: the default) or ``"full"``: the
+        same nodes and weights to working precision (see :func:`slq_runs`).
       **lanczos_kwargs: ``driver``, ``mesh``, ``shard_basis``, ``chunk_size``, ``tol``, ... as
         in :func:`jaxspec.run_lanczos`.
 
@@ -406,7 +416,7 @@ def slq(
     dtype = probe_dtype(matvec, dtype)
     runs = slq_runs(matvec, key, dim, num_steps, num_vectors=num_vectors, dtype=dtype,
                     distribution=distribution, v0=v0, hooks=hooks, check=check,
-                    **lanczos_kwargs)
+                    reorth=reorth, **lanczos_kwargs)
     info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": distribution,
             "dtype": str(dtype if v0 is None else jnp.dtype(v0.dtype)), **(meta or {})}
     return Spectrum.average([Spectrum.from_lanczos(r) for r in runs], meta=info)
