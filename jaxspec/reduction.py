@@ -257,7 +257,7 @@ class HostReduce:
                 for run in runs for k in range(0, run.size, size)]
 
 
-# one dispatch (eager jnp.zeros_like is several, about a millisecond on CPU)
+# one dispatch (eager, jnp.zeros_like dispatches several small programs)
 _zeros_like = jax.jit(jnp.zeros_like)
 
 

@@ -80,3 +80,16 @@ def test_auto_caches_up_to_the_krylov_basis_of_the_run():
     # a number of bytes is taken as given, whatever the run
     fixed = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST, linearize=2 * PER_BATCH)
     assert fixed.linearized(10**6).linear.count == fixed.linearized(1).linear.count == 2
+
+
+@pytest.mark.parametrize("batches_of_room,group", [(0, 1), (2, 2), (3, 3), (100, 4)])
+def test_default_groups_hold_what_fits_in_group_bytes(monkeypatch, batches_of_room, group):
+    """``HostReduce()`` puts in one call as many batches as their activations (residual bytes)
+    fit in ``GROUP_BYTES``, at least one, at most all; the operator holds the resolved
+    strategy, and the products are the dense ones whatever the group."""
+    import jaxspec.reduction
+
+    monkeypatch.setattr(jaxspec.reduction, "GROUP_BYTES", batches_of_room * PER_BATCH)
+    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce="host")
+    assert op.reduce == HostReduce(group)
+    np.testing.assert_allclose(products(op), VECTORS @ DENSE.T, rtol=1e-10, atol=1e-12)
