@@ -175,9 +175,10 @@ def memory_budget(linearize: Any, /, allowance: int | None = None) -> int:
 
     ``"auto"``: :data:`AUTO_FRACTION` of the device's free memory; on a CPU, whose memory is
     the host's, shared with everything else, also no more than ``allowance`` bytes (a Lanczos
-    run passes the size of its Krylov basis, so the cache at most doubles the memory the run
-    needs anyway: a small model's residuals fit, a CNN's activations on hundreds of images do
-    not, and the run keeps the footprint of one batch's product at a time). An int: that many
+    run passes the size of its Krylov basis or one call's activations,
+    :data:`jaxspec.reduction.GROUP_BYTES`, whichever is more, so the cache takes no more than
+    the run holds anyway: a small model's residuals fit, a CNN's activations on hundreds of
+    images do not, and the run keeps the footprint of one batch's product at a time). An int: that many
     bytes, on any device; None, False or 0: no cache.
 
     Example:

@@ -43,6 +43,7 @@ from jaxspec.hvp import hvp
 from jaxspec.kinds import (FisherMC, SplitLoss, check_kind, empirical_fisher_mv, fisher_mv,
                            ggn_mv)
 from jaxspec.linearized import memory_budget
+from jaxspec import reduction
 from jaxspec.reduction import resolve_reduce
 
 __all__ = ["KINDS", "CurvatureOperator", "curvature_operator"]
@@ -305,7 +306,8 @@ class CurvatureOperator:
         the batches whose residuals fit in the ``linearize`` budget are cached, the others
         recomputed at every product (:mod:`jaxspec.linearized`). Under ``"auto"`` on a CPU,
         ``rows`` parameter vectors (a Lanczos run's basis, ``num_steps + 1``: what the drivers
-        pass) bound the budget (:func:`jaxspec.linearized.memory_budget`). The operator
+        pass) or one call's activations (:data:`jaxspec.reduction.GROUP_BYTES`), whichever is
+        more, bound the budget (:func:`jaxspec.linearized.memory_budget`). The operator
         itself if it already holds a cache, if the budget is None or 0, or if its reduction
         has no cache (a device mesh). Worth it when many products are taken at one point
         (Lanczos, SLQ).
@@ -319,8 +321,9 @@ class CurvatureOperator:
           (2, [6.0, 0.0])
         """
         build = getattr(self.reduce, "linearize", None)
-        budget = memory_budget(self.linearize, allowance=None if rows is None else
-                               rows * self.size * jnp.dtype(self.dtype).itemsize)
+        basis = None if rows is None else rows * self.size * jnp.dtype(self.dtype).itemsize
+        budget = memory_budget(self.linearize, allowance=None if basis is None else
+                               max(basis, reduction.GROUP_BYTES))
         if self.linear is not None or build is None or budget == 0:
             return self
         op = build(self, budget)

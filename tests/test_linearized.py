@@ -66,11 +66,17 @@ def test_a_bad_budget_is_a_clear_error(bad):
     assert memory_budget(0) == 0
 
 
-def test_auto_caches_up_to_the_krylov_basis_of_the_run():
-    # under "auto" on a CPU, a run's basis of `rows` parameter vectors bounds the residuals:
-    # the cache at most doubles what the run holds anyway (the suite runs on CPU)
+def test_auto_caches_up_to_the_krylov_basis_of_the_run(monkeypatch):
+    # under "auto" on a CPU, a run's basis of `rows` parameter vectors, or one call's
+    # activations (GROUP_BYTES) if more, bounds the residuals: the cache at most doubles what
+    # the run holds anyway (the suite runs on CPU)
+    import jaxspec.reduction
+
     assert jax.default_backend() == "cpu"
     op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST)
+    monkeypatch.setattr(jaxspec.reduction, "GROUP_BYTES", 4 * PER_BATCH)
+    assert op.linearized(1).linear.count == 4  # a one-row basis, four batches' activations
+    monkeypatch.setattr(jaxspec.reduction, "GROUP_BYTES", 0)
     vector = op.size * jnp.dtype(op.dtype).itemsize
     rows = -(-2 * PER_BATCH // vector)  # room for one group of two batches, not two groups
     assert op.linearized(rows).linear.count == 2
