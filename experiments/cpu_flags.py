@@ -3,18 +3,20 @@
     python -m experiments.cpu_flags                      # PreResNet-20, one batch of 128
     python -m experiments.cpu_flags --batch 32 --repeat 3
 
-Each setting of ``XLA_FLAGS`` (see :data:`SETTINGS`: XNNPACK and oneDNN convolutions, fast
-math, single-threaded Eigen) runs in its own subprocess, since XLA reads the flags once per
-process. The settings take turns, round after round, so the drifting load of a shared machine
-falls on all of them alike; each prints the best time of one jitted gradient and one HVP of
-PreResNet-20 (BatchNorm with batch statistics) on one batch of CIFAR-shaped images, and the
-ratio to the default setting in the same round. A setting this jaxlib does not know fails in
-its subprocess and is reported as such.
+Each setting of ``XLA_FLAGS`` (see :data:`SETTINGS`: ``default`` is XLA's own choice, ``jaxspec``
+the options jaxspec compiles its programs with, :data:`jaxspec.compiler.CPU_OPTIONS`, which
+leave convolutions to XLA instead of YNNPACK; then XNNPACK and oneDNN convolutions, fast math,
+the older runtime) runs in its own subprocess, since XLA reads the flags once per process. The
+settings take turns, round after round, so the drifting load of a shared machine falls on all
+of them alike; each prints the best time of one jitted gradient and one HVP of PreResNet-20
+(BatchNorm with batch statistics) on one batch of CIFAR-shaped images, and the ratio to the
+default setting in the same round. A setting this jaxlib does not know fails in its
+subprocess and is reported as such.
 
 With each setting it also times the three parts of one 3x3 convolution's gradient at each stage
-of the network (:func:`conv_ops`: forward, gradient to the input, gradient to the kernel): the
-kernel gradient of the 16-channel 32x32 stage is where XLA:CPU loses to PyTorch (see the
-README's speed section).
+of the network (:func:`conv_ops`: forward, gradient to the input, gradient to the kernel): with
+XLA's default YNNPACK convolutions, the kernel gradient is where XLA:CPU loses to PyTorch (see
+the README's speed section).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ import os
 import subprocess
 import sys
 
+from jaxspec.compiler import CPU_OPTIONS
+
 SETTINGS = {
     "default": "",
+    "jaxspec": " ".join(f"--{name}={value}" for name, value in CPU_OPTIONS.items()),
     "xnnpack": "--xla_cpu_use_xnnpack=true",
     "xnn convolutions": "--xla_cpu_use_xnnpack=true "
                         "--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",

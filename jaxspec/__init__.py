@@ -6,7 +6,7 @@ One operator, :func:`curvature_operator`, stands for a curvature matrix of a los
 of ``jaxspec.trace`` (:func:`hutchinson`, :func:`hutch_plus_plus`, :func:`hutchinson_diagonal`,
 :func:`logdet`) run on it, or on any plain ``v -> A v``.
 
-The core (``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``blocks``,
+The core (``compiler``, ``hvp``, ``kinds``, ``batching``, ``operator``, ``reduction``, ``blocks``,
 ``heterogeneity``, ``lanczos``, ``ritz``, ``slq``, ``eigsh``, ``trace``, ``rmt``, ``parallel``)
 imports only jax and numpy (``trace`` also matfree); files and progress bars (``jaxspec.io``), models, data and
 plotting live at the edge (``jaxspec.models``, ``jaxspec.data``, ``jaxspec.text``,
@@ -29,6 +29,7 @@ from jaxspec.checks import check_labels
 from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
+from jaxspec.compiler import compiler_options
 from jaxspec.eigsh import EigshResult
 from jaxspec.eigsh import eigsh
 from jaxspec.heterogeneity import heterogeneity
@@ -93,6 +94,7 @@ __all__ = [
     "blocks",
     "check_labels",
     "compare_spectra",
+    "compiler_options",
     "curvature_operator",
     "data_mesh",
     "dataset_loss",

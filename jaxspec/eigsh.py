@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec.compiler import jit
 from jaxspec.lanczos import jit_argument, resolve_driver
 
 __all__ = ["EigshResult", "eigsh"]
@@ -126,7 +127,7 @@ def _expand(V: jax.Array, H: jax.Array, n: jax.Array, w: jax.Array, key: jax.Arr
 _host_expand = jax.jit(_expand, donate_argnums=(0, 1))
 
 
-@functools.partial(jax.jit, donate_argnums=(1, 2))
+@functools.partial(jit, donate_argnums=(1, 2))
 def _compiled_cycle(op, V, H, start, stop, key):
     """Lanczos steps ``start .. stop - 1`` in one ``lax.fori_loop`` (the compiled driver)."""
     return jax.lax.fori_loop(start, stop, lambda n, c: _expand(*c, n, op(c[0][n]), key), (V, H))

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxspec.compiler import jit
 from jaxspec.linearized import linearized
 from jaxspec.reorth import check_method, omega_init, orthogonalise
 
@@ -636,7 +637,7 @@ def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num
     # the (m + 1) x P basis); XLA:CPU cannot donate sharded buffers.
     donate = (1,) if mesh is None or jax.default_backend() != "cpu" else ()
     return (jax.jit(init, out_shardings=shardings),
-            jax.jit(chunk, out_shardings=shardings, donate_argnums=donate), shardings)
+            jit(chunk, out_shardings=shardings, donate_argnums=donate), shardings)
 
 
 def _host_advance(state: LanczosState, w, q_prev, q_cur, tol, reorth="full"):

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec.compiler import jit
+
 __all__ = ["AUTO_FRACTION", "LinearCache", "linearized", "memory_budget", "residual_bytes"]
 
 # The share of the free memory that linearize="auto" gives the residuals at most: the rest is
@@ -103,21 +105,21 @@ def _linear_map(op, batch):
 # Module level, so one compilation per (operator structure, shapes) and, since jit returns the
 # traced output structure of its cache, one linear program object: the maps built by repeated
 # calls share it and so share the compilations of the programs that apply them.
-@jax.jit
+@jit
 def _map_at(op, stacked, index):
     return _linear_map(op, jax.tree.map(
         lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), stacked))
 
 
-@jax.jit
+@jit
 def _stacked_maps(op, stacked):
     return jax.lax.map(lambda batch: _linear_map(op, batch), stacked)
 
 
-_tail_map = jax.jit(_linear_map)
+_tail_map = jit(_linear_map)
 
 
-@functools.partial(jax.jit, donate_argnums=1)
+@functools.partial(jit, donate_argnums=1)
 def apply_maps(maps, acc, v, weights):
     """``acc + sum_j weights[j] maps[j](v)`` for a tuple of linear maps, unrolled.
 

@@ -45,6 +45,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxspec.compiler import jit
 from jaxspec.batching import Batched, dataset_mean
 
 __all__ = [
@@ -266,7 +267,7 @@ def _pad_batches(batched: Batched, num_shards: int) -> Batched:
     return batched._replace(batches=jax.tree.map(stack, batched.batches), weights=weights)
 
 
-@jax.jit
+@jit
 def _mesh_apply(op, v):
     reduce = op.reduce
     axis_name = reduce.axis_name

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.batching import dataset_mean
+from jaxspec.compiler import jit
 from jaxspec.linearized import apply_maps, build_cache, residual_bytes, scan_mean
 
 __all__ = ["GROUP_BYTES", "HostReduce", "ScanReduce", "resolve_reduce"]
@@ -39,7 +40,7 @@ __all__ = ["GROUP_BYTES", "HostReduce", "ScanReduce", "resolve_reduce"]
 GROUP_BYTES = 64 * 2**20
 
 
-@functools.partial(jax.jit, inline=True)
+@functools.partial(jit, inline=True)
 def _scan_apply(op, v):
     if op.linear is not None:
         return scan_mean(op, v)
@@ -109,7 +110,7 @@ class ScanReduce:
 # Module level, one compilation per (operator structure, shapes): the operator goes in as an
 # argument with its data left out (NumPy batches are passed group by group), and the running
 # sum ``acc`` is donated, so it is updated in place group after group.
-@functools.partial(jax.jit, donate_argnums=1)
+@functools.partial(jit, donate_argnums=1)
 def _group_apply(op, acc, v, stacked, start, weights):
     """``acc + sum_j weights[j] A_{start + j} v`` over ``len(weights)`` consecutive batches of
     ``stacked``, unrolled. The batches are cut out inside the program: a slice taken eagerly

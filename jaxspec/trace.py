@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from matfree import stochtrace
 
+from jaxspec.compiler import jit
 from jaxspec.lanczos import jit_argument, run_lanczos
 from jaxspec.linearized import linearized
 from jaxspec.ritz import ritz_pairs
@@ -93,7 +94,7 @@ def _integrate(probes: jax.Array, products: jax.Array) -> dict:
     return jax.vmap(lambda v, w: integrand(lambda _: w, v))(probes, products)
 
 
-@jax.jit
+@jit
 def _vmapped(op, block):
     return jax.vmap(op)(block)
 
@@ -300,7 +301,7 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     sampler = stochtrace.sampler_normal(zeros, num=num_probes)
     estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
         stochtrace.leave_one_out_xtrace(), sampler)
-    mean, sem = jax.jit(estimate)(jit_argument(matvec), key)
+    mean, sem = jit(estimate)(jit_argument(matvec), key)
     return TraceEstimate(float(mean), float(sem), dim if 2 * num_probes >= dim else 2 * num_probes)
 
 

@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxspec import augment as augment_lib
 from jaxspec import data as data_lib
+from jaxspec.compiler import jit
 from jaxspec.models import create_model, cross_entropy
 from train.configs import TrainConfig
 from train.schedules import epoch_lr_schedule
@@ -256,7 +257,7 @@ class _EvalSpec(NamedTuple):
     batch_sharding: NamedSharding
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+@functools.partial(jit, static_argnums=0, donate_argnums=1)
 def _train_step(spec: _TrainSpec, state: TrainState, consts: Any, x, y, perm, step, key):
     rngs, rest, mean, std = consts
     bs = spec.batch_size
@@ -290,7 +291,7 @@ def _row_mean(x: jax.Array) -> jax.Array:
     return jnp.mean(x.reshape(x.shape[0], -1).astype(jnp.float32), axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit, static_argnums=0)
 def _eval_step(spec: _EvalSpec, state: TrainState, consts: Any, x, y, start, count):
     rngs, rest, mean, std = consts
     images = jax.lax.dynamic_slice_in_dim(x, start, spec.batch_size)

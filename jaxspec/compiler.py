@@ -1,0 +1,93 @@
+"""The XLA options jaxspec compiles the programs that run a model with, and :func:`jit`.
+
+XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the YNNPACK library by default
+(``--xla_cpu_experimental_ynn_fusion_type``). Its convolutions run on one thread at some shapes,
+and the gradient with respect to a convolution's kernel, which XLA then builds around them, is
+several times slower than XLA's own (Eigen) convolution (the README's speed section has the
+figures; ``python -m experiments.cpu_flags`` measures both settings on your machine). :data:`CPU_OPTIONS` keeps
+YNNPACK's dots and reductions and takes the convolutions back; models without convolutions
+compile to the same program either way.
+
+The options belong to the outermost ``jax.jit`` of a program (a nested jit's are ignored), so
+jaxspec compiles every program that may evaluate a model (the operator's products and
+linearisations, the compiled Lanczos driver, the estimators, the training steps) with
+:func:`jit`. Pass :func:`compiler_options` to your own ``jax.jit`` for the same effect. They
+are not used where ``XLA_FLAGS`` sets the YNNPACK fusions itself, where the default backend is
+not the CPU, or where this jaxlib does not know them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+__all__ = ["CPU_OPTIONS", "compiler_options", "jit"]
+
+_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+
+CPU_OPTIONS = {_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@functools.cache
+def compiler_options() -> dict:
+    """The compiler options of jaxspec's programs on this machine: :data:`CPU_OPTIONS` on a CPU
+    backend whose jaxlib accepts them, unless ``XLA_FLAGS`` sets the YNNPACK fusions; else
+    ``{}``. Decided once per process, with one tiny compilation.
+
+    Example:
+      >>> import jax
+      >>> from jaxspec.compiler import compiler_options
+      >>> jax.jit(lambda x: 2 * x, compiler_options=compiler_options())(1.0).item()
+      2.0
+    """
+    if _FLAG in os.environ.get("XLA_FLAGS", "") or jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
+    except RuntimeError:  # "No such compile option" or not a valid enum value in this jaxlib
+        return {}
+    return dict(CPU_OPTIONS)
+
+
+class _Jit:
+    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options`, made at the first call (the
+    options need the backend, which must not start at import). Called with traced arguments,
+    inside another program, it is the plain jit: JAX takes options only from the outermost."""
+
+    def __init__(self, fun: Callable, kwargs: dict):
+        functools.update_wrapper(self, fun)
+        self._fun, self._kwargs = fun, kwargs
+        self._plain = jax.jit(fun, **kwargs)
+        self._top = None
+
+    def _get(self, args, kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return self._plain
+        if self._top is None:
+            options = compiler_options()
+            self._top = jax.jit(self._fun, compiler_options=options, **self._kwargs) \
+                if options else self._plain
+        return self._top
+
+    def __call__(self, *args, **kwargs):
+        return self._get(args, kwargs)(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._get(args, kwargs).lower(*args, **kwargs)
+
+
+def jit(fun: Callable, /, **kwargs) -> Callable:
+    """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options`; for a decorator with
+    arguments, ``functools.partial(jit, donate_argnums=...)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.compiler import jit
+      >>> jit(lambda x, n: x ** n, static_argnums=1)(jnp.float32(3.0), 2).item()
+      9.0
+    """
+    return _Jit(fun, kwargs)

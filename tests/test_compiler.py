@@ -1,0 +1,75 @@
+"""jaxspec.compiler: the CPU options reach the outermost program, nested calls work, results
+are the default compilation's to float32 rounding, and XLA_FLAGS wins."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxspec
+from jaxspec.compiler import CPU_OPTIONS, compiler_options, jit
+
+
+def _conv_loss(w, x):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.mean(jnp.tanh(y) ** 2)
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    # 32 channels: XLA:CPU gives smaller convolutions to its own kernels anyway
+    w = jnp.asarray(rng.standard_normal((3, 3, 32, 32)), jnp.float32) / 17
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 32)), jnp.float32)
+    return w, x
+
+
+def _hvp(w, x, v):
+    return jax.jvp(lambda u: jax.grad(_conv_loss)(u, x), (w,), (v,))[1]
+
+
+def _ynn_ops(text: str) -> set:
+    """The op names inside the YNNPACK fusions of a compiled program's text."""
+    bodies = dict(re.findall(r"^(%\S+) .*?\{\n(.*?)\n\}", text, re.S | re.M))
+    called = re.findall(r"calls=(%[^,\s]+).*__ynn_fusion", text)
+    return {op for name in called for op in re.findall(r"= \S+ (\w+)\(", bodies[name])}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_the_options_reach_the_compiled_convolutions():
+    if not compiler_options():
+        pytest.skip("this jaxlib has no YNNPACK fusion option")
+    assert compiler_options() == CPU_OPTIONS
+    w, x = _problem()
+    text = jit(_hvp).lower(w, x, w).compile().as_text()
+    assert "convolution(" in text
+    assert "convolution" not in _ynn_ops(text)
+    # jaxspec.compiler_options() passed to a plain jit compiles the same program
+    own = jax.jit(_hvp, compiler_options=jaxspec.compiler_options()).lower(w, x, w)
+    assert own.compile().as_text().count("convolution(") == text.count("convolution(")
+
+
+def test_products_match_the_default_compilation():
+    w, x = _problem()
+    v = jnp.asarray(np.random.default_rng(1).standard_normal(w.shape), jnp.float32)
+    ours, plain = jit(_hvp)(w, x, v), jax.jit(_hvp)(w, x, v)
+    np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(plain))))
+
+
+def test_nested_under_other_transformations():
+    """Called inside another jit, eval_shape or vmap it is the plain jit (JAX refuses compiler
+    options on a nested jit)."""
+    w, x = _problem()
+    f = jit(_hvp)
+    inner = jax.jit(lambda w, v: 2 * f(w, x, v))(w, w)  # compiled with the outer jit's options
+    plain = 2 * jax.jit(_hvp)(w, x, w)
+    np.testing.assert_allclose(inner, plain, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(plain))))
+    assert jax.eval_shape(f, w, x, w).shape == w.shape
+    assert jax.vmap(f, in_axes=(None, None, 0))(w, x, jnp.stack([w, w])).shape == (2, *w.shape)
+
+
+def test_xla_flags_setting_the_fusions_win(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert compiler_options.__wrapped__() == {}
