@@ -20,6 +20,7 @@ import jaxspec
 from jaxspec import rmt
 from jaxspec.atomic import write_text
 from jaxspec.blocks import block_spectra
+from jaxspec.compiler import jit
 from jaxspec.io import dumps, spectrum_to_dict
 from jaxspec.trace import hutch_plus_plus
 
@@ -128,7 +129,7 @@ def estimate_sigma2(loss_fn: Callable, params: Any, batched: Any, full_matvec: C
     flat, unravel = ravel_pytree(params)
     bs = int(np.shape(jax.tree.leaves(batched.batches)[0])[1])
     n = jaxspec.num_samples(batched)
-    one = jax.jit(lambda p, b, v: ravel_pytree(jaxspec.hvp(loss_fn, p, b, unravel(v)))[0])
+    one = jit(lambda p, b, v: ravel_pytree(jaxspec.hvp(loss_fn, p, b, unravel(v)))[0])
 
     def hvp_on_batch(i, v):
         return one(params, jax.tree.map(lambda x: x[full[i]], batched.batches), v)

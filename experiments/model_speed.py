@@ -5,10 +5,10 @@
 
 Default models: PreResNet-20 and PreResNet-110 on CPU; PreResNet-110 and VGG-16 on a GPU. For each
 model (in its own subprocess, so that peak memory is that model's alone) it prints the eager init
-time, the trace and XLA compile time of ``jax.jit(hvp)`` on one batch of the adapted loss
-(:func:`jaxspec.models.hessian_loss`), and the best of ``--repeat`` timed HVPs. Peak memory is the
-device's ``peak_bytes_in_use`` on a GPU, the process's max RSS on CPU. Absolute times on a shared
-machine mean little; compare rows of one run.
+time, the trace and XLA compile time of ``jaxspec.compiler.jit(hvp)`` on one batch of the
+adapted loss (:func:`jaxspec.models.hessian_loss`), and the best of ``--repeat`` timed HVPs.
+Peak memory is the device's ``peak_bytes_in_use`` on a GPU, the process's max RSS on CPU.
+Absolute times on a shared machine mean little; compare rows of one run.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from flax import nnx
 
 from experiments.timing import best_time, peak_memory
 from jaxspec import hvp
+from jaxspec.compiler import jit
 from jaxspec.models import count_params, create_model, hessian_loss
 
 
@@ -55,7 +56,7 @@ def measure(name: str, *, batch: int, num_classes: int, bn_mode: str, repeat: in
     keys = jax.random.split(jax.random.key(1), len(leaves))
     v = treedef.unflatten([jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
-    fn = jax.jit(lambda p, b, v: hvp(loss_fn, p, b, v))
+    fn = jit(lambda p, b, v: hvp(loss_fn, p, b, v))
     t = time.perf_counter()
     lowered = fn.lower(params, data, v)
     trace_s = time.perf_counter() - t

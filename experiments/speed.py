@@ -38,6 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxspec
 from experiments.timing import best_time, peak_memory
+from jaxspec.compiler import jit
 from jaxspec.reorth import METHODS
 
 
@@ -214,7 +215,7 @@ def bench(name, init, apply, args):
     nb = batched.weights.shape[0]
     batches = [jax.tree.map(lambda x: x[i], batched.batches) for i in range(nb)]
 
-    @jax.jit
+    @jit
     def dataset_grad(p, batches):  # one dataset gradient, all batches in one program (unrolled)
         acc = jax.tree.map(jnp.zeros_like, p)
         for i, b in enumerate(batches):
@@ -225,7 +226,7 @@ def bench(name, init, apply, args):
     scan_mv = jaxspec.curvature_operator(loss, params, batched, reduce="scan")
     t_hvp_scan = _time(scan_mv.mv, v, repeat=2)  # slow on CPU convs
 
-    @jax.jit
+    @jit
     def unrolled(v, params, batches):  # every batch in one program, no XLA loop: the CPU floor
         t = unravel(v)
         out = jnp.zeros_like(v)

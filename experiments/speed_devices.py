@@ -69,6 +69,7 @@ def measure(
     from jax.flatten_util import ravel_pytree
 
     from jaxspec import batch_dataset, curvature_operator, lanczos_continue, lanczos_init
+    from jaxspec.compiler import jit
     from jaxspec.data import normalized_split, synthetic_cifar
     from jaxspec.models import create_model, hessian_loss
     from jaxspec.parallel import data_mesh
@@ -85,7 +86,7 @@ def measure(
     flat = ravel_pytree(params)[0]
     v = jax.random.normal(jax.random.key(0), flat.shape, flat.dtype)
 
-    hvp = jax.jit(lambda op, v: op.mv(v))  # the operator goes in as an argument, not a constant
+    hvp = jit(lambda op, v: op.mv(v))  # the operator goes in as an argument, not a constant
     t = time.perf_counter()
     compiled = hvp.lower(matvec, v).compile()
     out = {"model": model, "device": devices[0].device_kind, "num_devices": num_devices,
@@ -95,7 +96,7 @@ def measure(
     out["hvp_s"] = best_time(compiled, matvec, v, repeats=repeats)
     if lanczos_steps > 0:
         state = lanczos_init(v, lanczos_steps)
-        run = jax.jit(lambda op, s: lanczos_continue(op, s, lanczos_steps))
+        run = jit(lambda op, s: lanczos_continue(op, s, lanczos_steps))
         t = time.perf_counter()
         compiled = run.lower(matvec, state).compile()
         out["lanczos_compile_s"] = time.perf_counter() - t
