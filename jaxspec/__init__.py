@@ -30,6 +30,7 @@ from jaxspec.checks import symmetry_error
 from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
 from jaxspec.compiler import compiler_options
+from jaxspec.compiler import jit_argument
 from jaxspec.eigsh import EigshResult
 from jaxspec.eigsh import eigsh
 from jaxspec.heterogeneity import heterogeneity
@@ -40,7 +41,6 @@ from jaxspec.kinds import Categorical
 from jaxspec.kinds import FisherMC
 from jaxspec.kinds import SplitLoss
 from jaxspec.lanczos import LanczosHook
-from jaxspec.lanczos import jit_argument
 from jaxspec.lanczos import LanczosResult
 from jaxspec.lanczos import LanczosState
 from jaxspec.lanczos import lanczos

@@ -1,4 +1,5 @@
-"""The XLA options jaxspec compiles the programs that run a model with, and :func:`jit`.
+"""How jaxspec compiles: the XLA options of the programs that run a model, :func:`jit`, which
+adds them, and :func:`jit_argument` (an operator as an argument of a program, not a constant).
 
 XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the YNNPACK library by default
 (``--xla_cpu_experimental_ynn_fusion_type``). Its convolutions run on one thread at some shapes,
@@ -25,7 +26,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-__all__ = ["CPU_OPTIONS", "compiler_options", "jit"]
+__all__ = ["CPU_OPTIONS", "compiler_options", "jit", "jit_argument"]
 
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -91,3 +92,23 @@ def jit(fun: Callable, /, **kwargs) -> Callable:
       9.0
     """
     return _Jit(fun, kwargs)
+
+
+def jit_argument(matvec: Callable) -> Callable:
+    """``matvec`` as an argument of a jitted function: a pytree operator as it is (a
+    :class:`jaxspec.CurvatureOperator`, a ``jax.tree_util.Partial`` of arrays: its arrays go in
+    as arguments, not as constants of the program), any other callable wrapped in a leafless
+    ``jax.tree_util.Partial`` (static, hashed by identity: pass the same function to reuse a
+    compilation).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec import jit_argument
+      >>> mv = jit_argument(lambda v: 2 * v)
+      >>> jax.tree.leaves(mv), jax.jit(lambda op, v: op(v))(mv, jnp.ones(2)).tolist()
+      ([], [2.0, 2.0])
+    """
+    leaves = jax.tree.leaves(matvec)
+    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
+        return matvec
+    return jax.tree_util.Partial(matvec)

@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.compiler import jit
-from jaxspec.lanczos import jit_argument, resolve_driver
+from jaxspec.compiler import jit, jit_argument
+from jaxspec.lanczos import resolve_driver
 
 __all__ = ["EigshResult", "eigsh"]
 

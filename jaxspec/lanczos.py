@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxspec.compiler import jit
+from jaxspec.compiler import jit, jit_argument
 from jaxspec.linearized import linearized
 from jaxspec.reorth import check_method, omega_init, orthogonalise
 
@@ -69,7 +69,6 @@ __all__ = [
     "LanczosResult",
     "LanczosState",
     "lanczos",
-    "jit_argument",
     "lanczos_continue",
     "lanczos_init",
     "lanczos_state_sharding",
@@ -541,26 +540,6 @@ class LanczosHook:
           >>> from jaxspec import LanczosHook
           >>> LanczosHook().close()
         """
-
-
-def jit_argument(matvec: Callable) -> Callable:
-    """``matvec`` as an argument of a jitted function: a pytree operator as it is (a
-    :class:`jaxspec.CurvatureOperator`, a ``jax.tree_util.Partial`` of arrays: its arrays go in
-    as arguments, not as constants of the program), any other callable wrapped in a leafless
-    ``jax.tree_util.Partial`` (static, hashed by identity: pass the same function to reuse a
-    compilation).
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxspec import jit_argument
-      >>> mv = jit_argument(lambda v: 2 * v)
-      >>> jax.tree.leaves(mv), jax.jit(lambda op, v: op(v))(mv, jnp.ones(2)).tolist()
-      ([], [2.0, 2.0])
-    """
-    leaves = jax.tree.leaves(matvec)
-    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
-        return matvec
-    return jax.tree_util.Partial(matvec)
 
 
 def resolve_driver(driver: str = "auto", matvec: Callable | None = None, /) -> str:

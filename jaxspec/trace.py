@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from matfree import stochtrace
 
-from jaxspec.compiler import jit
-from jaxspec.lanczos import jit_argument, run_lanczos
+from jaxspec.compiler import jit, jit_argument
+from jaxspec.lanczos import run_lanczos
 from jaxspec.linearized import linearized
 from jaxspec.ritz import ritz_pairs
 from jaxspec.slq import probe_dtype, random_probe
