@@ -120,9 +120,10 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
 
         net = create_model("preresnet20", num_classes=10, rngs=nnx.Rngs(0))
         loss_fn, params = hessian_loss(net, bn_mode="running")
+    # the options to curvature_operator, to slq
     options, slq_options = {"default": ({}, {}), "full": ({}, {"reorth": "full"}),
                             "low-memory": ({"reduce": HostReduce(1), "linearize": None}, {}),
-                            "cached": ({"linearize": 2**32}, {})}[config]  # to curvature_operator, to slq
+                            "cached": ({"linearize": 2**32}, {})}[config]
     data = jaxspec.batch_dataset(workload(n), batch_size)
     setup = _peak_rss()
 

@@ -5,11 +5,11 @@ XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the YNNPACK lib
 (``--xla_cpu_experimental_ynn_fusion_type``). Its convolutions run on one thread at some shapes,
 and the gradient with respect to a convolution's kernel, which XLA then builds around them, is
 several times slower than XLA's own (Eigen) convolution (the README's speed section has the
-figures; ``python -m experiments.cpu_flags`` measures both settings on your machine). :data:`CPU_OPTIONS` keeps
-YNNPACK's dots and reductions and takes the convolutions back; models without convolutions
-compile to the same program either way.
+figures; ``python -m experiments.cpu_flags`` measures both settings on your machine).
+:data:`CPU_OPTIONS` keeps YNNPACK's dots and reductions and takes the convolutions back; models
+without convolutions compile to the same program either way.
 
-The options belong to the outermost ``jax.jit`` of a program (a nested jit's are ignored), so
+The options belong to the outermost ``jax.jit`` of a program (JAX refuses them on a nested one), so
 jaxspec compiles every program that may evaluate a model (the operator's products and
 linearisations, the compiled Lanczos driver, the estimators, the training steps) with
 :func:`jit`. Pass :func:`compiler_options` to your own ``jax.jit`` for the same effect. They
