@@ -9,8 +9,8 @@ figures; ``python -m experiments.cpu_flags`` measures both settings on your mach
 :data:`CPU_OPTIONS` keeps YNNPACK's dots and reductions and takes the convolutions back; models
 without convolutions compile to the same program either way.
 
-The options belong to the outermost ``jax.jit`` of a program (JAX refuses them on a nested one), so
-jaxspec compiles every program that may evaluate a model (the operator's products and
+The options belong to the outermost ``jax.jit`` of a program (JAX refuses them on a nested
+one), so jaxspec compiles every program that may evaluate a model (the operator's products and
 linearisations, the compiled Lanczos driver, the estimators, the training steps) with
 :func:`jit`. Pass :func:`compiler_options` to your own ``jax.jit`` for the same effect. They
 are not used where ``XLA_FLAGS`` sets the YNNPACK fusions itself, where the default backend is

@@ -180,8 +180,8 @@ def memory_budget(linearize: Any, /, allowance: int | None = None) -> int:
     run passes the size of its Krylov basis or one call's activations,
     :data:`jaxspec.reduction.GROUP_BYTES`, whichever is more, so the cache takes no more than
     the run holds anyway: a small model's residuals fit, a CNN's activations on hundreds of
-    images do not, and the run keeps the footprint of one batch's product at a time). An int: that many
-    bytes, on any device; None, False or 0: no cache.
+    images do not, and the run keeps the footprint of one batch's product at a time). An int:
+    that many bytes, on any device; None, False or 0: no cache.
 
     Example:
       >>> import jax

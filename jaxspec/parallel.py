@@ -45,8 +45,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxspec.compiler import jit
 from jaxspec.batching import Batched, dataset_mean
+from jaxspec.compiler import jit
 
 __all__ = [
     "MeshReduce",
