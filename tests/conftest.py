@@ -6,6 +6,14 @@ import os
 
 # two test processes share a GPU when there is one: neither may take most of its memory
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The suite is compile-bound: about two thirds of its time is XLA compiling small programs,
+# mostly in LLVM. LLVM at -O0 halves that; XLA's own passes (fusion, layouts, library calls)
+# run as at the default level, so the programs are the same and their results differ only by
+# floating-point rounding (LLVM's instruction choices). Worker processes inherit it. Set the level in
+# XLA_FLAGS to test at another one, e.g. --xla_backend_optimization_level=2.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 import pytest

@@ -34,7 +34,7 @@ from jaxspec.parallel import (
     process_share,
     shard_batched,
 )
-from workers import FAST_COMPILE, ROOT, Workers
+from workers import ROOT, Workers
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 CASES = {name: (kind, n, b) for name, kind, n, b in pw.CASES}
@@ -76,7 +76,7 @@ def workers(request, tmp_path_factory):
 
 
 def run_compiled(f, *args):
-    return jax.jit(f).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
+    return jax.jit(f)(*args)
 
 
 def case(name: str, batch_size: int | None = None):

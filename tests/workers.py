@@ -1,14 +1,16 @@
 """Worker subprocesses for the multi-device tests (tests/test_parallel.py, tests/test_fsdp.py).
 
 A test process has already started JAX with one CPU device, so runs on several simulated devices
-happen in fresh processes, which write their results as JSON. They compile with XLA's fast
-settings: every program is checked for its values, not its speed.
+happen in fresh processes, which write their results as JSON. Of the test process's
+``XLA_FLAGS`` they get only its LLVM optimisation level (tests/conftest.py: -O0, since every
+program is checked for its values, not its speed), not, e.g., a device count.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,8 +18,6 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# XLA:CPU compiles slowly; every program here is checked for its values, not its speed.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 class Workers:
@@ -29,12 +29,13 @@ class Workers:
         self.timeout = timeout  # seconds for all of them together
         self.deadline = time.monotonic() + timeout
         self.env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        flags = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE.items())
+        level = re.search(r"--xla_backend_optimization_level=\S+", os.environ.get("XLA_FLAGS", ""))
         # The checkout under test first: a worker's sys.path[0] is tests/, so `import jaxspec`
         # would otherwise find whatever jaxspec is installed (another checkout, an old version).
         path = os.pathsep.join(filter(None, [ROOT, os.path.join(ROOT, "tests"),
                                              os.environ.get("PYTHONPATH")]))
-        self.env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=flags, PYTHONPATH=path)
+        self.env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=level.group(0) if level else "",
+                        PYTHONPATH=path)
 
     def start(self, name: str, args: list[str], out: str, env: dict | None = None) -> None:
         log = open(os.path.join(self.tmp, f"{name}.log"), "w")
