@@ -16,7 +16,9 @@ subprocess and is reported as such.
 With each setting it also times the three parts of one 3x3 convolution's gradient at each stage
 of the network (:func:`conv_ops`: forward, gradient to the input, gradient to the kernel): with
 XLA's default YNNPACK convolutions, the kernel gradient is where XLA:CPU loses to PyTorch (see
-the README's speed section).
+the README's speed section). And it counts who runs the HVP's convolutions in the compiled
+program (:func:`convolution_runners`: XLA itself or a library), so a flag that does not reach
+them shows as such.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,9 +68,39 @@ def _measure(model: str, batch: int, repeat: int) -> dict:
     grad = jax.jit(jax.grad(loss_fn))
     prod = jax.jit(lambda p, b, v: hvp(loss_fn, p, b, v))
     jax.block_until_ready((grad(params, data), prod(params, data, params)))
+    hlo = prod.lower(params, data, params).compile().as_text()
     return {"grad_s": best_time(grad, params, data, repeats=repeat),
             "hvp_s": best_time(prod, params, data, params, repeats=repeat),
+            "convolutions": convolution_runners(hlo),
             **(conv_ops(batch, repeat) if model != "mlp" else {})}  # the convolutions' parts
+
+
+def convolution_runners(hlo: str) -> dict:
+    """Who runs the convolutions of a compiled program (``compile().as_text()``): how many
+    XLA runs itself (``"xla"``) and how many each library fusion (``"__ynn_fusion"``, ...) or
+    custom call holds. A flag that names a library but leaves every convolution with ``"xla"``
+    did not reach them.
+
+    Example:
+      >>> import jax, numpy as np
+      >>> from experiments.cpu_flags import convolution_runners
+      >>> x, w = np.ones((1, 4, 4, 2), np.float32), np.ones((3, 3, 2, 2), np.float32)
+      >>> conv = lambda x, w: jax.lax.conv_general_dilated(
+      ...     x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      >>> sum(convolution_runners(jax.jit(conv).lower(x, w).compile().as_text()).values())
+      1
+    """
+    bodies = dict(re.findall(r"^(?:ENTRY )?(%\S+) .*?\{\n(.*?)\n\}", hlo, re.S | re.M))
+    libraries = dict(re.findall(r'calls=(%[^,\s]+).*?"fusion_config":\{"kind":"(__\w+)"', hlo))
+    runners: dict = {}
+    for name, body in bodies.items():
+        count = len(re.findall(r"= \S+ convolution\(", body))
+        if count:
+            runner = libraries.get(name, "xla")
+            runners[runner] = runners.get(runner, 0) + count
+    for target in re.findall(r'custom_call_target="([^"]*conv[^"]*)"', hlo, re.I):
+        runners[target] = runners.get(target, 0) + 1
+    return runners
 
 
 def conv_ops(batch: int, repeat: int, stages=((16, 32), (32, 16), (64, 8))) -> dict:
@@ -154,6 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"{min(r['hvp_s'] for r in rows):8.3f}  "
               + " ".join(f"{min(r.get(k, float('nan')) for r in rows):9.1f}" for k in ops)
               + f"  {ratio}")
+    print("\nwho runs the HVP's convolutions (a setting that leaves them all to 'xla' names a "
+          "library that did not take them):")
+    for name, rows in results.items():
+        if "error" not in rows[0]:
+            print(f"{name:20s} {rows[0]['convolutions']}")
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return results
 
