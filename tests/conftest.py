@@ -6,11 +6,12 @@ import os
 
 # two test processes share a GPU when there is one: neither may take most of its memory
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The suite is compile-bound: about two thirds of its time is XLA compiling small programs,
-# mostly in LLVM. LLVM at -O0 halves that; XLA's own passes (fusion, layouts, library calls)
-# run as at the default level, so the programs are the same and their results differ only by
-# floating-point rounding (LLVM's instruction choices). Worker processes inherit it. Set the level in
-# XLA_FLAGS to test at another one, e.g. --xla_backend_optimization_level=2.
+# The suite is compile-bound: most of its time is XLA compiling small programs, most of that in
+# LLVM, which compiles much faster at -O0. XLA's own passes (fusion, layouts, library calls) run
+# as at the default level, so the programs are the same and their results differ only by
+# floating-point rounding (LLVM's instruction choices). The worker processes of the multi-device
+# tests take the same level (tests/workers.py). A level set in XLA_FLAGS wins, e.g.
+# XLA_FLAGS=--xla_backend_optimization_level=2 tests at XLA's default.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_backend_optimization_level=0").strip()
