@@ -12,7 +12,8 @@ times jaxspec with PyHessian's method.
 * ``mlp``: a tanh MLP 3072-256-256-10 (855,050 parameters). Both sides start from the same
   weights, so their largest Ritz values must agree (a check that both compute one matrix).
 * ``cnn``: PreAct-ResNet-20 (272,282 parameters), BatchNorm with running statistics (eval mode).
-  Each side initialises its own weights.
+  Both sides start from jaxspec's initial weights (``nnx.Rngs(0)``, copied into PyTorch's names
+  and layouts), so their largest Ritz values must agree too.
 
 Each run is a subprocess of its own, so that its peak resident memory is its own:
 
@@ -95,6 +96,27 @@ def _mlp_weights(path: str) -> None:
                       for k in ("w", "b")})
 
 
+# PyTorch's names for the parts of jaxspec's PreResNet (the others are the same)
+_TORCH_NAMES = {"scale": "weight", "mean": "running_mean", "var": "running_var",
+                "kernel": "weight", "downsample": "down"}
+
+
+def _cnn_weights(path: str) -> None:
+    """PreAct-ResNet-20's starting weights as the jaxspec side builds them (``nnx.Rngs(0)``), under
+    PyTorch's names and in its layouts (kernels OIHW, the linear weight (out, in)), as an npz."""
+    from flax import nnx
+
+    from jaxspec.models import create_model
+
+    net = create_model("preresnet20", num_classes=10, rngs=nnx.Rngs(0))
+    arrays = {}
+    for keys, variable in nnx.to_flat_state(nnx.state(net)):
+        x = np.asarray(variable[...])
+        x = x.transpose(3, 2, 0, 1) if x.ndim == 4 else x.T if x.ndim == 2 else x
+        arrays[".".join(_TORCH_NAMES.get(str(k), str(k)) for k in keys)] = x
+    np.savez(path, **arrays)
+
+
 def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
                  weights: str | None, warm: bool = True) -> dict:
     """The README's snippet on ``model`` with ``config``, twice if ``warm``: the runs' seconds,
@@ -118,6 +140,7 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
 
         from jaxspec.models import create_model, hessian_loss
 
+        # the weights _cnn_weights gives the PyTorch side
         net = create_model("preresnet20", num_classes=10, rngs=nnx.Rngs(0))
         loss_fn, params = hessian_loss(net, bn_mode="running")
     # the options to curvature_operator, to slq
@@ -199,6 +222,13 @@ def _torch_run(model: str, n: int, m: int, batch_size: int, weights: str | None)
                     layer.bias.copy_(torch.from_numpy(w[f"b{i}"]))
     else:
         net = PreResNet20()
+        if weights:
+            w = np.load(weights)
+            missing, unexpected = net.load_state_dict(
+                {k: torch.from_numpy(w[k]) for k in w.files}, strict=False)
+            if unexpected or not all(k.endswith("num_batches_tracked") for k in missing):
+                raise ValueError(f"the CNN's weights do not fit: missing {missing}, "
+                                 f"unexpected {unexpected}")
     net.eval()
     data = workload(n)
     # NCHW for the CNN; the MLP flattens its input, so it keeps jaxspec's NHWC order and with
@@ -318,14 +348,15 @@ def main(argv: list[str] | None = None) -> dict:
     runs += [(c, sys.executable, f"jaxspec-{c}") for c in args.configs]
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = os.path.join(tmp, "mlp.npz")
-        if "mlp" in args.models:
-            _mlp_weights(weights)
+        weights = {model: os.path.join(tmp, f"{model}.npz") for model in args.models}
+        for model, save in (("mlp", _mlp_weights), ("cnn", _cnn_weights)):
+            if model in args.models:
+                save(weights[model])
         for model in args.models:
             results[model] = {name: [] for name, _, _ in runs}
             for _ in range(args.rounds):
                 for name, python, side in runs:
-                    row = _child(python, side, model, args, weights if model == "mlp" else None)
+                    row = _child(python, side, model, args, weights[model])
                     results[model][name].append(row)
                     print(model, name, row, flush=True)
     print("\n".join(table(results)))
