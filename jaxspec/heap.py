@@ -1,0 +1,69 @@
+"""The host's C heap: memory that XLA has freed, handed back to the system before a large
+allocation.
+
+On the CPU, XLA's compilations and the programs' buffers are allocated with the C library's
+``malloc``. glibc keeps what is freed in its heap: it returns only the top of the heap to the
+system, and once a block of some megabytes is freed it raises its ``mmap`` threshold, so that
+later blocks of that size come from the heap too. A process's resident memory therefore stays
+near its high-water mark after XLA compiles a model's product, though that memory is free. A
+Lanczos run's Krylov basis (``(m + 1) x P`` floats) is allocated afresh beside it, and the two
+add up. :func:`release_freed_memory` asks glibc to return the free memory (``malloc_trim``);
+:func:`release_before` does so where the allocation to come is large and lives in host memory.
+The Lanczos drivers call it before they allocate the basis and once the first step's programs
+are compiled. Where the C library has no ``malloc_trim`` (macOS, musl) nothing is done.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+
+import jax
+
+__all__ = ["TRIM_BYTES", "release_before", "release_freed_memory"]
+
+# Allocations from this size up are worth a trim: the trim walks the heap (milliseconds), which
+# a step of a Lanczos run on a basis this large outlasts many times.
+TRIM_BYTES = 64 * 2**20
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library this process runs on
+    except (OSError, AttributeError):  # no malloc_trim: not glibc
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_freed_memory() -> bool:
+    """Returns the free memory of the C heap to the system (glibc's ``malloc_trim(0)``, which
+    also releases the free pages inside the heap). True if any memory was returned; False where
+    none was or the C library cannot (not glibc).
+
+    Example:
+      >>> from jaxspec.heap import release_freed_memory
+      >>> isinstance(release_freed_memory(), bool)
+      True
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+def release_before(nbytes: int) -> bool:
+    """:func:`release_freed_memory` before allocating ``nbytes``, if they are at least
+    :data:`TRIM_BYTES` and the default backend keeps its arrays in host memory (the CPU);
+    else nothing (False).
+
+    Example:
+      >>> from jaxspec.heap import release_before
+      >>> release_before(1024)   # too small to be worth the walk over the heap
+      False
+    """
+    if nbytes < TRIM_BYTES or jax.default_backend() != "cpu":
+        return False
+    return release_freed_memory()

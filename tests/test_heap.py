@@ -1,0 +1,69 @@
+"""jaxspec.heap: free C-heap memory goes back to the system, and the Lanczos drivers ask for it
+where a large basis is about to be allocated."""
+
+import ctypes
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxspec.heap as heap
+from jaxspec import Spectrum, run_lanczos
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(heap._malloc_trim() is None, reason="the C library has no malloc_trim")
+def test_release_returns_free_heap_pages_to_the_system():
+    """128 MiB in 64 KiB blocks (below glibc's mmap threshold: from the heap), touched, then
+    freed but for the last, which pins the top of the heap: free() cannot return the rest,
+    release_freed_memory must."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 64 * 1024, 2048
+    blocks = [libc.malloc(size) for _ in range(count)]
+    try:
+        for b in blocks:
+            ctypes.memset(b, 1, size)
+        for b in blocks[:-1]:
+            libc.free(b)
+        before = _rss_bytes()
+        assert heap.release_freed_memory()
+        released = before - _rss_bytes()
+    finally:
+        libc.free(blocks[-1])
+    assert released > 0.5 * size * count, f"released {released / 2**20:.1f} MiB of 128"
+
+
+def test_small_allocations_do_not_walk_the_heap(monkeypatch):
+    calls = []
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
+    assert not heap.release_before(heap.TRIM_BYTES - 1) and not calls
+    assert heap.release_before(heap.TRIM_BYTES) == (jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("driver, chunk_size, releases", [
+    ("host", None, 2),      # before the basis, after the first step
+    ("host", 2, 1 + 3),     # before the basis, after the first step of each chunk
+    ("compiled", None, 1),  # before the basis
+])
+def test_drivers_release_before_the_basis_with_the_same_result(monkeypatch, driver, chunk_size,
+                                                               releases):
+    A = jnp.diag(jnp.arange(1.0, 31.0))
+    v0 = jnp.ones(30)
+    matvec = jax.jit(lambda v: A @ v)
+    plain = run_lanczos(matvec, v0, 6, driver=driver, chunk_size=chunk_size)
+    calls = []
+    monkeypatch.setattr(heap, "TRIM_BYTES", 0)  # every basis counts as large
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
+    released = run_lanczos(matvec, v0, 6, driver=driver, chunk_size=chunk_size)
+    assert len(calls) == (releases if jax.default_backend() == "cpu" else 0)
+    np.testing.assert_array_equal(Spectrum.from_lanczos(released).nodes,
+                                  Spectrum.from_lanczos(plain).nodes)
