@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 
+from experiments.timing import load_average, machine
 from jaxspec.compiler import CPU_OPTIONS
 
 SETTINGS = {
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = _measure(args.model, args.batch, args.repeat)
         print(json.dumps(row))
         return row
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"{machine()}; {load_average()}")
     results: dict = {name: [] for name in args.settings}
     for _ in range(args.rounds):
         for name in args.settings:
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, rows in results.items():
         if "error" not in rows[0]:
             print(f"{name:20s} {rows[0]['convolutions']}")
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(load_average())
     return results
 
 

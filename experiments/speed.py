@@ -28,7 +28,6 @@ peak bytes in use on a GPU.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -37,7 +36,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
-from experiments.timing import best_time, peak_memory
+from experiments.timing import best_time, load_average, machine, peak_memory
 from jaxspec.compiler import jit
 from jaxspec.reorth import METHODS
 
@@ -380,8 +379,8 @@ def main(argv=None):
                     choices=list(METHODS),
                     help="re-orthogonalisation methods to time (jaxspec.reorth)")
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({machine()}); "
+          f"{load_average()}")
     models = {"cnn": (cnn_init, cnn_apply), "mlp": (mlp_init, mlp_apply)}
     for name in args.models:
         bench(name, *models[name], args)

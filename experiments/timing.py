@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import time
 
@@ -43,3 +45,36 @@ def peak_memory() -> tuple[int, str]:
         return int(stats["peak_bytes_in_use"]), "device peak"
     # ru_maxrss is in KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
+
+
+def machine() -> str:
+    """The host in a few words: the CPU's model, the logical CPUs, and its widest x86 vector
+    unit where ``/proc/cpuinfo`` names one (times of the same program differ between an AVX2
+    and an AVX-512 host far more than between runs).
+
+    Example:
+      >>> from experiments.timing import machine
+      >>> "CPUs" in machine()
+      True
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = {key.strip(): value.strip()
+                    for key, value in (line.split(":", 1) for line in f if ":" in line)}
+        model, flags = info.get("model name", model), set(info.get("flags", "").split())
+    except OSError:  # not Linux
+        pass
+    vector = ["AVX-512"] if "avx512f" in flags else ["AVX2"] if "avx2" in flags else []
+    return ", ".join([model, f"{os.cpu_count()} CPUs", *vector])
+
+
+def load_average() -> str:
+    """The system's load averages over 1, 5 and 15 minutes, for a script's output.
+
+    Example:
+      >>> from experiments.timing import load_average
+      >>> load_average().startswith("load average ")
+      True
+    """
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())

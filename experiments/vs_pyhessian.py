@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from experiments.timing import load_average, machine
+
 MODELS = ("mlp", "cnn")
 CONFIGS = ("default", "full", "low-memory", "cached")
 
@@ -342,8 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
                             args.batch_size, args.weights, args.warm))
         print(json.dumps(row))
         return row
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; N={args.n}, "
-          f"batch={args.batch_size}, m={args.m}, one probe")
+    print(f"{machine()}; {load_average()}; N={args.n}, batch={args.batch_size}, m={args.m}, "
+          "one probe")
     runs = ([("pyhessian", args.torch_python, "pyhessian")] if args.torch_python else [])
     runs += [(c, sys.executable, f"jaxspec-{c}") for c in args.configs]
     results: dict = {}
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
                     results[model][name].append(row)
                     print(model, name, row, flush=True)
     print("\n".join(table(results)))
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(load_average())
     return results
 
 
