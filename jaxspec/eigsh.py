@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.compiler import jit, jit_argument
+from jaxspec.heap import release_before
 from jaxspec.lanczos import resolve_driver
 
 __all__ = ["EigshResult", "eigsh"]
@@ -247,6 +248,7 @@ def eigsh(
     if every < 1:
         raise ValueError(f"check_every must be >= 1, got {every}")
 
+    release_before((m + 1) * dim * np.dtype(dtype).itemsize)  # jaxspec.heap: XLA's freed memory
     V = jnp.zeros((m + 1, dim), dtype).at[0].set(q0)
     H = jnp.zeros((m + 1, m), dtype)
     n, cycle_start, restarts, num_matvecs, anorm = 0, 0, 0, 0, 0.0

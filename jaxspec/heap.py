@@ -10,7 +10,8 @@ Lanczos run's Krylov basis (``(m + 1) x P`` floats) is allocated afresh beside i
 add up. :func:`release_freed_memory` asks glibc to return the free memory (``malloc_trim``);
 :func:`release_before` does so where the allocation to come is large and lives in host memory.
 The Lanczos drivers call it before they allocate the basis and once the first step's programs
-are compiled. Where the C library has no ``malloc_trim`` (macOS, musl) nothing is done.
+are compiled; :func:`jaxspec.eigsh` before it allocates its basis. Where the C library has no
+``malloc_trim`` (macOS, musl) nothing is done.
 """
 
 from __future__ import annotations

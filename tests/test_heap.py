@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxspec.heap as heap
-from jaxspec import Spectrum, run_lanczos
+from jaxspec import Spectrum, eigsh, run_lanczos
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
@@ -67,3 +67,14 @@ def test_drivers_release_before_the_basis_with_the_same_result(monkeypatch, driv
     assert len(calls) == (releases if jax.default_backend() == "cpu" else 0)
     np.testing.assert_array_equal(Spectrum.from_lanczos(released).nodes,
                                   Spectrum.from_lanczos(plain).nodes)
+
+
+def test_eigsh_releases_before_its_basis_with_the_same_result(monkeypatch):
+    A = jnp.diag(jnp.arange(1.0, 31.0))
+    plain = eigsh(lambda v: A @ v, jnp.ones(30), 2, driver="host")
+    calls = []
+    monkeypatch.setattr(heap, "TRIM_BYTES", 0)
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
+    released = eigsh(lambda v: A @ v, jnp.ones(30), 2, driver="host")
+    assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
+    np.testing.assert_array_equal(released.values, plain.values)
