@@ -14,9 +14,15 @@ weights. Two remedies are offered to :mod:`jaxspec.lanczos` (its ``reorth`` opti
   local errors with the sign that makes them grow, as in Larsen's PROPACK). ``w`` is
   orthogonalised against the whole basis (the same passes as ``"full"``) only where
   ``max_k |omega_{i+1,k}| > sqrt(eps)``; the estimates for that vector are then reset to the
-  rounding unit. The vector before it keeps its estimates, so the recurrence asks for the next
-  vector as well whenever that one would inherit the loss (Simon's rule of orthogonalising two
-  consecutive vectors, taken from the estimates instead of imposed). Semi-orthogonality
+  rounding unit. The recurrence builds each vector from the last two, so a loss left in the
+  older one comes back within a step or two: left to the estimates, the passes can settle into
+  every other step. Simon's algorithm therefore re-orthogonalises the vector after a pass as
+  well, which restarts both rows from the unit. That pays only where a clean pair stays
+  semi-orthogonal for a while, so here the second pass is taken where the estimates' growth
+  from a clean pair at the current step, ``g``, leaves three steps under the threshold
+  (``g^3 unit <= sqrt(eps)``); where they grow faster (well-separated outliers: ``g`` near
+  ``|T| / beta``, in the hundreds) the pair would not outlast the pass it costs, and the estimates
+  alone decide. Semi-orthogonality
   (``|Q^T Q - I| <= sqrt(eps)``) is enough for T to be, to working precision, the projection of
   ``A`` on an orthonormal basis of the Krylov space (Simon 1984), so the Ritz values have no
   ghosts and the Gauss quadrature weights and moments are those of full re-orthogonalisation,
@@ -94,6 +100,14 @@ def _fresh_row(size: int, i, dtype, unit=None) -> jax.Array:
     k = jnp.arange(size, dtype=jnp.int32)
     unit = jnp.finfo(dtype).eps if unit is None else unit
     return jnp.where(k <= i, unit, jnp.where(k == i + 1, 1, 0)).astype(dtype)
+
+
+def _fresh(row: jax.Array, j) -> jax.Array:
+    """Whether ``row``, the estimates of ``q_j``, is as a pass left it (:func:`_fresh_row`:
+    one value, the unit of the time, for every ``k < j``). The recurrence never gives that: its
+    entries are at least ``unit |T| / beta`` and differ from one another."""
+    k = jnp.arange(row.shape[0], dtype=jnp.int32)
+    return jnp.all((row == row[0]) | (k >= j))
 
 
 def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
@@ -201,8 +215,15 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     row = omega_next(omega, alphas, betas, i, alpha, jnp.sqrt(norm2), unit)
     filled = jnp.arange(size, dtype=jnp.int32) <= i
     estimate = jnp.max(jnp.where(filled, jnp.abs(row), 0))
-    # a NaN estimate (beta = 0, or a non-finite w) also takes the pass
-    ok = (i >= CALIBRATION_STEPS) & (estimate <= jnp.sqrt(jnp.finfo(dtype).eps))
+    # a NaN estimate (beta = 0, or a non-finite w) also takes the pass, and so does the vector
+    # after a pass (q_i's row fresh, q_{i-1}'s not) where a clean pair would last
+    threshold = jnp.sqrt(jnp.finfo(dtype).eps)
+    clean = jnp.stack([_fresh_row(size, i - 1, dtype, unit), _fresh_row(size, i, dtype, unit)])
+    growth = jnp.max(jnp.where(filled, jnp.abs(omega_next(
+        clean, alphas.at[i].set(alpha), betas.at[i].set(jnp.sqrt(norm2)), i + 1, alpha,
+        jnp.sqrt(norm2), unit)), 0)) / unit
+    second = _fresh(omega[1], i) & ~_fresh(omega[0], i - 1) & (growth ** 3 * unit <= threshold)
+    ok = (i >= CALIBRATION_STEPS) & ~second & (estimate <= threshold)
 
     def measured(w):
         w, h, after, passes, top = _gram_schmidt(project, w, i)
