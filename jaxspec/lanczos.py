@@ -694,9 +694,10 @@ class _HostBasis:
 
 
 def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: float | None,
-                     reorth: str, release: Callable[[], bool]):
+                     reorth: str, release: Callable[[], bool], first: int):
     """The host driver's chunk: ``advance(state, n)`` takes up to ``n`` steps in Python and
-    calls ``release`` after the first (whose calls compiled the product and the step)."""
+    calls ``release`` after step ``first``, the run's first (whose calls compiled the product
+    and the step)."""
 
     def advance(state, n):
         before = int(state.step)
@@ -713,7 +714,7 @@ def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: flo
             q_next, state = _host_step(state._replace(basis=tuple(host.blocks)), w,
                                        host.q_prev, host.q_cur, tol=tol, reorth=reorth)
             host.push(i, q_next)
-            if i == before:
+            if i == first:
                 release()
         else:
             _stop(state)
@@ -835,8 +836,8 @@ def run_lanczos(
     for hook in hooks:
         saved = hook.resume(host_v0, num_steps, block_size, matvec) if saved is None else saved
     # the C heap's free memory (what XLA's compilations left) goes back to the system before
-    # the basis is allocated and, on the host driver, after each chunk's first step, whose
-    # calls compile the product and the step (jaxspec.heap)
+    # the basis is allocated and, on the host driver, after the run's first step, whose calls
+    # compile the product and the step (jaxspec.heap)
     release = functools.partial(release_before, (num_steps + 1) * (dim + pad) * v0.dtype.itemsize)
     release()
     if driver == "host":  # the basis lives in host.blocks; the state carries the rest
@@ -846,7 +847,7 @@ def run_lanczos(
             saved = jax.tree.map(jnp.asarray, saved)
             host = _HostBasis.resume(saved.basis, int(saved.step), num_steps, block_size)
             state = saved._replace(basis=())
-        advance = _host_advance_fn(matvec, host, v0, tol, reorth, release)
+        advance = _host_advance_fn(matvec, host, v0, tol, reorth, release, int(state.step))
         state = _drive(state, num_steps, chunk_size, advance, hooks,
                        lambda s: s._replace(basis=host.basis(as_numpy=True)))
         state = state._replace(basis=host.basis() if return_basis else None)
