@@ -42,39 +42,41 @@ def test_release_returns_free_heap_pages_to_the_system():
     assert released > 0.5 * size * count, f"released {released / 2**20:.1f} MiB of 128"
 
 
-def test_small_allocations_do_not_walk_the_heap(monkeypatch):
+@pytest.fixture
+def releases(monkeypatch):
+    """The calls of release_freed_memory (replaced by a counter that returns True)."""
     calls = []
     monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
-    assert not heap.release_before(heap.TRIM_BYTES - 1) and not calls
+    return calls
+
+
+def test_small_allocations_do_not_walk_the_heap(releases):
+    assert not heap.release_before(heap.TRIM_BYTES - 1) and not releases
     assert heap.release_before(heap.TRIM_BYTES) == (jax.default_backend() == "cpu")
 
 
-@pytest.mark.parametrize("driver, chunk_size, releases", [
+@pytest.mark.parametrize("driver, chunk_size, expected", [
     ("host", None, 2),      # before the basis, after the first step (which compiles)
     ("host", 2, 2),         # the same in chunks: nothing compiles after the first step
     ("compiled", None, 1),  # before the basis
 ])
-def test_drivers_release_before_the_basis_with_the_same_result(monkeypatch, driver, chunk_size,
-                                                               releases):
+def test_drivers_release_before_the_basis_with_the_same_result(monkeypatch, releases, driver,
+                                                               chunk_size, expected):
     A = jnp.diag(jnp.arange(1.0, 31.0))
     v0 = jnp.ones(30)
     matvec = jax.jit(lambda v: A @ v)
-    plain = run_lanczos(matvec, v0, 6, driver=driver, chunk_size=chunk_size)
-    calls = []
+    plain = run_lanczos(matvec, v0, 6, driver=driver, chunk_size=chunk_size)  # too small: none
     monkeypatch.setattr(heap, "TRIM_BYTES", 0)  # every basis counts as large
-    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
     released = run_lanczos(matvec, v0, 6, driver=driver, chunk_size=chunk_size)
-    assert len(calls) == (releases if jax.default_backend() == "cpu" else 0)
+    assert len(releases) == (expected if jax.default_backend() == "cpu" else 0)
     np.testing.assert_array_equal(Spectrum.from_lanczos(released).nodes,
                                   Spectrum.from_lanczos(plain).nodes)
 
 
-def test_eigsh_releases_before_its_basis_with_the_same_result(monkeypatch):
+def test_eigsh_releases_before_its_basis_with_the_same_result(monkeypatch, releases):
     A = jnp.diag(jnp.arange(1.0, 31.0))
-    plain = eigsh(lambda v: A @ v, jnp.ones(30), 2, driver="host")
-    calls = []
+    plain = eigsh(lambda v: A @ v, jnp.ones(30), 2, driver="host")  # too small: none
     monkeypatch.setattr(heap, "TRIM_BYTES", 0)
-    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
     released = eigsh(lambda v: A @ v, jnp.ones(30), 2, driver="host")
-    assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
+    assert len(releases) == (1 if jax.default_backend() == "cpu" else 0)
     np.testing.assert_array_equal(released.values, plain.values)
