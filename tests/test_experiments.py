@@ -264,3 +264,28 @@ def test_preset_without_its_data_is_a_clear_error(argv, message, capsys, tmp_pat
         paper.main([*argv, "--out", str(tmp_path)])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # refused before anything is written
+
+
+def test_speed_times_the_readme_snippet_against_the_method_it_names(monkeypatch):
+    """With several methods timed, the run readme_rows compares the snippet with is the
+    partial one it names (a closure over the loop's variables would run the last method)."""
+    import argparse
+    import contextlib
+    import io
+
+    from experiments import speed
+
+    ran = []
+
+    def rows(loss, params, batched, m, how, fastest, repeat):
+        ran.append((how, int(fastest().passes)))
+        return []
+
+    monkeypatch.setattr(speed, "readme_rows", rows)
+    args = argparse.Namespace(n=4, batch_size=4, m=8, block_size=16, repeat=1,
+                              drivers=["host"], reorth=["partial", "full"])
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        speed.bench("mlp", speed.mlp_init, speed.mlp_apply, args)
+    passes = dict(zip(args.reorth, (int(line.split()[-1]) for line in
+                                    out.getvalue().splitlines() if "Gram-Schmidt passes" in line)))
+    assert ran == [("host, partial", passes["partial"])] and passes["partial"] < passes["full"]
