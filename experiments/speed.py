@@ -15,7 +15,9 @@ re-orthogonalisation: two reads of exactly the filled rows of the basis per step
 the update), timed on this machine, and the ratio that floor alone gives (no step that
 re-orthogonalises its vector before the next HVP can go below it; see the notes in
 :mod:`jaxspec.lanczos`). Partial re-orthogonalisation reads the basis only at the steps that
-count as passes, so it can go below that floor. Last, the README's library snippet run as
+count as passes, so it can go below that floor; what no run that allocates its basis avoids
+is the time to allocate and zero it (on CPU, mostly the system clearing fresh pages), printed as
+well. Last, the README's library snippet run as
 written (default operator, ``slq`` with one probe) against the fastest warm Lanczos run with
 the snippet's re-orthogonalisation (partial, ``slq``'s default).
 
@@ -86,6 +88,29 @@ def reorth_floor(dim: int, m: int, dtype) -> float:
     ts = [_time(pass_, jnp.ones((k, dim), dtype), u) for k in ks]
     slope, icpt = np.polyfit(ks, ts, 1) if len(ks) > 1 else (ts[0] / ks[0], 0.0)
     return float(sum(max(icpt + slope * (i + 1), 0.0) for i in range(m)))  # a read is >= 0
+
+
+def fresh_basis_time(dim: int, m: int, dtype, repeat: int = 3) -> float:
+    """Seconds to allocate and zero a new ``(m + 1, dim)`` basis (the best of ``repeat``, each
+    freed before the next): on CPU most of it is the system handing out and clearing fresh
+    pages, a cost every Lanczos run that allocates its basis pays once.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from experiments.speed import fresh_basis_time
+      >>> t = fresh_basis_time(64, 3, jnp.float32)   # seconds
+      >>> isinstance(t, float) and t > 0
+      True
+    """
+    zeros = jax.jit(lambda: jnp.zeros((m + 1, dim), dtype))
+    jax.block_until_ready(zeros())  # compile
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        basis = jax.block_until_ready(zeros())
+        best = min(best, time.perf_counter() - t)
+        del basis
+    return best
 
 
 def cnn_init(key):
@@ -198,7 +223,7 @@ def bench(name, init, apply, args):
       True
       >>> rows = {line[2:36].strip(): line[37:].strip() for line in lines[2:]}
       >>> len(rows), rows["P (parameters)"], rows["Krylov basis (m+1) x P floats"]
-      (23, '855,050', '9.8 MiB')
+      (24, '855,050', '9.8 MiB')
     """
     key = jax.random.key(0)
     params = init(key)
@@ -302,6 +327,9 @@ def bench(name, init, apply, args):
     rows.append(("re-orth floor per step (2 reads)", f"{floor / args.m * 1e3:9.1f} ms"))
     if args.drivers:  # the best ratio any exact full re-orthogonalisation can reach here
         rows.append(("  Lanczos / (m x HVP) at the floor", f"{(t_hvps + floor) / t_hvps:9.2f}"))
+    fresh = fresh_basis_time(P, args.m, flat.dtype)
+    rows.append(("fresh basis, allocated and zeroed", f"{fresh * 1e3:9.1f} ms "
+                 f"({fresh / args.m * 1e3:.1f} ms a step)"))
     rows.append(("peak memory", f"{peak_kind} {peak_bytes / 2**20:.0f} MiB"))
     rows.append(("Krylov basis (m+1) x P floats", f"{(args.m + 1) * P * 4 / 2**20:9.1f} MiB"))
     print(f"\n== {name}  (N={args.n}, batch={args.batch_size}, backend={jax.default_backend()}, "
