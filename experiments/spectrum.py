@@ -787,4 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from jaxspec.compiler import cache_compilations
+
+    cache_compilations()  # a later run loads the compiled programs from disk
     sys.exit(main())

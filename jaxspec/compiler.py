@@ -1,5 +1,6 @@
 """How jaxspec compiles: the XLA options of the programs that run a model, :func:`jit`, which
-adds them, and :func:`jit_argument` (an operator as an argument of a program, not a constant).
+adds them, :func:`jit_argument` (an operator as an argument of a program, not a constant), and
+:func:`cache_compilations` (compiled programs kept on disk for later processes).
 
 XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the YNNPACK library by default
 (``--xla_cpu_experimental_ynn_fusion_type``). Its convolutions run on one thread at some shapes,
@@ -26,7 +27,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-__all__ = ["CPU_OPTIONS", "compiler_options", "jit", "jit_argument"]
+__all__ = ["CPU_OPTIONS", "cache_compilations", "compiler_options", "jit", "jit_argument"]
 
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -112,3 +113,40 @@ def jit_argument(matvec: Callable) -> Callable:
     if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
         return matvec
     return jax.tree_util.Partial(matvec)
+
+
+def cache_compilations(directory: str | os.PathLike | None = None) -> str:
+    """Keeps the programs this process compiles on disk (JAX's persistent compilation cache), so
+    that a later process running the same programs on the same machine and JAX loads them
+    instead of compiling them again. jaxspec's command-line scripts call it first; call it
+    before your first computation to do the same.
+
+    ``directory`` defaults to the one JAX was given (``JAX_COMPILATION_CACHE_DIR``), else
+    ``$XDG_CACHE_HOME/jaxspec/xla`` (``~/.cache/jaxspec/xla``). JAX keeps only programs that took
+    a second or more to compile unless told otherwise, and most of jaxspec's take less, so the
+    threshold goes to 0 unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` sets it. The cache
+    is keyed by the program, JAX's version, the device and the compiler's options, so a changed
+    one compiles afresh; it is never trimmed (delete the directory to reclaim the space), and
+    ``JAX_ENABLE_COMPILATION_CACHE=false`` turns it off. JAX opens the cache at the first
+    compilation after a directory is set, and keeps that one for the process. Returns the
+    directory.
+
+    Example:
+      >>> import jax, tempfile
+      >>> from jaxspec.compiler import cache_compilations
+      >>> before = (jax.config.jax_compilation_cache_dir,
+      ...           jax.config.jax_persistent_cache_min_compile_time_secs)
+      >>> path = tempfile.mkdtemp()
+      >>> cache_compilations(path) == path == jax.config.jax_compilation_cache_dir
+      True
+      >>> jax.config.update("jax_compilation_cache_dir", before[0])  # as it was: a doctest
+      >>> jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    """
+    if directory is None:
+        directory = jax.config.jax_compilation_cache_dir or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxspec", "xla")
+    directory = os.fspath(directory)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory

@@ -67,3 +67,37 @@ def test_nested_under_other_transformations():
 def test_xla_flags_setting_the_fusions_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     assert compiler_options.__wrapped__() == {}
+
+
+_CACHED_RUN = """
+import sys
+import jax
+from jax import monitoring
+from jaxspec.compiler import cache_compilations
+hits = []
+monitoring.register_event_listener(
+    lambda event, **_: hits.append(event) if event.endswith("/cache_hits") else None)
+cache_compilations(sys.argv[1])
+import jax.numpy as jnp
+import jaxspec
+A = jnp.diag(jnp.linspace(0.5, 3.0, 40))
+r = jaxspec.run_lanczos(lambda v: A @ v, jnp.ones(40), 12)
+print(len(hits), r.alphas.tolist())
+"""
+
+
+def test_a_later_process_loads_the_compiled_programs_from_the_cache(tmp_path):
+    """cache_compilations: the first process writes its programs (even those compiled in well
+    under JAX's one-second default threshold), the next one loads them, with the same results."""
+    import subprocess
+    import sys
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _CACHED_RUN, str(tmp_path)], check=True,
+                             capture_output=True, text=True).stdout.split(maxsplit=1)
+        return int(out[0]), out[1]
+
+    hits, alphas = run()
+    assert hits == 0 and len(list(tmp_path.iterdir())) >= 3  # the step, init, row write, ...
+    hits_again, alphas_again = run()
+    assert hits_again >= 3 and alphas_again == alphas
