@@ -25,9 +25,12 @@ Each run is a subprocess of its own, so that its peak resident memory is its own
 * jaxspec, the README's snippet (``curvature_operator`` then ``slq``), under this Python, with
   each ``--configs`` entry (:data:`CONFIGS`): ``default`` (the snippet as written), ``full``
   (``slq(..., reorth="full")``), or ``low-memory`` (``reduce=HostReduce(1)``,
-  ``linearize=None``: one batch at a time, nothing cached), or ``cached`` (``linearize=2**32``:
+  ``linearize=None``: one batch at a time, nothing cached), ``cached`` (``linearize=2**32``:
   the products of all batches whose residuals fit in 4 GiB linearised once, memory traded for
-  speed). It runs twice in its process: the first run includes compiling, the second is warm.
+  speed), or ``disk-cache`` (the snippet in a process that loads its compiled programs from
+  :func:`jaxspec.compiler.cache_compilations`'s directory, which one process run before the
+  rounds fills: a script's second run). It runs twice in its process: the first run includes
+  compiling (or loading), the second is warm.
 
 The runs take turns, round after round (the load of a shared machine drifts); the table keeps
 each one's best round, and the ratios of PyHessian's time and peak to jaxspec's.
@@ -49,7 +52,7 @@ import numpy as np
 from experiments.timing import load_average, machine
 
 MODELS = ("mlp", "cnn")
-CONFIGS = ("default", "full", "low-memory", "cached")
+CONFIGS = ("default", "full", "low-memory", "cached", "disk-cache")
 
 
 def workload(n: int, seed: int = 0) -> dict:
@@ -120,13 +123,17 @@ def _cnn_weights(path: str) -> None:
 
 
 def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
-                 weights: str | None, warm: bool = True) -> dict:
+                 weights: str | None, warm: bool = True, programs: str | None = None) -> dict:
     """The README's snippet on ``model`` with ``config``, twice if ``warm``: the runs' seconds,
     the largest Ritz value, the peak RSS and the RSS once the model and data are built (main's
-    example)."""
+    example). ``programs``: the directory of compiled programs (``disk-cache``)."""
     import jax
 
     import jaxspec
+    from jaxspec.compiler import cache_compilations
+
+    if programs:
+        cache_compilations(programs)
     from experiments.speed import make_loss, mlp_apply, mlp_init
     from jaxspec.reduction import HostReduce
 
@@ -146,7 +153,8 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
         net = create_model("preresnet20", num_classes=10, rngs=nnx.Rngs(0))
         loss_fn, params = hessian_loss(net, bn_mode="running")
     # the options to curvature_operator, to slq
-    options, slq_options = {"default": ({}, {}), "full": ({}, {"reorth": "full"}),
+    options, slq_options = {"default": ({}, {}), "disk-cache": ({}, {}),
+                            "full": ({}, {"reorth": "full"}),
                             "low-memory": ({"reduce": HostReduce(1), "linearize": None}, {}),
                             "cached": ({"linearize": 2**32}, {})}[config]
     data = jaxspec.batch_dataset(workload(n), batch_size)
@@ -248,12 +256,15 @@ def _torch_run(model: str, n: int, m: int, batch_size: int, weights: str | None)
             "peak_bytes": _peak_rss(), "setup_bytes": setup}
 
 
-def _child(python: str, side: str, model: str, args, weights: str | None) -> dict:
+def _child(python: str, side: str, model: str, args, weights: str | None,
+           programs: str | None = None) -> dict:
     cmd = [python, "-m", "experiments.vs_pyhessian", "--child", side, "--models", model,
            "--n", str(args.n), "--m", str(args.m), "--batch-size", str(args.batch_size),
            "--warm" if args.warm else "--no-warm"]
     if weights:
         cmd += ["--weights", weights]
+    if programs and side == "jaxspec-disk-cache":
+        cmd += ["--programs", programs]
     out = subprocess.run(cmd, capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode:
@@ -335,13 +346,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--child", choices=("pyhessian", *(f"jaxspec-{c}" for c in CONFIGS)),
                     help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--programs", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         model = args.models[0]
         row = (_torch_run(model, args.n, args.m, args.batch_size, args.weights)
                if args.child == "pyhessian" else
                _jaxspec_run(model, args.child.removeprefix("jaxspec-"), args.n, args.m,
-                            args.batch_size, args.weights, args.warm))
+                            args.batch_size, args.weights, args.warm, args.programs))
         print(json.dumps(row))
         return row
     print(f"{machine()}; {load_average()}; N={args.n}, batch={args.batch_size}, m={args.m}, "
@@ -354,11 +366,14 @@ def main(argv: list[str] | None = None) -> dict:
         for model, save in (("mlp", _mlp_weights), ("cnn", _cnn_weights)):
             if model in args.models:
                 save(weights[model])
+        programs = os.path.join(tmp, "programs")
         for model in args.models:
             results[model] = {name: [] for name, _, _ in runs}
+            if "disk-cache" in args.configs:  # one run fills the directory of programs
+                _child(sys.executable, "jaxspec-disk-cache", model, args, weights[model], programs)
             for _ in range(args.rounds):
                 for name, python, side in runs:
-                    row = _child(python, side, model, args, weights[model])
+                    row = _child(python, side, model, args, weights[model], programs)
                     results[model][name].append(row)
                     print(model, name, row, flush=True)
     print("\n".join(table(results)))
