@@ -130,12 +130,12 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
     import jax
 
     import jaxspec
-    from jaxspec.compiler import cache_compilations
-
-    if programs:
-        cache_compilations(programs)
     from experiments.speed import make_loss, mlp_apply, mlp_init
+    from jaxspec.compiler import cache_compilations
     from jaxspec.reduction import HostReduce
+
+    if programs:  # before anything compiles
+        cache_compilations(programs)
 
     if model == "mlp":
         params = mlp_init(jax.random.key(0))
