@@ -102,15 +102,7 @@ def fresh_basis_time(dim: int, m: int, dtype, repeat: int = 3) -> float:
       >>> isinstance(t, float) and t > 0
       True
     """
-    zeros = jax.jit(lambda: jnp.zeros((m + 1, dim), dtype))
-    jax.block_until_ready(zeros())  # compile
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        basis = jax.block_until_ready(zeros())
-        best = min(best, time.perf_counter() - t)
-        del basis
-    return best
+    return _time(jax.jit(lambda: jnp.zeros((m + 1, dim), dtype)), repeat=repeat)
 
 
 def cnn_init(key):
