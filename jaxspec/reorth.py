@@ -13,20 +13,28 @@ weights. Two remedies are offered to :mod:`jaxspec.lanczos` (its ``reorth`` opti
   ``omega_{i+1,k} ~ q_{i+1}^T q_k`` from T alone (Simon 1984; the ``|rounding|`` term bounds the
   local errors with the sign that makes them grow, as in Larsen's PROPACK). ``w`` is
   orthogonalised against the whole basis (the same passes as ``"full"``) only where
-  ``max_k |omega_{i+1,k}| > sqrt(eps)``; the estimates for that vector are then reset to the
-  rounding unit. The recurrence builds each vector from the last two, so a loss left in the
-  older one comes back within a step or two: left to the estimates, the passes can settle into
-  every other step. Simon's algorithm therefore re-orthogonalises the vector after a pass as
-  well, which restarts both rows from the unit. That pays only where a clean pair stays
-  semi-orthogonal for a while, so here the second pass is taken where the estimates' growth
-  from a clean pair at the current step, ``g``, leaves three steps under the threshold
-  (``g^3 unit <= sqrt(eps)``); where they grow faster (well-separated outliers: ``g`` near
-  ``|T| / beta``, in the hundreds) the pair would not outlast the pass it costs, and the estimates
-  alone decide. Semi-orthogonality
+  ``max_k |omega_{i+1,k}| > sqrt(eps)``; the estimates for that vector are then reset to what the
+  pass can have left. The basis it projects out is itself only semi-orthogonal, so a pass that
+  removes ``h = Q w`` leaves up to ``sqrt(eps) |h|_1 / |w'|`` of the basis in ``w'``; Simon's
+  model resets to the rounding unit, which a component spread over many rows (as at a small
+  ``beta``) exceeds a thousandfold. Where that bound is above ``sqrt(eps)`` a second pass is
+  taken, and the reset is the larger of the bound and the rounding unit. The recurrence builds
+  each vector from the last two, so a loss left in the older one comes back within a step or
+  two: left to the estimates, the passes can settle into every other step. Simon's algorithm
+  therefore re-orthogonalises the vector after a pass as well, which restarts both rows from the
+  unit. That pays only where a clean pair stays semi-orthogonal for a while, so here the second
+  pass is taken where the estimates' growth from a clean pair at the current step, ``g``, leaves
+  three steps under the threshold (``g^3 unit <= sqrt(eps)``); where they grow faster
+  (well-separated outliers: ``g`` near ``|T| / beta``, in the hundreds) the pair would not outlast
+  the pass it costs, and the estimates alone decide. Semi-orthogonality
   (``|Q^T Q - I| <= sqrt(eps)``) is enough for T to be, to working precision, the projection of
   ``A`` on an orthonormal basis of the Krylov space (Simon 1984), so the Ritz values have no
   ghosts and the Gauss quadrature weights and moments are those of full re-orthogonalisation,
-  while steps between the passes never read the basis.
+  while steps between the passes never read the basis. The recurrence estimates the loss; it
+  does not bound it: over 204 random float32 spectra (N = 100-600, m = 20-90; uniform,
+  exponential, outliers 10-100x the bulk, cubed Gaussians) the measured ``|Q^T Q - I|`` stayed
+  under ``sqrt(eps)`` in all but one (1.8x it; with the reset to the unit, five, up to 5.9x, for
+  3% fewer passes), and the Ritz values within 4e-6 ``|A|`` of full re-orthogonalisation's.
 
   Deviation: the recurrence's rounding unit is measured, not assumed. Simon's model takes the
   local error of a step to be ``eps |T|``, true of an exact matrix product; a product computed
@@ -154,29 +162,38 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
     return jnp.where(k == i + 1, 1, row).astype(omega.dtype)
 
 
-def _gram_schmidt(project: Callable, w: jax.Array, i):
+def _gram_schmidt(project: Callable, w: jax.Array, i, level=None):
     """A full pass, and a second where the first removed more than half of ``|w|^2``, that is
     where ``|h|^2 > |w - Q^T h|^2`` (Pythagoras: no norm of ``w`` before the pass is needed).
-    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2``, the number of passes and the
-    largest coefficient the first pass removed, ``max_k |q_k^T w|``.
+    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2``, the number of passes, the
+    largest coefficient the first pass removed, ``max_k |q_k^T w|``, and the loss of
+    orthogonality the last pass can have left, ``level |h|_1 / |w|``.
+
+    ``level`` bounds ``|q_j^T q_k|`` over the basis (default: it is orthonormal to rounding). A
+    pass against such a basis leaves ``Q w' = -(Q Q^T - I) h``, so the new vector keeps up to
+    ``level |h|_1 / |w'|`` of each direction; where that is above ``level`` the second pass is
+    taken too (it removes all but ``level`` times that again).
 
     The passes are a ``lax.while_loop`` of at most two iterations: the pass over the basis
     is compiled once, not once per pass."""
+    level = jnp.zeros((), w.dtype) if level is None else level
+
     def again(carry):
-        _, _, removed, kept, passes, _ = carry
-        return (passes == 0) | ((passes == 1) & (removed > kept))
+        _, _, removed, kept, passes, _, left = carry
+        return (passes == 0) | ((passes == 1) & ((removed > kept) | (left > level)))
 
     def one_pass(carry):
-        w, coef, _, _, passes, top = carry
+        w, coef, _, _, passes, top, _ = carry
         w, h = project(w)
         top = jnp.where(passes == 0, jnp.max(jnp.abs(h)), top)
-        return (w, coef + h[i], jnp.dot(h, h, precision=_HIGHEST),
-                jnp.dot(w, w, precision=_HIGHEST), passes + 1, top)
+        kept = jnp.dot(w, w, precision=_HIGHEST)
+        left = level * jnp.sum(jnp.abs(h)) / jnp.sqrt(kept)
+        return (w, coef + h[i], jnp.dot(h, h, precision=_HIGHEST), kept, passes + 1, top, left)
 
     zero = jnp.zeros((), w.dtype)
-    w, coef, _, kept, passes, top = jax.lax.while_loop(
-        again, one_pass, (w, zero, zero, zero, jnp.int32(0), zero))
-    return w, coef, kept, passes, top
+    w, coef, _, kept, passes, top, left = jax.lax.while_loop(
+        again, one_pass, (w, zero, zero, zero, jnp.int32(0), zero, zero))
+    return w, coef, kept, passes, top, left
 
 
 def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega: jax.Array,
@@ -208,7 +225,7 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     size, dtype = omega.shape[1], omega.dtype
     unit = jnp.asarray(jnp.finfo(dtype).eps if unit is None else unit, dtype)
     if check_method(method) == "full":
-        w, h, norm2, passes, _ = _gram_schmidt(project, w, i)
+        w, h, norm2, passes, _, _ = _gram_schmidt(project, w, i)
         return (w, alpha + h, norm2, jnp.stack([omega[1], _fresh_row(size, i, dtype, unit)]),
                 passes, unit)
     norm2 = jnp.dot(w, w, precision=_HIGHEST)
@@ -226,10 +243,12 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     ok = (i >= CALIBRATION_STEPS) & ~second & (estimate <= threshold)
 
     def measured(w):
-        w, h, after, passes, top = _gram_schmidt(project, w, i)
+        # the basis is semi-orthogonal: the pass leaves what it cannot remove in the estimates
+        w, h, after, passes, top, left = _gram_schmidt(project, w, i, threshold)
         ratio = top / jnp.sqrt(norm2) / estimate  # the loss measured over the loss estimated
         new = unit * jnp.where(jnp.isfinite(ratio), jnp.maximum(ratio, 1), 1).astype(dtype)
-        return w, alpha + h, after, _fresh_row(size, i, dtype, new), passes, new
+        reset = jnp.maximum(new, jnp.where(jnp.isfinite(left), left, 0)).astype(dtype)
+        return w, alpha + h, after, _fresh_row(size, i, dtype, reset), passes, new
 
     w, alpha, norm2, row, passes, unit = jax.lax.cond(
         ok, lambda w: (w, alpha, norm2, row, jnp.int32(0), unit), measured, w)

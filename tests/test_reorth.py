@@ -218,3 +218,28 @@ def test_second_passes_come_in_pairs_and_keep_the_accuracy_of_full():
     full = run_lanczos(lambda v: B @ v, v0, m, reorth="full")
     np.testing.assert_allclose(Spectrum.from_lanczos(state).nodes,
                                Spectrum.from_lanczos(full).nodes, rtol=1e-4, atol=1e-6)
+
+
+def test_after_a_pass_the_estimates_cover_what_the_pass_left():
+    """A pass against a semi-orthogonal basis (pairwise loss ~1e-4) removes a component spread
+    over 30 rows (|h|_1 = 3 |w'|, |h|_2 = 0.55 |w'|: no DGKS second pass): the vector keeps
+    ~1e-4 of the basis. The estimates must not say less than the loss left (the unit would say
+    1e-7, 1000x under it); here the bound calls for a second pass, which leaves ~1e-8."""
+    rng = np.random.default_rng(0)
+    n, i = 200, 29
+    Q0, _ = np.linalg.qr(rng.standard_normal((n, i + 2)))
+    Q0, r = Q0.T[:i + 1], Q0.T[i + 1]  # orthonormal rows, and a unit vector orthogonal to them
+    S = rng.uniform(-1e-4, 1e-4, (i + 1, i + 1))
+    Q = (np.eye(i + 1) + (S + S.T) / 2) @ Q0  # semi-orthogonal: |Q Q^T - I| ~ 2e-4
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    assert 1e-5 < np.abs(Q @ Q.T - np.eye(i + 1)).max() < np.sqrt(EPS)
+    w = jnp.asarray(0.1 * Q.sum(0) + r, jnp.float32)
+    Qj = jnp.asarray(Q, jnp.float32)
+    size = i + 2
+    ones = jnp.ones(size - 1, jnp.float32)
+    loss = jnp.asarray(np.where(np.arange(size) <= i, 1e-2, 0), jnp.float32)  # over: a pass
+    w, _, norm2, omega, passes, _ = orthogonalise(
+        "partial", lambda w: (w - (Qj @ w) @ Qj, Qj @ w), w, i, jnp.float32(1),
+        jnp.stack([loss, loss]), ones, ones)
+    left = np.abs(Q @ np.asarray(w, np.float64)) / np.sqrt(float(norm2))
+    assert left.max() <= np.asarray(omega[1][:i + 1]).min() and int(passes) == 2
