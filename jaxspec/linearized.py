@@ -96,6 +96,15 @@ def linearized(matvec: Any, /, rows: int | None = None) -> Any:
     return build(rows) if callable(build) else matvec
 
 
+def _bare(op):
+    """``op`` as the programs that linearise its products take it: without its data and cache
+    (they go in as arguments or not at all), and without the fields a product does not read
+    (``reduce``, ``linearize``), so that sizing the residuals (:func:`residual_bytes`, before
+    and after the host reduction fixes its group size) and linearising share one trace: for a
+    deep network, tracing its linearised product takes seconds."""
+    return dataclasses.replace(op, data=None, linear=None, reduce=None, linearize=None)
+
+
 def _linear_map(op, batch):
     """The product on ``batch`` as a linear function of a flat vector, linearised."""
     zero = jnp.zeros(op.size, op.dtype)
@@ -152,8 +161,7 @@ def residual_bytes(op, batch_like) -> int:
       >>> residual_bytes(op, jax.ShapeDtypeStruct((4, 3), jnp.float64)) > 0
       True
     """
-    bare = dataclasses.replace(op, data=None, linear=None)
-    shapes = jax.eval_shape(_tail_map, bare, batch_like)
+    shapes = jax.eval_shape(_tail_map, _bare(op), batch_like)
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes)))
 
 
@@ -217,8 +225,7 @@ def build_cache(op, budget: int, *, stacked: bool, multiple: int = 1) -> LinearC
       >>> build_cache(op, 10**9, stacked=False).count, build_cache(op, 0, stacked=False)
       (3, None)
     """
-    data = op.data
-    bare = dataclasses.replace(op, data=None, linear=None)
+    data, bare = op.data, _bare(op)
     weights = np.asarray(data.weights)
     real = int(np.argmin(weights > 0)) if (weights <= 0).any() else weights.shape[0]
     count, tail, used = 0, None, 0

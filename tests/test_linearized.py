@@ -99,3 +99,23 @@ def test_default_groups_hold_what_fits_in_group_bytes(monkeypatch, batches_of_ro
     op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce="host")
     assert op.reduce == HostReduce(group)
     np.testing.assert_allclose(products(op), VECTORS @ DENSE.T, rtol=1e-10, atol=1e-12)
+
+
+def test_sizing_and_linearising_share_one_trace():
+    """The host reduction sizes its groups by the residuals before its group size is fixed, the
+    cache sizes them again after: one trace of the linearised product serves both, and the tail's
+    sizing serves its linearisation (a deep network's product takes seconds to trace)."""
+    traces = []
+
+    def loss(p, x):
+        traces.append(None)  # runs once per trace, never when a compiled program runs
+        return jnp.mean(x) * jnp.sum(jnp.tanh(p) ** 4)
+
+    op = curvature_operator(loss, jnp.ones(3), batch_dataset(np.ones(5), 2), reduce="host")
+    assert op.reduce.group_size == 2  # fixed by the residuals' size, one trace
+    before = len(traces)
+    like = jax.ShapeDtypeStruct((2,), jnp.float64)
+    assert residual_bytes(op, like) > 0 and len(traces) == before
+    fast = op.linearized()
+    assert fast.linear.tail is not None and fast.linear.count == 2
+    assert len(traces) == before + 2  # the tail's size (then linearised), the full batches'
