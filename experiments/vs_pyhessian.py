@@ -369,8 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
         programs = os.path.join(tmp, "programs")
         for model in args.models:
             results[model] = {name: [] for name, _, _ in runs}
-            if "disk-cache" in args.configs:  # one run fills the directory of programs
-                _child(sys.executable, "jaxspec-disk-cache", model, args, weights[model], programs)
+            if "disk-cache" in args.configs:  # one first run fills the directory of programs
+                fill = argparse.Namespace(**{**vars(args), "warm": False})
+                _child(sys.executable, "jaxspec-disk-cache", model, fill, weights[model], programs)
             for _ in range(args.rounds):
                 for name, python, side in runs:
                     row = _child(python, side, model, args, weights[model], programs)

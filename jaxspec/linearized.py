@@ -27,7 +27,8 @@ import numpy as np
 
 from jaxspec.compiler import jit
 
-__all__ = ["AUTO_FRACTION", "LinearCache", "linearized", "memory_budget", "residual_bytes"]
+__all__ = ["AUTO_FRACTION", "LinearCache", "bare_operator", "linearized", "memory_budget",
+           "residual_bytes"]
 
 # The share of the free memory that linearize="auto" gives the residuals at most: the rest is
 # left to the products' own buffers, the Krylov basis and whatever else runs.
@@ -96,12 +97,23 @@ def linearized(matvec: Any, /, rows: int | None = None) -> Any:
     return build(rows) if callable(build) else matvec
 
 
-def _bare(op):
-    """``op`` as the programs that linearise its products take it: without its data and cache
-    (they go in as arguments or not at all), and without the fields a product does not read
-    (``reduce``, ``linearize``), so that sizing the residuals (:func:`residual_bytes`, before
-    and after the host reduction fixes its group size) and linearising share one trace: for a
-    deep network, tracing its linearised product takes seconds."""
+def bare_operator(op):
+    """``op`` as the programs that compute its per-batch products take it: without its data and
+    cache (they go in as arguments or not at all), and without the fields a product does not
+    read (``reduce``, ``linearize``), so that operators differing only in those share one trace
+    and one compilation. Sizing the residuals (:func:`residual_bytes`, before and after the host
+    reduction fixes its group size) and linearising then trace once: for a deep network,
+    tracing its linearised product takes seconds.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, jaxspec
+      >>> from jaxspec.linearized import bare_operator
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2), jnp.ones(2),
+      ...                                 jaxspec.batch_dataset(np.ones(4), 2), reduce="host")
+      >>> bare = bare_operator(op)
+      >>> bare.data, bare.reduce, bare.batch_mv(np.ones(2), jnp.ones(2)).tolist()
+      (None, None, [2.0, 2.0])
+    """
     return dataclasses.replace(op, data=None, linear=None, reduce=None, linearize=None)
 
 
@@ -161,7 +173,7 @@ def residual_bytes(op, batch_like) -> int:
       >>> residual_bytes(op, jax.ShapeDtypeStruct((4, 3), jnp.float64)) > 0
       True
     """
-    shapes = jax.eval_shape(_tail_map, _bare(op), batch_like)
+    shapes = jax.eval_shape(_tail_map, bare_operator(op), batch_like)
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes)))
 
 
@@ -225,7 +237,7 @@ def build_cache(op, budget: int, *, stacked: bool, multiple: int = 1) -> LinearC
       >>> build_cache(op, 10**9, stacked=False).count, build_cache(op, 0, stacked=False)
       (3, None)
     """
-    data, bare = op.data, _bare(op)
+    data, bare = op.data, bare_operator(op)
     weights = np.asarray(data.weights)
     real = int(np.argmin(weights > 0)) if (weights <= 0).any() else weights.shape[0]
     count, tail, used = 0, None, 0

@@ -29,7 +29,8 @@ import numpy as np
 
 from jaxspec.batching import dataset_mean
 from jaxspec.compiler import jit
-from jaxspec.linearized import apply_maps, build_cache, residual_bytes, scan_mean
+from jaxspec.linearized import (apply_maps, bare_operator, build_cache, residual_bytes,
+                                scan_mean)
 
 __all__ = ["GROUP_BYTES", "HostReduce", "ScanReduce", "resolve_reduce"]
 
@@ -212,7 +213,7 @@ class HostReduce:
                 "cannot be traced (jit, vmap, lax loops); pass it to jaxspec.run_lanczos / slq, "
                 "which drive it from the host, or build it with reduce='scan' (or a mesh)")
         data, cache = op.data, op.linear
-        bare = dataclasses.replace(op, data=None, linear=None)
+        bare = bare_operator(op)
         acc = _zeros_like(v)  # committed to v's device if v is (one jit signature)
         weights = np.asarray(data.weights)
         on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
