@@ -43,7 +43,9 @@ Deviations from the textbook algorithm, and why:
 * ``alpha_i`` is the sum of all the Gram-Schmidt coefficients on ``q_i`` and ``beta_i`` is the
   norm after re-orthogonalisation, so T matches the re-orthogonalised basis.
 * Breakdown (``beta_i <= tol * |A q_i|``: the Krylov space is invariant) is masked: the remaining
-  steps leave the state untouched, and ``num_valid`` says how much of T to use. A matvec that
+  steps leave the state untouched, and ``num_valid`` says how much of T to use. ``|A q_i|`` is
+  taken from T's column, ``sqrt(beta_{i-1}^2 + alpha_i^2 + beta_i^2)`` (its value on the
+  orthogonalised basis), so the step does not read the product once more for its norm. A matvec that
   returns NaN or Inf (or a vector whose norm overflows the dtype) is treated the same way and
   reported in ``nonfinite_step``.
 """
@@ -304,24 +306,32 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
     tol = _default_tol(w.dtype) if tol is None else tol
     i = state.step
     active = _active(state)
-    # Every reduction is a dot: on XLA:CPU a dot streams its operands once, where a reduce
-    # materialises its input first. |w|^2 also tells whether w is finite (a NaN or Inf entry,
-    # or a norm that overflows). A masked step's w is not zeroed: nothing it touches is kept.
-    w_norm = jnp.sqrt(jnp.dot(w, w, precision=_HIGHEST))
-    finite = jnp.isfinite(w_norm)
-    keep = active & finite
     # the three-term recurrence (alpha's first part), then re-orthogonalisation against the
     # filled basis by the method asked for (jaxspec.reorth: every step, or where the estimated
-    # loss of orthogonality calls for it)
+    # loss of orthogonality calls for it). Every reduction is a dot: on XLA:CPU a dot streams
+    # its operands once, where a reduce materialises its input first.
     beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0)
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
     w = w - beta_prev * q_prev - a0 * q_cur
-    w, alpha, after, omega, passes, unit = orthogonalise(
+
+    def outcome(alpha, norm2):
+        # |A q_i| from T's column, A q_i = beta_{i-1} q_{i-1} + alpha_i q_i + beta_i q_{i+1} on
+        # the (re-)orthogonalised basis: no read of the product for its norm. It is finite
+        # where the product is (a NaN or Inf entry reaches alpha and |w|^2, as does a norm that
+        # overflows the dtype). A masked step's w is not zeroed: nothing it touches is kept.
+        beta = jnp.sqrt(norm2)
+        product = jnp.sqrt(alpha * alpha + beta_prev * beta_prev + norm2)
+        keep = active & jnp.isfinite(product)
+        return beta, keep, keep & (beta > tol * product)
+
+    def finish(w, alpha, norm2):  # q_{i+1}, made where the last w is (jaxspec.reorth)
+        beta, _, go_on = outcome(alpha, norm2)
+        return jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
+
+    q_next, alpha, after, omega, passes, unit = orthogonalise(
         reorth, lambda w: _project_out(blocks, w, i + 1), w, i, a0, state.omega, state.alphas,
-        state.betas, state.unit)
-    beta = jnp.sqrt(after)
-    go_on = keep & (beta > tol * w_norm)
-    q_next = jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
+        state.betas, state.unit, finish)
+    beta, keep, go_on = outcome(alpha, after)
     zero = jnp.zeros((), w.dtype)
     return q_next, state._replace(
         alphas=state.alphas.at[i].set(jnp.where(keep, alpha, zero)),
@@ -329,7 +339,7 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
         step=i + 1,
         num_valid=jnp.where(keep, i + 1, state.num_valid).astype(jnp.int32),
         broken_down=state.broken_down | (keep & ~go_on),
-        nonfinite_step=jnp.where(active & ~finite, i, state.nonfinite_step).astype(jnp.int32),
+        nonfinite_step=jnp.where(active & ~keep, i, state.nonfinite_step).astype(jnp.int32),
         omega=jnp.where(go_on, omega, state.omega),
         passes=state.passes + jnp.where(keep, passes, 0),
         unit=jnp.where(go_on, unit, state.unit),

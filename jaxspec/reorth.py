@@ -197,7 +197,7 @@ def _gram_schmidt(project: Callable, w: jax.Array, i, level=None):
 
 
 def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega: jax.Array,
-                  alphas: jax.Array, betas: jax.Array, unit=None):
+                  alphas: jax.Array, betas: jax.Array, unit=None, finish: Callable | None = None):
     """Re-orthogonalises ``w`` (step ``i``'s vector after the three-term recurrence) by
     ``method``.
 
@@ -205,9 +205,14 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     ``0 .. i``): it returns ``w - Q^T (Q w)`` and ``Q w``. ``alpha`` is ``q_i^T A q_i`` from the
     recurrence; the coefficients a pass takes off ``q_i`` are added to it, so T matches the
     re-orthogonalised basis. ``unit`` is the recurrence's rounding unit (default ``eps``).
-    Returns the new ``w``, ``alpha``, ``|w|^2`` (``beta_i^2``), the estimates of the rows of
-    ``q_i`` and ``q_{i+1}``, the number of passes over the basis, and the unit (under
-    ``"partial"`` raised where a pass measured more loss of orthogonality than estimated).
+    ``finish(w, alpha, norm2)`` (default: ``w`` as it is) is applied to the new ``w`` where it
+    is made, inside the branch that made it: a conditional that hands its operand back out
+    makes XLA copy it, one more write and read of ``P`` floats at every step without a pass,
+    where the caller's normalisation of ``w`` reads and writes it anyway.
+    Returns ``finish`` of the new ``w``, ``alpha``, ``|w|^2`` (``beta_i^2``), the estimates of
+    the rows of ``q_i`` and ``q_{i+1}``, the number of passes over the basis, and the unit
+    (under ``"partial"`` raised where a pass measured more loss of orthogonality than
+    estimated).
 
     Example:
       >>> import jax.numpy as jnp
@@ -224,10 +229,11 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     """
     size, dtype = omega.shape[1], omega.dtype
     unit = jnp.asarray(jnp.finfo(dtype).eps if unit is None else unit, dtype)
+    finish = (lambda w, alpha, norm2: w) if finish is None else finish
     if check_method(method) == "full":
         w, h, norm2, passes, _, _ = _gram_schmidt(project, w, i)
-        return (w, alpha + h, norm2, jnp.stack([omega[1], _fresh_row(size, i, dtype, unit)]),
-                passes, unit)
+        return (finish(w, alpha + h, norm2), alpha + h, norm2,
+                jnp.stack([omega[1], _fresh_row(size, i, dtype, unit)]), passes, unit)
     norm2 = jnp.dot(w, w, precision=_HIGHEST)
     row = omega_next(omega, alphas, betas, i, alpha, jnp.sqrt(norm2), unit)
     filled = jnp.arange(size, dtype=jnp.int32) <= i
@@ -248,8 +254,10 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
         ratio = top / jnp.sqrt(norm2) / estimate  # the loss measured over the loss estimated
         new = unit * jnp.where(jnp.isfinite(ratio), jnp.maximum(ratio, 1), 1).astype(dtype)
         reset = jnp.maximum(new, jnp.where(jnp.isfinite(left), left, 0)).astype(dtype)
-        return w, alpha + h, after, _fresh_row(size, i, dtype, reset), passes, new
+        return (finish(w, alpha + h, after), alpha + h, after, _fresh_row(size, i, dtype, reset),
+                passes, new)
 
     w, alpha, norm2, row, passes, unit = jax.lax.cond(
-        ok, lambda w: (w, alpha, norm2, row, jnp.int32(0), unit), measured, w)
+        ok, lambda w: (finish(w, alpha, norm2), alpha, norm2, row, jnp.int32(0), unit),
+        measured, w)
     return w, alpha, norm2, jnp.stack([omega[1], row]), passes, unit

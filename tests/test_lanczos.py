@@ -1,6 +1,7 @@
 """Lanczos against dense eigh on matrices with prescribed spectra, and its failure modes."""
 
 import importlib
+import re
 import warnings
 
 import jax
@@ -299,3 +300,43 @@ def test_second_gram_schmidt_pass_where_the_first_removed_most():
     host = state._replace(basis=(state.basis[:4],))  # host layout: the filled blocks only
     q_next, s = lz._host_step(host, w, q0, q1, tol=None)
     check(q_next, s.alphas[1], s.betas[1])
+
+
+def _computations(hlo: str) -> dict:
+    """The computations of an HLO module's text, by name: their lines."""
+    comps, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            name = line.split(" ")[1] if line.startswith("ENTRY") else line.split(" ")[0]
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+    return comps
+
+
+@pytest.mark.parametrize("reorth", ["full", "partial"])
+def test_a_step_copies_no_vector_outside_its_passes(reorth):
+    """The compiled host step, read as XLA optimised it: outside the Gram-Schmidt passes (a
+    while loop) nothing copies a vector of P floats. A conditional that hands its operand
+    back out makes XLA copy it, so the step without a pass normalises ``w`` inside the branch
+    (jaxspec.reorth's ``finish``); every copy is a write and a read of P floats in a step
+    whose work beyond the product is a handful of such streams."""
+    lz = importlib.import_module("jaxspec.lanczos")
+    P = 1237  # a size nothing else in the step has
+    v = jnp.ones(P, jnp.float32)
+    host, state = lz._HostBasis.fresh(v, 40, 16)
+    hlo = lz._host_step.lower(state._replace(basis=tuple(host.blocks)), v, v, v, tol=None,
+                              reorth=reorth).compile().as_text()
+    comps = _computations(hlo)
+    entry = next(k for k in comps if f"ENTRY {k} " in hlo)
+    # the entry and the branches of its conditionals that run no pass (no while loop): the
+    # path of a step without a pass; a pass's own loop may copy its carried vector
+    checked, branches = [entry], []
+    for line in comps[entry]:
+        for called in re.findall(r"branch_computations=\{([^}]*)\}", line):
+            branches += [c.strip() for c in called.split(",")]
+    checked += [b for b in branches if not any(" while(" in line for line in comps[b])]
+    copies = [line.strip()[:80] for name in checked for line in comps[name]
+              if re.search(rf"= f32\[{P}\]\{{0\}} copy\(", line)]
+    assert copies == []
+    assert len(checked) == (2 if reorth == "partial" else 1)  # partial: and its no-pass branch
