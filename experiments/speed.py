@@ -197,6 +197,23 @@ def make_loss(apply):
     return loss
 
 
+def workload(init, apply, n: int, batch_size: int):
+    """``(loss, params, batched)``: the benchmark's problem, ``n`` random CIFAR-shaped images with
+    random labels in batches of ``batch_size``, the model ``init(key(0))`` / ``apply``.
+
+    Example:
+      >>> from experiments.speed import mlp_apply, mlp_init, workload
+      >>> loss, params, batched = workload(mlp_init, mlp_apply, 6, 4)
+      >>> batched.batches["image"].shape, float(loss(params, batched.tail)) > 0
+      ((1, 4, 32, 32, 3), True)
+    """
+    rng = np.random.default_rng(0)
+    data = {"image": rng.standard_normal((n, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, n).astype(np.int32)}
+    return (make_loss(apply), init(jax.random.key(0)),
+            jaxspec.batch_dataset(jax.tree.map(jnp.asarray, data), batch_size))
+
+
 def bench(name, init, apply, args):
     """Times one model and prints its table (see the module docstring): ``init(key)`` and
     ``apply(params, images)`` define it, ``args`` are :func:`main`'s parsed options (``n``,
@@ -217,15 +234,9 @@ def bench(name, init, apply, args):
       >>> len(rows), rows["P (parameters)"], rows["Krylov basis (m+1) x P floats"]
       (24, '855,050', '9.8 MiB')
     """
-    key = jax.random.key(0)
-    params = init(key)
+    loss, params, batched = workload(init, apply, args.n, args.batch_size)
     flat, unravel = ravel_pytree(params)
     P = flat.size
-    rng = np.random.default_rng(0)
-    data = {"image": rng.standard_normal((args.n, 32, 32, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, args.n).astype(np.int32)}
-    loss = make_loss(apply)
-    batched = jaxspec.batch_dataset(jax.tree.map(jnp.asarray, data), args.batch_size)
     v = jax.random.normal(jax.random.key(1), (P,), flat.dtype)
 
     nb = batched.weights.shape[0]

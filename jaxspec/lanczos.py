@@ -319,8 +319,7 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
         # the (re-)orthogonalised basis: no read of the product for its norm. It is finite
         # where the product is (a NaN or Inf entry reaches alpha and |w|^2, as does a norm that
         # overflows the dtype). A masked step's w is not zeroed: nothing it touches is kept.
-        beta = jnp.sqrt(norm2)
-        product = jnp.sqrt(alpha * alpha + beta_prev * beta_prev + norm2)
+        beta, product = jnp.sqrt(norm2), jnp.sqrt(alpha * alpha + beta_prev**2 + norm2)
         keep = active & jnp.isfinite(product)
         return beta, keep, keep & (beta > tol * product)
 
@@ -332,10 +331,9 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
         reorth, lambda w: _project_out(blocks, w, i + 1), w, i, a0, state.omega, state.alphas,
         state.betas, state.unit, finish)
     beta, keep, go_on = outcome(alpha, after)
-    zero = jnp.zeros((), w.dtype)
     return q_next, state._replace(
-        alphas=state.alphas.at[i].set(jnp.where(keep, alpha, zero)),
-        betas=state.betas.at[i].set(jnp.where(go_on, beta, zero)),
+        alphas=state.alphas.at[i].set(jnp.where(keep, alpha, 0)),
+        betas=state.betas.at[i].set(jnp.where(go_on, beta, 0)),
         step=i + 1,
         num_valid=jnp.where(keep, i + 1, state.num_valid).astype(jnp.int32),
         broken_down=state.broken_down | (keep & ~go_on),
@@ -422,14 +420,9 @@ def _result(state: LanczosState, num_steps: int, return_basis: bool, dim=None) -
                          state.passes, state.unit)
 
 
-def _running(state: LanczosState) -> bool:
-    """:func:`_active`, read on the host (evaluated eagerly, it would compile three programs)."""
-    broken_down, nonfinite_step = jax.device_get((state.broken_down, state.nonfinite_step))
-    return not broken_down and nonfinite_step < 0
-
-
 def _stop(state: LanczosState) -> bool:
-    """Waits for ``state``'s flags (one transfer): raises on a NaN/Inf, True at a breakdown."""
+    """Waits for ``state``'s flags (one transfer; evaluated eagerly, :func:`_active` would
+    compile three programs): raises on a NaN/Inf, True at a breakdown."""
     nonfinite_step, broken_down = jax.device_get((state.nonfinite_step, state.broken_down))
     _raise_if_nonfinite(nonfinite_step)
     return bool(broken_down)
@@ -633,18 +626,21 @@ def _compiled_programs(mesh: Mesh | None, shard_basis: bool, axis_name: str, num
 def _host_advance(state: LanczosState, w, q_prev, q_cur, tol, reorth="full"):
     """:func:`lanczos_step` on the host driver's layout: ``state.basis`` is the tuple of the
     basis's blocks, each a whole argument (read in place), the unfilled ones skipped by
-    ``lax.cond``: one compilation serves every step of a run."""
-    q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(state.basis, 0), tol,
+    ``lax.cond``: one compilation serves every step of a run. The new row is written into its
+    block in place (the state is donated, and each block's output is its input), so the step
+    is the only program between two products."""
+    blocks = state.basis
+    q_next, state = _advance(state, w, q_prev, q_cur, _block_readers(blocks, 0), tol,
                              reorth=reorth)
-    return q_next, state._replace(basis=())  # the blocks are not returned: that would copy them
+    row, n = state.step, blocks[0].shape[0]  # row i + 1 <= num_steps: in block row // n
+    return q_next, state._replace(basis=tuple(jax.lax.cond(
+        row // n == k, lambda b: jax.lax.dynamic_update_index_in_dim(b, q_next, row % n, 0),
+        lambda b: b, block) for k, block in enumerate(blocks)))
 
 
-# The host driver's jitted pieces, shared by all runs (a jit made inside run_lanczos would be
-# recompiled, seconds on a loaded CPU, on every call). The blocks are read, not written, by the
-# step; the new row is written into its block in place by _write_row (donated).
-_host_step = jax.jit(_host_advance, static_argnames=("tol", "reorth"))
-_write_row = jax.jit(lambda block, q, r: jax.lax.dynamic_update_index_in_dim(block, q, r, 0),
-                     donate_argnums=0)
+# The host driver's step, shared by all runs (a jit made inside run_lanczos would be recompiled,
+# seconds on a loaded CPU, on every call).
+_host_step = jax.jit(_host_advance, static_argnames=("tol", "reorth"), donate_argnames="state")
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -663,9 +659,9 @@ class _HostBasis:
 
     All blocks are allocated at the start (the memory the run ends with); the last holds only
     the rows a run writes (``num_steps + 1`` in all), so no memory goes to rows that stay zero.
-    Each new row is written into its block in place. The ``(rows, P)`` basis of the compiled
-    driver's layout (rows a multiple of the block) is only assembled for a checkpoint or
-    ``return_basis``.
+    The step writes each new row into its block in place. The ``(rows, P)`` basis of the
+    compiled driver's layout (rows a multiple of the block) is only assembled for a checkpoint
+    or ``return_basis``.
     """
 
     def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int):
@@ -678,10 +674,7 @@ class _HostBasis:
         eagerly, the zeros, the first row and the orthogonality estimates would each compile
         a small program of their own)."""
         blocks, q0, state = _host_init(v0, num_steps, block)
-        # a shorter last block's row write is a program of its own: compiled now, not at the
-        # step that reaches it, by writing a zero into its last row (zero until the last step)
-        last = _write_row(blocks[-1], jnp.zeros_like(q0), blocks[-1].shape[0] - 1)
-        return cls([*blocks[:-1], last], q0, q0, block), state
+        return cls(list(blocks), q0, q0, block), state
 
     @classmethod
     def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":
@@ -689,12 +682,12 @@ class _HostBasis:
         blocks = [basis[k:min(k + block, rows)] for k in range(0, rows, block)]
         return cls(blocks, basis[max(step - 1, 0)], basis[step], block)
 
-    def push(self, i: int, q_next: jax.Array) -> None:
-        """Writes ``q_{i+1}`` (row ``i + 1``)."""
-        k, r = divmod(i + 1, self.block)
-        if k < len(self.blocks):
-            self.blocks[k] = _write_row(self.blocks[k], q_next, r)
-        self.q_prev, self.q_cur = self.q_cur, q_next
+    def step(self, state: LanczosState, w: jax.Array, tol, reorth: str) -> LanczosState:
+        """Folds ``w = A q_i`` into ``state`` (which the step consumes) and the blocks."""
+        q_next, state = _host_step(state._replace(basis=tuple(self.blocks)), w, self.q_prev,
+                                   self.q_cur, tol=tol, reorth=reorth)
+        self.blocks, self.q_prev, self.q_cur = list(state.basis), self.q_cur, q_next
+        return state._replace(basis=())
 
     def basis(self, as_numpy: bool = False):
         """The ``(rows, P)`` basis, rows a multiple of the block (rows not written are zero)."""
@@ -721,9 +714,7 @@ def _host_advance_fn(matvec: Callable, host: _HostBasis, v0: jax.Array, tol: flo
             if w.shape != v0.shape or w.dtype != v0.dtype:
                 raise TypeError(f"the matvec must map shape {v0.shape} {v0.dtype} to the same; "
                                 f"it returned {w.shape} {w.dtype}")
-            q_next, state = _host_step(state._replace(basis=tuple(host.blocks)), w,
-                                       host.q_prev, host.q_cur, tol=tol, reorth=reorth)
-            host.push(i, q_next)
+            state = host.step(state, w, tol, reorth)
             if i == first:
                 release()
         else:
@@ -742,7 +733,7 @@ def _drive(state: LanczosState, num_steps: int, chunk_size: int,
     try:
         for hook in hooks:
             hook.start(int(state.step), num_steps)
-        while int(state.step) < num_steps and _running(state):
+        while int(state.step) < num_steps and not _stop(state):
             state = advance(state, min(chunk_size, num_steps - int(state.step)))
             _raise_if_nonfinite(state.nonfinite_step)
             for hook in hooks:

@@ -98,6 +98,6 @@ def test_a_later_process_loads_the_compiled_programs_from_the_cache(tmp_path):
         return int(out[0]), out[1]
 
     hits, alphas = run()
-    assert hits == 0 and len(list(tmp_path.iterdir())) >= 3  # the step, init, row write, ...
+    assert hits == 0 and len(list(tmp_path.iterdir())) >= 3  # the step, init, the product, ...
     hits_again, alphas_again = run()
     assert hits_again >= 3 and alphas_again == alphas

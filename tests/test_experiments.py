@@ -289,3 +289,20 @@ def test_speed_times_the_readme_snippet_against_the_method_it_names(monkeypatch)
     passes = dict(zip(args.reorth, (int(line.split()[-1]) for line in
                                     out.getvalue().splitlines() if "Gram-Schmidt passes" in line)))
     assert ran == [("host, partial", passes["partial"])] and passes["partial"] < passes["full"]
+
+
+def test_speed_profile_splits_the_steps_by_their_passes():
+    """Every step of a fully re-orthogonalised run runs a pass; a partial one passes at its
+    calibration steps at least, and the two kinds together are the run's steps."""
+    import jax.numpy as jnp
+
+    from experiments.speed_profile import profile_lanczos
+    from jaxspec.reorth import CALIBRATION_STEPS
+
+    A = jnp.linspace(1.0, 2.0, 300)
+    [full] = profile_lanczos(lambda v: A * v, jnp.ones(300), 10, runs=1, reorth="full")
+    [part] = profile_lanczos(lambda v: A * v, jnp.ones(300), 10, runs=1, reorth="partial")
+    assert (len(full.pass_steps), len(full.plain_steps)) == (10, 0)
+    assert len(part.pass_steps) >= CALIBRATION_STEPS
+    assert len(part.pass_steps) + len(part.plain_steps) == 10
+    assert full.programs["_host_advance"][1] == 10
