@@ -142,7 +142,8 @@ _tail_map = jit(_linear_map)
 
 @functools.partial(jit, donate_argnums=1)
 def apply_maps(maps, acc, v, weights):
-    """``acc + sum_j weights[j] maps[j](v)`` for a tuple of linear maps, unrolled.
+    """``acc + sum_j weights[j] maps[j](v)`` for a tuple of linear maps, unrolled (``acc``
+    None: the sum alone, with no program to make the zeros it would start from).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, jaxspec
@@ -152,10 +153,13 @@ def apply_maps(maps, acc, v, weights):
       >>> maps = op.linearized().linear.maps
       >>> apply_maps(maps, jnp.zeros(1), jnp.ones(1), np.array([0.5, 0.5])).tolist()
       [2.0]
+      >>> apply_maps(maps, None, jnp.ones(1), np.array([0.5, 0.5])).tolist()
+      [2.0]
     """
     for j, linear in enumerate(maps):
         out = linear(v)
-        acc = acc + weights[j].astype(out.dtype) * out
+        out = weights[j].astype(out.dtype) * out
+        acc = out if acc is None else acc + out
     return acc
 
 

@@ -114,14 +114,16 @@ class ScanReduce:
 @functools.partial(jit, donate_argnums=1)
 def _group_apply(op, acc, v, stacked, start, weights):
     """``acc + sum_j weights[j] A_{start + j} v`` over ``len(weights)`` consecutive batches of
-    ``stacked``, unrolled. The batches are cut out inside the program: a slice taken eagerly
-    outside would cost a dispatch and a copy per array per batch."""
+    ``stacked``, unrolled (``acc`` None: the sum alone). The batches are cut out inside the
+    program: a slice taken eagerly outside would cost a dispatch and a copy per array per
+    batch."""
     tangent = op.unravel(v)
     for j in range(weights.shape[0]):
         batch = jax.tree.map(
             lambda x: jax.lax.dynamic_index_in_dim(x, start + j, keepdims=False), stacked)
         out = op.batch_mv(batch, tangent)
-        acc = acc + weights[j].astype(out.dtype) * out
+        out = weights[j].astype(out.dtype) * out
+        acc = out if acc is None else acc + out
     return acc
 
 
@@ -214,7 +216,7 @@ class HostReduce:
                 "which drive it from the host, or build it with reduce='scan' (or a mesh)")
         data, cache = op.data, op.linear
         bare = bare_operator(op)
-        acc = _zeros_like(v)  # committed to v's device if v is (one jit signature)
+        acc = None  # the first group's program starts the sum: no program to make zeros
         weights = np.asarray(data.weights)
         on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(data.batches))
         cached = 0 if cache is None else cache.count
@@ -231,7 +233,7 @@ class HostReduce:
         elif data.tail is not None:
             tail = jax.tree.map(lambda x: x[None], data.tail)
             acc = _group_apply(bare, acc, v, tail, 0, np.asarray([data.tail_weight]))
-        return acc
+        return _zeros_like(v) if acc is None else acc  # None: every weight is zero
 
     def linearize(self, op, budget: int, /):
         """``op`` with the linearised products of the batches that fit in ``budget`` bytes
