@@ -24,7 +24,8 @@ the snippet's re-orthogonalisation (partial, ``slq``'s default).
 Absolute times on a shared machine mean little (the load average is printed) and the load drifts
 within seconds, so the HVP variants are timed in turn, round after round, and each warm Lanczos
 run is paired with its own HVP timing. Peak memory: the process's max RSS on CPU, the device's
-peak bytes in use on a GPU.
+peak bytes in use on a GPU. Where a run's time goes, program by program, as JAX's profiler
+records it: ``python -m experiments.speed_profile``.
 """
 
 from __future__ import annotations

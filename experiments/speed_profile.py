@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import tempfile
 from typing import NamedTuple
 
@@ -66,10 +67,10 @@ def _union(intervals) -> float:
 
 def read_profile(directory: str, annotation: str = RUN) -> list[RunProfile]:
     """The runs recorded in a ``jax.profiler.trace`` directory: one :class:`RunProfile` for each
-    ``TraceAnnotation`` named ``annotation``, in order. A program is named by its module
-    (``jit_<function>``, the ``jit_`` dropped); its operations are the trace's events that carry
-    an ``hlo_module``, an execution those with one ``run_id``, timed from its first operation's
-    start to its last one's end.
+    ``TraceAnnotation`` named ``annotation``, in order (from the directory's latest trace). A
+    program is named by its module (``jit_<function>``, the ``jit_`` dropped); its operations
+    are the trace's events that carry an ``hlo_module``, an execution those with one
+    ``run_id``, timed from its first operation's start to its last one's end.
 
     Example:
       >>> import tempfile, jax, jax.numpy as jnp
@@ -88,7 +89,8 @@ def read_profile(directory: str, annotation: str = RUN) -> list[RunProfile]:
     """
     from jax.profiler import ProfileData
 
-    [path] = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)
+    # each trace writes a new file under the directory: the last one is this profile's
+    path = max(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True), key=os.path.getmtime)
     marks, ops = [], []
     for plane in ProfileData.from_file(path).planes:
         for line in plane.lines:
@@ -229,7 +231,7 @@ def main(argv=None):
     print(f"== {args.model}  (N={args.n}, batch={args.batch_size}, m={args.m}, {args.reorth}, "
           f"{args.runs} runs; P={flat.size:,})")
     # the products: the host reduction's programs (jaxspec.reduction, jaxspec.linearized)
-    products = ("apply_maps", "_group_apply", "zeros_like")
+    products = ("apply_maps", "_group_apply")
     for line in table(runs, products):
         print("  " + line)
 

@@ -306,3 +306,17 @@ def test_speed_profile_splits_the_steps_by_their_passes():
     assert len(part.pass_steps) >= CALIBRATION_STEPS
     assert len(part.pass_steps) + len(part.plain_steps) == 10
     assert full.programs["_host_advance"][1] == 10
+
+
+def test_speed_profile_reads_the_latest_trace_of_a_kept_directory(tmp_path):
+    """``--trace-dir`` reused: each profile writes another trace there, and each run reads its
+    own (the latest), not the first nor a mix."""
+    import jax.numpy as jnp
+
+    from experiments.speed_profile import profile_lanczos
+
+    A = jnp.linspace(1.0, 2.0, 100)
+    first = profile_lanczos(lambda v: A * v, jnp.ones(100), 4, runs=1, directory=str(tmp_path))
+    second = profile_lanczos(lambda v: A * v, jnp.ones(100), 6, runs=2,
+                             directory=str(tmp_path))
+    assert [r.programs["_host_advance"][1] for r in first + second] == [4, 6, 6]
