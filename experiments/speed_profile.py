@@ -12,7 +12,8 @@ other programs, so this script takes the run apart instead. It makes the workloa
 linearised host-driven operator), runs ``jaxspec.run_lanczos`` once to compile, then ``--runs``
 warm runs under ``jax.profiler.trace``, each inside a ``jax.profiler.TraceAnnotation``. An
 execution of a program lasts from the start of its first operation to the end of its last (the
-profiler records operations, not programs). For each run it prints the wall time, the time some
+profiler records operations, not programs; an operation split over the thread pool ends with
+its last task, which the profiler marks apart). For each run it prints the wall time, the time some
 program was executing ("busy") and the rest ("idle": Python, dispatch, the hand-over between
 dependent programs), each program's time and number of executions, the Lanczos step's
 executions split into those that ran a Gram-Schmidt pass (a while loop) and those that did not
@@ -65,6 +66,29 @@ def _union(intervals) -> float:
     return float(total)
 
 
+def _completed(ops: list, done: dict) -> list:
+    """``ops`` (``[start, end, ..., name]`` lists) sorted by start, each ending when its work
+    did. An operation's event covers its work on the thread that started it; one split into
+    tasks over the thread pool (a large loop fusion, e.g. a product's last sum) finishes when
+    its last task does, which the executor marks with an ``end: <name>`` event on that task's
+    thread, naming no program. ``done`` maps a name to the times its end marks end; the k-th
+    operation of a name is paired with its k-th end mark.
+
+    Example:
+      >>> from experiments.speed_profile import _completed
+      >>> ops = [[50, 60, "sum"], [0, 10, "sum"]]   # the second task of the first ended at 18
+      >>> _completed(ops, {"sum": [62, 18]})
+      [[0, 18, 'sum'], [50, 62, 'sum']]
+    """
+    ops, done = sorted(ops), {name: sorted(ends) for name, ends in done.items()}
+    seen = {}
+    for op in ops:
+        k = seen[op[-1]] = seen.get(op[-1], -1) + 1
+        if k < len(done.get(op[-1], ())):
+            op[1] = max(op[1], done[op[-1]][k])
+    return ops
+
+
 def read_profile(directory: str, annotation: str = RUN) -> list[RunProfile]:
     """The runs recorded in a ``jax.profiler.trace`` directory: one :class:`RunProfile` for each
     ``TraceAnnotation`` named ``annotation``, in order (from the directory's latest trace). A
@@ -91,7 +115,7 @@ def read_profile(directory: str, annotation: str = RUN) -> list[RunProfile]:
 
     # each trace writes a new file under the directory: the last one is this profile's
     path = max(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True), key=os.path.getmtime)
-    marks, ops = [], []
+    marks, ops, done = [], [], {}  # done: op name -> the times its "end: <name>" events end
     for plane in ProfileData.from_file(path).planes:
         for line in plane.lines:
             for ev in line.events:
@@ -99,10 +123,13 @@ def read_profile(directory: str, annotation: str = RUN) -> list[RunProfile]:
                     marks.append((ev.start_ns, ev.start_ns + ev.duration_ns))
                     continue
                 stats = dict(ev.stats)
-                if "hlo_module" in stats and not ev.name.startswith("end:"):
-                    ops.append((ev.start_ns, ev.start_ns + ev.duration_ns,
+                if "hlo_module" in stats:
+                    ops.append([ev.start_ns, ev.start_ns + ev.duration_ns,
                                 stats["hlo_module"].removeprefix("jit_"),
-                                stats.get("run_id"), ev.name))
+                                stats.get("run_id"), ev.name])
+                elif ev.name.startswith("end: "):
+                    done.setdefault(ev.name[5:], []).append(ev.start_ns + ev.duration_ns)
+    ops = _completed(ops, done)
     runs = []
     for lo, hi in sorted(marks):
         inside = [op for op in ops if lo <= op[0] <= hi]
