@@ -1,19 +1,23 @@
 """Cheap probes of data and operators before an expensive spectral run.
 
 Each catches a mistake that would otherwise come back as a plausible but wrong number:
-labels outside ``[0, num_classes)`` (:func:`check_labels`), and an operator that is not one
-fixed symmetric matrix (:func:`symmetry_error`, :func:`assert_symmetric`).
+labels outside ``[0, num_classes)`` (:func:`check_labels`), a Lanczos start vector or step count
+that cannot work (:func:`check_start_vector`, :func:`clamp_steps`), a matvec of the wrong shape
+(:func:`check_matvec`), and an operator that is not one fixed symmetric matrix
+(:func:`symmetry_error`, :func:`assert_symmetric`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SymmetryReport", "assert_symmetric", "check_labels", "symmetry_error"]
+__all__ = ["SymmetryReport", "assert_symmetric", "check_labels", "check_matvec",
+           "check_start_vector", "clamp_steps", "symmetry_error"]
 
 # Offending entries listed in a label error; the rest are counted, not printed.
 _SHOWN = 8
@@ -96,6 +100,88 @@ class SymmetryReport(NamedTuple):
     vAw: float
     wAv: float
     repeat_error: float = 0.0
+
+
+def check_start_vector(v0, /) -> None:
+    """Raises unless ``v0`` can start a Lanczos run: a 1-D real floating-point array, nonempty,
+    of a dtype JAX keeps (a NumPy float64 with x64 off would silently become float32), and,
+    where its values are known (not traced), finite and nonzero.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxspec.checks import check_start_vector
+      >>> check_start_vector(np.ones(3, np.float32))
+      >>> check_start_vector(np.zeros(3, np.float32))
+      Traceback (most recent call last):
+      ...
+      ValueError: v0 is the zero vector; Lanczos needs a nonzero start vector
+    """
+    if not isinstance(v0, (jax.Array, np.ndarray)) or v0.ndim != 1:
+        raise ValueError(f"v0 must be a 1-D array (a flat vector), got {type(v0).__name__} "
+                         f"with shape {getattr(v0, 'shape', None)}")
+    if not jnp.issubdtype(v0.dtype, jnp.floating):
+        raise TypeError(f"v0 must be a real floating-point vector, got dtype {v0.dtype}")
+    if jax.dtypes.canonicalize_dtype(v0.dtype) != v0.dtype:  # e.g. NumPy float64, x64 off
+        raise TypeError(f"v0 is {v0.dtype}, which JAX turns into "
+                        f"{jax.dtypes.canonicalize_dtype(v0.dtype)} (jax_enable_x64 is off): pass "
+                        f"a {jax.dtypes.canonicalize_dtype(v0.dtype)} start vector, or enable x64 "
+                        "before anything else touches JAX")
+    if v0.shape[0] == 0:
+        raise ValueError("v0 is empty")
+    if not isinstance(v0, jax.core.Tracer):
+        arr = np.asarray(v0)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("v0 contains NaN or Inf")
+        if not np.any(arr):
+            raise ValueError("v0 is the zero vector; Lanczos needs a nonzero start vector")
+
+
+def clamp_steps(num_steps: int, dim: int, /) -> int:
+    """``num_steps`` as an int, at most ``dim`` (a Krylov space is no larger than the space it
+    lives in; clamping warns), or a ``ValueError`` unless it is a positive integer.
+
+    Example:
+      >>> import warnings
+      >>> from jaxspec.checks import clamp_steps
+      >>> with warnings.catch_warnings(record=True) as caught:
+      ...     warnings.simplefilter("always")
+      ...     clamp_steps(5, 10), clamp_steps(50, 10), len(caught)
+      (5, 10, 1)
+    """
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    if num_steps > dim:
+        warnings.warn(
+            f"num_steps={num_steps} exceeds the dimension {dim}; clamped to {dim} "
+            "(a Krylov space cannot be larger than the space it lives in)",
+            stacklevel=3,
+        )
+        return dim
+    return int(num_steps)
+
+
+def check_matvec(matvec: Callable, v0, /) -> None:
+    """Raises ``TypeError`` unless ``matvec`` traces on a vector like ``v0`` and returns one of
+    the same shape and dtype (shapes only: nothing is computed).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.checks import check_matvec
+      >>> check_matvec(lambda v: 2 * v, jnp.ones(3))
+      >>> check_matvec(lambda v: v[:2], jnp.ones(3))  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      TypeError: the matvec must map a vector of shape (3,) ... it returned shape (2,), ...
+    """
+    try:
+        out = jax.eval_shape(matvec, jax.ShapeDtypeStruct(v0.shape, v0.dtype))
+    except Exception as err:  # re-raised with context: the user's matvec failed to trace
+        raise TypeError(f"the matvec could not be evaluated on a vector like v0 "
+                        f"(shape {v0.shape}, dtype {v0.dtype}): {err}") from err
+    if not hasattr(out, "shape") or out.shape != v0.shape or out.dtype != v0.dtype:
+        got = (getattr(out, "shape", type(out).__name__), getattr(out, "dtype", None))
+        raise TypeError(f"the matvec must map a vector of shape {v0.shape} and dtype {v0.dtype} "
+                        f"to the same shape and dtype; it returned shape {got[0]}, dtype {got[1]}")
 
 
 def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,

@@ -15,6 +15,13 @@ compiled or loaded a program since the last trim: otherwise what the heap holds 
 the last run's products freed, which this run's products reuse (a trim would walk the heap for
 milliseconds and hand those pages back, to be faulted in again). Where the C library has no
 ``malloc_trim`` (macOS, musl) nothing is done.
+
+Fresh host memory has a cost of its own: the system faults in and clears every 4 KiB page on
+first touch (~50 ms for a 174 MB basis on a 2-core VM) and unmaps it on release. So the host
+Lanczos driver keeps a finished run's basis (:func:`keep_spare`) and the next run of the same
+shapes takes it (:func:`take_spare`) and writes it in place: repeated runs (an SLQ's probes,
+spectra during training) hold one basis between runs, as XLA's allocator holds freed memory on
+a GPU. :func:`release_freed_memory` drops it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import sys
 
 import jax
 
-__all__ = ["TRIM_BYTES", "release_before", "release_freed_memory"]
+__all__ = ["TRIM_BYTES", "keep_spare", "release_before", "release_freed_memory", "take_spare"]
 
 # Allocations from this size up are worth a trim: the trim walks the heap (milliseconds), which
 # a step of a Lanczos run on a basis this large outlasts many times.
@@ -63,25 +70,67 @@ def _malloc_trim():
     return trim
 
 
+_spare: dict = {}  # key -> the arrays kept for reuse (at most one entry)
+
+
+def keep_spare(key, arrays) -> None:
+    """Keeps ``arrays``, buffers a finished computation no longer reads, for the next
+    :func:`take_spare` of ``key``, in place of whatever was kept: written again in place, a
+    buffer costs no page faults, which fresh host memory costs on every 4 KiB page.
+    :func:`release_freed_memory` drops them.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.heap import keep_spare, take_spare
+      >>> keep_spare("basis", [jnp.zeros(3)])
+      >>> take_spare("other") is None, take_spare("basis")   # a miss drops what was kept
+      (True, None)
+    """
+    _spare.clear()
+    _spare[key] = list(arrays)
+
+
+def take_spare(key):
+    """The arrays kept under ``key`` (:func:`keep_spare`), handed over once; else None, and
+    what was kept under another key is dropped (its memory freed before the caller allocates).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.heap import keep_spare, take_spare
+      >>> keep_spare(("basis", 3), [jnp.zeros(3)])
+      >>> [a.shape for a in take_spare(("basis", 3))], take_spare(("basis", 3))
+      ([(3,)], None)
+    """
+    found = _spare.pop(key, None)
+    _spare.clear()
+    return found
+
+
+def _trim() -> bool:
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
 def release_freed_memory() -> bool:
     """Returns the free memory of the C heap to the system (glibc's ``malloc_trim(0)``, which
-    also releases the free pages inside the heap). True if any memory was returned; False where
-    none was or the C library cannot (not glibc).
+    also releases the free pages inside the heap), after dropping the arrays kept by
+    :func:`keep_spare`. True if any memory was returned; False where none was or the C library
+    cannot (not glibc).
 
     Example:
       >>> from jaxspec.heap import release_freed_memory
       >>> isinstance(release_freed_memory(), bool)
       True
     """
-    trim = _malloc_trim()
-    return bool(trim(0)) if trim is not None else False
+    _spare.clear()
+    return _trim()
 
 
 def release_before(nbytes: int) -> bool:
     """:func:`release_freed_memory` before allocating ``nbytes``, if they are at least
     :data:`TRIM_BYTES`, the default backend keeps its arrays in host memory (the CPU), and JAX
     has compiled or loaded a program since the last such release (or there was none); else
-    nothing (False).
+    nothing (False). The arrays :func:`keep_spare` holds are kept.
 
     Example:
       >>> from jaxspec.heap import release_before
@@ -95,4 +144,4 @@ def release_before(nbytes: int) -> bool:
     if _programs_at_trim == _programs:  # the free memory is the last run's, reused by this one
         return False
     _programs_at_trim = _programs
-    return release_freed_memory()
+    return _trim()  # what keep_spare holds stays: the allocation to come may be its reuse

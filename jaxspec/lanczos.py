@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -62,8 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxspec.checks import check_matvec, check_start_vector, clamp_steps
 from jaxspec.compiler import jit, jit_argument
-from jaxspec.heap import release_before
+from jaxspec.heap import keep_spare, release_before, take_spare
 from jaxspec.linearized import linearized
 from jaxspec.reorth import check_method, omega_init, orthogonalise
 
@@ -177,52 +177,6 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_v0(v0) -> None:
-    if not isinstance(v0, (jax.Array, np.ndarray)) or v0.ndim != 1:
-        raise ValueError(f"v0 must be a 1-D array (a flat vector), got {type(v0).__name__} "
-                         f"with shape {getattr(v0, 'shape', None)}")
-    if not jnp.issubdtype(v0.dtype, jnp.floating):
-        raise TypeError(f"v0 must be a real floating-point vector, got dtype {v0.dtype}")
-    if jax.dtypes.canonicalize_dtype(v0.dtype) != v0.dtype:  # e.g. NumPy float64, x64 off
-        raise TypeError(f"v0 is {v0.dtype}, which JAX turns into "
-                        f"{jax.dtypes.canonicalize_dtype(v0.dtype)} (jax_enable_x64 is off): pass "
-                        f"a {jax.dtypes.canonicalize_dtype(v0.dtype)} start vector, or enable x64 "
-                        "before anything else touches JAX")
-    if v0.shape[0] == 0:
-        raise ValueError("v0 is empty")
-    if _is_concrete(v0):
-        arr = np.asarray(v0)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("v0 contains NaN or Inf")
-        if not np.any(arr):
-            raise ValueError("v0 is the zero vector; Lanczos needs a nonzero start vector")
-
-
-def _clamp_steps(num_steps: int, dim: int) -> int:
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    if num_steps > dim:
-        warnings.warn(
-            f"num_steps={num_steps} exceeds the dimension {dim}; clamped to {dim} "
-            "(a Krylov space cannot be larger than the space it lives in)",
-            stacklevel=3,
-        )
-        return dim
-    return int(num_steps)
-
-
-def _check_matvec(matvec: Callable, v0: jax.Array) -> None:
-    try:
-        out = jax.eval_shape(matvec, jax.ShapeDtypeStruct(v0.shape, v0.dtype))
-    except Exception as err:  # re-raised with context: the user's matvec failed to trace
-        raise TypeError(f"the matvec could not be evaluated on a vector like v0 "
-                        f"(shape {v0.shape}, dtype {v0.dtype}): {err}") from err
-    if not hasattr(out, "shape") or out.shape != v0.shape or out.dtype != v0.dtype:
-        got = (getattr(out, "shape", type(out).__name__), getattr(out, "dtype", None))
-        raise TypeError(f"the matvec must map a vector of shape {v0.shape} and dtype {v0.dtype} "
-                        f"to the same shape and dtype; it returned shape {got[0]}, dtype {got[1]}")
-
-
 def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> LanczosState:
     """The state before the first step: ``q_0 = v0 / |v0|``, everything else zero.
 
@@ -233,7 +187,7 @@ def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> L
       >>> s.basis.shape, [round(x, 6) for x in s.basis[0].tolist()]
       ((4, 2), [0.6, 0.8])
     """
-    _check_v0(v0)
+    check_start_vector(v0)
     return _fresh_state(_first_rows(v0, _num_rows(num_steps, block_size)), num_steps, v0.dtype)
 
 
@@ -478,9 +432,9 @@ def lanczos(
       >>> int(res.num_valid)
       3
     """
-    _check_v0(v0)
-    num_steps = _clamp_steps(num_steps, v0.shape[0])
-    _check_matvec(matvec, v0)
+    check_start_vector(v0)
+    num_steps = clamp_steps(num_steps, v0.shape[0])
+    check_matvec(matvec, v0)
     state = lanczos_init(v0, num_steps, block_size=block_size)
     state = lanczos_continue(matvec, state, num_steps, tol=tol, block_size=block_size,
                              reorth=reorth)
@@ -643,15 +597,19 @@ def _host_advance(state: LanczosState, w, q_prev, q_cur, tol, reorth="full"):
 _host_step = jax.jit(_host_advance, static_argnames=("tol", "reorth"), donate_argnames="state")
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _host_init(v0: jax.Array, num_steps: int, block: int):
-    """The host driver's blocks (all allocated; the last holds only the rows a run writes),
-    ``q_0`` and the state without its basis."""
-    rows = num_steps + 1
-    first = _first_rows(v0, min(block, rows))
-    rest = [jnp.zeros((min(block, rows - k), v0.shape[0]), v0.dtype)
-            for k in range(block, rows, block)]
-    return (first, *rest), first[0], _fresh_state((), num_steps, v0.dtype)
+@functools.partial(jax.jit, static_argnums=1)
+def _host_blocks(v0: jax.Array, shapes: tuple) -> tuple:
+    return tuple(jnp.zeros(shape, v0.dtype) for shape in shapes)  # on v0's device
+
+
+@functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
+def _host_init(v0: jax.Array, num_steps: int, blocks: tuple, zero):
+    """The host driver's blocks zeroed in place, ``v0 / |v0|`` in row 0, then ``q_0`` and the
+    state without its basis. ``zero`` is True: a ``where`` on a flag XLA cannot fold writes
+    into the donated blocks, where constant zeros would be given fresh buffers."""
+    blocks = [jnp.where(zero, jnp.zeros((), b.dtype), b) for b in blocks]
+    first = blocks[0].at[0].set(v0 / jnp.linalg.norm(v0))
+    return (first, *blocks[1:]), first[0], _fresh_state((), num_steps, v0.dtype)
 
 
 class _HostBasis:
@@ -661,20 +619,37 @@ class _HostBasis:
     the rows a run writes (``num_steps + 1`` in all), so no memory goes to rows that stay zero.
     The step writes each new row into its block in place. The ``(rows, P)`` basis of the
     compiled driver's layout (rows a multiple of the block) is only assembled for a checkpoint
-    or ``return_basis``.
+    or ``return_basis``. On the CPU a finished run's blocks are kept for the next run of the
+    same shapes (:func:`jaxspec.heap.keep_spare`) and zeroed in place: fresh memory costs a
+    page fault per 4 KiB page (~50 ms for 174 MB on a 2-core VM), its release the unmapping.
     """
 
     def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int):
         self.blocks, self.block = blocks, block
         self.q_prev, self.q_cur = q_prev, q_cur
 
+    @staticmethod
+    def _key(v0, num_steps: int, block: int) -> tuple:
+        rows = num_steps + 1
+        return (tuple((min(block, rows - k), v0.shape[0]) for k in range(0, rows, block)),
+                jnp.dtype(v0.dtype), getattr(v0, "sharding", None))
+
     @classmethod
     def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> tuple["_HostBasis", LanczosState]:
-        """The basis and the state before the first step, made by one compiled program (built
-        eagerly, the zeros, the first row and the orthogonality estimates would each compile
-        a small program of their own)."""
-        blocks, q0, state = _host_init(v0, num_steps, block)
+        """The basis and the state before the first step: the blocks kept from the last run
+        of these shapes, else new ones, made ready by one compiled program (built eagerly,
+        the zeros, the first row and the orthogonality estimates would each compile a small
+        program of their own)."""
+        key = cls._key(v0, num_steps, block)
+        blocks = take_spare(key) or _host_blocks(v0, key[0])
+        blocks, q0, state = _host_init(v0, num_steps, tuple(blocks), True)
         return cls(list(blocks), q0, q0, block), state
+
+    def keep(self, v0, num_steps: int) -> None:
+        """Keeps the blocks for the next run of these shapes (:func:`jaxspec.heap.keep_spare`;
+        the CPU only: elsewhere XLA's allocator keeps freed memory itself)."""
+        if all(d.platform == "cpu" for d in self.blocks[0].devices()):
+            keep_spare(self._key(v0, num_steps, self.block), self.blocks)
 
     @classmethod
     def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":
@@ -808,8 +783,8 @@ def run_lanczos(
       >>> Spectrum.from_lanczos(res).nodes.round(6).tolist() == list(range(1, 11))
       True
     """
-    _check_v0(v0)
-    num_steps, reorth = _clamp_steps(num_steps, v0.shape[0]), check_method(reorth)
+    check_start_vector(v0)
+    num_steps, reorth = clamp_steps(num_steps, v0.shape[0]), check_method(reorth)
     matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for the run
     # the basis on a mesh is the compiled driver's
     driver = "compiled" if driver == "auto" and mesh is not None else resolve_driver(driver,
@@ -852,8 +827,9 @@ def run_lanczos(
         state = _drive(state, num_steps, chunk_size, advance, hooks,
                        lambda s: s._replace(basis=host.basis(as_numpy=True)))
         state = state._replace(basis=host.basis() if return_basis else None)
+        host.keep(v0, num_steps)
         return _result(state, num_steps, return_basis)
-    _check_matvec(matvec, v0)
+    check_matvec(matvec, v0)
     init, chunk, shardings = _compiled_programs(mesh, bool(shard_basis), axis_name, num_steps,
                                                 dim, pad, tol, block_size, reorth)
     if saved is not None:

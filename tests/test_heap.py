@@ -44,10 +44,10 @@ def test_release_returns_free_heap_pages_to_the_system():
 
 @pytest.fixture
 def releases(monkeypatch):
-    """The calls of release_freed_memory (replaced by a counter that returns True), from a state
-    in which release_before has never trimmed."""
+    """The trims release_before makes (replaced by a counter that returns True), from a state in
+    which it has never trimmed."""
     calls = []
-    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(heap, "_trim", lambda: calls.append(1) or True)
     monkeypatch.setattr(heap, "_programs_at_trim", None)
     return calls
 
@@ -98,3 +98,38 @@ def test_eigsh_releases_before_its_basis_with_the_same_result(monkeypatch, relea
     released = eigsh(lambda v: A @ v, jnp.ones(30), 2, driver="host")
     assert len(releases) == (1 if jax.default_backend() == "cpu" else 0)
     np.testing.assert_array_equal(released.values, plain.values)
+
+
+def _spare_pointers() -> list:
+    return [a.unsafe_buffer_pointer() for arrays in heap._spare.values() for a in arrays]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the spare basis is the CPU's")
+def test_the_next_run_writes_the_last_runs_basis_in_place():
+    """The host driver keeps a finished run's blocks; the next run of the same shapes zeroes
+    them in place (the same buffers: donated, and written by a where XLA cannot fold) with the
+    same results as fresh blocks, also where it stops early and leaves rows unwritten."""
+    heap.release_freed_memory()
+    full = jnp.diag(jnp.arange(1.0, 41.0))
+    few = jnp.diag(jnp.repeat(jnp.array([1.0, 2.0, 3.0]), jnp.array([10, 15, 15]),
+                              total_repeat_length=40))  # three eigenvalues: stops at step 3
+    v0 = jnp.linspace(1.0, 2.0, 40)
+
+    def run(A):
+        return run_lanczos(jax.jit(lambda v: A @ v), v0, 20, driver="host", block_size=8,
+                           return_basis=True)
+
+    fresh = run(few)
+    assert int(fresh.num_valid) == 3
+    run(full)  # fills every row of the blocks it leaves behind
+    kept = _spare_pointers()
+    assert len(kept) == 3  # 21 rows in blocks of 8
+    reused = run(few)
+    assert _spare_pointers() == kept
+    for a, b in zip(reused, fresh):
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    run_lanczos(jax.jit(lambda v: full @ v), v0, 12, driver="host", block_size=8)
+    assert _spare_pointers() != kept  # other shapes: new blocks
+    heap.release_freed_memory()
+    assert not heap._spare
