@@ -665,7 +665,8 @@ class _HostBasis:
         return state._replace(basis=())
 
     def basis(self, as_numpy: bool = False):
-        """The ``(rows, P)`` basis, rows a multiple of the block (rows not written are zero)."""
+        """The ``(rows, P)`` basis, rows a multiple of the block (rows not written are zero): a
+        new array, not a block, which may go on to the next run (:meth:`keep`)."""
         xp = np if as_numpy else jnp
         return xp.concatenate([xp.pad(xp.asarray(b), ((0, self.block - len(b)), (0, 0)))
                                for b in self.blocks])

@@ -131,5 +131,11 @@ def test_the_next_run_writes_the_last_runs_basis_in_place():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     run_lanczos(jax.jit(lambda v: full @ v), v0, 12, driver="host", block_size=8)
     assert _spare_pointers() != kept  # other shapes: new blocks
+    # one block, filled exactly: the basis a run returns is still its own after the next run
+    one = run_lanczos(jax.jit(lambda v: full @ v), v0, 7, driver="host", block_size=8,
+                      return_basis=True)
+    copy = np.array(one.basis)
+    run_lanczos(jax.jit(lambda v: few @ v), v0, 7, driver="host", block_size=8)
+    np.testing.assert_array_equal(np.asarray(one.basis), copy)
     heap.release_freed_memory()
     assert not heap._spare
