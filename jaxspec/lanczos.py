@@ -628,28 +628,25 @@ class _HostBasis:
         self.blocks, self.block = blocks, block
         self.q_prev, self.q_cur = q_prev, q_cur
 
-    @staticmethod
-    def _key(v0, num_steps: int, block: int) -> tuple:
-        rows = num_steps + 1
-        return (tuple((min(block, rows - k), v0.shape[0]) for k in range(0, rows, block)),
-                jnp.dtype(v0.dtype), getattr(v0, "sharding", None))
-
     @classmethod
     def fresh(cls, v0: jax.Array, num_steps: int, block: int) -> tuple["_HostBasis", LanczosState]:
         """The basis and the state before the first step: the blocks kept from the last run
         of these shapes, else new ones, made ready by one compiled program (built eagerly,
         the zeros, the first row and the orthogonality estimates would each compile a small
         program of their own)."""
-        key = cls._key(v0, num_steps, block)
-        blocks = take_spare(key) or _host_blocks(v0, key[0])
+        v0, rows = jnp.asarray(v0), num_steps + 1  # v0 on its device: the blocks' device
+        shapes = tuple((min(block, rows - k), v0.shape[0]) for k in range(0, rows, block))
+        blocks = take_spare((shapes, v0.dtype, v0.sharding)) or _host_blocks(v0, shapes)
         blocks, q0, state = _host_init(v0, num_steps, tuple(blocks), True)
         return cls(list(blocks), q0, q0, block), state
 
-    def keep(self, v0, num_steps: int) -> None:
-        """Keeps the blocks for the next run of these shapes (:func:`jaxspec.heap.keep_spare`;
-        the CPU only: elsewhere XLA's allocator keeps freed memory itself)."""
-        if all(d.platform == "cpu" for d in self.blocks[0].devices()):
-            keep_spare(self._key(v0, num_steps, self.block), self.blocks)
+    def keep(self) -> None:
+        """Keeps the blocks for the next run of their shapes, dtype and device
+        (:func:`jaxspec.heap.keep_spare`; the CPU only: elsewhere XLA's allocator keeps freed
+        memory itself)."""
+        b = self.blocks[0]
+        if all(d.platform == "cpu" for d in b.devices()):
+            keep_spare((tuple(x.shape for x in self.blocks), b.dtype, b.sharding), self.blocks)
 
     @classmethod
     def resume(cls, basis: jax.Array, step: int, num_steps: int, block: int) -> "_HostBasis":
@@ -828,7 +825,7 @@ def run_lanczos(
         state = _drive(state, num_steps, chunk_size, advance, hooks,
                        lambda s: s._replace(basis=host.basis(as_numpy=True)))
         state = state._replace(basis=host.basis() if return_basis else None)
-        host.keep(v0, num_steps)
+        host.keep()
         return _result(state, num_steps, return_basis)
     check_matvec(matvec, v0)
     init, chunk, shardings = _compiled_programs(mesh, bool(shard_basis), axis_name, num_steps,

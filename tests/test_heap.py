@@ -126,6 +126,8 @@ def test_the_next_run_writes_the_last_runs_basis_in_place():
     assert len(kept) == 3  # 21 rows in blocks of 8
     reused = run(few)
     assert _spare_pointers() == kept
+    run_lanczos(jax.jit(lambda v: few @ v), np.asarray(v0), 20, driver="host", block_size=8)
+    assert _spare_pointers() == kept  # a NumPy start vector: the same device, the same blocks
     for a, b in zip(reused, fresh):
         if a is not None:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
