@@ -17,7 +17,8 @@ milliseconds and hand those pages back, to be faulted in again). Where the C lib
 ``malloc_trim`` (macOS, musl) nothing is done.
 
 Fresh host memory has a cost of its own: the system faults in and clears every 4 KiB page on
-first touch (~50 ms for a 174 MB basis on a 2-core VM) and unmaps it on release. So the host
+first touch and unmaps it on release, which for a basis of hundreds of megabytes is a
+noticeable part of a run whose products are cheap. So the host
 Lanczos driver keeps a finished run's basis (:func:`keep_spare`) and the next run of the same
 shapes takes it (:func:`take_spare`) and writes it in place: repeated runs (an SLQ's probes,
 spectra during training) hold one basis between runs, as XLA's allocator holds freed memory on

@@ -621,7 +621,7 @@ class _HostBasis:
     compiled driver's layout (rows a multiple of the block) is only assembled for a checkpoint
     or ``return_basis``. On the CPU a finished run's blocks are kept for the next run of the
     same shapes (:func:`jaxspec.heap.keep_spare`) and zeroed in place: fresh memory costs a
-    page fault per 4 KiB page (~50 ms for 174 MB on a 2-core VM), its release the unmapping.
+    page fault per 4 KiB page, and its release the unmapping.
     """
 
     def __init__(self, blocks: list, q_prev: jax.Array, q_cur: jax.Array, block: int):
