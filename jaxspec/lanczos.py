@@ -805,7 +805,8 @@ def run_lanczos(
         raise ValueError("hooks that save the state need every device of the mesh in one "
                          f"process; this run has {jax.process_count()} processes")
     local = not isinstance(v0, jax.Array) or v0.is_fully_addressable
-    host_v0 = np.pad(np.asarray(v0), (0, pad)) if local else None
+    # the start vector on the host, for the hooks to check a saved state against
+    host_v0 = np.pad(np.asarray(v0), (0, pad)) if local and hooks else None
     saved = None
     for hook in hooks:
         saved = hook.resume(host_v0, num_steps, block_size, matvec) if saved is None else saved
