@@ -13,6 +13,14 @@ data-set times are also extrapolated to N = 50,000 (CIFAR-10's training set: the
 linear in N), and the device's peak memory (the process's max RSS on CPU) is printed per model.
 The defaults are sized to finish in a few minutes on one GPU; on CPU pass small sizes (it is
 tested on CPU at a tiny size).
+
+Each figure is printed (to stderr) as soon as it is measured, and ``--out`` writes the finished
+rows as JSON after each model, so a run cut short still says how far it got. ``--model-timeout``
+stops a model that runs past it and goes on with the next. ``--programs DIR`` keeps the compiled
+programs on disk (:func:`jaxspec.compiler.cache_compilations`): a second run loads them, and its
+"first" columns then time a load, not a compilation.
+
+    python -m experiments.gpu_check --model-timeout 240 --out gpu_check.json
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +39,8 @@ from flax import nnx
 
 import jaxspec
 from experiments.timing import best_time, peak_memory
+from jaxspec.atomic import write_text
+from jaxspec.compiler import cache_compilations
 from jaxspec.models import count_params, create_model, hessian_loss, model_names
 
 FULL_N = 50_000  # CIFAR-10's training set
@@ -43,9 +54,10 @@ def _first_and_warm(fn) -> tuple[float, float]:
 
 
 def measure(name: str, *, n: int, batch_size: int, m: int, num_classes: int = 10,
-            repeat: int = 3) -> dict:
+            repeat: int = 3, report: Callable[[str, object], None] | None = None) -> dict:
     """One row: the HVP (plain and linearised) and Lanczos (compiled and host drivers) times
-    and the memory of model ``name`` on ``n`` random samples.
+    and the memory of model ``name`` on ``n`` random samples. ``report(key, value)`` is called
+    with each entry as soon as it is measured.
 
     Example:
       >>> from experiments.gpu_check import measure
@@ -68,23 +80,35 @@ def measure(name: str, *, n: int, batch_size: int, m: int, num_classes: int = 10
     traced = cached if cached.reduce.driver == "compiled" else jaxspec.curvature_operator(
         loss_fn, params, data, reduce="scan").linearized()
     v = jax.random.normal(jax.random.key(1), (plain.size,), plain.dtype)
-    row = {"model": name, "params": count_params(model), "device": jax.devices()[0].device_kind,
-           "n": n, "batch": batch_size, "m": m, "linearize_s": linearize_s,
-           "cached_batches": 0 if cached.linear is None else cached.linear.count,
-           "residuals_gib": 0.0 if cached.linear is None else cached.linear.nbytes() / 2**30}
+    row = {}
+
+    def put(key, value):
+        row[key] = value
+        if report is not None:
+            report(key, value)
+
+    for key, value in (("model", name), ("params", count_params(model)),
+                       ("device", jax.devices()[0].device_kind), ("n", n), ("batch", batch_size),
+                       ("m", m), ("linearize_s", linearize_s),
+                       ("cached_batches", 0 if cached.linear is None else cached.linear.count),
+                       ("residuals_gib",
+                        0.0 if cached.linear is None else cached.linear.nbytes() / 2**30)):
+        put(key, value)
     for key, op in (("hvp_plain", plain), ("hvp_cached", cached)):
         jax.block_until_ready(op.mv(v))  # compile + warm up
-        row[f"{key}_s"] = best_time(op.mv, v, repeats=repeat)
+        put(f"{key}_s", best_time(op.mv, v, repeats=repeat))
     for driver, op in (("compiled", traced), ("host", cached)):
         first, warm = _first_and_warm(
             lambda: jaxspec.run_lanczos(op, v, m, driver=driver).alphas)  # noqa: B023
-        row[f"lanczos_{driver}_first_s"], row[f"lanczos_{driver}_warm_s"] = first, warm
+        put(f"lanczos_{driver}_first_s", first)
+        put(f"lanczos_{driver}_warm_s", warm)
     scale = FULL_N / n
-    row["hvp_cached_50k_s"] = row["hvp_cached_s"] * scale
-    row["lanczos_100_50k_min"] = min(row["lanczos_compiled_warm_s"],
-                                     row["lanczos_host_warm_s"]) / m * 100 * scale / 60
-    peak, row["peak_kind"] = peak_memory()
-    row["peak_gib"] = peak / 2**30
+    put("hvp_cached_50k_s", row["hvp_cached_s"] * scale)
+    put("lanczos_100_50k_min", min(row["lanczos_compiled_warm_s"],
+                                   row["lanczos_host_warm_s"]) / m * 100 * scale / 60)
+    peak, kind = peak_memory()
+    put("peak_gib", peak / 2**30)
+    put("peak_kind", kind)
     return row
 
 
@@ -108,13 +132,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
 
 
+def _report(name: str):
+    """A :func:`measure` ``report`` that prints ``name key value`` to stderr at once."""
+    def report(key, value):
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        print(f"{name}  {key} {text}", file=sys.stderr, flush=True)
+    return report
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Command line entry point (see the module docstring); returns the rows.
+    """Command line entry point (see the module docstring); returns the finished rows.
 
     Each model runs in its own subprocess (``--child``: one model in this process, its row
-    printed as one JSON line), so that each peak memory is that model's alone.
+    printed as one JSON line), so that each peak memory is that model's alone; its figures
+    reach stderr as they are measured.
 
-    Example (a measurement is :func:`measure`'s example; an unknown model fails at once):
+    Example (a tiny run is ``tests/test_experiments.py``'s; an unknown model fails at once):
       >>> from experiments.gpu_check import main
       >>> main(["--child", "--models", "resnet-1"])
       Traceback (most recent call last):
@@ -127,6 +160,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--m", type=int, default=10, help="Lanczos steps of the timed runs")
     ap.add_argument("--repeat", type=int, default=3, help="timed HVPs after a warm-up")
+    ap.add_argument("--out", help="JSON file of the finished rows, written after each model")
+    ap.add_argument("--model-timeout", type=float, default=None,
+                    help="seconds a model may take before it is stopped (default: no limit)")
+    ap.add_argument("--programs", help="directory of compiled programs kept between runs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     knobs = dict(n=args.n, batch_size=args.batch_size, m=args.m, repeat=args.repeat)
@@ -134,24 +171,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if name not in model_names() and not name.startswith("preresnet"):
             raise ValueError(f"unknown model {name!r}")
     if args.child:
-        rows = [measure(name, **knobs) for name in args.models]
+        if args.programs:  # before anything compiles
+            cache_compilations(args.programs)
+        rows = [measure(name, report=_report(name), **knobs) for name in args.models]
         for row in rows:
             print(json.dumps(row))
         return rows
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
-          f"(backend {jax.default_backend()}); N = {FULL_N:,} extrapolated from n = {args.n}")
+          f"(backend {jax.default_backend()}); N = {FULL_N:,} extrapolated from n = {args.n}",
+          flush=True)
     rows = []
     for name in args.models:
         cmd = [sys.executable, "-m", "experiments.gpu_check", "--child", "--models", name,
                "--n", str(args.n), "--batch-size", str(args.batch_size), "--m", str(args.m),
-               "--repeat", str(args.repeat)]
+               "--repeat", str(args.repeat)] + (["--programs", args.programs]
+                                                if args.programs else [])
         t = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        try:  # stderr is this process's: the child's figures show as they come
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True,
+                                 timeout=args.model_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{name}: stopped after {args.model_timeout:g} s (--model-timeout)", flush=True)
+            continue
         if out.returncode:
-            print(f"{name}: failed\n{out.stderr[-2000:]}")
+            print(f"{name}: failed (exit code {out.returncode}; its error is above)", flush=True)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
+        if args.out:
+            write_text(args.out, json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     return rows
 

@@ -320,3 +320,22 @@ def test_speed_profile_reads_the_latest_trace_of_a_kept_directory(tmp_path):
     second = profile_lanczos(lambda v: A * v, jnp.ones(100), 6, runs=2,
                              directory=str(tmp_path))
     assert [r.programs["_host_advance"][1] for r in first + second] == [4, 6, 6]
+
+
+def test_gpu_check_reports_each_figure_as_it_comes_and_stops_a_model_past_its_time(tmp_path,
+                                                                                   capfd):
+    """A model's figures reach stderr one by one and its row the ``--out`` file; a model that
+    runs past ``--model-timeout`` is stopped and left out."""
+    from experiments.gpu_check import main
+
+    out = tmp_path / "rows.json"
+    rows = main(["--models", "mlp", "--n", "4", "--batch-size", "4", "--m", "2", "--repeat",
+                 "1", "--out", str(out)])
+    printed = capfd.readouterr()
+    assert json.loads(out.read_text()) == rows and [r["model"] for r in rows] == ["mlp"]
+    assert "mlp  hvp_plain_s " in printed.err and "mlp  peak_gib " in printed.err
+    assert "mlp: " in printed.out and rows[0]["lanczos_host_warm_s"] > 0
+    # vgg16's child cannot even import JAX in a second
+    assert main(["--models", "vgg16", "--n", "4", "--batch-size", "4", "--m", "2",
+                 "--model-timeout", "1"]) == []
+    assert "vgg16: stopped after 1 s (--model-timeout)" in capfd.readouterr().out
