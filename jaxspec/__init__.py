@@ -31,6 +31,7 @@ from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
 from jaxspec.compiler import compiler_options
 from jaxspec.compiler import jit_argument
+from jaxspec.convolutions import canonical_convolutions
 from jaxspec.eigsh import EigshResult
 from jaxspec.eigsh import eigsh
 from jaxspec.heterogeneity import heterogeneity
@@ -92,6 +93,7 @@ __all__ = [
     "batch_dataset",
     "block_spectra",
     "blocks",
+    "canonical_convolutions",
     "check_labels",
     "compare_spectra",
     "compiler_options",

@@ -16,6 +16,11 @@ linearisations, the compiled Lanczos driver, the estimators, the training steps)
 :func:`jit`. Pass :func:`compiler_options` to your own ``jax.jit`` for the same effect. They
 are not used where ``XLA_FLAGS`` sets the YNNPACK fusions itself, where the default backend is
 not the CPU, or where this jaxlib does not know them.
+
+On a CPU :func:`jit` also puts the convolutions inside the program's loops in the order XLA:CPU's
+fast kernels take (:func:`jaxspec.convolutions.canonical_convolutions`: XLA does so only outside
+loops), so a CNN's products run as fast in ``lax.scan`` or the compiled Lanczos driver as in the
+host loop.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Callable
 
 import jax
 import numpy as np
+
+from jaxspec.convolutions import canonical_convolutions
 
 __all__ = ["CPU_OPTIONS", "cache_compilations", "compiler_options", "jit", "jit_argument"]
 
@@ -56,9 +63,10 @@ def compiler_options() -> dict:
 
 
 class _Jit:
-    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options`, made at the first call (the
-    options need the backend, which must not start at import). Called with traced arguments,
-    inside another program, it is the plain jit: JAX takes options only from the outermost."""
+    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` and, on a CPU, canonical
+    convolutions in loops, made at the first call (both need the backend, which must not start
+    at import). Called with traced arguments, inside another program, it is the plain jit: JAX
+    takes options only from the outermost, whose canonicalisation reaches into it."""
 
     def __init__(self, fun: Callable, kwargs: dict):
         functools.update_wrapper(self, fun)
@@ -71,8 +79,12 @@ class _Jit:
             return self._plain
         if self._top is None:
             options = compiler_options()
-            self._top = jax.jit(self._fun, compiler_options=options, **self._kwargs) \
-                if options else self._plain
+            if jax.default_backend() == "cpu":
+                # the plain jit traced inside: its trace is cached and shared with nested calls
+                self._top = jax.jit(canonical_convolutions(self._plain), **self._kwargs,
+                                    **({"compiler_options": options} if options else {}))
+            else:
+                self._top = self._plain
         return self._top
 
     def __call__(self, *args, **kwargs):
@@ -83,8 +95,9 @@ class _Jit:
 
 
 def jit(fun: Callable, /, **kwargs) -> Callable:
-    """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options`; for a decorator with
-    arguments, ``functools.partial(jit, donate_argnums=...)``.
+    """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options` (and on a CPU with
+    :func:`jaxspec.convolutions.canonical_convolutions`); for a decorator with arguments,
+    ``functools.partial(jit, donate_argnums=...)``.
 
     Example:
       >>> import jax.numpy as jnp

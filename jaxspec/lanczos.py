@@ -6,9 +6,10 @@ The step mathematics lives in one function, :func:`lanczos_step`; two drivers ca
   the matvec traced into the loop body, so a run (or a chunk of one) is a single XLA program:
   the right choice on GPU/TPU;
 * the host driver (``driver="host"`` in :func:`run_lanczos`): a Python loop over steps that calls
-  the matvec eagerly and a jitted :func:`lanczos_step`: the right choice on CPU, where XLA runs
-  convolutions inside loop bodies 25-40x slower than outside (JAX issue #12868), and for
-  matvecs that stream data from host memory.
+  the matvec eagerly and a jitted :func:`lanczos_step`: the CPU default (its steps read the
+  basis blocks in place, where XLA:CPU copies a slice of an operand before a dot), and the one
+  for matvecs that stream data from host memory. A CNN's products run at full speed in the
+  compiled driver on CPU too (:mod:`jaxspec.convolutions`).
 
 :func:`run_lanczos` drives either in chunks of steps; between chunks it calls hooks
 (:class:`LanczosHook`: the checkpoints and progress bars of :mod:`jaxspec.io`), and an

@@ -420,8 +420,8 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         distribution), ``"fisher_mc"`` or :class:`jaxspec.FisherMC` ``(num_samples)``
         (Monte-Carlo Fisher, needs ``key``) and ``"empirical_fisher"`` (also for a plain
         ``loss_fn`` that is a mean of per-sample terms); see :mod:`jaxspec.kinds`.
-      reduce: ``"auto"`` (the host loop on CPU, where XLA runs convolutions inside loops very
-        slowly, JAX issue #12868; ``lax.scan`` elsewhere), ``"scan"``, ``"host"``, ``"mesh"``
+      reduce: ``"auto"`` (the host loop on CPU, ``lax.scan`` elsewhere), ``"scan"``,
+        ``"host"``, ``"mesh"``
         (every device), a :class:`jax.sharding.Mesh`, or a strategy from
         :mod:`jaxspec.reduction` / :class:`jaxspec.parallel.MeshReduce`.
       transform: a pytree callable ``batch -> batch`` applied inside every product (e.g.

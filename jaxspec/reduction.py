@@ -9,10 +9,12 @@ tail). All strategies give the same numbers up to the order of float additions.
 * :class:`ScanReduce`: ``lax.scan`` over the stacked batches. Traceable: a whole Lanczos run
   is one XLA program. The default on GPU/TPU.
 * :class:`HostReduce`: a Python loop over groups of batches, each group one jitted call with
-  the batches unrolled, so no convolution runs inside an XLA loop (XLA:CPU runs them 25-40x
-  slower there, JAX issue #12868). NumPy batches stay in host memory and are copied group by
-  group, so data sets larger than the device work. The default on CPU. Not traceable: the
-  Lanczos host driver calls it (``driver="auto"`` picks that driver for it).
+  the batches unrolled. NumPy batches stay in host memory and are copied group by group, so
+  data sets larger than the device work. The default on CPU, where it pairs with the Lanczos
+  host driver, whose steps read the basis in place. Not traceable: the Lanczos host driver
+  calls it (``driver="auto"`` picks that driver for it). (Convolutions inside ``lax.scan`` are
+  no slower on CPU: jaxspec's programs put them in the order XLA:CPU's fast kernels take,
+  :mod:`jaxspec.convolutions`.)
 * :class:`jaxspec.parallel.MeshReduce`: the batches split over a device mesh
   (``jax.shard_map``), one ``psum`` per product; one host or many.
 """

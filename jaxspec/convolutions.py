@@ -1,0 +1,168 @@
+"""Convolutions inside loops in the form XLA:CPU runs fast: :func:`canonical_convolutions`.
+
+XLA:CPU runs a convolution with Eigen's (multi-threaded, blocked) kernels only when its
+dimensions are in the canonical order: input batch, spatial..., feature; kernel spatial...,
+input feature, output feature; output like the input. Its ``ConvCanonicalization`` pass puts
+other convolutions in that order with transposes, but it only visits the program's entry
+computation. A convolution inside a loop body or a conditional branch (``lax.scan``,
+``lax.fori_loop``, ``lax.cond``) keeps its order, and the gradients JAX builds for a
+convolution are not in it: the kernel gradient correlates the input with the output's
+cotangent over the batch (``dim_labels=f01b_i01o->01bf``), the input gradient reads the kernel
+with its features swapped. XLA then emits a naive loop nest for them: a CNN's gradient or
+Hessian-vector product inside ``lax.scan`` ran 20-60x slower than the same product outside one
+(JAX issue #12868). Some it gets wrong: jaxlib 0.10 turns a width-1 convolution whose operand
+is not batch-major into a dot and reads the rows in the wrong order (``tests/test_convolutions``
+has one, an input gradient off by 3.8).
+
+:func:`canonical_convolutions` does the canonicalisation in JAX, before XLA sees the program:
+it traces a function to a jaxpr and evaluates it again with every non-canonical convolution
+inside a loop or branch replaced by transposes around a canonical one (the same arithmetic, in
+the same order as XLA's pass). Convolutions outside loops are left to XLA, and so is the body
+of a ``jax.shard_map`` (its axis names are bound only inside it: apply the function to the body).
+:func:`jaxspec.compiler.jit` applies it to every program jaxspec compiles on a CPU and the mesh
+reduction to its body, so the ``lax.scan`` reduction, the mesh reduction and the compiled
+Lanczos driver run a CNN's products at the speed of the host loop. Deviation from XLA's pass:
+none in what is computed; the transposes are explicit operations that XLA may fuse differently.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax import lax
+from jax.extend import core
+
+__all__ = ["canonical_convolutions"]
+
+_CONV = lax.conv_general_dilated_p
+
+# Primitives whose jaxprs XLA inlines into the computation that calls them: a convolution in
+# them is where the call is. Every other primitive with jaxprs (while, scan, cond, ...) lowers
+# them to computations of their own, which XLA:CPU's canonicalisation does not visit.
+_INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint",
+                      "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"})
+# Primitives whose bodies run under axis names they bind: their jaxprs can only be traced again
+# inside them, so they are left as they are (apply canonical_convolutions to the function
+# given to jax.shard_map, as jaxspec's mesh reduction does).
+_OPAQUE = frozenset({"shard_map", "xla_pmap"})
+
+
+def _orders(dn) -> tuple[tuple[int, ...], ...]:
+    """The transposes that put a convolution's input, kernel and output in canonical order."""
+    lhs = (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1])
+    rhs = (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])
+    out = (dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1])
+    return lhs, rhs, out
+
+
+def _is_canonical(eqn) -> bool:
+    return all(o == tuple(range(len(o))) for o in _orders(eqn.params["dimension_numbers"]))
+
+
+def _canonical_conv(lhs, rhs, **params):
+    """The convolution ``params`` describe, on transposed operands in canonical order."""
+    to_lhs, to_rhs, to_out = _orders(params["dimension_numbers"])
+    n = len(to_lhs)
+    spatial = tuple(range(1, n - 1))
+    dn = lax.ConvDimensionNumbers((0, n - 1, *spatial), (n - 1, n - 2, *range(n - 2)),
+                                  (0, n - 1, *spatial))
+    out = _CONV.bind(lax.transpose(lhs, to_lhs), lax.transpose(rhs, to_rhs),
+                     **{**params, "dimension_numbers": dn})
+    return lax.transpose(out, tuple(int(i) for i in np.argsort(to_out)))
+
+
+def _rewrites(jaxpr, in_loop: bool) -> bool:
+    """Whether ``jaxpr`` (open) has a non-canonical convolution inside a loop or branch."""
+    for eqn in jaxpr.eqns:
+        if in_loop and eqn.primitive is _CONV and not _is_canonical(eqn):
+            return True
+        if eqn.primitive.name in _OPAQUE:
+            continue
+        inner = in_loop or eqn.primitive.name not in _INLINED
+        if any(_rewrites(j, inner) for j in core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def _rewrite_param(value: Any, in_loop: bool) -> Any:
+    """A primitive's parameter with its jaxprs rewritten (closed, open, or a tuple of closed);
+    anything else as it is."""
+    if isinstance(value, core.ClosedJaxpr):
+        if not _rewrites(value.jaxpr, in_loop):
+            return value
+        return jax.make_jaxpr(functools.partial(_evaluate, value.jaxpr, value.consts, in_loop))(
+            *[v.aval for v in value.jaxpr.invars])
+    if isinstance(value, core.Jaxpr):
+        closed = _rewrite_param(core.ClosedJaxpr(value, ()), in_loop)
+        return value if closed.consts else closed.jaxpr  # constants have no place there
+    if isinstance(value, tuple) and value and all(isinstance(x, core.ClosedJaxpr) for x in value):
+        return tuple(_rewrite_param(x, in_loop) for x in value)
+    return value
+
+
+def _evaluate(jaxpr, consts, in_loop: bool, *args) -> list:
+    """``jaxpr`` evaluated on ``args`` (in the current trace), its convolutions inside loops
+    and branches canonical."""
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    read = lambda v: v.val if isinstance(v, core.Literal) else env[v]  # noqa: E731
+    for eqn in jaxpr.eqns:
+        args_in = [read(v) for v in eqn.invars]
+        if in_loop and eqn.primitive is _CONV and not _is_canonical(eqn):
+            outs = [_canonical_conv(*args_in, **eqn.params)]
+        else:
+            inner = in_loop or eqn.primitive.name not in _INLINED
+            params = eqn.params if eqn.primitive.name in _OPAQUE else {
+                k: _rewrite_param(v, inner) for k, v in eqn.params.items()}
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*args_in, **eqn.primitive.get_bind_params(params))
+            outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update((v, x) for v, x in zip(eqn.outvars, outs) if not isinstance(v, core.DropVar))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def canonical_convolutions(fun: Callable) -> Callable:
+    """``fun`` with the convolutions inside its loops and branches in canonical order: the same
+    results, and on XLA:CPU the fast convolution kernels (see the module docstring).
+
+    Arguments that are JAX arrays or tracers are traced; the others (static arguments of an
+    enclosing ``jax.jit``, Python objects) are constants of the trace. Use it under ``jax.jit``
+    (``jax.jit(canonical_convolutions(f))``): called eagerly it traces ``fun`` at every call.
+    :func:`jaxspec.compiler.jit` applies it on a CPU.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxspec.convolutions import canonical_convolutions
+      >>> def kernel_grads(w, xs):   # the kernel gradient of a convolution, in a scan
+      ...     loss = lambda w, x: jnp.sum(jax.lax.conv_general_dilated(
+      ...         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+      ...     return jax.lax.scan(lambda c, x: (c + jax.grad(loss)(w, x), None), 0 * w, xs)[0]
+      >>> w, xs = jnp.ones((3, 3, 2, 2)), jnp.ones((4, 1, 5, 5, 2))
+      >>> hlo = jax.jit(canonical_convolutions(kernel_grads)).lower(w, xs).as_text("hlo")
+      >>> sorted({l.split("dim_labels=")[1].split(",")[0] for l in hlo.splitlines()
+      ...         if "convolution(" in l})   # the kernel gradient's f01b_i01o->01bf is gone
+      ['b01f_01io->b01f']
+      >>> bool(jnp.array_equal(canonical_convolutions(kernel_grads)(w, xs), kernel_grads(w, xs)))
+      True
+    """
+
+    @functools.wraps(fun)
+    def canonical(*args, **kwargs):
+        leaves, tree = jax.tree.flatten((args, kwargs))
+        traced = [isinstance(x, (jax.Array, jax.core.Tracer)) for x in leaves]
+
+        def rebuilt(*arrays):
+            it = iter(arrays)
+            full = [next(it) if t else x for x, t in zip(leaves, traced)]
+            args, kwargs = jax.tree.unflatten(tree, full)
+            return fun(*args, **kwargs)
+
+        arrays = [x for x, t in zip(leaves, traced) if t]
+        closed, shape = jax.make_jaxpr(rebuilt, return_shape=True)(*arrays)
+        outs = _evaluate(closed.jaxpr, closed.consts, False, *arrays)
+        return jax.tree.unflatten(jax.tree.structure(shape), outs)
+
+    return canonical
