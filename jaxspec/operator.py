@@ -100,6 +100,28 @@ class CurvatureOperator:
     linearize: Any = "auto"
     linear: Any = None
 
+    def __repr__(self) -> str:
+        """What the operator applies, without its arrays. (The dataclass's own repr printed every
+        array; JAX calls ``str()`` on a callable object it traces, e.g. in
+        ``jax.eval_shape(op, v)``: tens of seconds for a linearised deep network.)
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(3),
+          ...                            jaxspec.batch_dataset(jnp.ones(5), 2), reduce="scan")
+          CurvatureOperator(kind='hessian', size=3, dtype=float32, batches=2 + tail of 1, reduce=ScanReduce(), linear=None)
+        """
+        data = self.data
+        if data is None:
+            batches = "none"
+        else:
+            count = int(np.shape(data.weights)[0])
+            tail = jax.tree.leaves(data.tail)
+            batches = f"{count}" + (f" + tail of {len(tail[0])}" if tail else "")
+        linear = None if self.linear is None else f"{self.linear.count} batches"
+        return (f"CurvatureOperator(kind={self.kind!r}, size={self.size}, dtype={self.dtype}, "
+                f"batches={batches}, reduce={self.reduce!r}, linear={linear})")
+
     # ---- linear-operator protocol ---------------------------------------------------------
     @property
     def size(self) -> int:

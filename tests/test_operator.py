@@ -190,3 +190,18 @@ def test_fingerprint_sees_any_change_of_a_parameter(index, delta):
 @functools.cache
 def plain_case_cached():
     return plain_case()
+
+
+def test_repr_names_the_operator_without_its_arrays():
+    """The repr is a line, however many arrays the operator holds: JAX calls ``str()`` on a
+    callable object it traces (``jax.eval_shape(op, v)``, as ``run_lanczos`` checks a matvec),
+    and the dataclass's own repr printed every parameter, batch and residual."""
+    from jaxspec.checks import check_matvec
+
+    op = curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(jnp.tanh(p) ** 4),
+                            jnp.ones(10_000), batch_dataset(np.ones((7, 300)), 2),
+                            reduce="scan").linearized()
+    text = repr(op)
+    assert text.startswith("CurvatureOperator(kind='hessian', size=10000") and len(text) < 200
+    assert "linear=3 batches" in text and "batches=3 + tail of 1" in text
+    check_matvec(op, jnp.ones(10_000, op.dtype))
