@@ -101,9 +101,9 @@ class CurvatureOperator:
     linear: Any = None
 
     def __repr__(self) -> str:
-        """What the operator applies, without its arrays. (The dataclass's own repr printed every
-        array; JAX calls ``str()`` on a callable object it traces, e.g. in
-        ``jax.eval_shape(op, v)``: tens of seconds for a linearised deep network.)
+        """What the operator applies, without its arrays: JAX calls ``str()`` on a callable object
+        it traces (``jax.eval_shape(op, v)``, ``jax.jit(op)``), and a repr printing every
+        parameter, batch and residual array would make that slow for a deep network.
 
         Example:
           >>> import jax.numpy as jnp, jaxspec

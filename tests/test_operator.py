@@ -195,7 +195,7 @@ def plain_case_cached():
 def test_repr_names_the_operator_without_its_arrays():
     """The repr is a line, however many arrays the operator holds: JAX calls ``str()`` on a
     callable object it traces (``jax.eval_shape(op, v)``, as ``run_lanczos`` checks a matvec),
-    and the dataclass's own repr printed every parameter, batch and residual."""
+    and the dataclass's default repr prints every parameter, batch and residual."""
     from jaxspec.checks import check_matvec
 
     op = curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(jnp.tanh(p) ** 4),
