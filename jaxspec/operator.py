@@ -107,7 +107,7 @@ class CurvatureOperator:
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
-          >>> jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(3),
+          >>> jaxspec.curvature_operator(lambda p, x: jnp.sum(p ** 2), jnp.ones(3, jnp.float32),
           ...                            jaxspec.batch_dataset(jnp.ones(5), 2), reduce="scan")
           CurvatureOperator(kind='hessian', size=3, dtype=float32, batches=2 + tail of 1, reduce=ScanReduce(), linear=None)
         """
