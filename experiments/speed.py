@@ -253,7 +253,7 @@ def bench(name, init, apply, args):
 
     host_mv = jaxspec.curvature_operator(loss, params, batched, reduce="host")
     scan_mv = jaxspec.curvature_operator(loss, params, batched, reduce="scan")
-    t_hvp_scan = _time(scan_mv.mv, v, repeat=2)  # slow on CPU convs
+    t_hvp_scan = _time(scan_mv.mv, v, repeat=2)
 
     @jit
     def unrolled(v, params, batches):  # every batch in one program, no XLA loop: the CPU floor

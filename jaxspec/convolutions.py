@@ -8,11 +8,11 @@ computation. A convolution inside a loop body or a conditional branch (``lax.sca
 ``lax.fori_loop``, ``lax.cond``) keeps its order, and the gradients JAX builds for a
 convolution are not in it: the kernel gradient correlates the input with the output's
 cotangent over the batch (``dim_labels=f01b_i01o->01bf``), the input gradient reads the kernel
-with its features swapped. XLA then emits a naive loop nest for them: a CNN's gradient or
-Hessian-vector product inside ``lax.scan`` ran 20-60x slower than the same product outside one
-(JAX issue #12868). Some it gets wrong: jaxlib 0.10 turns a width-1 convolution whose operand
-is not batch-major into a dot and reads the rows in the wrong order (``tests/test_convolutions``
-has one, an input gradient off by 3.8).
+with its features swapped. XLA then emits a naive loop nest for them, and a CNN's gradient or
+Hessian-vector product inside ``lax.scan`` runs many times slower than the same product outside
+one (JAX issue #12868; the README has the figures). Some it gets wrong: jaxlib 0.10 turns a
+width-1 convolution whose operand is not batch-major into a dot and reads the rows in the wrong
+order (``tests/test_convolutions`` has one, an input gradient).
 
 :func:`canonical_convolutions` does the canonicalisation in JAX, before XLA sees the program:
 it traces a function to a jaxpr and evaluates it again with every non-canonical convolution
@@ -74,15 +74,27 @@ def _canonical_conv(lhs, rhs, **params):
     return lax.transpose(out, tuple(int(i) for i in np.argsort(to_out)))
 
 
+def _to_rewrite(eqn, in_loop: bool) -> bool:
+    """Whether ``eqn`` is a non-canonical convolution inside a loop or branch."""
+    return in_loop and eqn.primitive is _CONV and not _is_canonical(eqn)
+
+
+def _inner(eqn, in_loop: bool) -> bool | None:
+    """Whether the jaxprs of ``eqn``'s parameters run inside a loop or branch; None where they
+    are left alone (:data:`_OPAQUE`)."""
+    if eqn.primitive.name in _OPAQUE:
+        return None
+    return in_loop or eqn.primitive.name not in _INLINED
+
+
 def _rewrites(jaxpr, in_loop: bool) -> bool:
     """Whether ``jaxpr`` (open) has a non-canonical convolution inside a loop or branch."""
     for eqn in jaxpr.eqns:
-        if in_loop and eqn.primitive is _CONV and not _is_canonical(eqn):
+        if _to_rewrite(eqn, in_loop):
             return True
-        if eqn.primitive.name in _OPAQUE:
-            continue
-        inner = in_loop or eqn.primitive.name not in _INLINED
-        if any(_rewrites(j, inner) for j in core.jaxprs_in_params(eqn.params)):
+        inner = _inner(eqn, in_loop)
+        if inner is not None and any(_rewrites(j, inner)
+                                     for j in core.jaxprs_in_params(eqn.params)):
             return True
     return False
 
@@ -111,11 +123,11 @@ def _evaluate(jaxpr, consts, in_loop: bool, *args) -> list:
     read = lambda v: v.val if isinstance(v, core.Literal) else env[v]  # noqa: E731
     for eqn in jaxpr.eqns:
         args_in = [read(v) for v in eqn.invars]
-        if in_loop and eqn.primitive is _CONV and not _is_canonical(eqn):
+        if _to_rewrite(eqn, in_loop):
             outs = [_canonical_conv(*args_in, **eqn.params)]
         else:
-            inner = in_loop or eqn.primitive.name not in _INLINED
-            params = eqn.params if eqn.primitive.name in _OPAQUE else {
+            inner = _inner(eqn, in_loop)
+            params = eqn.params if inner is None else {
                 k: _rewrite_param(v, inner) for k, v in eqn.params.items()}
             with eqn.ctx.manager:
                 outs = eqn.primitive.bind(*args_in, **eqn.primitive.get_bind_params(params))

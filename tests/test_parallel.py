@@ -53,7 +53,8 @@ def _free_port() -> int:
 def workers(request, tmp_path_factory):
     # Started before the first test so they compile while the in-process tests run, and only
     # if a test that reads them (marked slow) was selected.
-    if not any(item.module is request.module and item.get_closest_marker("slow")
+    if not any(getattr(item, "module", None) is request.module  # doctests have none
+               and item.get_closest_marker("slow")
                for item in request.session.items):
         yield None
         return
