@@ -6,10 +6,11 @@ The step mathematics lives in one function, :func:`lanczos_step`; two drivers ca
   the matvec traced into the loop body, so a run (or a chunk of one) is a single XLA program:
   the right choice on GPU/TPU;
 * the host driver (``driver="host"`` in :func:`run_lanczos`): a Python loop over steps that calls
-  the matvec eagerly and a jitted :func:`lanczos_step`: the CPU default (its steps read the
-  basis blocks in place, where XLA:CPU copies a slice of an operand before a dot), and the one
-  for matvecs that stream data from host memory. A CNN's products run at full speed in the
-  compiled driver on CPU too (:mod:`jaxspec.convolutions`).
+  the matvec eagerly and a jitted :func:`lanczos_step`: the CPU default for small products (its
+  steps read the basis blocks in place, where XLA:CPU copies a slice of an operand before a
+  dot), and the one for matvecs that stream data from host memory. A CNN's products run at full
+  speed in the compiled driver on CPU too (:mod:`jaxspec.convolutions`), faster than called one
+  by one (:data:`jaxspec.reduction.SCAN_BYTES`), so an operator takes it there by default.
 
 :func:`run_lanczos` drives either in chunks of steps; between chunks it calls hooks
 (:class:`LanczosHook`: the checkpoints and progress bars of :mod:`jaxspec.io`), and an
@@ -505,8 +506,9 @@ def resolve_driver(driver: str = "auto", matvec: Callable | None = None, /) -> s
     """The Lanczos driver that ``driver`` stands for, for ``matvec`` on this backend.
 
     ``"auto"``: the driver the operator's reduction is made for (``"host"`` for the host loop,
-    ``"compiled"`` for ``lax.scan`` and the mesh); for any other matvec ``"host"`` on CPU
-    (XLA:CPU runs convolutions inside loops very slowly) and ``"compiled"`` elsewhere.
+    ``"compiled"`` for ``lax.scan`` and the mesh); for any other matvec ``"host"`` on CPU (it
+    calls any callable, traceable or not, and its steps read the basis in place) and
+    ``"compiled"`` elsewhere.
     ``"host"`` and ``"compiled"`` are returned as they are.
 
     Example:

@@ -27,8 +27,8 @@ import numpy as np
 
 from jaxspec.compiler import jit
 
-__all__ = ["AUTO_FRACTION", "LinearCache", "bare_operator", "linearized", "memory_budget",
-           "residual_bytes"]
+__all__ = ["AUTO_FRACTION", "LinearCache", "bare_operator", "free_bytes", "linearized",
+           "memory_budget", "residual_bytes"]
 
 # The share of the free memory that linearize="auto" gives the residuals at most: the rest is
 # left to the products' own buffers, the Krylov basis and whatever else runs.
@@ -181,9 +181,15 @@ def residual_bytes(op, batch_like) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes)))
 
 
-def _free_bytes() -> int:
+def free_bytes() -> int:
     """Free memory of the default device: the allocator's limit less what is in use where the
-    device reports it (GPU, TPU), else the host's available memory (CPU)."""
+    device reports it (GPU, TPU), else the host's available memory (CPU).
+
+    Example:
+      >>> from jaxspec.linearized import free_bytes
+      >>> free_bytes() > 0
+      True
+    """
     device = jax.local_devices()[0]  # this process's own: another's cannot be asked
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
@@ -218,7 +224,7 @@ def memory_budget(linearize: Any, /, allowance: int | None = None) -> int:
     if linearize is None or linearize is False:
         return 0
     if linearize == "auto":
-        free = int(AUTO_FRACTION * _free_bytes())
+        free = int(AUTO_FRACTION * free_bytes())
         on_cpu = jax.local_devices()[0].platform == "cpu"
         return free if allowance is None or not on_cpu else min(free, int(allowance))
     if isinstance(linearize, (int, np.integer)) and not isinstance(linearize, bool) \

@@ -442,9 +442,9 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         distribution), ``"fisher_mc"`` or :class:`jaxspec.FisherMC` ``(num_samples)``
         (Monte-Carlo Fisher, needs ``key``) and ``"empirical_fisher"`` (also for a plain
         ``loss_fn`` that is a mean of per-sample terms); see :mod:`jaxspec.kinds`.
-      reduce: ``"auto"`` (the host loop on CPU, ``lax.scan`` elsewhere), ``"scan"``,
-        ``"host"``, ``"mesh"``
-        (every device), a :class:`jax.sharding.Mesh`, or a strategy from
+      reduce: ``"auto"`` (``lax.scan``; on a CPU the host loop for products with small
+        activations, :func:`jaxspec.reduction.resolve_reduce`), ``"scan"``, ``"host"``,
+        ``"mesh"`` (every device), a :class:`jax.sharding.Mesh`, or a strategy from
         :mod:`jaxspec.reduction` / :class:`jaxspec.parallel.MeshReduce`.
       transform: a pytree callable ``batch -> batch`` applied inside every product (e.g.
         :class:`jaxspec.augmented.Augmentation`), or None.
@@ -482,8 +482,8 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
     if key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)  # plain uint32: placed and hashed like any array
     _check_params(params)
-    strategy = resolve_reduce(reduce)
     memory_budget(linearize)  # a bad budget fails here, not at the first Lanczos run
-    op = CurvatureOperator(params, data, transform, loss_fn, kind, strategy, key,
+    op = CurvatureOperator(params, data, transform, loss_fn, kind, None, key,
                            linearize=linearize)
-    return strategy.prepare(op)
+    strategy = resolve_reduce(reduce, op)
+    return strategy.prepare(dataclasses.replace(op, reduce=strategy))

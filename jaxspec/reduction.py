@@ -7,14 +7,16 @@ returns ``sum_b w_b A_b v`` over the batches (weights ``batch size / N``: exact 
 tail). All strategies give the same numbers up to the order of float additions.
 
 * :class:`ScanReduce`: ``lax.scan`` over the stacked batches. Traceable: a whole Lanczos run
-  is one XLA program. The default on GPU/TPU.
+  is one XLA program. The default on GPU/TPU, and on CPU for products with large activations
+  (:data:`SCAN_BYTES`). (Convolutions inside ``lax.scan`` are as fast as outside on CPU:
+  jaxspec's programs put them in the order XLA:CPU's fast kernels take,
+  :mod:`jaxspec.convolutions`.)
 * :class:`HostReduce`: a Python loop over groups of batches, each group one jitted call with
   the batches unrolled. NumPy batches stay in host memory and are copied group by group, so
-  data sets larger than the device work. The default on CPU, where it pairs with the Lanczos
-  host driver, whose steps read the basis in place. Not traceable: the Lanczos host driver
-  calls it (``driver="auto"`` picks that driver for it). (Convolutions inside ``lax.scan`` are
-  no slower on CPU: jaxspec's programs put them in the order XLA:CPU's fast kernels take,
-  :mod:`jaxspec.convolutions`.)
+  data sets larger than the device work. The default on CPU for products with small
+  activations, where it pairs with the Lanczos host driver, whose steps read the basis in
+  place. Not traceable: the Lanczos host driver calls it (``driver="auto"`` picks that driver
+  for it).
 * :class:`jaxspec.parallel.MeshReduce`: the batches split over a device mesh
   (``jax.shard_map``), one ``psum`` per product; one host or many.
 """
@@ -31,16 +33,25 @@ import numpy as np
 
 from jaxspec.batching import dataset_mean
 from jaxspec.compiler import jit
-from jaxspec.linearized import (apply_maps, bare_operator, build_cache, residual_bytes,
-                                scan_mean)
+from jaxspec.linearized import (apply_maps, bare_operator, build_cache, free_bytes,
+                                residual_bytes, scan_mean)
 
-__all__ = ["GROUP_BYTES", "HostReduce", "ScanReduce", "resolve_reduce"]
+__all__ = ["GROUP_BYTES", "SCAN_BYTES", "HostReduce", "ScanReduce", "resolve_reduce"]
 
 # The activations one call of the host loop may hold, by default: batches are grouped until
 # their linearised products' residuals (the activations a product keeps for its backward pass)
 # reach this. A call costs a dispatch and a pass over the P-vector it returns, so a small
 # model's batches all go in one call, while a CNN's (hundreds of MiB each) go one at a time.
 GROUP_BYTES = 64 * 2**20
+
+# On a CPU, "auto" sums the batches in one compiled ``lax.scan`` (and Lanczos takes the compiled
+# driver) when one batch's product keeps at least this much (a CNN's activations), and the host
+# loop below it. Each call of a compiled program allocates its temporary buffer afresh, and
+# glibc's malloc serves blocks this large (its mmap threshold stops growing at 32 MiB) with a
+# fresh mapping whose every page faults on first touch: a host loop of such products pays that
+# at every batch of every product, a loop inside one program once. Small products (an MLP's)
+# stay on the host loop, whose driver reads the Krylov basis in place.
+SCAN_BYTES = 32 * 2**20
 
 
 @functools.partial(jit, inline=True)
@@ -131,13 +142,14 @@ def _group_apply(op, acc, v, stacked, start, weights):
 
 @dataclasses.dataclass(frozen=True)
 class HostReduce:
-    """Batches summed by a Python loop over jitted groups of ``group_size`` batches (CPU default).
+    """Batches summed by a Python loop over jitted groups of ``group_size`` batches.
 
-    Zero-weight (padding) batches are skipped. Batches already on the device are passed whole
-    and cut out inside the compiled group; NumPy batches stay on the host and each group is
-    copied to the device when it is used. The default, one batch per call, holds one batch's
-    activations at a time (the least memory, as a PyTorch loop over batches). More batches per
-    group means fewer dispatches and XLA:CPU runs the group's products side by side, but each
+    The CPU default for products with small activations (:func:`resolve_reduce`). Zero-weight
+    (padding) batches are skipped. Batches already on the device are passed whole and cut out
+    inside the compiled group; NumPy batches stay on the host and each group is copied to the
+    device when it is used. One batch per call holds one batch's activations at a time (the
+    least memory, as a PyTorch loop over batches; ``group_size=None`` groups batches up to
+    :data:`GROUP_BYTES` of activations). More batches per group means fewer dispatches and XLA:CPU runs the group's products side by side, but each
     group holds the activations of all its batches at once and compiles longer: memory traded
     for fewer dispatches (the README's speed section has the figures).
 
@@ -173,13 +185,7 @@ class HostReduce:
         """
         if self.group_size is not None:
             return self
-        batches = op.data.batches
-        if batches is None:
-            return HostReduce(1)
-        count = jax.tree.leaves(batches)[0].shape[0]
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batches)
-        per_batch = max(residual_bytes(op, like), 1)
-        return HostReduce(int(min(count, max(1, GROUP_BYTES // per_batch))))
+        return HostReduce(_group_size(op, _batch_bytes(op)))
 
     def prepare(self, op):
         """Parameters and transform to the device; the data stays where it is; the weights go
@@ -283,26 +289,66 @@ def _uncommitted(tree: Any) -> Any:
     return jax.tree.map(place, tree)
 
 
-def resolve_reduce(reduce: Any = "auto", /) -> Any:
-    """The strategy that ``reduce`` names.
+def _batch_bytes(op) -> int:
+    """Bytes of residuals of one stacked batch's product (0 without stacked batches)."""
+    batches = op.data.batches
+    if batches is None:
+        return 0
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batches)
+    return residual_bytes(op, like)
 
-    ``"auto"``: :class:`HostReduce` on CPU, :class:`ScanReduce` elsewhere; ``"host"``,
-    ``"scan"``; ``"mesh"``: :class:`jaxspec.parallel.MeshReduce` over every device; a
-    :class:`jax.sharding.Mesh`: ``MeshReduce`` over it; a strategy object is returned as is.
+
+def _group_size(op, per_batch: int) -> int:
+    """As many of ``op``'s batches as fit in :data:`GROUP_BYTES` of residuals, at least one."""
+    batches = op.data.batches
+    if batches is None:
+        return 1
+    count = jax.tree.leaves(batches)[0].shape[0]
+    return int(min(count, max(1, GROUP_BYTES // max(per_batch, 1))))
+
+
+def _auto(op) -> Any:
+    """``"auto"``'s strategy for ``op``: :class:`ScanReduce` off CPU; on a CPU, ``ScanReduce``
+    where a batch's product keeps at least :data:`SCAN_BYTES` and the data's copy on the device
+    (NumPy batches are copied whole) takes at most a quarter of the free memory, else
+    :class:`HostReduce` (its group size fixed)."""
+    if jax.default_backend() != "cpu":
+        return ScanReduce()
+    leaves = jax.tree.leaves((op.data.batches, op.data.tail))
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
+        return HostReduce()  # a global array of several processes: its strategy says why not
+    per_batch = _batch_bytes(op)
+    copied = sum(np.asarray(x).nbytes for x in leaves if not isinstance(x, jax.Array))
+    if per_batch >= SCAN_BYTES and 4 * copied <= free_bytes():
+        return ScanReduce()
+    return HostReduce(_group_size(op, per_batch))
+
+
+def resolve_reduce(reduce: Any, op: Any, /) -> Any:
+    """The strategy that ``reduce`` names, for the operator ``op`` (not yet placed).
+
+    ``"auto"``: :class:`ScanReduce` on GPU/TPU; on a CPU, ``ScanReduce`` for products that keep
+    large activations (:data:`SCAN_BYTES` a batch: a CNN's), unless the data's copy would take
+    more than a quarter of the free memory, and :class:`HostReduce` otherwise (an MLP's);
+    ``"host"``, ``"scan"``; ``"mesh"``: :class:`jaxspec.parallel.MeshReduce` over every device;
+    a :class:`jax.sharding.Mesh`: ``MeshReduce`` over it; a strategy object is returned as is.
 
     Example:
-      >>> import jax
+      >>> import jax, jax.numpy as jnp, numpy as np, jaxspec
       >>> from jaxspec.reduction import HostReduce, ScanReduce, resolve_reduce
-      >>> resolve_reduce("scan"), resolve_reduce(HostReduce(2))
+      >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 2),
+      ...                                 jnp.ones(2), jaxspec.batch_dataset(np.ones(8), 4))
+      >>> resolve_reduce("scan", op), resolve_reduce(HostReduce(2), op)
       (ScanReduce(), HostReduce(group_size=2))
-      >>> isinstance(resolve_reduce(), HostReduce if jax.default_backend() == "cpu" else ScanReduce)
+      >>> cpu = jax.default_backend() == "cpu"   # a tiny product: the host loop on a CPU
+      >>> resolve_reduce("auto", op) == (HostReduce(2) if cpu else ScanReduce())
       True
     """
     from jaxspec.parallel import MeshReduce, data_mesh
 
     if isinstance(reduce, str):
         if reduce == "auto":
-            return HostReduce() if jax.default_backend() == "cpu" else ScanReduce()
+            return _auto(op)
         if reduce == "scan":
             return ScanReduce()
         if reduce == "host":

@@ -90,21 +90,46 @@ def test_transform_is_fixed_across_calls_and_operators():
 def test_resolve_reduce_and_driver():
     from jaxspec.reduction import resolve_reduce
 
-    cpu = jax.default_backend() == "cpu"
-    assert isinstance(resolve_reduce("auto"), HostReduce if cpu else ScanReduce)
-    assert isinstance(resolve_reduce("mesh"), MeshReduce)
-    mesh = data_mesh()
-    assert resolve_reduce(mesh) == MeshReduce(mesh)
-    with pytest.raises(ValueError, match="reduce must be"):
-        resolve_reduce("pmap")
-    with pytest.raises(TypeError, match="reduce must be"):
-        resolve_reduce(3)
     loss, params, batched, _, _ = plain_case()
+    op = curvature_operator(loss, params, batched, reduce="scan")
+    assert isinstance(resolve_reduce("mesh", op), MeshReduce)
+    mesh = data_mesh()
+    assert resolve_reduce(mesh, op) == MeshReduce(mesh)
+    with pytest.raises(ValueError, match="reduce must be"):
+        resolve_reduce("pmap", op)
+    with pytest.raises(TypeError, match="reduce must be"):
+        resolve_reduce(3, op)
     for reduce, driver in (("scan", "compiled"), ("host", "host"), ("mesh", "compiled")):
         op = curvature_operator(loss, params, batched, reduce=reduce)
         assert jaxspec.resolve_driver("auto", op) == driver
     with pytest.raises(ValueError, match="driver"):
         jaxspec.resolve_driver("fast")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's choice")
+def test_auto_reduce_on_cpu_scans_large_activations_whose_data_fit(monkeypatch):
+    """On a CPU, "auto" takes the host loop for a product with small activations and lax.scan
+    (the compiled driver) for one whose batch keeps >= SCAN_BYTES, unless the data's copy on
+    the device would take over a quarter of the free memory. Shapes only: nothing is run."""
+    import jaxspec.reduction as reduction
+
+    small_loss, small_params, small_data, _, _ = plain_case()
+    assert isinstance(curvature_operator(small_loss, small_params, small_data).reduce,
+                      HostReduce)
+
+    def wide_loss(w, x):  # a batch of 8192 keeps 8192 x 1024 activations and more: >= 32 MiB
+        return jnp.mean(jnp.tanh(x @ w))
+
+    w = jnp.zeros((4, 1024), jnp.float32)
+    x = np.ones((2 * 8192 + 5, 4), np.float32)
+    data = batch_dataset(x, 8192)
+    op = curvature_operator(wide_loss, w, data)
+    assert op.reduce == ScanReduce() and jaxspec.resolve_driver("auto", op) == "compiled"
+    assert isinstance(op.data.batches, jax.Array)
+    already_placed = batch_dataset(jnp.asarray(x), 8192)  # no copy to make: the scan
+    monkeypatch.setattr(reduction, "free_bytes", lambda: 3 * x.nbytes)
+    assert curvature_operator(wide_loss, w, data).reduce == HostReduce(1)
+    assert curvature_operator(wide_loss, w, already_placed).reduce == ScanReduce()
 
 
 def test_with_params_and_fingerprint():

@@ -56,9 +56,9 @@ class StudyConfig:
       seeds: independent repetitions (seeds ``seed, seed + 1, ...``: data pools, student
         initialisation and training order, probe vectors; the teacher stays the one of
         ``seed``); the summary gives their mean and spread.
-      driver: Lanczos driver, ``"auto"`` (host on CPU, compiled elsewhere), ``"host"``,
-        ``"compiled"``; it also picks the operators' batch reduction (host loop or
-        ``lax.scan``).
+      driver: Lanczos driver, ``"auto"`` (the operators' default reduction picks it:
+        :func:`jaxspec.reduction.resolve_reduce`), ``"host"``, ``"compiled"``; it also picks
+        the operators' batch reduction (host loop or ``lax.scan``).
 
     Example:
       >>> from experiments.true_hessian.config import StudyConfig
