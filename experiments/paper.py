@@ -85,9 +85,8 @@ class Preset:
     ``needs_npz``); the other fields set the spectra of :func:`run_preset`: Lanczos steps m of
     each, variants per image K, the Hessian-vector-product batch size (in BatchNorm batch mode,
     also the batch of the BatchNorm statistics), the epochs of the sweep and ``num_images``, the
-    first this many training images that both Hessians are taken over (``None``: all), the
-    batches per jitted call of the HVP (``group_size``: more is fewer dispatches but a longer
-    compile) and the probes of the ``sigma^2`` estimate (``noise_probes``; 0: no Theorem 1).
+    first this many training images that both Hessians are taken over (``None``: all) and the
+    probes of the ``sigma^2`` estimate (``noise_probes``; 0: no Theorem 1).
 
     Example:
       >>> from experiments.paper import PRESETS
@@ -113,7 +112,6 @@ class Preset:
     model_label: str = "MLP"
     num_images: int | None = None
     needs_npz: bool = False
-    group_size: int = 4
     noise_probes: int = 1
 
 
@@ -186,8 +184,8 @@ PRESETS: dict[str, Preset] = {
     "cnn-smoke": Preset("cnn-smoke", _cnn_smoke_config, empirical_steps=4, augmented_steps=3,
                         num_per_image=2, hvp_batch_size=20, sweep_epochs=(1,),
                         description="PreResNet-8, 20 images, 1 epoch; m = 4 / 3, K = 2, "
-                                    "one batch per jitted HVP, no sigma^2",
-                        model_label="PreResNet-8", group_size=1, noise_probes=0),
+                                    "no sigma^2",
+                        model_label="PreResNet-8", noise_probes=0),
 }
 
 
@@ -284,7 +282,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     final = config.epochs
     log(f"trained: test accuracy {records[-1]['test_accuracy']:.4f}")
     common = dict(batch_size=preset.hvp_batch_size, num_images=preset.num_images,
-                  group_size=preset.group_size, progress=verbose)
+                  progress=verbose)
     settings = {
         "empirical": SpectrumSettings(mode="empirical", num_steps=preset.empirical_steps,
                                       noise_probes=preset.noise_probes, **common),

@@ -97,10 +97,11 @@ class SpectrumSettings:
       bn_mode: ``"batch"`` (the paper) or ``"running"`` (PyHessian).
       batch_size: HVP batch size (the BatchNorm statistics in batch mode).
       num_images: use the first ``num_images`` training images; ``None``: all.
-      driver: Lanczos driver, ``"auto"`` (host on a single CPU, compiled otherwise),
-        ``"host"`` or ``"compiled"``.
+      driver: Lanczos driver, ``"auto"`` (the operator's default reduction picks it:
+        :func:`jaxspec.reduction.resolve_reduce`), ``"host"`` or ``"compiled"``.
       checkpoint_every: Lanczos steps between checkpoints of its state.
-      group_size: batches per jitted call of the host-driven HVP.
+      group_size: batches per jitted call of the host-driven HVP (``driver="host"``); None:
+        as many as fit in :data:`jaxspec.reduction.GROUP_BYTES` of activations.
       noise_probes: probes of the ``sigma^2`` estimate (empirical mode; 0: skip it).
       progress: progress bar over Lanczos steps.
       curvature: the matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``
@@ -119,6 +120,10 @@ class SpectrumSettings:
       Traceback (most recent call last):
         ...
       ValueError: mode must be one of ('empirical', 'augmented'), got 'train'
+      >>> SpectrumSettings(group_size=2)   # the host loop's groups: only with driver="host"
+      Traceback (most recent call last):
+        ...
+      ValueError: group_size sets the host loop's groups: it needs driver='host'
     """
 
     mode: str = "empirical"
@@ -131,7 +136,7 @@ class SpectrumSettings:
     num_images: int | None = None
     driver: str = "auto"
     checkpoint_every: int = 5
-    group_size: int = 4
+    group_size: int | None = None
     noise_probes: int = 1
     progress: bool = True
     curvature: str = "hessian"
@@ -146,6 +151,8 @@ class SpectrumSettings:
             raise ValueError(f"bn_mode must be 'batch' or 'running', got {self.bn_mode!r}")
         if self.driver not in ("auto", "host", "compiled"):
             raise ValueError(f"driver must be auto, host or compiled, got {self.driver!r}")
+        if self.group_size is not None and self.driver != "host":
+            raise ValueError("group_size sets the host loop's groups: it needs driver='host'")
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
 
@@ -395,23 +402,23 @@ class Operator(NamedTuple):
 
 
 def _reduction(settings: "SpectrumSettings", num_devices: int) -> Any:
-    """Several devices: the data-parallel mesh; one: the host loop or ``lax.scan`` by driver."""
+    """Several devices: the data-parallel mesh; one: the host loop or ``lax.scan`` by driver,
+    the operator's own choice for ``"auto"``."""
     from jaxspec.parallel import MeshReduce, data_mesh
     from jaxspec.reduction import HostReduce, ScanReduce
 
     if num_devices > 1:
         return MeshReduce(data_mesh())
-    if jaxspec.resolve_driver(settings.driver) == "host":
-        return HostReduce(settings.group_size)
-    return ScanReduce()
+    return {"auto": "auto", "host": HostReduce(settings.group_size),
+            "compiled": ScanReduce()}[settings.driver]
 
 
 def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dict,
                    settings: SpectrumSettings, /) -> Operator:
     """The Empirical or Augmented Hessian operator for ``settings.mode`` over ``data.x_train``.
 
-    One device: the host reduction (``driver="host"``, the CPU default) or ``lax.scan``
-    (``"compiled"``); several devices: the mesh reduction over all of them. The augmented set
+    One device: the host reduction (``driver="host"``), ``lax.scan`` (``"compiled"``) or the
+    operator's default (``"auto"``); several devices: the mesh reduction over all of them. The augmented set
     is the fixed variant table as a batch transform (:class:`jaxspec.augmented.Augmentation`).
 
     Example:
@@ -455,7 +462,7 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
         transform = aug_lib.Augmentation(aug)
     op = jaxspec.curvature_operator(loss_fn, params, batched, kind=settings.curvature,
                                     reduce=reduce, transform=transform)
-    meta.update({"driver": reduce.driver, "num_devices": num_devices})
+    meta.update({"driver": op.reduce.driver, "num_devices": num_devices})
     return Operator(op, num_samples, meta, host_batched)
 
 
@@ -665,11 +672,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
     parser.add_argument("--num-images", type=int, default=None,
                         help="use only the first N training images (default: all)")
     parser.add_argument("--driver", choices=("auto", "host", "compiled"), default="auto",
-                        help="Lanczos driver (auto: host on one CPU, compiled otherwise)")
+                        help="Lanczos driver (auto: the operator's default reduction picks it)")
     parser.add_argument("--checkpoint-every", type=int, default=5,
                         help="Lanczos steps between checkpoints of its state")
-    parser.add_argument("--group-size", type=int, default=4,
-                        help="batches per jitted call of the host-driven HVP")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="batches per jitted call of the host-driven HVP (--driver host; "
+                             "default: as many as fit in 64 MiB of activations)")
     parser.add_argument("--noise-probes", type=int, default=1,
                         help="probes of the sigma^2 estimate (empirical mode; 0 skips it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
