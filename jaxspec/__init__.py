@@ -31,7 +31,7 @@ from jaxspec.compare import SpectrumComparison
 from jaxspec.compare import compare_spectra
 from jaxspec.compiler import compiler_options
 from jaxspec.compiler import jit_argument
-from jaxspec.convolutions import canonical_convolutions
+from jaxspec.convolutions import fast_convolutions
 from jaxspec.eigsh import EigshResult
 from jaxspec.eigsh import eigsh
 from jaxspec.heterogeneity import heterogeneity
@@ -93,7 +93,7 @@ __all__ = [
     "batch_dataset",
     "block_spectra",
     "blocks",
-    "canonical_convolutions",
+    "fast_convolutions",
     "check_labels",
     "compare_spectra",
     "compiler_options",

@@ -18,9 +18,10 @@ are not used where ``XLA_FLAGS`` sets the YNNPACK fusions itself, where the defa
 not the CPU, or where this jaxlib does not know them.
 
 On a CPU :func:`jit` also puts the convolutions inside the program's loops in the order XLA:CPU's
-fast kernels take (:func:`jaxspec.convolutions.canonical_convolutions`: XLA does so only outside
-loops), so a CNN's products run as fast in ``lax.scan`` or the compiled Lanczos driver as in the
-host loop.
+fast kernels take (XLA does so only outside loops), so a CNN's products run as fast in
+``lax.scan`` or the compiled Lanczos driver as in the host loop, and computes convolutions whose
+window is larger than their input (VGG's last layers) as matrix products
+(:func:`jaxspec.convolutions.fast_convolutions`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxspec.convolutions import canonical_convolutions
+from jaxspec.convolutions import fast_convolutions
 
 __all__ = ["CPU_OPTIONS", "cache_compilations", "compiler_options", "jit", "jit_argument"]
 
@@ -81,7 +82,7 @@ class _Jit:
             options = compiler_options()
             if jax.default_backend() == "cpu":
                 # the plain jit traced inside: its trace is cached and shared with nested calls
-                self._top = jax.jit(canonical_convolutions(self._plain), **self._kwargs,
+                self._top = jax.jit(fast_convolutions(self._plain), **self._kwargs,
                                     **({"compiler_options": options} if options else {}))
             else:
                 self._top = self._plain
@@ -96,7 +97,7 @@ class _Jit:
 
 def jit(fun: Callable, /, **kwargs) -> Callable:
     """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options` (and on a CPU with
-    :func:`jaxspec.convolutions.canonical_convolutions`); for a decorator with arguments,
+    :func:`jaxspec.convolutions.fast_convolutions`); for a decorator with arguments,
     ``functools.partial(jit, donate_argnums=...)``.
 
     Example:

@@ -1,4 +1,4 @@
-"""Convolutions inside loops in the form XLA:CPU runs fast: :func:`canonical_convolutions`.
+"""Convolutions in the forms XLA:CPU runs fast: :func:`fast_convolutions`.
 
 XLA:CPU runs a convolution with Eigen's (multi-threaded, blocked) kernels only when its
 dimensions are in the canonical order: input batch, spatial..., feature; kernel spatial...,
@@ -14,20 +14,30 @@ one (JAX issue #12868; the README has the figures). Some it gets wrong: jaxlib 0
 width-1 convolution whose operand is not batch-major into a dot and reads the rows in the wrong
 order (``tests/test_convolutions`` has one, an input gradient).
 
-:func:`canonical_convolutions` does the canonicalisation in JAX, before XLA sees the program:
-it traces a function to a jaxpr and evaluates it again with every non-canonical convolution
-inside a loop or branch replaced by transposes around a canonical one (the same arithmetic, in
-the same order as XLA's pass). Convolutions outside loops are left to XLA, and so is the body
-of a ``jax.shard_map`` (its axis names are bound only inside it: apply the function to the body).
-:func:`jaxspec.compiler.jit` applies it to every program jaxspec compiles on a CPU and the mesh
-reduction to its body, so the ``lax.scan`` reduction, the mesh reduction and the compiled
-Lanczos driver run a CNN's products at the speed of the host loop. Deviation from XLA's pass:
-none in what is computed; the transposes are explicit operations that XLA may fuse differently.
+A convolution whose window is larger than its input (VGG's 3x3 convolutions over 2x2 images)
+goes to a loop nest anywhere in a program: XLA swaps its operands, the kernel taken as the
+image, into an order (``01fb_o01i->f01b``) that its fast kernels do not take; for 512 channels
+it runs tens of times slower than PyTorch's (the README has the figures).
+
+:func:`fast_convolutions` rewrites both cases in JAX, before XLA sees the program: it traces a
+function to a jaxpr and evaluates it again with every non-canonical convolution inside a loop
+or branch replaced by transposes around a canonical one (the same arithmetic, in the same order
+as XLA's pass), and every convolution without groups whose input is smaller than its window
+replaced by one matrix product over its window positions (im2col: the input padded, sliced at
+each window offset and stacked, then contracted with the kernel). Other convolutions outside
+loops are left to XLA, and so is the body of a ``jax.shard_map`` (its axis names are bound
+only inside it: apply the function to the body). :func:`jaxspec.compiler.jit` applies it to
+every program jaxspec compiles on a CPU and the mesh reduction to its body, so the ``lax.scan``
+reduction, the mesh reduction and the compiled Lanczos driver run a CNN's products at the
+speed of the host loop, and VGG's products at PyTorch's. Deviations from XLA: none in what is
+computed; the transposes are explicit operations that XLA may fuse differently, and the matrix
+product sums the window in another order than a convolution kernel.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable
 
 import jax
@@ -35,7 +45,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
-__all__ = ["canonical_convolutions"]
+__all__ = ["fast_convolutions"]
 
 _CONV = lax.conv_general_dilated_p
 
@@ -45,7 +55,7 @@ _CONV = lax.conv_general_dilated_p
 _INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint",
                       "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"})
 # Primitives whose bodies run under axis names they bind: their jaxprs can only be traced again
-# inside them, so they are left as they are (apply canonical_convolutions to the function
+# inside them, so they are left as they are (apply fast_convolutions to the function
 # given to jax.shard_map, as jaxspec's mesh reduction does).
 _OPAQUE = frozenset({"shard_map", "xla_pmap"})
 
@@ -74,9 +84,62 @@ def _canonical_conv(lhs, rhs, **params):
     return lax.transpose(out, tuple(int(i) for i in np.argsort(to_out)))
 
 
-def _to_rewrite(eqn, in_loop: bool) -> bool:
-    """Whether ``eqn`` is a non-canonical convolution inside a loop or branch."""
-    return in_loop and eqn.primitive is _CONV and not _is_canonical(eqn)
+def _input_within_window(eqn) -> bool:
+    """Whether a convolution without groups has an input smaller than its window in some
+    spatial dimension (both dilated): a 3x3 window over a 2x2 or 1x1 image."""
+    p = eqn.params
+    if p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
+        return False
+    dn = p["dimension_numbers"]
+    lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+    return any((lhs[i] - 1) * ld + 1 < (rhs[k] - 1) * rd + 1 for i, k, ld, rd in zip(
+        dn.lhs_spec[2:], dn.rhs_spec[2:], p["lhs_dilation"], p["rhs_dilation"]))
+
+
+def _conv_as_dot(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
+                 dimension_numbers, precision, preferred_element_type, **_):
+    """The convolution as one matrix product: the input padded (and dilated), its window
+    positions sliced out and stacked next to its features (im2col), contracted with the
+    kernel. Only for convolutions without groups (:func:`_input_within_window`)."""
+    dn = dimension_numbers
+    x = lax.transpose(lhs, tuple(dn.lhs_spec))  # (batch, feature, spatial...)
+    w = lax.transpose(rhs, tuple(dn.rhs_spec))  # (out feature, in feature, window...)
+    d = x.ndim - 2
+    x = lax.pad(x, lax.convert_element_type(0, x.dtype),
+                [(0, 0, 0), (0, 0, 0)] + [(lo, hi, ld - 1)
+                                          for (lo, hi), ld in zip(padding, lhs_dilation)])
+    window = w.shape[2:]
+    out = [(x.shape[2 + i] - (window[i] - 1) * rhs_dilation[i] - 1) // window_strides[i] + 1
+           for i in range(d)]
+    columns = []
+    for offset in itertools.product(*map(range, window)):
+        start = [0, 0, *(k * r for k, r in zip(offset, rhs_dilation))]
+        stop = [*x.shape[:2], *((n - 1) * s + b + 1
+                                for n, s, b in zip(out, window_strides, start[2:]))]
+        columns.append(lax.slice(x, start, stop, [1, 1, *window_strides]))
+    patches = lax.concatenate([lax.expand_dims(c, (2,)) for c in columns], 2)
+    y = lax.dot_general(patches, w.reshape(*w.shape[:2], -1), (((1, 2), (1, 2)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+    # y is (batch, spatial..., out feature); the output's dimension numbers place them
+    roles = (0, d + 1, *range(1, d + 1))
+    order = [0] * y.ndim
+    for role, position in enumerate(dn.out_spec):
+        order[position] = roles[role]
+    return lax.transpose(y, tuple(order))
+
+
+def _replacement(eqn, in_loop: bool) -> Callable | None:
+    """What a convolution is rewritten to (None: left as it is): a matrix product where its
+    input is smaller than its window, which XLA:CPU's convolution kernels run very slowly
+    anywhere in a program; canonical order where it is not canonical inside a loop or
+    branch."""
+    if eqn.primitive is not _CONV:
+        return None
+    if _input_within_window(eqn) and all(s > 0 for s in eqn.outvars[0].aval.shape):
+        return _conv_as_dot
+    if in_loop and not _is_canonical(eqn):
+        return _canonical_conv
+    return None
 
 
 def _inner(eqn, in_loop: bool) -> bool | None:
@@ -90,7 +153,7 @@ def _inner(eqn, in_loop: bool) -> bool | None:
 def _rewrites(jaxpr, in_loop: bool) -> bool:
     """Whether ``jaxpr`` (open) has a non-canonical convolution inside a loop or branch."""
     for eqn in jaxpr.eqns:
-        if _to_rewrite(eqn, in_loop):
+        if _replacement(eqn, in_loop) is not None:
             return True
         inner = _inner(eqn, in_loop)
         if inner is not None and any(_rewrites(j, inner)
@@ -123,8 +186,9 @@ def _evaluate(jaxpr, consts, in_loop: bool, *args) -> list:
     read = lambda v: v.val if isinstance(v, core.Literal) else env[v]  # noqa: E731
     for eqn in jaxpr.eqns:
         args_in = [read(v) for v in eqn.invars]
-        if _to_rewrite(eqn, in_loop):
-            outs = [_canonical_conv(*args_in, **eqn.params)]
+        replacement = _replacement(eqn, in_loop)
+        if replacement is not None:
+            outs = [replacement(*args_in, **eqn.params)]
         else:
             inner = _inner(eqn, in_loop)
             params = eqn.params if inner is None else {
@@ -136,28 +200,29 @@ def _evaluate(jaxpr, consts, in_loop: bool, *args) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
-def canonical_convolutions(fun: Callable) -> Callable:
-    """``fun`` with the convolutions inside its loops and branches in canonical order: the same
-    results, and on XLA:CPU the fast convolution kernels (see the module docstring).
+def fast_convolutions(fun: Callable) -> Callable:
+    """``fun`` with the convolutions inside its loops and branches in canonical order, and those
+    whose input is smaller than their window as matrix products: the same results, and on
+    XLA:CPU fast kernels (see the module docstring).
 
     Arguments that are JAX arrays or tracers are traced; the others (static arguments of an
     enclosing ``jax.jit``, Python objects) are constants of the trace. Use it under ``jax.jit``
-    (``jax.jit(canonical_convolutions(f))``): called eagerly it traces ``fun`` at every call.
+    (``jax.jit(fast_convolutions(f))``): called eagerly it traces ``fun`` at every call.
     :func:`jaxspec.compiler.jit` applies it on a CPU.
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from jaxspec.convolutions import canonical_convolutions
+      >>> from jaxspec.convolutions import fast_convolutions
       >>> def kernel_grads(w, xs):   # the kernel gradient of a convolution, in a scan
       ...     loss = lambda w, x: jnp.sum(jax.lax.conv_general_dilated(
       ...         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
       ...     return jax.lax.scan(lambda c, x: (c + jax.grad(loss)(w, x), None), 0 * w, xs)[0]
       >>> w, xs = jnp.ones((3, 3, 2, 2)), jnp.ones((4, 1, 5, 5, 2))
-      >>> hlo = jax.jit(canonical_convolutions(kernel_grads)).lower(w, xs).as_text("hlo")
+      >>> hlo = jax.jit(fast_convolutions(kernel_grads)).lower(w, xs).as_text("hlo")
       >>> sorted({l.split("dim_labels=")[1].split(",")[0] for l in hlo.splitlines()
       ...         if "convolution(" in l})   # the kernel gradient's f01b_i01o->01bf is gone
       ['b01f_01io->b01f']
-      >>> bool(jnp.array_equal(canonical_convolutions(kernel_grads)(w, xs), kernel_grads(w, xs)))
+      >>> bool(jnp.array_equal(fast_convolutions(kernel_grads)(w, xs), kernel_grads(w, xs)))
       True
     """
 

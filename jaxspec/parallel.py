@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxspec.batching import Batched, dataset_mean
 from jaxspec.compiler import jit
-from jaxspec.convolutions import canonical_convolutions
+from jaxspec.convolutions import fast_convolutions
 
 __all__ = [
     "MeshReduce",
@@ -325,9 +325,9 @@ def _mesh_apply(op, v):
     # the model axis inside, and the compiler places the gathers of weights and the
     # reduce-scatters of products (sharding propagation from the parameters).
     manual = {} if reduce.model_axis is None else {"axis_names": frozenset({axis_name})}
-    # on a CPU the convolutions in the scan and branches below in XLA:CPU's fast order (inside
+    # on a CPU the convolutions in the scan and branches below in XLA:CPU's fast forms (inside
     # the body, where its axis names are bound: jaxspec.convolutions)
-    body = canonical_convolutions(local) if jax.default_backend() == "cpu" else local
+    body = fast_convolutions(local) if jax.default_backend() == "cpu" else local
     mapped = jax.shard_map(body, mesh=reduce.mesh,
                            in_specs=(whole, whole, whole, split, split, whole, whole, whole),
                            out_specs=whole, **manual)

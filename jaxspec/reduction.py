@@ -316,7 +316,7 @@ def _auto(op) -> Any:
         return ScanReduce()
     leaves = jax.tree.leaves((op.data.batches, op.data.tail))
     if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
-        return HostReduce()  # a global array of several processes: its strategy says why not
+        return HostReduce()  # arrays over several processes: no one copy of them to scan
     per_batch = _batch_bytes(op)
     copied = sum(np.asarray(x).nbytes for x in leaves if not isinstance(x, jax.Array))
     if per_batch >= SCAN_BYTES and 4 * copied <= free_bytes():

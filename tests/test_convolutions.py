@@ -1,6 +1,8 @@
-"""jaxspec.convolutions: convolutions in loops and branches rewritten to canonical order compute
+"""jaxspec.convolutions: convolutions in loops and branches rewritten to canonical order, and
+convolutions whose input is smaller than their window rewritten to a matrix product, compute
 the same values for any dimension order, stride, dilation, padding and grouping, in every kind
-of loop; XLA:CPU then compiles no non-canonical convolution, where it did before."""
+of loop and outside loops; XLA:CPU then compiles no non-canonical convolution in a loop, and
+no convolution of a small input, where it did before."""
 
 import re
 
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 import jaxspec
 from jaxspec.compiler import jit
-from jaxspec.convolutions import canonical_convolutions
+from jaxspec.convolutions import fast_convolutions
 
 CANONICAL = {3: "b0f_0io->b0f", 4: "b01f_01io->b01f"}  # by operand rank
 
@@ -81,14 +83,16 @@ def _hvp_in(loop: str, params: dict):
     return product
 
 
-@settings(max_examples=25, deadline=None)
-@given(convolutions(), st.sampled_from(["scan", "fori", "cond"]))
-def test_canonical_convolutions_compute_the_same_values(case, loop):
-    """Against the same sums outside any loop, in float64 (XLA's loop nests, no fast kernels,
-    so the rewrite's transposes alone are compared): the values agree to rounding. (XLA:CPU's
-    own result in the loop is not the reference: see the next test.)"""
+@settings(max_examples=30, deadline=None)
+@given(convolutions(), st.sampled_from(["scan", "fori", "cond", "none"]))
+def test_fast_convolutions_compute_the_same_values(case, loop):
+    """Against the same sums outside any loop, compiled by XLA alone, in float64 (XLA's loop
+    nests, no fast kernels, so the rewrites alone are compared): the values agree to rounding.
+    The random windows (dilated up to 5) are often larger than the inputs (3 to 6), where the
+    convolutions become matrix products, in loops and outside ("none"). (XLA:CPU's own result
+    in the loop is not the reference: see the next test.)"""
     params, xs, w = case
-    got = jax.jit(canonical_convolutions(_hvp_in(loop, params)))(xs, w)
+    got = jax.jit(fast_convolutions(_hvp_in(loop, params)))(xs, w)
     expected = jax.jit(_hvp_in("none", params))(xs, w)
     if loop == "cond":  # the first input's HVP in x, all three's in w
         hvps = [jax.jit(_hvp_in("none", params))(xs[i:i + 1], w) for i in range(3)]
@@ -112,7 +116,7 @@ def test_a_gradient_xla_cpu_computes_wrongly_in_a_loop_comes_out_right():
                             0.0, (xs, cts))[1]
 
     expected = np.einsum("nsbo,oi->nbsi", cts, w[:, :, 0])
-    np.testing.assert_allclose(jax.jit(canonical_convolutions(grads))(xs, w, cts), expected,
+    np.testing.assert_allclose(jax.jit(fast_convolutions(grads))(xs, w, cts), expected,
                                rtol=1e-12, atol=1e-12)
 
 
@@ -137,14 +141,36 @@ def test_a_cnn_product_in_a_scan_compiles_only_canonical_convolutions():
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(e))))
 
 
+def test_a_window_larger_than_its_input_becomes_a_matrix_product():
+    """VGG's last convolutions: a 3x3 window over 2x2 images (and a 1x1 image). XLA swaps such
+    a convolution's operands (the kernel as the image) into an order its fast kernels do not
+    take, and runs it in a loop nest tens of times slower than the same sums as a matrix
+    product. On a CPU the HVP of such a layer compiles to canonical convolutions only (the
+    kernel gradients, whose window is the image) and gives XLA's own values."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("rewritten on a CPU only")
+    params = dict(window_strides=(1, 1), padding="SAME",
+                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.standard_normal((3, 3, 8, 6)), jnp.float32) / 8
+    fun = jax.jit(_hvp_in("none", params))
+    ours = jit(_hvp_in("none", params))
+    for size in (2, 1):
+        xs = jnp.asarray(rng.standard_normal((1, 4, size, size, 8)), jnp.float32)
+        assert _dim_labels(fun.lower(xs, w).compile().as_text()) - {CANONICAL[4]}
+        assert _dim_labels(ours.lower(xs, w).compile().as_text()) == {CANONICAL[4]}
+        for g, e in zip(jax.tree.leaves(ours(xs, w)), jax.tree.leaves(fun(xs, w))):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(e))))
+
+
 def test_convolutions_outside_loops_are_left_to_xla():
-    """A program without loops is traced once more and otherwise unchanged: XLA canonicalises
-    its convolutions itself."""
+    """A program without loops whose inputs are not smaller than their windows is traced once
+    more and otherwise unchanged: XLA canonicalises its convolutions itself."""
     params = dict(window_strides=(1,), padding="SAME", dimension_numbers=("NCH", "OIH", "NCH"))
     x, w = jnp.ones((2, 3, 5)), jnp.ones((4, 3, 3))
     loss = lambda x, w: jnp.sum(jax.lax.conv_general_dilated(x, w, **params) ** 2)  # noqa: E731
     grad = jax.grad(loss, argnums=1)
-    assert (jax.jit(canonical_convolutions(grad)).lower(x, w).as_text()
+    assert (jax.jit(fast_convolutions(grad)).lower(x, w).as_text()
             == jax.jit(grad).lower(x, w).as_text())
 
 
@@ -154,7 +180,7 @@ def test_static_arguments_and_pytrees_pass_through():
     def f(tree, n, how="twice"):
         return {"y": tree["a"] * n + (tree["b"] if how == "twice" else 0), "n": jnp.asarray(n)}
 
-    g = jax.jit(canonical_convolutions(f), static_argnums=1, static_argnames="how")
+    g = jax.jit(fast_convolutions(f), static_argnums=1, static_argnames="how")
     out = g({"a": jnp.ones(2), "b": np.full(2, 3.0)}, 2, how="twice")
     assert out["y"].tolist() == [5.0, 5.0] and int(out["n"]) == 2
 
