@@ -24,7 +24,8 @@ function to a jaxpr and evaluates it again with every non-canonical convolution 
 or branch replaced by transposes around a canonical one (the same arithmetic, in the same order
 as XLA's pass), and every convolution without groups whose input is smaller than its window
 replaced by one matrix product over its window positions (im2col: the input padded, sliced at
-each window offset and stacked, then contracted with the kernel). Other convolutions outside
+each window offset and stacked, then contracted with the kernel; where the stack takes at most
+4x the padded input, so a large window over a small image stays a convolution). Other convolutions outside
 loops are left to XLA, and so is the body of a ``jax.shard_map`` (its axis names are bound
 only inside it: apply the function to the body). :func:`jaxspec.compiler.jit` applies it to
 every program jaxspec compiles on a CPU and the mesh reduction to its body, so the ``lax.scan``
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import Any, Callable
 
 import jax
@@ -86,14 +88,20 @@ def _canonical_conv(lhs, rhs, **params):
 
 def _input_within_window(eqn) -> bool:
     """Whether a convolution without groups has an input smaller than its window in some
-    spatial dimension (both dilated): a 3x3 window over a 2x2 or 1x1 image."""
+    spatial dimension (both dilated), as a 3x3 window over a 2x2 or 1x1 image, and its window
+    positions stacked (the matrix product's operand) take at most 4x its padded input."""
     p = eqn.params
     if p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
         return False
     dn = p["dimension_numbers"]
     lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-    return any((lhs[i] - 1) * ld + 1 < (rhs[k] - 1) * rd + 1 for i, k, ld, rd in zip(
-        dn.lhs_spec[2:], dn.rhs_spec[2:], p["lhs_dilation"], p["rhs_dilation"]))
+    sizes = [(lhs[i] - 1) * ld + 1 for i, ld in zip(dn.lhs_spec[2:], p["lhs_dilation"])]
+    windows = [(rhs[k] - 1) * rd + 1 for k, rd in zip(dn.rhs_spec[2:], p["rhs_dilation"])]
+    out = [eqn.outvars[0].aval.shape[i] for i in dn.out_spec[2:]]
+    padded = [n + lo + hi for n, (lo, hi) in zip(sizes, p["padding"])]
+    stacked = math.prod(rhs[k] for k in dn.rhs_spec[2:]) * math.prod(out)
+    return (any(n < w for n, w in zip(sizes, windows)) and min(out, default=1) > 0
+            and stacked <= 4 * math.prod(padded))
 
 
 def _conv_as_dot(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -130,12 +138,11 @@ def _conv_as_dot(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilatio
 
 def _replacement(eqn, in_loop: bool) -> Callable | None:
     """What a convolution is rewritten to (None: left as it is): a matrix product where its
-    input is smaller than its window, which XLA:CPU's convolution kernels run very slowly
-    anywhere in a program; canonical order where it is not canonical inside a loop or
-    branch."""
+    input is smaller than its window, which XLA:CPU runs in a loop nest anywhere in a program;
+    canonical order where it is not canonical inside a loop or branch."""
     if eqn.primitive is not _CONV:
         return None
-    if _input_within_window(eqn) and all(s > 0 for s in eqn.outvars[0].aval.shape):
+    if _input_within_window(eqn):
         return _conv_as_dot
     if in_loop and not _is_canonical(eqn):
         return _canonical_conv

@@ -161,6 +161,10 @@ def test_a_window_larger_than_its_input_becomes_a_matrix_product():
         assert _dim_labels(ours.lower(xs, w).compile().as_text()) == {CANONICAL[4]}
         for g, e in zip(jax.tree.leaves(ours(xs, w)), jax.tree.leaves(fun(xs, w))):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(e))))
+    # a window of 9 over 4 samples padded by 8: its stacked positions would take 5.4x the
+    # padded input, so it stays a convolution
+    wide = jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1,), [(8, 8)]))
+    assert "convolution(" in wide.lower(jnp.ones((2, 3, 4)), jnp.ones((5, 3, 9))).as_text("hlo")
 
 
 def test_convolutions_outside_loops_are_left_to_xla():
