@@ -13,7 +13,8 @@ without convolutions compile to the same program either way.
 The options belong to the outermost ``jax.jit`` of a program (JAX refuses them on a nested
 one), so jaxspec compiles every program that may evaluate a model (the operator's products and
 linearisations, the compiled Lanczos driver, the estimators, the training steps) with
-:func:`jit`. Pass :func:`compiler_options` to your own ``jax.jit`` for the same effect. They
+:func:`jit`. Use :func:`jit` for your own programs for the same effect (pass
+:func:`compiler_options` to ``jax.jit`` for the options alone). They
 are not used where ``XLA_FLAGS`` sets the YNNPACK fusions itself, where the default backend is
 not the CPU, or where this jaxlib does not know them.
 
