@@ -65,28 +65,31 @@ def compiler_options() -> dict:
 
 
 class _Jit:
-    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` and, on a CPU, canonical
-    convolutions in loops, made at the first call (both need the backend, which must not start
-    at import). Called with traced arguments, inside another program, it is the plain jit: JAX
-    takes options only from the outermost, whose canonicalisation reaches into it."""
+    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` and, on a CPU,
+    :func:`jaxspec.convolutions.fast_convolutions`, made at the first call (both need the
+    backend, which must not start at import). Called with traced arguments, inside another
+    program, it takes no options (JAX takes them only from the outermost jit) but still
+    rewrites its convolutions: the outer program may be the user's own ``jax.jit`` (around
+    ``op.mv``, a matfree or lineax solver), which would leave the ones in its loops to XLA."""
 
     def __init__(self, fun: Callable, kwargs: dict):
         functools.update_wrapper(self, fun)
         self._fun, self._kwargs = fun, kwargs
         self._plain = jax.jit(fun, **kwargs)
-        self._top = None
+        self._top = self._nested = None
 
     def _get(self, args, kwargs):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-            return self._plain
         if self._top is None:
             options = compiler_options()
             if jax.default_backend() == "cpu":
-                # the plain jit traced inside: its trace is cached and shared with nested calls
+                # the plain jit traced inside: its trace is cached and shared by both
+                self._nested = jax.jit(fast_convolutions(self._plain), **self._kwargs)
                 self._top = jax.jit(fast_convolutions(self._plain), **self._kwargs,
                                     **({"compiler_options": options} if options else {}))
             else:
-                self._top = self._plain
+                self._top = self._nested = self._plain
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return self._nested
         return self._top
 
     def __call__(self, *args, **kwargs):

@@ -211,6 +211,22 @@ def test_the_mesh_reduction_and_the_compiled_driver_run_canonical_convolutions()
     assert _dim_labels(run.lower(scan.linearized(), state).compile().as_text()) == {CANONICAL[4]}
 
 
+def test_a_users_own_jit_around_an_operator_runs_canonical_convolutions():
+    """A plain ``jax.jit`` of the user's (around ``op.mv``, as matfree's or lineax's solvers
+    trace it) takes no rewrite of its own: the operator's programs rewrite their convolutions
+    when they are traced inside it, so its scan compiles only canonical ones on a CPU."""
+    from experiments.speed import cnn_apply, cnn_init, workload
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("canonicalised on a CPU only")
+    loss, params, batched = workload(cnn_init, cnn_apply, 4, 2)
+    params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    op = jaxspec.curvature_operator(loss, params, batched, reduce="scan", linearize=None)
+    v = jnp.ones(op.size, jnp.float32)
+    text = jax.jit(lambda op, v: op.mv(v)).lower(op, v).compile().as_text()
+    assert _dim_labels(text) == {CANONICAL[4]}
+
+
 def test_scan_reduction_on_a_cnn_matches_the_host_loop():
     """The operator with the ``lax.scan`` reduction (its convolutions in the loop, rewritten)
     gives the host loop's product on a small CNN."""
