@@ -418,8 +418,9 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
     """The Empirical or Augmented Hessian operator for ``settings.mode`` over ``data.x_train``.
 
     One device: the host reduction (``driver="host"``), ``lax.scan`` (``"compiled"``) or the
-    operator's default (``"auto"``); several devices: the mesh reduction over all of them. The augmented set
-    is the fixed variant table as a batch transform (:class:`jaxspec.augmented.Augmentation`).
+    operator's default (``"auto"``); several devices: the mesh reduction over all of them. The
+    augmented set is the fixed variant table as a batch transform
+    (:class:`jaxspec.augmented.Augmentation`).
 
     Example:
       >>> import jaxspec

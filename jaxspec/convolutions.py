@@ -158,7 +158,7 @@ def _inner(eqn, in_loop: bool) -> bool | None:
 
 
 def _rewrites(jaxpr, in_loop: bool) -> bool:
-    """Whether ``jaxpr`` (open) has a non-canonical convolution inside a loop or branch."""
+    """Whether ``jaxpr`` (open) has a convolution to rewrite (:func:`_replacement`)."""
     for eqn in jaxpr.eqns:
         if _replacement(eqn, in_loop) is not None:
             return True
@@ -186,8 +186,8 @@ def _rewrite_param(value: Any, in_loop: bool) -> Any:
 
 
 def _evaluate(jaxpr, consts, in_loop: bool, *args) -> list:
-    """``jaxpr`` evaluated on ``args`` (in the current trace), its convolutions inside loops
-    and branches canonical."""
+    """``jaxpr`` evaluated on ``args`` (in the current trace), its convolutions rewritten
+    (:func:`_replacement`)."""
     env = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     read = lambda v: v.val if isinstance(v, core.Literal) else env[v]  # noqa: E731
