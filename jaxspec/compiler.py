@@ -34,7 +34,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxspec.convolutions import fast_convolutions
+from jaxspec.convolutions import enclosing_rewrite, fast_convolutions
 
 __all__ = ["CPU_OPTIONS", "cache_compilations", "compiler_options", "jit", "jit_argument"]
 
@@ -68,9 +68,10 @@ class _Jit:
     """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` and, on a CPU,
     :func:`jaxspec.convolutions.fast_convolutions`, made at the first call (both need the
     backend, which must not start at import). Called with traced arguments, inside another
-    program, it takes no options (JAX takes them only from the outermost jit) but still
-    rewrites its convolutions: the outer program may be the user's own ``jax.jit`` (around
-    ``op.mv``, a matfree or lineax solver), which would leave the ones in its loops to XLA."""
+    program, it takes no options (JAX takes them only from the outermost jit) and rewrites its
+    convolutions unless an enclosing :func:`fast_convolutions` does: the outer program may be
+    the user's own ``jax.jit`` (around ``op.mv``, a matfree or lineax solver), which would leave
+    the ones in its loops to XLA."""
 
     def __init__(self, fun: Callable, kwargs: dict):
         functools.update_wrapper(self, fun)
@@ -89,7 +90,7 @@ class _Jit:
             else:
                 self._top = self._nested = self._plain
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-            return self._nested
+            return self._plain if enclosing_rewrite() else self._nested
         return self._top
 
     def __call__(self, *args, **kwargs):

@@ -37,6 +37,7 @@ product sums the window in another order than a convolution kernel.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import itertools
 import math
@@ -47,7 +48,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
-__all__ = ["fast_convolutions"]
+__all__ = ["enclosing_rewrite", "fast_convolutions"]
 
 _CONV = lax.conv_general_dilated_p
 
@@ -60,6 +61,8 @@ _INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "chec
 # inside them, so they are left as they are (apply fast_convolutions to the function
 # given to jax.shard_map, as jaxspec's mesh reduction does).
 _OPAQUE = frozenset({"shard_map", "xla_pmap"})
+# Set while fast_convolutions traces a function (enclosing_rewrite).
+_TRACING = contextvars.ContextVar("jaxspec_fast_convolutions_tracing", default=False)
 
 
 def _orders(dn) -> tuple[tuple[int, ...], ...]:
@@ -207,6 +210,22 @@ def _evaluate(jaxpr, consts, in_loop: bool, *args) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
+def enclosing_rewrite() -> bool:
+    """Whether :func:`fast_convolutions` is tracing a function here: what that function calls
+    need not rewrite its own convolutions, the enclosing pass reaches into it
+    (:func:`jaxspec.compiler.jit` then skips its own).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.convolutions import enclosing_rewrite, fast_convolutions
+      >>> seen = []
+      >>> _ = fast_convolutions(lambda x: seen.append(enclosing_rewrite()) or x)(jnp.ones(1))
+      >>> enclosing_rewrite(), seen
+      (False, [True])
+    """
+    return _TRACING.get()
+
+
 def fast_convolutions(fun: Callable) -> Callable:
     """``fun`` with the convolutions inside its loops and branches in canonical order, and those
     whose input is smaller than their window as matrix products: the same results, and on
@@ -245,7 +264,11 @@ def fast_convolutions(fun: Callable) -> Callable:
             return fun(*args, **kwargs)
 
         arrays = [x for x, t in zip(leaves, traced) if t]
-        closed, shape = jax.make_jaxpr(rebuilt, return_shape=True)(*arrays)
+        token = _TRACING.set(True)
+        try:
+            closed, shape = jax.make_jaxpr(rebuilt, return_shape=True)(*arrays)
+        finally:
+            _TRACING.reset(token)
         outs = _evaluate(closed.jaxpr, closed.consts, False, *arrays)
         return jax.tree.unflatten(jax.tree.structure(shape), outs)
 
