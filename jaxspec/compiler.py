@@ -75,19 +75,19 @@ class _Jit:
 
     def __init__(self, fun: Callable, kwargs: dict):
         functools.update_wrapper(self, fun)
-        self._fun, self._kwargs = fun, kwargs
+        self._kwargs = kwargs
         self._plain = jax.jit(fun, **kwargs)
         self._top = self._nested = None
 
     def _get(self, args, kwargs):
         if self._top is None:
-            options = compiler_options()
             if jax.default_backend() == "cpu":
                 # the plain jit traced inside: its trace is cached and shared by both
-                self._nested = jax.jit(fast_convolutions(self._plain), **self._kwargs)
-                self._top = jax.jit(fast_convolutions(self._plain), **self._kwargs,
+                rewritten, options = fast_convolutions(self._plain), compiler_options()
+                self._nested = jax.jit(rewritten, **self._kwargs)
+                self._top = jax.jit(rewritten, **self._kwargs,
                                     **({"compiler_options": options} if options else {}))
-            else:
+            else:  # compiler_options() is empty off a CPU
                 self._top = self._nested = self._plain
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
             return self._plain if enclosing_rewrite() else self._nested

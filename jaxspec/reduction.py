@@ -318,7 +318,8 @@ def _auto(op) -> Any:
     if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
         return HostReduce()  # arrays over several processes: no one copy of them to scan
     per_batch = _batch_bytes(op)
-    copied = sum(np.asarray(x).nbytes for x in leaves if not isinstance(x, jax.Array))
+    copied = sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves
+                 if not isinstance(x, jax.Array))
     if per_batch >= SCAN_BYTES and 4 * copied <= free_bytes():
         return ScanReduce()
     return HostReduce(_group_size(op, per_batch))
