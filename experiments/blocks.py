@@ -36,7 +36,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 
 import jaxspec
 from jaxspec.data import normalized_split

@@ -39,7 +39,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
-from experiments.timing import best_time, load_average, machine, peak_memory
+from experiments.timing import best_time, header, peak_memory
 from jaxspec.compiler import jit
 from jaxspec.reorth import METHODS
 
@@ -176,6 +176,10 @@ def mlp_apply(p, x):
     for layer in p[:-1]:
         h = jnp.tanh(h @ layer["w"] + layer["b"])
     return h @ p[-1]["w"] + p[-1]["b"]
+
+
+# the benchmark's models by name: (init, apply)
+MODELS = {"cnn": (cnn_init, cnn_apply), "mlp": (mlp_init, mlp_apply)}
 
 
 def make_loss(apply):
@@ -415,11 +419,9 @@ def main(argv=None):
                     choices=list(METHODS),
                     help="re-orthogonalisation methods to time (jaxspec.reorth)")
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({machine()}); "
-          f"{load_average()}")
-    models = {"cnn": (cnn_init, cnn_apply), "mlp": (mlp_init, mlp_apply)}
+    print(header())
     for name in args.models:
-        bench(name, *models[name], args)
+        bench(name, *MODELS[name], args)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxspec
-from experiments.speed import cnn_apply, cnn_init, mlp_apply, mlp_init, workload
-from experiments.timing import load_average, machine
+from experiments.speed import MODELS, workload
+from experiments.timing import header
 from jaxspec.reorth import METHODS
 
 RUN = "jaxspec lanczos run"  # the annotation around each profiled run
@@ -246,14 +246,13 @@ def main(argv=None):
     ap.add_argument("--trace-dir", default=None,
                     help="keep the trace here (for TensorBoard or Perfetto); default: not kept")
     args = ap.parse_args(argv)
-    init, apply = {"mlp": (mlp_init, mlp_apply), "cnn": (cnn_init, cnn_apply)}[args.model]
+    init, apply = MODELS[args.model]
     loss, params, batched = workload(init, apply, args.n, args.batch_size)
     op = jaxspec.curvature_operator(loss, params, batched, reduce="host").linearized(args.m + 1)
     flat, _ = ravel_pytree(params)
     v0 = jax.random.normal(jax.random.key(2), flat.shape, flat.dtype)
     runs = profile_lanczos(op, v0, args.m, args.runs, args.reorth, args.trace_dir)
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({machine()}); "
-          f"{load_average()}")
+    print(header())
     print(f"== {args.model}  (N={args.n}, batch={args.batch_size}, m={args.m}, {args.reorth}, "
           f"{args.runs} runs; P={flat.size:,})")
     # the products: the host reduction's programs (jaxspec.reduction, jaxspec.linearized)

@@ -78,3 +78,18 @@ def load_average() -> str:
       True
     """
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def header() -> str:
+    """The first line of a speed script's output: JAX's version, the device, the host
+    (:func:`machine`) and the load (:func:`load_average`).
+
+    Example:
+      >>> from experiments.timing import header
+      >>> header().startswith("jax ") and "load average" in header()
+      True
+    """
+    import jax
+
+    return (f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({machine()}); "
+            f"{load_average()}")

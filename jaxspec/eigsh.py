@@ -10,6 +10,9 @@ Krylov-Schur method). After a restart, ``A y_i = theta_i y_i + b_i q`` with
 ``b_i = beta_m s_{m,i}``, so the projected matrix is an arrowhead followed by a tridiagonal, and
 the relation ``A V_m^T = V_m^T H_m + beta_m q_m e_m^T`` holds throughout: the Ritz residual
 estimate is ``|beta_m e_m^T s_j|``, as in :func:`jaxspec.ritz_pairs`.
+A :class:`jaxspec.CurvatureOperator`'s products are linearised once for the run
+(:meth:`jaxspec.CurvatureOperator.linearized`, within its memory budget), as a Lanczos run's
+are: every restart applies the same matrix.
 
 Deviations from the textbook algorithm, and why:
 
@@ -53,6 +56,7 @@ import numpy as np
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
 from jaxspec.lanczos import resolve_driver
+from jaxspec.linearized import linearized
 
 __all__ = ["EigshResult", "eigsh"]
 
@@ -240,6 +244,7 @@ def eigsh(
     keep = k + (m - k) // 2 if num_keep is None else int(num_keep)
     if not k <= keep < m:
         raise ValueError(f"num_keep must satisfy k <= num_keep < k + num_extra; got {keep}")
+    matvec = linearized(matvec, m + 1)  # an operator's products, once for the whole run
     driver = resolve_driver(driver, matvec)
     key = jax.random.key(0) if key is None else key
     op = jit_argument(matvec) if driver == "compiled" else matvec

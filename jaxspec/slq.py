@@ -11,6 +11,7 @@ comparison with tools that do.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -275,9 +276,20 @@ def probe_dtype(matvec: Callable, dtype=None, /) -> jnp.dtype:
     return jnp.dtype(getattr(matvec, "dtype", jnp.float32) if dtype is None else dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _signs(key: jax.Array, dim: int, dtype) -> jax.Array:
+    """``dim`` random signs, one from each bit of ``ceil(dim / 32)`` random 32-bit words.
+    (``jax.random.rademacher`` draws a 32-bit number per sign: on a CPU that took 4x as long,
+    a third of the time of an MLP's product when a trace estimate draws a probe per product.)"""
+    words = jax.random.bits(key, (-(-dim // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return (1 - 2 * bits.reshape(-1)[:dim].astype(jnp.int32)).astype(dtype)
+
+
 def random_probe(key: jax.Array, dim: int, /, *, dtype=jnp.float32,
                  distribution: str = "normal") -> jax.Array:
-    """A random probe vector with ``E[v v^T] = I``: standard normal or Rademacher.
+    """A random probe vector with ``E[v v^T] = I``: standard normal or Rademacher (random
+    signs, each one bit of a random word).
 
     Example:
       >>> import jax
@@ -289,7 +301,7 @@ def random_probe(key: jax.Array, dim: int, /, *, dtype=jnp.float32,
     if distribution == "normal":
         return jax.random.normal(key, (dim,), dtype)
     if distribution == "rademacher":
-        return jax.random.rademacher(key, (dim,), dtype)
+        return _signs(key, int(dim), jnp.dtype(dtype))
     raise ValueError(f"distribution must be 'normal' or 'rademacher', got {distribution!r}")
 
 

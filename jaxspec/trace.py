@@ -2,12 +2,14 @@
 
 * :func:`hutchinson`: ``tr(A) ~ mean_i v_i^T A v_i`` over probes with ``E[v v^T] = I``;
   :func:`hutchinson_diagonal`: ``diag(A) ~ mean_i v_i * A v_i`` (exact in expectation for
-  Rademacher probes, and of least variance with them). The per-probe integrands and samplers
-  are matfree's (``matfree.stochtrace.monte_carlo_trace_and_diagonal``, ``sampler_signs``,
-  ``sampler_normal``); this module adds what they lack here: probe ``i`` drawn from
-  ``jax.random.split(key, num_probes)[i]`` (so the result does not depend on ``batch_size``),
-  probes applied in vmapped batches of ``batch_size`` or one by one for an operator with the
-  host reduction (which cannot be traced), and running moments for the standard error.
+  Rademacher probes, and of least variance with them). The per-probe integrands are
+  matfree's (``matfree.stochtrace.monte_carlo_trace``, ``monte_carlo_diagonal``), the probes
+  :func:`jaxspec.random_probe`'s (its Rademacher signs take one random bit each where matfree's
+  ``sampler_signs`` takes a 32-bit number: a fourth of the time). This module adds: probe
+  ``i`` drawn from ``jax.random.split(key, num_probes)[i]`` (so the result does not depend on
+  ``batch_size``), probes applied one after another in one compiled loop (or ``batch_size`` at
+  a time, vmapped; from the host for an operator with the host reduction, which cannot be
+  traced), in blocks of bounded memory, and running moments for the standard error.
 * :func:`hutch_plus_plus`: Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021): a third of the
   matvecs sketch the range of ``A``, a third take the exact trace on it, the rest go to
   Hutchinson on the deflated remainder. Far smaller error when ``A`` has a few dominant
@@ -18,6 +20,10 @@
   Lanczos quadrature: ``v^T log(A + shift I) v ~ |v|^2 sum_j w_j log(theta_j + shift)`` with the
   Ritz values and weights of :func:`jaxspec.ritz_pairs` (the log-evidence of a Laplace
   approximation, ``A`` a GGN and ``shift`` the prior precision).
+
+Every estimator linearises an operator's products once (:meth:`jaxspec.CurvatureOperator.
+linearized`, within its memory budget), as a Lanczos run does: all its products are taken at
+one point, so each then pays only the part that depends on the probe.
 
 Standard errors are ``std(samples, ddof=1) / sqrt(n)`` over the probes: for Hutch++ conditional
 on the sketch (the low-rank part is exact given it), for XTrace matfree's spread of the
@@ -80,39 +86,67 @@ def _check_distribution(distribution: str) -> None:
 
 @functools.partial(jax.jit, static_argnames=("distribution", "dim", "dtype"))
 def _draw(keys: jax.Array, distribution: str, dim: int, dtype) -> jax.Array:
-    """One probe per key, as rows, from matfree's samplers."""
-    like = jnp.zeros((dim,), dtype)
-    make = stochtrace.sampler_signs if distribution == "rademacher" else stochtrace.sampler_normal
-    sampler = make(like, num=1)
-    return jax.vmap(lambda k: sampler(k)[0])(keys)
+    """One probe per key, as rows (:func:`jaxspec.random_probe`)."""
+    return jax.vmap(lambda k: random_probe(k, dim, dtype=dtype, distribution=distribution))(keys)
 
 
-@jax.jit
-def _integrate(probes: jax.Array, products: jax.Array) -> dict:
-    """matfree's per-probe trace and diagonal integrands, given the products ``A v``."""
-    integrand = stochtrace.monte_carlo_trace_and_diagonal()
+@functools.partial(jax.jit, static_argnums=2)
+def _integrate(probes: jax.Array, products: jax.Array, what: str) -> jax.Array:
+    """matfree's per-probe integrand ``what`` (``"trace"`` or ``"diagonal"``), given the
+    products ``A v``, one row per probe."""
+    integrand = (stochtrace.monte_carlo_trace() if what == "trace"
+                 else stochtrace.monte_carlo_diagonal())
     return jax.vmap(lambda v, w: integrand(lambda _: w, v))(probes, products)
 
 
-@jit
-def _vmapped(op, block):
-    return jax.vmap(op)(block)
+# Hutchinson draws and applies its probes in blocks of at most this many bytes (and at least one
+# vmapped batch of ``batch_size`` probes): the probes and their products are what it holds.
+_BLOCK_BYTES = 64 * 2**20
 
 
-def _apply(matvec: Callable, block: jax.Array, batch_size: int | None) -> jax.Array:
-    """``A`` applied to the rows of ``block``: vmapped in batches of ``batch_size`` rows
-    (default all), or row by row for a host-reduced operator or ``batch_size=1``."""
-    if not _traceable(matvec) or batch_size == 1:
-        # rows through NumPy: slicing and stacking device arrays row by row costs a dispatch,
-        # and a compilation per count of rows, each
-        rows, out = np.asarray(block), np.empty(block.shape, block.dtype)
-        for i in range(rows.shape[0]):
-            out[i] = np.asarray(matvec(jnp.asarray(rows[i])))
-        return jnp.asarray(out)
-    size = block.shape[0] if batch_size is None else batch_size
-    op = jit_argument(matvec)
-    return jnp.concatenate([_vmapped(op, block[i:i + size])
-                            for i in range(0, block.shape[0], size)])
+@functools.partial(jit, static_argnums=3)
+def _mapped(op, block, count, batch_size):
+    """``op`` applied to the first ``count`` rows of ``block`` (whose rows are a multiple of
+    ``batch_size``), ``batch_size`` rows vmapped at a time, one batch after another in one
+    compiled loop; the other rows of the result are zero. ``count`` is an argument, so blocks
+    of one shape share one program however many of their rows are probes."""
+    chunks = block.reshape(-1, batch_size, block.shape[-1])
+    if batch_size == 1:  # the very product the Lanczos drivers compile, no vmap around it
+        body = lambda i, out: out.at[i, 0].set(op(chunks[i, 0]))  # noqa: E731
+    else:
+        body = lambda i, out: out.at[i].set(jax.vmap(op)(chunks[i]))  # noqa: E731
+    stop = (count + batch_size - 1) // batch_size
+    return jax.lax.fori_loop(0, stop, body, jnp.zeros_like(chunks)).reshape(block.shape)
+
+
+_row = jax.jit(lambda block, i: jax.lax.dynamic_index_in_dim(block, i, keepdims=False))
+
+
+def _apply(matvec: Callable, block: jax.Array, batch_size: int,
+           rows: int | None = None) -> jax.Array:
+    """``A`` applied to the rows of ``block``: in one compiled loop over them, ``batch_size``
+    (default 1) vmapped at a time, with ``block`` padded to ``rows`` rows (default its own,
+    rounded up to a multiple of ``batch_size``) so that blocks of different lengths share one
+    program; row by row from the host for an operator with the host reduction."""
+    count = block.shape[0]
+    if not _traceable(matvec):  # one program takes each row out, one stacks the products
+        return jnp.stack([matvec(_row(block, np.int32(i))) for i in range(count)])
+    rows = -(-max(count, rows or 0) // batch_size) * batch_size
+    padded = jnp.pad(block, ((0, rows - count), (0, 0))) if rows > count else block
+    return _mapped(jit_argument(matvec), padded, np.int32(count), batch_size)[:count]
+
+
+def _block_rows(dim: int, dtype, num_probes: int, batch_size: int) -> int:
+    """Probes per block: at most :data:`_BLOCK_BYTES` of them, but at least one vmapped batch;
+    a multiple of ``batch_size``; no more than ``num_probes`` need."""
+    fit = max(1, _BLOCK_BYTES // (dim * jnp.dtype(dtype).itemsize) // batch_size) * batch_size
+    return min(fit, -(-num_probes // batch_size) * batch_size)
+
+
+def _column_sum(x: jax.Array) -> jax.Array:
+    # a product with a row of ones: XLA:CPU's reduction over a short leading axis (YNNPACK's)
+    # took 40x a pass over the array, a (16, 855k) block 95 ms against 2.5 ms as a product
+    return jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=_HIGHEST)
 
 
 @jax.jit
@@ -120,10 +154,10 @@ def _merge(count, mean, m2, x):
     """Chan et al.'s merge of the moments ``(count, mean, m2)`` with the rows of ``x``: no
     cancellation when the mean is large against the spread."""
     n = x.shape[0]
-    batch_mean = jnp.mean(x, axis=0)
+    batch_mean = _column_sum(x) / n
     total = count + n
     delta = batch_mean - mean
-    m2 = m2 + jnp.sum((x - batch_mean) ** 2, axis=0) + delta**2 * (count * n / total)
+    m2 = m2 + _column_sum((x - batch_mean) ** 2) + delta**2 * (count * n / total)
     return total, mean + delta * (n / total), m2
 
 
@@ -151,25 +185,24 @@ def _check_count(name: str, value: int, least: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
-def _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype):
+def _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype, what):
+    """The running moments of matfree's integrand ``what`` over the probes."""
     _check_count("num_probes", num_probes)
-    if batch_size is not None:
-        _check_count("batch_size", batch_size)
+    _check_count("batch_size", batch_size)
     dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
     keys = jax.random.split(key, num_probes)
-    size = num_probes if batch_size is None else batch_size
-    trace, diagonal = _Moments(), _Moments()
-    for start in range(0, num_probes, size):
-        probes = _draw(keys[start:start + size], distribution, int(dim), dtype)
-        out = _integrate(probes, _apply(matvec, probes, batch_size))
-        trace.add(out["trace"])
-        diagonal.add(out["diagonal"])
-    return trace, diagonal
+    rows = _block_rows(int(dim), dtype, num_probes, batch_size)
+    matvec = linearized(matvec, rows)  # an operator's products, once for all probes
+    moments = _Moments()
+    for start in range(0, num_probes, rows):
+        probes = _draw(keys[start:start + rows], distribution, int(dim), dtype)
+        moments.add(_integrate(probes, _apply(matvec, probes, batch_size, rows), what))
+    return moments
 
 
 def hutchinson(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,
-               num_probes: int = 100, batch_size: int | None = None,
+               num_probes: int = 100, batch_size: int = 1,
                distribution: str = "rademacher", dtype=None) -> TraceEstimate:
     """Hutchinson's estimate of ``tr(A)``: the mean of ``v^T A v`` over random probes.
 
@@ -179,8 +212,10 @@ def hutchinson(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: in
       key: PRNG key; probe ``i`` comes from ``jax.random.split(key, num_probes)[i]``.
       dim: the dimension P.
       num_probes: number of probes (= matvecs).
-      batch_size: probes per vmapped call (default all at once; 1: a Python loop). An operator
-        with the host reduction is always applied probe by probe.
+      batch_size: probes per vmapped product. The products run one batch after another in
+        one compiled loop, so the default, 1, holds the activations of one product; ``k`` holds
+        ``k`` times that and can be faster where one product leaves the device idle (a small
+        model on a GPU). An operator with the host reduction is applied probe by probe.
       distribution: ``"rademacher"`` (least variance for a fixed matrix) or ``"normal"``.
       dtype: the probes' dtype (default the operator's, else float32).
 
@@ -195,12 +230,13 @@ def hutchinson(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: in
       >>> abs(est.value - 5060.0) < 4 * est.stderr
       True
     """
-    trace, _ = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype)
+    trace = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype,
+                                "trace")
     return TraceEstimate(float(trace.mean), float(trace.stderr()), num_probes)
 
 
 def hutchinson_diagonal(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /,
-                        *, num_probes: int = 100, batch_size: int | None = None,
+                        *, num_probes: int = 100, batch_size: int = 1,
                         distribution: str = "rademacher", dtype=None) -> TraceEstimate:
     """Hutchinson's estimate of ``diag(A)``: the mean of ``v * (A v)`` over random probes.
 
@@ -218,8 +254,8 @@ def hutchinson_diagonal(matvec: Callable[[jax.Array], jax.Array], key: jax.Array
       >>> bool(jnp.all(jnp.abs(est.value - jnp.array([2.0, 3.0])) < 4 * est.stderr + 1e-6))
       True
     """
-    _, diagonal = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution,
-                                      dtype)
+    diagonal = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution,
+                                   dtype, "diagonal")
     return TraceEstimate(diagonal.mean, diagonal.stderr(), num_probes)
 
 
@@ -235,7 +271,7 @@ def _deflate(G: jax.Array, Q: jax.Array) -> jax.Array:
 
 
 def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,
-                    num_matvecs: int = 99, batch_size: int | None = None,
+                    num_matvecs: int = 99, batch_size: int = 1,
                     distribution: str = "rademacher", dtype=None) -> TraceEstimate:
     """Hutch++: the exact trace on a sketched dominant subspace plus Hutchinson on the rest.
 
@@ -264,12 +300,15 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
     _check_distribution(distribution)
     s = num_matvecs // 3
     g = num_matvecs - 2 * s
+    _check_count("batch_size", batch_size)
     keys = jax.random.split(key, s + g)
+    matvec = linearized(matvec, 2 * g)  # an operator's products, once for all three blocks
+    # every block padded to g >= s rows: one compiled loop applies all three
     Q = _orthonormal_rows(_apply(matvec, _draw(keys[:s], distribution, int(dim), dtype),
-                                 batch_size))
-    low_rank = jnp.sum(Q * _apply(matvec, Q, batch_size))
+                                 batch_size, g))
+    low_rank = jnp.sum(Q * _apply(matvec, Q, batch_size, g))
     G = _deflate(_draw(keys[s:], distribution, int(dim), dtype), Q)
-    samples = jnp.sum(G * _apply(matvec, G, batch_size), axis=1)
+    samples = jnp.sum(G * _apply(matvec, G, batch_size, g), axis=1)
     rest = _Moments()
     rest.add(samples)
     return TraceEstimate(float(low_rank + rest.mean), float(rest.stderr()), num_matvecs)
@@ -298,6 +337,7 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
         raise TypeError("xtrace vmaps the operator over its probes; an operator with the host "
                         "reduction cannot be traced: use hutch_plus_plus, or reduce='scan'")
     zeros = jnp.zeros((dim,), probe_dtype(matvec, dtype))
+    matvec = linearized(matvec, 2 * num_probes)  # an operator's products, once for all probes
     sampler = stochtrace.sampler_normal(zeros, num=num_probes)
     estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
         stochtrace.leave_one_out_xtrace(), sampler)

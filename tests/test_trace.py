@@ -5,6 +5,7 @@ errors, a factor between mean squared errors that is ~50 in expectation) make th
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import pytest
 
 import jaxspec
 from jaxspec import hutch_plus_plus, hutchinson, hutchinson_diagonal, logdet, xtrace
+from compiles import compilations
 from mlp_problem import mlp_loss, mlp_problem
 from spectra import random_orthogonal
 
@@ -146,3 +148,46 @@ def test_scan_reduced_mlp_operator_vmapped():
     # Hutch++ with a budget of three times the dimension sketches the whole space: exact
     full = hutch_plus_plus(op, key, op.size, num_matvecs=3 * op.size, batch_size=45)
     assert full.value == pytest.approx(np.trace(H), rel=1e-9, abs=1e-9)
+
+
+def test_estimates_of_an_operator_linearise_it_once_and_blocks_share_one_program(monkeypatch):
+    op, H = mlp_operator("scan")
+    key = jax.random.key(0)
+    whole = hutchinson(op, key, op.size, num_probes=20)
+    diagonal = hutchinson_diagonal(op, key, op.size, num_probes=20)
+    built = []
+    real = jaxspec.CurvatureOperator.linearized
+
+    def counted(self, rows=None):
+        out = real(self, rows)
+        built.append(out.linear)
+        return out
+
+    monkeypatch.setattr(jaxspec.CurvatureOperator, "linearized", counted)
+    trace = importlib.import_module("jaxspec.trace")
+    # blocks of 7 probes: 7 + 7 + 6, the last one padded, all through one compiled loop
+    monkeypatch.setattr(trace, "_BLOCK_BYTES", 7 * op.size * 8)
+    with compilations() as seen:
+        blocked = hutchinson(op, key, op.size, num_probes=20)
+    assert [name for name in seen if "_mapped" in name] == ["jit(_mapped)"]
+    assert blocked.value == pytest.approx(whole.value, rel=1e-12)
+    assert blocked.stderr == pytest.approx(whole.stderr, rel=1e-9)
+    np.testing.assert_allclose(
+        hutchinson_diagonal(op, key, op.size, num_probes=20).value, diagonal.value, rtol=1e-12)
+    hutch_plus_plus(op, key, op.size, num_matvecs=12)
+    xtrace(op, key, op.size, num_probes=5)
+    jaxspec.eigsh(op, jnp.ones(op.size), 2)
+    # every estimator linearised the operator once, and its cache holds the whole data set
+    assert len(built) == 5 and all(cache is not None and cache.count == 2 for cache in built)
+
+
+def test_rademacher_probes_take_one_bit_of_a_random_word_each():
+    signs = np.asarray(jaxspec.random_probe(jax.random.key(0), 32 * 4096 + 5,
+                                            distribution="rademacher"))
+    assert signs.shape == (32 * 4096 + 5,) and set(np.unique(signs)) == {-1.0, 1.0}
+    bits = signs[:32 * 4096].reshape(4096, 32)  # row: one word, column: one bit position
+    # every bit position a fair coin, neighbouring bits uncorrelated (5 standard errors)
+    assert np.all(np.abs(bits.mean(axis=0)) < 5 / np.sqrt(4096))
+    assert np.all(np.abs(np.mean(bits[:, 1:] * bits[:, :-1], axis=0)) < 5 / np.sqrt(4096))
+    other = np.asarray(jaxspec.random_probe(jax.random.key(1), 64, distribution="rademacher"))
+    assert not np.array_equal(other, signs[:64])
