@@ -7,7 +7,8 @@ For each model of :mod:`experiments.speed` (a small CNN, an MLP) the operator is
 README builds it (``jaxspec.curvature_operator`` with its defaults), and each estimator is called
 as a user calls it, with its defaults: ``slq`` (one probe, ``--m`` steps: the reference),
 ``eigsh`` (the ``--k`` largest pairs), ``hutchinson``, ``hutchinson_diagonal`` (``--probes``
-probes each) and ``hutch_plus_plus`` (``--matvecs`` products). Each is timed warm, one after
+probes each), ``hutch_plus_plus`` (``--matvecs`` products) and, where the operator can be traced
+(not the host loop), ``xtrace`` (``--probes / 2`` probes, two products each). Each is timed warm, one after
 another in every round; the table gives its time per product and the median over the rounds of
 its ratio to SLQ's time per product in the same round (the load drifts between rounds). A ratio
 near 1 means the estimator's products run as fast as a Lanczos run's; what it adds beyond them
@@ -25,7 +26,7 @@ import numpy as np
 import jaxspec
 from experiments.speed import MODELS, workload
 from experiments.timing import header
-from jaxspec.trace import hutch_plus_plus, hutchinson, hutchinson_diagonal
+from jaxspec.trace import hutch_plus_plus, hutchinson, hutchinson_diagonal, xtrace
 
 
 def estimators(op, args) -> dict:
@@ -44,7 +45,7 @@ def estimators(op, args) -> dict:
       (['slq', 'eigsh', 'hutchinson', 'hutchinson_diagonal', 'hutch++'], 6, 480.0)
     """
     key, v0 = jax.random.key(0), jax.random.normal(jax.random.key(1), (op.size,), op.dtype)
-    return {
+    runs = {
         "slq": (lambda: jaxspec.slq(op, key, op.size, args.m).nodes, args.m),
         "eigsh": (lambda: jaxspec.eigsh(op, v0, args.k), None),
         "hutchinson": (lambda: hutchinson(op, key, op.size, num_probes=args.probes),
@@ -54,6 +55,10 @@ def estimators(op, args) -> dict:
         "hutch++": (lambda: hutch_plus_plus(op, key, op.size, num_matvecs=args.matvecs),
                     args.matvecs),
     }
+    if op.reduce.driver != "host":  # XTrace traces the operator: not the host loop
+        runs["xtrace"] = (lambda: xtrace(op, key, op.size, num_probes=args.probes // 2),
+                          2 * (args.probes // 2))
+    return runs
 
 
 def bench(name, init, apply, args) -> list[tuple[str, float, float]]:

@@ -278,9 +278,9 @@ def probe_dtype(matvec: Callable, dtype=None, /) -> jnp.dtype:
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _signs(key: jax.Array, dim: int, dtype) -> jax.Array:
-    """``dim`` random signs, one from each bit of ``ceil(dim / 32)`` random 32-bit words.
-    (``jax.random.rademacher`` draws a 32-bit number per sign: on a CPU that took 4x as long,
-    a third of the time of an MLP's product when a trace estimate draws a probe per product.)"""
+    """``dim`` random signs, one from each bit of ``ceil(dim / 32)`` random 32-bit words
+    (``jax.random.rademacher`` draws a 32-bit number per sign: 32 times the random bits, which
+    a trace estimate drawing one probe per product pays at every product)."""
     words = jax.random.bits(key, (-(-dim // 32),), jnp.uint32)
     bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
     return (1 - 2 * bits.reshape(-1)[:dim].astype(jnp.int32)).astype(dtype)

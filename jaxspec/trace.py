@@ -116,7 +116,8 @@ def _mapped(op, block, count, batch_size):
     else:
         body = lambda i, out: out.at[i].set(jax.vmap(op)(chunks[i]))  # noqa: E731
     stop = (count + batch_size - 1) // batch_size
-    return jax.lax.fori_loop(0, stop, body, jnp.zeros_like(chunks)).reshape(block.shape)
+    out = jnp.zeros(chunks.shape, jax.eval_shape(op, chunks[0, 0]).dtype)  # products' dtype
+    return jax.lax.fori_loop(0, stop, body, out).reshape(block.shape)
 
 
 _row = jax.jit(lambda block, i: jax.lax.dynamic_index_in_dim(block, i, keepdims=False))
@@ -125,15 +126,33 @@ _row = jax.jit(lambda block, i: jax.lax.dynamic_index_in_dim(block, i, keepdims=
 def _apply(matvec: Callable, block: jax.Array, batch_size: int,
            rows: int | None = None) -> jax.Array:
     """``A`` applied to the rows of ``block``: in one compiled loop over them, ``batch_size``
-    (default 1) vmapped at a time, with ``block`` padded to ``rows`` rows (default its own,
-    rounded up to a multiple of ``batch_size``) so that blocks of different lengths share one
-    program; row by row from the host for an operator with the host reduction."""
+    vmapped at a time, with ``block`` padded to ``rows`` rows (default its own; rounded up to a
+    multiple of ``batch_size``) so that blocks of different lengths share one program; row by
+    row from the host for an operator with the host reduction."""
     count = block.shape[0]
     if not _traceable(matvec):  # one program takes each row out, one stacks the products
         return jnp.stack([matvec(_row(block, np.int32(i))) for i in range(count)])
     rows = -(-max(count, rows or 0) // batch_size) * batch_size
     padded = jnp.pad(block, ((0, rows - count), (0, 0))) if rows > count else block
     return _mapped(jit_argument(matvec), padded, np.int32(count), batch_size)[:count]
+
+
+@jax.custom_batching.custom_vmap
+def _one_at_a_time(op: Callable, v: jax.Array) -> jax.Array:
+    return op(v)
+
+
+@_one_at_a_time.def_vmap
+def _one_at_a_time_vmap(axis_size, in_batched, op, v):
+    """Under ``vmap`` over the vectors, ``op`` applied to one after another (``lax.map``), so
+    that a vmapped curvature product holds one product's activations, not ``axis_size``
+    products' (matfree's XTrace vmaps the operator over all its probes at once)."""
+    op_batched, v_batched = in_batched
+    if any(jax.tree.leaves(op_batched)):
+        raise NotImplementedError("the operator itself is batched: vmap it directly")
+    if not v_batched:
+        return op(v), False
+    return jax.lax.map(op, v), True
 
 
 def _block_rows(dim: int, dtype, num_probes: int, batch_size: int) -> int:
@@ -144,8 +163,8 @@ def _block_rows(dim: int, dtype, num_probes: int, batch_size: int) -> int:
 
 
 def _column_sum(x: jax.Array) -> jax.Array:
-    # a product with a row of ones: XLA:CPU's reduction over a short leading axis (YNNPACK's)
-    # took 40x a pass over the array, a (16, 855k) block 95 ms against 2.5 ms as a product
+    # a product with a row of ones: XLA:CPU's reduction over a short leading axis of a long
+    # array (YNNPACK's) runs many times slower than the product (README, Speed)
     return jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=_HIGHEST)
 
 
@@ -314,14 +333,25 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
     return TraceEstimate(float(low_rank + rest.mean), float(rest.stderr()), num_matvecs)
 
 
+@functools.cache
+def _xtrace_program(dim: int, dtype, num_probes: int) -> Callable:
+    """matfree's leave-one-out XTrace with ``num_probes`` normal probes of ``(dim,)``, jitted:
+    one program per shape, so a later estimate of the same shapes compiles nothing."""
+    sampler = stochtrace.sampler_normal(jnp.zeros((dim,), dtype), num=num_probes)
+    return jit(stochtrace.estimator_leave_one_out_mean_and_sem(
+        stochtrace.leave_one_out_xtrace(), sampler))
+
+
 def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,
            num_probes: int = 50, dtype=None) -> TraceEstimate:
     """XTrace (Epperly, Tropp & Webber 2024): every probe both sketches and tests, by
     leave-one-out; matfree's ``leave_one_out_xtrace`` with normal probes.
 
-    Takes ``2 num_probes`` matvecs, all vmapped, so the operator must be traceable (not the
-    host reduction). When ``2 num_probes >= dim`` matfree computes the exact trace from the
-    dense matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
+    Takes ``2 num_probes`` matvecs in one compiled program (one per shape), so the operator
+    must be traceable (not the host reduction). matfree vmaps the operator over all its probes;
+    here the vmapped products run one after another (``lax.map``), each holding one product's
+    activations. When ``2 num_probes >= dim`` matfree computes the exact trace from the dense
+    matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
     leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a confidence bound.
 
     Example:
@@ -336,12 +366,10 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     if not _traceable(matvec):
         raise TypeError("xtrace vmaps the operator over its probes; an operator with the host "
                         "reduction cannot be traced: use hutch_plus_plus, or reduce='scan'")
-    zeros = jnp.zeros((dim,), probe_dtype(matvec, dtype))
     matvec = linearized(matvec, 2 * num_probes)  # an operator's products, once for all probes
-    sampler = stochtrace.sampler_normal(zeros, num=num_probes)
-    estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
-        stochtrace.leave_one_out_xtrace(), sampler)
-    mean, sem = jit(estimate)(jit_argument(matvec), key)
+    one_at_a_time = jax.tree_util.Partial(_one_at_a_time, jit_argument(matvec))
+    mean, sem = _xtrace_program(int(dim), probe_dtype(matvec, dtype), num_probes)(
+        one_at_a_time, key)
     return TraceEstimate(float(mean), float(sem), dim if 2 * num_probes >= dim else 2 * num_probes)
 
 
