@@ -442,8 +442,9 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         distribution), ``"fisher_mc"`` or :class:`jaxspec.FisherMC` ``(num_samples)``
         (Monte-Carlo Fisher, needs ``key``) and ``"empirical_fisher"`` (also for a plain
         ``loss_fn`` that is a mean of per-sample terms); see :mod:`jaxspec.kinds`.
-      reduce: ``"auto"`` (``lax.scan``; on a CPU the host loop for products with small
-        activations, :func:`jaxspec.reduction.resolve_reduce`), ``"scan"``, ``"host"``,
+      reduce: ``"auto"`` (``lax.scan``; the mesh over every device where one process has
+        several GPUs or TPUs; on a CPU the host loop for products with small activations:
+        :func:`jaxspec.reduction.resolve_reduce`), ``"scan"``, ``"host"``,
         ``"mesh"`` (every device), a :class:`jax.sharding.Mesh`, or a strategy from
         :mod:`jaxspec.reduction` / :class:`jaxspec.parallel.MeshReduce`.
       transform: a pytree callable ``batch -> batch`` applied inside every product (e.g.

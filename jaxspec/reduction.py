@@ -7,7 +7,7 @@ returns ``sum_b w_b A_b v`` over the batches (weights ``batch size / N``: exact 
 tail). All strategies give the same numbers up to the order of float additions.
 
 * :class:`ScanReduce`: ``lax.scan`` over the stacked batches. Traceable: a whole Lanczos run
-  is one XLA program. The default on GPU/TPU, and on CPU for products with large activations
+  is one XLA program. The default on one GPU/TPU, and on CPU for products with large activations
   (:data:`SCAN_BYTES`). (Convolutions inside ``lax.scan`` are as fast as outside on CPU:
   jaxspec's programs put them in the order XLA:CPU's fast kernels take,
   :mod:`jaxspec.convolutions`.)
@@ -18,7 +18,8 @@ tail). All strategies give the same numbers up to the order of float additions.
   place. Not traceable: the Lanczos host driver calls it (``driver="auto"`` picks that driver
   for it).
 * :class:`jaxspec.parallel.MeshReduce`: the batches split over a device mesh
-  (``jax.shard_map``), one ``psum`` per product; one host or many.
+  (``jax.shard_map``), one ``psum`` per product; one host or many. The default where one
+  process has several GPUs or TPUs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _scan_apply(op, v):
 
 @dataclasses.dataclass(frozen=True)
 class ScanReduce:
-    """Batches summed by ``lax.scan`` inside one program (traceable; the GPU/TPU default).
+    """Batches summed by ``lax.scan`` inside one program (traceable; the default on one GPU
+    or TPU).
 
     Example:
       >>> import jax.numpy as jnp, jaxspec
@@ -308,11 +310,16 @@ def _group_size(op, per_batch: int) -> int:
 
 
 def _auto(op) -> Any:
-    """``"auto"``'s strategy for ``op``: :class:`ScanReduce` off CPU; on a CPU, ``ScanReduce``
-    where a batch's product keeps at least :data:`SCAN_BYTES` and the data's copy on the device
-    (NumPy batches are copied whole) takes at most a quarter of the free memory, else
-    :class:`HostReduce` (its group size fixed)."""
+    """``"auto"``'s strategy for ``op``: off CPU, the mesh reduction over every device when one
+    process has several (data parallel: each device sums its share of the batches), else
+    :class:`ScanReduce`; on a CPU, ``ScanReduce`` where a batch's product keeps at least
+    :data:`SCAN_BYTES` and the data's copy on the device (NumPy batches are copied whole) takes
+    at most a quarter of the free memory, else :class:`HostReduce` (its group size fixed)."""
     if jax.default_backend() != "cpu":
+        if jax.process_count() == 1 and jax.local_device_count() > 1:
+            from jaxspec.parallel import MeshReduce, data_mesh
+
+            return MeshReduce(data_mesh())
         return ScanReduce()
     leaves = jax.tree.leaves((op.data.batches, op.data.tail))
     if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
@@ -328,9 +335,10 @@ def _auto(op) -> Any:
 def resolve_reduce(reduce: Any, op: Any, /) -> Any:
     """The strategy that ``reduce`` names, for the operator ``op`` (not yet placed).
 
-    ``"auto"``: :class:`ScanReduce` on GPU/TPU; on a CPU, ``ScanReduce`` for products that keep
-    large activations (:data:`SCAN_BYTES` a batch: a CNN's), unless the data's copy would take
-    more than a quarter of the free memory, and :class:`HostReduce` otherwise (an MLP's);
+    ``"auto"``: on GPU/TPU, :class:`ScanReduce` on one device and the mesh reduction over all
+    of them when a process has several; on a CPU, ``ScanReduce`` for products that keep large
+    activations (:data:`SCAN_BYTES` a batch: a CNN's), unless the data's copy would take more
+    than a quarter of the free memory, and :class:`HostReduce` otherwise (an MLP's);
     ``"host"``, ``"scan"``; ``"mesh"``: :class:`jaxspec.parallel.MeshReduce` over every device;
     a :class:`jax.sharding.Mesh`: ``MeshReduce`` over it; a strategy object is returned as is.
 

@@ -16,7 +16,7 @@ from hessians import dense_hessian, make_data, mlp_loss, mlp_params
 from jaxspec import batch_dataset, curvature_operator
 from jaxspec.augmented import Augmentation, augmented_batches, augmented_data
 from jaxspec.parallel import MeshReduce, data_mesh
-from jaxspec.reduction import HostReduce, ScanReduce
+from jaxspec.reduction import HostReduce, ScanReduce, resolve_reduce
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
@@ -130,6 +130,25 @@ def test_auto_reduce_on_cpu_scans_large_activations_whose_data_fit(monkeypatch):
     monkeypatch.setattr(reduction, "free_bytes", lambda: 3 * x.nbytes)
     assert curvature_operator(wide_loss, w, data).reduce == HostReduce(1)
     assert curvature_operator(wide_loss, w, already_placed).reduce == ScanReduce()
+
+
+def test_auto_reduce_spreads_over_the_devices_of_one_process_off_cpu(monkeypatch):
+    """Off CPU, "auto" is the mesh reduction over every device where one process has several
+    (data parallel), lax.scan where it has one. The platform is patched for the choice only:
+    nothing runs while it is."""
+    loss, params, batched, _, data = plain_case()
+    op = curvature_operator(loss, params, batched, reduce="scan")
+    choices = {}
+    for count in (1, 4):
+        with monkeypatch.context() as patch:
+            patch.setattr(jax, "default_backend", lambda: "gpu")
+            patch.setattr(jax, "local_device_count", lambda: count)
+            choices[count] = resolve_reduce("auto", op)
+    assert choices[1] == ScanReduce()
+    assert isinstance(choices[4], MeshReduce) and choices[4].mesh.axis_names == ("data",)
+    mesh_op = curvature_operator(loss, params, batched, reduce=choices[4])
+    v = jnp.ones(op.size)
+    np.testing.assert_allclose(mesh_op.mv(v), op.mv(v), rtol=1e-12)
 
 
 def test_with_params_and_fingerprint():
