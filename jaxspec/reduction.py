@@ -19,7 +19,7 @@ tail). All strategies give the same numbers up to the order of float additions.
   for it).
 * :class:`jaxspec.parallel.MeshReduce`: the batches split over a device mesh
   (``jax.shard_map``), one ``psum`` per product; one host or many. The default where one
-  process has several GPUs or TPUs.
+  process has several GPUs or TPUs, and for data spread over several processes.
 """
 
 from __future__ import annotations
@@ -310,20 +310,27 @@ def _group_size(op, per_batch: int) -> int:
 
 
 def _auto(op) -> Any:
-    """``"auto"``'s strategy for ``op``: off CPU, the mesh reduction over every device when one
-    process has several (data parallel: each device sums its share of the batches), else
-    :class:`ScanReduce`; on a CPU, ``ScanReduce`` where a batch's product keeps at least
-    :data:`SCAN_BYTES` and the data's copy on the device (NumPy batches are copied whole) takes
-    at most a quarter of the free memory, else :class:`HostReduce` (its group size fixed)."""
+    """``"auto"``'s strategy for ``op``: for batches spread over several processes
+    (:func:`jaxspec.parallel.global_batched`), the mesh reduction over the mesh and axis they
+    are split on; off CPU, the mesh reduction over every device when one process has several
+    (data parallel: each device sums its share of the batches), else :class:`ScanReduce`; on a
+    CPU, ``ScanReduce`` where a batch's product keeps at least :data:`SCAN_BYTES` and the data's
+    copy on the device (NumPy batches are copied whole) takes at most a quarter of the free
+    memory, else :class:`HostReduce` (its group size fixed)."""
+    from jaxspec.parallel import MeshReduce, data_mesh
+
+    leaves = jax.tree.leaves((op.data.batches, op.data.tail))
+    spread = [x for x in leaves if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    if spread:  # arrays over several processes: no one copy of them to scan
+        laid_out = spread[0].sharding  # global_batched's: the batches split over a mesh axis
+        if isinstance(laid_out, jax.sharding.NamedSharding) and laid_out.spec \
+                and isinstance(laid_out.spec[0], str):
+            return MeshReduce(laid_out.mesh, axis_name=laid_out.spec[0])
+        return HostReduce()
     if jax.default_backend() != "cpu":
         if jax.process_count() == 1 and jax.local_device_count() > 1:
-            from jaxspec.parallel import MeshReduce, data_mesh
-
             return MeshReduce(data_mesh())
         return ScanReduce()
-    leaves = jax.tree.leaves((op.data.batches, op.data.tail))
-    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
-        return HostReduce()  # arrays over several processes: no one copy of them to scan
     per_batch = _batch_bytes(op)
     copied = sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves
                  if not isinstance(x, jax.Array))
@@ -335,10 +342,12 @@ def _auto(op) -> Any:
 def resolve_reduce(reduce: Any, op: Any, /) -> Any:
     """The strategy that ``reduce`` names, for the operator ``op`` (not yet placed).
 
-    ``"auto"``: on GPU/TPU, :class:`ScanReduce` on one device and the mesh reduction over all
-    of them when a process has several; on a CPU, ``ScanReduce`` for products that keep large
-    activations (:data:`SCAN_BYTES` a batch: a CNN's), unless the data's copy would take more
-    than a quarter of the free memory, and :class:`HostReduce` otherwise (an MLP's);
+    ``"auto"``: for batches spread over processes (:func:`jaxspec.parallel.global_batched`),
+    the mesh reduction they are laid out for; on GPU/TPU, :class:`ScanReduce` on one device and
+    the mesh reduction over all of them when a process has several; on a CPU, ``ScanReduce``
+    for products that keep large activations (:data:`SCAN_BYTES` a batch: a CNN's), unless the
+    data's copy would take more than a quarter of the free memory, and :class:`HostReduce`
+    otherwise (an MLP's);
     ``"host"``, ``"scan"``; ``"mesh"``: :class:`jaxspec.parallel.MeshReduce` over every device;
     a :class:`jax.sharding.Mesh`: ``MeshReduce`` over it; a strategy object is returned as is.
 
@@ -349,8 +358,8 @@ def resolve_reduce(reduce: Any, op: Any, /) -> Any:
       ...                                 jnp.ones(2), jaxspec.batch_dataset(np.ones(8), 4))
       >>> resolve_reduce("scan", op), resolve_reduce(HostReduce(2), op)
       (ScanReduce(), HostReduce(group_size=2))
-      >>> cpu = jax.default_backend() == "cpu"   # a tiny product: the host loop on a CPU
-      >>> resolve_reduce("auto", op) == (HostReduce(2) if cpu else ScanReduce())
+      >>> # a tiny product: the host loop on a CPU
+      >>> jax.default_backend() != "cpu" or resolve_reduce("auto", op) == HostReduce(2)
       True
     """
     from jaxspec.parallel import MeshReduce, data_mesh

@@ -4,8 +4,8 @@
 python tests/multihost_worker.py OUT.json``: joins the run through
 :func:`jaxspec.parallel.initialize` with two CPU devices and gloo collectives, loads only its
 share of the data set (:func:`jaxspec.parallel.process_share`), builds the global data set with
-:func:`jaxspec.parallel.global_batched`, the operator with ``reduce="mesh"``, and runs Lanczos
-over all four devices. Process 0 writes the results as JSON. Importing this module starts
+:func:`jaxspec.parallel.global_batched`, the operator with ``reduce="mesh"`` (and with
+``"auto"``, which must choose the same), and runs Lanczos over all four devices. Process 0 writes the results as JSON. Importing this module starts
 nothing.
 """
 
@@ -48,6 +48,10 @@ def run() -> dict:
     out = {"process": jax.process_index(), "local_samples": int(local["x"].shape[0]),
            "jaxspec": jaxspec.__file__,
            "hvp": np.asarray(mv(v)).tolist()}
+    auto = curvature_operator(pw.LOSSES[kind], params, batched)  # reduce="auto"
+    out["auto_reduce"] = [type(auto.reduce).__name__, auto.reduce.mesh.size,
+                          auto.reduce.axis_name]
+    out["auto_hvp"] = np.asarray(auto(v)).tolist()
     res = run_lanczos(mv, v, pw.NUM_STEPS)  # auto: the compiled driver, for the mesh
     out["ritz"] = Spectrum.from_lanczos(res).nodes.tolist()
     res = run_lanczos(mv, v, pw.NUM_STEPS, mesh=mesh, shard_basis=True)

@@ -285,5 +285,7 @@ def test_two_processes_equal_one(workers):
     assert out["jaxspec"] == os.path.join(ROOT, "jaxspec", "__init__.py")
     assert out["local_samples"] == 512  # 8 of the 15 full batches; the other process has 7
     assert_hvp_close(out["hvp"], "mlp_uneven")
+    assert out["auto_reduce"] == ["MeshReduce", 4, "data"]  # "auto": the data's own mesh
+    assert_hvp_close(out["auto_hvp"], "mlp_uneven")
     assert_ritz_close(out["ritz"], "mlp_uneven")
     assert_ritz_close(out["ritz_sharded_basis"], "mlp_uneven")
