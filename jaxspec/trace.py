@@ -325,9 +325,9 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
     # every block padded to g >= s rows: one compiled loop applies all three
     Q = _orthonormal_rows(_apply(matvec, _draw(keys[:s], distribution, int(dim), dtype),
                                  batch_size, g))
-    low_rank = jnp.sum(Q * _apply(matvec, Q, batch_size, g))
+    low_rank = jnp.sum(_integrate(Q, _apply(matvec, Q, batch_size, g), "trace"))
     G = _deflate(_draw(keys[s:], distribution, int(dim), dtype), Q)
-    samples = jnp.sum(G * _apply(matvec, G, batch_size, g), axis=1)
+    samples = _integrate(G, _apply(matvec, G, batch_size, g), "trace")
     rest = _Moments()
     rest.add(samples)
     return TraceEstimate(float(low_rank + rest.mean), float(rest.stderr()), num_matvecs)
