@@ -7,10 +7,11 @@ For each model of :mod:`experiments.speed` (a small CNN, an MLP) the operator is
 README builds it (``jaxspec.curvature_operator`` with its defaults), and each estimator is called
 as a user calls it, with its defaults: ``slq`` (one probe, ``--m`` steps: the reference),
 ``eigsh`` (the ``--k`` largest pairs), ``hutchinson``, ``hutchinson_diagonal`` (``--probes``
-probes each), ``hutch_plus_plus`` (``--matvecs`` products) and, where the operator can be traced
-(not the host loop), ``xtrace`` (``--probes / 2`` probes, two products each). Each is timed warm, one after
-another in every round; the table gives its time per product and the median over the rounds of
-its ratio to SLQ's time per product in the same round (the load drifts between rounds). A ratio
+probes each), ``hutch_plus_plus`` (``--matvecs`` products) and, where the operator can be
+traced (not the host loop), ``xtrace`` (``--probes / 2`` probes, at least 2; two products each).
+Each is timed warm, one after another in every round; the table gives its time per product and
+the median over the rounds of its ratio to SLQ's time per product in the same round (the load
+drifts between rounds). A ratio
 near 1 means the estimator's products run as fast as a Lanczos run's; what it adds beyond them
 (drawing probes, eigsh's re-orthogonalisation against its whole basis, moments) shows above 1.
 """
@@ -56,8 +57,8 @@ def estimators(op, args) -> dict:
                     args.matvecs),
     }
     if op.reduce.driver != "host":  # XTrace traces the operator: not the host loop
-        runs["xtrace"] = (lambda: xtrace(op, key, op.size, num_probes=args.probes // 2),
-                          2 * (args.probes // 2))
+        probes = max(2, args.probes // 2)
+        runs["xtrace"] = (lambda: xtrace(op, key, op.size, num_probes=probes), 2 * probes)
     return runs
 
 
