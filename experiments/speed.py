@@ -182,6 +182,42 @@ def mlp_apply(p, x):
 MODELS = {"cnn": (cnn_init, cnn_apply), "mlp": (mlp_init, mlp_apply)}
 
 
+def workload_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the workload's options, shared by the speed scripts:
+    ``--models`` (of :data:`MODELS`), ``--n`` samples, ``--batch-size``.
+
+    Example:
+      >>> from experiments.speed import workload_parser
+      >>> args = workload_parser("demo").parse_args(["--models", "mlp", "--n", "8"])
+      >>> args.models, args.n, args.batch_size
+      (['mlp'], 8, 128)
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=128)
+    return ap
+
+
+def run_models(bench, args) -> None:
+    """Prints :func:`experiments.timing.header`, then runs ``bench(name, init, apply, args)``
+    for each model named in ``args.models``.
+
+    Example:
+      >>> import argparse, contextlib, io
+      >>> from experiments.speed import run_models
+      >>> out = io.StringIO()
+      >>> with contextlib.redirect_stdout(out):
+      ...     run_models(lambda name, init, apply, args: print(name), argparse.Namespace(
+      ...         models=["mlp", "cnn"]))
+      >>> out.getvalue().splitlines()[1:]
+      ['mlp', 'cnn']
+    """
+    print(header())
+    for name in args.models:
+        bench(name, *MODELS[name], args)
+
+
 def make_loss(apply):
     """The mean cross-entropy ``loss(params, batch)`` of the model ``apply(params, images)`` on
     a batch ``{"image", "label"}``: the loss whose gradient, HVP and Lanczos are timed.
@@ -404,24 +440,18 @@ def main(argv=None):
       >>> [line[2:36].strip() for line in lines if line.startswith("  Lanczos m=")]
       ['Lanczos m=2, host, partial, first', 'Lanczos m=2, host, partial, warm']
     """
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap = workload_parser(__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=50)
     ap.add_argument("--block-size", type=int, default=16,
                     help="basis rows per re-orthogonalisation block")
     ap.add_argument("--repeat", type=int, default=5,
                     help="warm Lanczos runs, each paired with an HVP timing (the machine is noisy)")
-    ap.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     ap.add_argument("--drivers", nargs="+", default=["host", "compiled"],
                     choices=["host", "compiled"])
     ap.add_argument("--reorth", nargs="+", default=["full", "partial"],
                     choices=list(METHODS),
                     help="re-orthogonalisation methods to time (jaxspec.reorth)")
-    args = ap.parse_args(argv)
-    print(header())
-    for name in args.models:
-        bench(name, *MODELS[name], args)
+    run_models(bench, ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,15 +18,13 @@ near 1 means the estimator's products run as fast as a Lanczos run's; what it ad
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import numpy as np
 
 import jaxspec
-from experiments.speed import MODELS, workload
-from experiments.timing import header
+from experiments.speed import run_models, workload, workload_parser
 from jaxspec.trace import hutch_plus_plus, hutchinson, hutchinson_diagonal, xtrace
 
 
@@ -116,19 +114,13 @@ def main(argv=None):
       >>> lines[0].startswith("jax "), lines[2].startswith("== mlp  (N=4, batch=4,")
       (True, True)
     """
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap = workload_parser(__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=20, help="SLQ's Lanczos steps")
     ap.add_argument("--k", type=int, default=3, help="eigsh's number of pairs")
     ap.add_argument("--probes", type=int, default=16, help="Hutchinson's probes")
     ap.add_argument("--matvecs", type=int, default=30, help="Hutch++'s products")
     ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    print(header())
-    for name in args.models:
-        bench(name, *MODELS[name], args)
+    run_models(bench, ap.parse_args(argv))
 
 
 if __name__ == "__main__":

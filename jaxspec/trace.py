@@ -147,11 +147,9 @@ def _one_at_a_time_vmap(axis_size, in_batched, op, v):
     """Under ``vmap`` over the vectors, ``op`` applied to one after another (``lax.map``), so
     that a vmapped curvature product holds one product's activations, not ``axis_size``
     products' (matfree's XTrace vmaps the operator over all its probes at once)."""
-    op_batched, v_batched = in_batched
+    op_batched, _ = in_batched  # the rule runs only when something is batched
     if any(jax.tree.leaves(op_batched)):
         raise NotImplementedError("the operator itself is batched: vmap it directly")
-    if not v_batched:
-        return op(v), False
     return jax.lax.map(op, v), True
 
 
