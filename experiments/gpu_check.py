@@ -6,7 +6,8 @@
 For each model, on a random CIFAR-shaped subset of ``--n`` samples (batches of
 ``--batch-size``; BatchNorm with batch statistics, as the paper), it prints: one data-set HVP
 with every product recomputed (``linearize=None``) and with each batch's product linearised once
-(:meth:`jaxspec.CurvatureOperator.linearized`, budget ``"auto"``), the residuals' memory, and an
+(:meth:`jaxspec.CurvatureOperator.linearized`, budget ``"auto"``), the residuals' memory and
+form (``residuals_kept``: ``"all"`` or the compact ``"dots"``), and an
 ``--m``-step Lanczos run on the linearised operator with the compiled driver (one XLA program a
 run) and the host driver (a Python loop of products), first run (with compilation) and warm. The
 data-set times are also extrapolated to N = 50,000 (CIFAR-10's training set: the products are
@@ -90,6 +91,8 @@ def measure(name: str, *, n: int, batch_size: int, m: int, num_classes: int = 10
                        ("device", jax.devices()[0].device_kind), ("n", n), ("batch", batch_size),
                        ("m", m), ("linearize_s", linearize_s),
                        ("cached_batches", 0 if cached.linear is None else cached.linear.count),
+                       ("residuals_kept",
+                        "-" if cached.linear is None else str(cached.linear.residuals)),
                        ("residuals_gib",
                         0.0 if cached.linear is None else cached.linear.nbytes() / 2**30)):
         put(key, value)
@@ -111,10 +114,10 @@ def measure(name: str, *, n: int, batch_size: int, m: int, num_classes: int = 10
     return row
 
 
-COLUMNS = ["model", "params", "n", "cached_batches", "residuals_gib", "linearize_s",
-           "hvp_plain_s", "hvp_cached_s", "lanczos_compiled_first_s", "lanczos_compiled_warm_s",
-           "lanczos_host_first_s", "lanczos_host_warm_s", "hvp_cached_50k_s",
-           "lanczos_100_50k_min", "peak_gib", "peak_kind"]
+COLUMNS = ["model", "params", "n", "cached_batches", "residuals_kept", "residuals_gib",
+           "linearize_s", "hvp_plain_s", "hvp_cached_s", "lanczos_compiled_first_s",
+           "lanczos_compiled_warm_s", "lanczos_host_first_s", "lanczos_host_warm_s",
+           "hvp_cached_50k_s", "lanczos_100_50k_min", "peak_gib", "peak_kind"]
 
 
 def table(rows: list[dict]) -> str:

@@ -27,7 +27,8 @@ Each run is a subprocess of its own, so that its peak resident memory is its own
   (``slq(..., reorth="full")``), or ``low-memory`` (``reduce=HostReduce(1)``,
   ``linearize=None``: one batch at a time, nothing cached), ``cached`` (``linearize=2**32``:
   the products of all batches whose residuals fit in 4 GiB linearised once, memory traded for
-  speed), or ``disk-cache`` (the snippet in a process that loads its compiled programs from
+  speed), ``compact`` (the same with ``residuals="dots"``: only the matrix products' and
+  convolutions' outputs kept, the rest recomputed at every product), or ``disk-cache`` (the snippet in a process that loads its compiled programs from
   :func:`jaxspec.compiler.cache_compilations`'s directory, which one process run before the
   rounds fills: a script's second run). It runs twice in its process: the first run includes
   compiling (or loading), the second is warm.
@@ -52,7 +53,7 @@ import numpy as np
 from experiments.timing import load_average, machine
 
 MODELS = ("mlp", "cnn")
-CONFIGS = ("default", "full", "low-memory", "cached", "disk-cache")
+CONFIGS = ("default", "full", "low-memory", "cached", "compact", "disk-cache")
 
 
 def workload(n: int, seed: int = 0) -> dict:
@@ -156,7 +157,8 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
     options, slq_options = {"default": ({}, {}), "disk-cache": ({}, {}),
                             "full": ({}, {"reorth": "full"}),
                             "low-memory": ({"reduce": HostReduce(1), "linearize": None}, {}),
-                            "cached": ({"linearize": 2**32}, {})}[config]
+                            "cached": ({"linearize": 2**32}, {}),
+                            "compact": ({"linearize": 2**32, "residuals": "dots"}, {})}[config]
     data = jaxspec.batch_dataset(workload(n), batch_size)
     setup = _peak_rss()
 

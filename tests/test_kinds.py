@@ -185,6 +185,25 @@ def test_every_kind_every_reduction(mlp):
         np.testing.assert_allclose(mc[reduce], mc["scan"], rtol=1e-12, atol=1e-14)
 
 
+def test_compact_caches_of_every_kind_are_the_dense_matrices(mlp):
+    """Every kind's products linearised with compact residuals (matrix-product outputs only, the
+    rest recomputed at each product, behind the augmentation transform) are the dense matrix,
+    and the Monte-Carlo Fisher's the same draws as uncached."""
+    params, batched, tf, mats = mlp
+    for kind in DETERMINISTIC + [FisherMC(4)]:
+        key = jax.random.key(0) if isinstance(kind, FisherMC) else None
+        op = curvature_operator(IMAGE, params, batched, kind=kind, key=key, reduce="scan",
+                                transform=tf, residuals="dots")
+        fast = op.linearized()
+        assert (fast.linear.count, fast.linear.residuals) == (2, "dots")
+        assert fast.linear.tail is not None
+        if key is None:
+            check_mv(fast, mats[kind], num=1)
+        else:
+            v = jnp.asarray(np.random.default_rng(2).normal(size=op.size))
+            np.testing.assert_allclose(fast.mv(v), op.mv(v), rtol=1e-12, atol=1e-14)
+
+
 def test_empirical_fisher_of_a_plain_loss(mlp):
     """A plain loss_fn (a mean of per-sample terms): gradients of batches of one, vmapped."""
     params, batched, tf, mats = mlp
@@ -248,6 +267,15 @@ def test_cnn_batchnorm_every_kind(cnn, bn_mode):
     for kind in ("ggn", "empirical_fisher") + (("fisher",) if bn_mode == "batch" else ()):
         check_mv(curvature_operator(split, params, batched, kind=kind, reduce="scan"),
                  mats[kind], num=1)
+    # the convolutions' and BatchNorm's products cached with compact residuals
+    fast = curvature_operator(split, params, batched, kind="ggn", residuals="dots").linearized()
+    assert fast.linear.residuals == "dots"
+    check_mv(fast, mats["ggn"], num=1)
+    v = jnp.asarray(np.random.default_rng(7).normal(size=fast.size))
+    hessian = curvature_operator(split, params, batched, residuals="dots")
+    assert hessian.linearized().linear.residuals == "dots"
+    np.testing.assert_allclose(hessian.linearized().mv(v), hessian.mv(v), rtol=1e-10,
+                               atol=1e-13 * float(jnp.abs(hessian.mv(v)).max()))
     if bn_mode == "batch":
         # the MC Fisher, the batch statistics held fixed, still averages to the exact Fisher
         v = np.random.default_rng(6).normal(size=mats["fisher"].shape[0])

@@ -1,6 +1,7 @@
 """The cached linearisation (jaxspec.linearized): the same matrix as the plain operator and as a
-dense jax.hessian, whole or partly cached, on the host and lax.scan reductions; dropped when the
-parameters or the block change; a bad budget fails at construction."""
+dense jax.hessian, whole or partly cached, with all or compact residuals, on the host and
+lax.scan reductions; dropped when the parameters or the block change; a bad budget or residuals
+choice fails at construction."""
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,9 @@ DATA = make_data(jax.random.key(6), 37)
 BATCHED = batch_dataset(DATA, 8)
 DENSE = np.asarray(dense_hessian(mlp_loss, PARAMS, DATA))
 VECTORS = np.random.default_rng(1).normal(size=(3, DENSE.shape[0]))
-PER_BATCH = residual_bytes(curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=None),
-                           jax.tree.map(lambda x: x[0], BATCHED.batches))
+PLAIN = curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=None)
+PER_BATCH = residual_bytes(PLAIN, jax.tree.map(lambda x: x[0], BATCHED.batches))
+COMPACT = residual_bytes(PLAIN, jax.tree.map(lambda x: x[0], BATCHED.batches), "dots")
 
 
 def products(op):
@@ -29,17 +31,25 @@ def products(op):
 HOST = HostReduce(group_size=2)
 
 
-@pytest.mark.parametrize("reduce,budget,count,tail", [
-    (HOST, "auto", 4, True),                # every batch and the tail
-    (ScanReduce(), 2 * PER_BATCH, 2, False),  # two batches; two and the tail recomputed
-], ids=["host-all", "scan-part"])
-def test_cached_products_are_the_plain_and_dense_ones(reduce, budget, count, tail):
+@pytest.mark.parametrize("reduce,budget,residuals,count,tail,kept", [
+    (HOST, "auto", "auto", 4, True, "all"),           # every batch and the tail, all kept
+    (ScanReduce(), 2 * PER_BATCH, "all", 2, False, "all"),  # two; two and the tail recomputed
+    # all residuals fit two batches, compact ones four: "auto" takes the compact form
+    (ScanReduce(), 2 * PER_BATCH, "auto", 4, False, "dots"),
+    (HOST, "auto", "dots", 4, True, "dots"),
+    (HOST, "auto", jax.checkpoint_policies.nothing_saveable, 4, True, None),  # any policy
+], ids=["host-all", "scan-part", "scan-auto-compact", "host-dots", "host-policy"])
+def test_cached_products_are_the_plain_and_dense_ones(reduce, budget, residuals, count, tail,
+                                                      kept):
+    assert 2 * COMPACT < 2 * PER_BATCH < 4 * COMPACT + residual_bytes(PLAIN, BATCHED.tail, "dots")
     plain = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=None)
     assert plain.linearized() is plain  # no budget, no cache
-    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=budget)
+    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=budget,
+                            residuals=residuals)
     assert op.linear is None  # built only when asked
     fast = op.linearized()
     assert (fast.linear.count, fast.linear.tail is not None) == (count, tail)
+    assert fast.linear.residuals == (residuals if kept is None else kept)
     assert fast.linearized() is fast and fast.fingerprint() == plain.fingerprint()
     got = products(fast)
     np.testing.assert_allclose(got, products(plain), rtol=1e-13, atol=1e-14)
@@ -60,10 +70,12 @@ def test_new_parameters_or_block_drop_the_cache():
 
 
 @pytest.mark.parametrize("bad", ["fast", -1, 1.5, True])
-def test_a_bad_budget_is_a_clear_error(bad):
+def test_a_bad_budget_or_residuals_choice_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="linearize must be"):
         curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=bad)
     assert memory_budget(0) == 0
+    with pytest.raises(ValueError, match="residuals must be"):
+        curvature_operator(mlp_loss, PARAMS, BATCHED, residuals=bad)
 
 
 def test_auto_caches_up_to_the_krylov_basis_of_the_run(monkeypatch):
@@ -73,7 +85,7 @@ def test_auto_caches_up_to_the_krylov_basis_of_the_run(monkeypatch):
     import jaxspec.reduction
 
     assert jax.default_backend() == "cpu"
-    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST)
+    op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST, residuals="all")
     monkeypatch.setattr(jaxspec.reduction, "GROUP_BYTES", 4 * PER_BATCH)
     assert op.linearized(1).linear.count == 4  # a one-row basis, four batches' activations
     monkeypatch.setattr(jaxspec.reduction, "GROUP_BYTES", 0)
@@ -84,7 +96,8 @@ def test_auto_caches_up_to_the_krylov_basis_of_the_run(monkeypatch):
     assert op.linearized().linear.count == 4  # no run: a share of the free memory
     assert memory_budget("auto", allowance=rows * vector) == rows * vector
     # a number of bytes is taken as given, whatever the run
-    fixed = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST, linearize=2 * PER_BATCH)
+    fixed = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=HOST, linearize=2 * PER_BATCH,
+                               residuals="all")
     assert fixed.linearized(10**6).linear.count == fixed.linearized(1).linear.count == 2
 
 
@@ -119,3 +132,37 @@ def test_sizing_and_linearising_share_one_trace():
     fast = op.linearized()
     assert fast.linear.tail is not None and fast.linear.count == 2
     assert len(traces) == before + 2  # the tail's size (then linearised), the full batches'
+
+
+def test_auto_sizes_the_compact_residuals_only_where_they_can_pay(monkeypatch):
+    """Under residuals="auto" sizing the compact form costs one more trace of the product, taken
+    only where it could cache twice the batches that all residuals do: not where all fit or
+    where doubling is out of reach, not under an eighth of one batch's residuals; where it is
+    taken, it wins with twice the batches."""
+    import jaxspec.linearized
+
+    loss = lambda p, x: jnp.mean(x) * jnp.sum(jnp.tanh(p) ** 4)  # noqa: E731
+    data = batch_dataset(np.ones((9, 4)), 2)  # four full batches and a tail of one
+    plain = curvature_operator(loss, jnp.ones(64), data, linearize=None)
+    like = jax.ShapeDtypeStruct((2, 4), jnp.float64)
+    full, compact = residual_bytes(plain, like), residual_bytes(plain, like, "dots")
+    tail, compact_tail = (residual_bytes(plain, data.tail, kept) for kept in ("all", "dots"))
+    sized = []
+    monkeypatch.setattr(jaxspec.linearized, "residual_bytes",
+                        lambda op, like, kept="all": sized.append(kept) or residual_bytes(
+                            op, like, kept))
+
+    def cache(budget):
+        sized.clear()
+        op = curvature_operator(loss, jnp.ones(64), data, reduce=HOST, linearize=budget)
+        linear = op.linearized(10).linear
+        return (None if linear is None else (linear.count, linear.tail is not None,
+                                             linear.residuals)), "dots" in sized
+
+    assert cache(4 * full + tail) == ((4, True, "all"), False)  # all fit
+    assert cache(3 * full) == ((2, True, "all"), False)  # 3 of 5: doubling is out of reach
+    assert cache(full // 8 - 1) == (None, False)  # under an eighth of a batch: not sized
+    # all residuals: the tail alone (the full batches go in groups of two); compact: everything
+    budget = full + full // 2
+    assert tail <= budget < 2 * full and 4 * compact + compact_tail <= budget
+    assert cache(budget) == ((4, True, "dots"), True)
