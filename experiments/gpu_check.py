@@ -7,7 +7,7 @@ For each model, on a random CIFAR-shaped subset of ``--n`` samples (batches of
 ``--batch-size``; BatchNorm with batch statistics, as the paper), it prints: one data-set HVP
 with every product recomputed (``linearize=None``) and with each batch's product linearised once
 (:meth:`jaxspec.CurvatureOperator.linearized`, budget ``"auto"``), the residuals' memory and
-form (``residuals_kept``: ``"all"`` or the compact ``"dots"``), and an
+form (``residuals_kept``: ``"all"`` or ``"compact"``), and an
 ``--m``-step Lanczos run on the linearised operator with the compiled driver (one XLA program a
 run) and the host driver (a Python loop of products), first run (with compilation) and warm. The
 data-set times are also extrapolated to N = 50,000 (CIFAR-10's training set: the products are

@@ -1,5 +1,5 @@
 """What a cached batch keeps: the memory and speed of a linearised product with all residuals
-against compact ones (``residuals="dots"``), and against the product recomputed.
+against compact ones (``residuals="compact"``), and against the product recomputed.
 
     python -m experiments.speed_residuals                   # mlp, cnn, preresnet20, transformer
     python -m experiments.speed_residuals --models preresnet20 --rounds 7
@@ -7,7 +7,7 @@ against compact ones (``residuals="dots"``), and against the product recomputed.
 For each model, one batch (``--batch-size`` CIFAR-shaped images; for the transformer
 ``--batch-size / 4`` windows of 128 bytes) and three operators on it, built as a user builds them
 (``jaxspec.curvature_operator``): ``linearize=None`` (the product recomputed: forward, backward
-and their tangents), and a cache of every batch with ``residuals="all"`` and ``"dots"``. Each
+and their tangents), and a cache of every batch with ``residuals="all"`` and ``"compact"``. Each
 product is timed warm, one after another in every round; the table gives the residual bytes of
 the batch, the time of one product, and the medians over the rounds of the ratios to the
 all-residual product's time in the same round (the load drifts between rounds).
@@ -63,14 +63,14 @@ def bench(name: str, batch_size: int, rounds: int) -> dict:
     Example:
       >>> from experiments.speed_residuals import bench
       >>> row = bench("mlp", 8, 1)
-      >>> row["all_mib"] > row["dots_mib"] > 0, sorted(row["ratio"])
-      (True, ['dots', 'recomputed'])
+      >>> row["all_mib"] > row["compact_mib"] > 0, sorted(row["ratio"])
+      (True, ['compact', 'recomputed'])
     """
     loss_fn, params, batch = problem(name, batch_size)
     n = len(jax.tree.leaves(batch)[0])
     data = jaxspec.batch_dataset(batch, n)
     ops = {"recomputed": jaxspec.curvature_operator(loss_fn, params, data, linearize=None)}
-    for kept in ("all", "dots"):
+    for kept in ("all", "compact"):
         op = jaxspec.curvature_operator(loss_fn, params, data, linearize=2**40, residuals=kept)
         ops[kept] = op.linearized()
     v = jax.random.normal(jax.random.key(1), (ops["all"].size,), ops["all"].dtype)
@@ -82,10 +82,10 @@ def bench(name: str, batch_size: int, rounds: int) -> dict:
         for k, op in ops.items():
             times[k].append(_time(op, v, reps))
     ratio = {k: float(np.median(np.array(times[k]) / np.array(times["all"])))
-             for k in ("recomputed", "dots")}
+             for k in ("recomputed", "compact")}
     return {"model": name, "params": ops["all"].size, "batch": n,
             "all_mib": ops["all"].linear.nbytes() / 2**20,
-            "dots_mib": ops["dots"].linear.nbytes() / 2**20,
+            "compact_mib": ops["compact"].linear.nbytes() / 2**20,
             "seconds": {k: float(np.median(t)) for k, t in times.items()}, "ratio": ratio}
 
 
@@ -117,15 +117,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
     print(header())
-    print(f"{'model':12} {'params':>9} {'batch':>5} {'all MiB':>8} {'dots MiB':>8} "
-          f"{'all s':>7} {'dots/all':>8} {'recomputed/all':>14}")
+    print(f"{'model':12} {'params':>9} {'batch':>5} {'all MiB':>8} {'compact MiB':>11} "
+          f"{'all s':>7} {'compact/all':>11} {'recomputed/all':>14}")
     rows = []
     for name in args.models:
         row = bench(name, args.batch_size, args.rounds)
         rows.append(row)
         print(f"{name:12} {row['params']:9d} {row['batch']:5d} {row['all_mib']:8.1f} "
-              f"{row['dots_mib']:8.1f} {row['seconds']['all']:7.3f} {row['ratio']['dots']:8.2f} "
-              f"{row['ratio']['recomputed']:14.2f}", flush=True)
+              f"{row['compact_mib']:11.1f} {row['seconds']['all']:7.3f} "
+              f"{row['ratio']['compact']:11.2f} {row['ratio']['recomputed']:14.2f}", flush=True)
     return rows
 
 

@@ -27,8 +27,9 @@ Each run is a subprocess of its own, so that its peak resident memory is its own
   (``slq(..., reorth="full")``), or ``low-memory`` (``reduce=HostReduce(1)``,
   ``linearize=None``: one batch at a time, nothing cached), ``cached`` (``linearize=2**32``:
   the products of all batches whose residuals fit in 4 GiB linearised once, memory traded for
-  speed), ``compact`` (the same with ``residuals="dots"``: only the matrix products' and
-  convolutions' outputs kept, the rest recomputed at every product), or ``disk-cache`` (the snippet in a process that loads its compiled programs from
+  speed), ``compact`` (the same with ``residuals="compact"``: only the outputs of the matrix
+  products, convolutions and activations kept, the rest recomputed at every product), or
+  ``disk-cache`` (the snippet in a process that loads its compiled programs from
   :func:`jaxspec.compiler.cache_compilations`'s directory, which one process run before the
   rounds fills: a script's second run). It runs twice in its process: the first run includes
   compiling (or loading), the second is warm.
@@ -158,7 +159,7 @@ def _jaxspec_run(model: str, config: str, n: int, m: int, batch_size: int,
                             "full": ({}, {"reorth": "full"}),
                             "low-memory": ({"reduce": HostReduce(1), "linearize": None}, {}),
                             "cached": ({"linearize": 2**32}, {}),
-                            "compact": ({"linearize": 2**32, "residuals": "dots"}, {})}[config]
+                            "compact": ({"linearize": 2**32, "residuals": "compact"}, {})}[config]
     data = jaxspec.batch_dataset(workload(n), batch_size)
     setup = _peak_rss()
 

@@ -9,14 +9,16 @@ only. The residuals take memory, so a budget decides how many batches are cached
 recomputed at every product, as without a cache.
 
 What a cached batch keeps is the operator's ``residuals`` choice: ``"all"`` keeps every value
-the linear program reads (the fastest application), ``"dots"`` only the outputs of matrix
-products and convolutions, and the linear program recomputes the elementwise work between them
-(normalisations, activations and their derivatives, masks) at every application: on
-PreAct-ResNet-20 and the small transformer a third to a quarter of the memory, for a product
-1.1-1.25x slower (``python -m experiments.speed_residuals``). ``"auto"`` keeps all where every
-batch fits the budget so, and otherwise the compact form where it caches at least twice as
-many batches. It is ``jax.checkpoint``'s policy (:func:`residual_policy`) applied to the product
-before ``jax.linearize``, so any of ``jax.checkpoint_policies`` can be given too.
+the linear program reads (JAX's linearisation as it is), ``"compact"`` only the outputs of matrix
+products, convolutions and functions with custom derivatives (``jax.nn.relu`` and the other
+activations defined with ``jax.custom_jvp``), and the linear program recomputes the elementwise
+work between them (normalisations, masks, other activations and the derivatives) at every
+application. Measured (``python -m experiments.speed_residuals``): PreAct-ResNet-20 half the
+memory at the same speed, the small transformer a quarter for a product 1.2x slower. ``"auto"``
+keeps all where every batch fits the budget so, and otherwise the compact form where it caches
+at least twice as many batches. It is a ``jax.checkpoint`` policy (:func:`residual_policy`)
+applied to the product before ``jax.linearize``, so any of ``jax.checkpoint_policies`` can be
+given too (``dots_saveable``: PreAct-ResNet-20 a third of the memory, 1.14x slower).
 
 :meth:`jaxspec.CurvatureOperator.linearized` builds the cache (the Lanczos drivers and
 :func:`jaxspec.slq` call it, so a run pays the linearisation once); the host and ``lax.scan``
@@ -45,25 +47,37 @@ __all__ = ["AUTO_FRACTION", "LinearCache", "RESIDUALS", "bare_operator", "free_b
 AUTO_FRACTION = 0.4
 
 #: The named choices of what a cached batch keeps (see the module docstring).
-RESIDUALS = ("auto", "all", "dots")
+RESIDUALS = ("auto", "all", "compact")
+
+
+def _compact(prim, *_, **__) -> bool:
+    """The compact form's policy: keep the outputs of matrix products, convolutions and
+    custom-derivative functions. An activation such as ``jax.nn.relu`` is a convolution's input,
+    which the product materialises anyway: keeping it costs one array a layer and spares a
+    recomputing pass over it at every product (PreAct-ResNet-20: 1.14x -> 1.0x the time of
+    all residuals, 203 -> 295 MiB of 604)."""
+    return prim in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p) \
+        or prim.name == "custom_jvp_call"
 
 
 def residual_policy(residuals: Any) -> Any:
     """The ``jax.checkpoint`` policy that keeps ``residuals`` of a linearised product: None
-    (no checkpoint: every value) for ``"all"``, ``jax.checkpoint_policies.dots_saveable`` for
-    ``"dots"``, a policy (a callable) as it is. ``"auto"`` is decided per operator by
-    :func:`build_cache`; this raises for it and for anything else.
+    (no checkpoint: every value) for ``"all"``, the outputs of matrix products, convolutions
+    and custom-derivative functions (activations) for ``"compact"``, a policy (a callable) as it
+    is. ``"auto"`` is decided per operator by :func:`build_cache`; this raises for it and for
+    anything else.
 
     Example:
       >>> import jax
       >>> from jaxspec.linearized import residual_policy
-      >>> residual_policy("all"), residual_policy("dots") is jax.checkpoint_policies.dots_saveable
-      (None, True)
+      >>> keep = residual_policy("compact")
+      >>> residual_policy("all"), keep(jax.lax.conv_general_dilated_p), keep(jax.lax.add_p)
+      (None, True, False)
     """
     if residuals == "all":
         return None
-    if residuals == "dots":
-        return jax.checkpoint_policies.dots_saveable
+    if residuals == "compact":
+        return _compact
     if callable(residuals):
         return residuals
     raise ValueError(f"residuals must be one of {RESIDUALS} or a jax.checkpoint policy, got "
@@ -81,7 +95,7 @@ class LinearCache:
       tail: the tail batch's linear map, or None (not cached, or no tail).
       count: the number of cached batches (static).
       stacked: whether ``maps`` is one stacked map (static).
-      residuals: what each map keeps, ``"all"``, ``"dots"`` or a ``jax.checkpoint`` policy
+      residuals: what each map keeps, ``"all"``, ``"compact"`` or a ``jax.checkpoint`` policy
         (static; ``"auto"`` resolved).
 
     Example:
@@ -211,7 +225,7 @@ def apply_maps(maps, acc, v, weights):
 
 def residual_bytes(op, batch_like, residuals: Any = "all") -> int:
     """Bytes of the residuals of one batch's linearised product (shapes only, nothing run),
-    keeping ``residuals`` (``"all"``, ``"dots"`` or a policy: :func:`residual_policy`).
+    keeping ``residuals`` (``"all"``, ``"compact"`` or a policy: :func:`residual_policy`).
 
     ``batch_like`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` shaped like one batch.
 
@@ -222,7 +236,7 @@ def residual_bytes(op, batch_like, residuals: Any = "all") -> int:
       >>> op = jaxspec.curvature_operator(loss, jnp.ones((3, 2)),
       ...                                 jaxspec.batch_dataset(jnp.ones((4, 3)), 4))
       >>> like = jax.ShapeDtypeStruct((4, 3), jnp.float64)
-      >>> residual_bytes(op, like) > residual_bytes(op, like, "dots") > 0
+      >>> residual_bytes(op, like) > residual_bytes(op, like, "compact") > 0
       True
     """
     policy = residual_policy(residuals)
@@ -307,13 +321,13 @@ def build_cache(op, budget: int, *, stacked: bool, multiple: int = 1) -> LinearC
     None if not even one batch fits. Padding (zero-weight) batches are never cached.
 
     ``op.residuals`` ``"auto"`` keeps all residuals where every batch fits so, else the
-    compact ``"dots"`` form where that caches at least twice as many batches: a cached product
-    saves a share of the uncached one's time, a compact one about half that share
-    (PreAct-ResNet-20: 19% and 8%, the transformer 30% and 17%), so twice the batches save
-    about as much or more. Sizing the compact form costs one more trace of the product, so it
-    is skipped where it cannot double the count, or where the budget is under an eighth of one
-    batch's full residuals (the compact ones measured a third to a quarter of them on
-    convolutional and transformer models, two thirds on an MLP).
+    ``"compact"`` form where that caches at least twice as many batches: a cached product saves
+    a share of the uncached one's time, a compact one as much (PreAct-ResNet-20) or about half
+    that share (the transformer: 30% and 17%), so twice the batches save about as much or more.
+    Sizing the compact form costs one more trace of the product, so it is skipped where it
+    cannot double the count, or where the budget is under an eighth of one batch's full
+    residuals (the compact ones measured a quarter to a half of them on convolutional and
+    transformer models, two thirds on an MLP).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, jaxspec
@@ -332,9 +346,9 @@ def build_cache(op, budget: int, *, stacked: bool, multiple: int = 1) -> LinearC
     count, tail, unit = _fitting(op, budget, like, real, multiple, residuals)
     if op.residuals == "auto" and 2 * (count + tail) < real + (data.tail is not None) \
             and 8 * budget >= unit:
-        compact = _fitting(op, budget, like, real, multiple, "dots")
+        compact = _fitting(op, budget, like, real, multiple, "compact")
         if compact[0] + compact[1] >= max(2 * (count + tail), 1):
-            residuals, (count, tail, _) = "dots", compact
+            residuals, (count, tail, _) = "compact", compact
     if count == 0 and not tail:
         return None
     policy = residual_policy(residuals)

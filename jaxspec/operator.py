@@ -74,7 +74,7 @@ class CurvatureOperator:
       block: the selected parameter leaves (``jax.tree.leaves(params)`` indices, ascending) of
         a restriction (:meth:`restrict`), or None for all parameters.
       linearize: the residuals' memory budget of :meth:`linearized`: ``"auto"``, bytes, or None.
-      residuals: what a cached batch keeps: ``"auto"``, ``"all"``, ``"dots"`` or a
+      residuals: what a cached batch keeps: ``"auto"``, ``"all"``, ``"compact"`` or a
         ``jax.checkpoint`` policy (:mod:`jaxspec.linearized`).
       linear: the cached linearised products (a :class:`jaxspec.linearized.LinearCache`), or
         None; built by :meth:`linearized`, dropped by :meth:`with_params` and :meth:`restrict`.
@@ -463,11 +463,11 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         in a Lanczos run, also no more than its Krylov basis takes), a number of bytes (the
         knob that trades memory for speed), or None (no cache, every product recomputed).
       residuals: what each cached batch keeps: ``"all"`` (every value its linear program
-        reads: the fastest products), ``"dots"`` (the outputs of matrix products and
-        convolutions only, the elementwise work between them recomputed at each product: a
-        third to a quarter of the memory on a ResNet or transformer, products 1.15-1.25x
-        slower), ``"auto"`` (all where every batch fits the budget so, else the compact form
-        where it caches at least twice as many batches), or a ``jax.checkpoint`` policy.
+        reads), ``"compact"`` (the outputs of matrix products, convolutions and activations
+        only, the elementwise work between them recomputed at each product: half the memory
+        at the same speed on a ResNet, a quarter at 1.2x the time on a transformer),
+        ``"auto"`` (all where every batch fits the budget so, else the compact form where it
+        caches at least twice as many batches), or a ``jax.checkpoint`` policy.
 
     Returns:
       A :class:`CurvatureOperator`, its arrays placed as the reduction needs them.

@@ -193,9 +193,9 @@ def test_compact_caches_of_every_kind_are_the_dense_matrices(mlp):
     for kind in DETERMINISTIC + [FisherMC(4)]:
         key = jax.random.key(0) if isinstance(kind, FisherMC) else None
         op = curvature_operator(IMAGE, params, batched, kind=kind, key=key, reduce="scan",
-                                transform=tf, residuals="dots")
+                                transform=tf, residuals="compact")
         fast = op.linearized()
-        assert (fast.linear.count, fast.linear.residuals) == (2, "dots")
+        assert (fast.linear.count, fast.linear.residuals) == (2, "compact")
         assert fast.linear.tail is not None
         if key is None:
             check_mv(fast, mats[kind], num=1)
@@ -268,12 +268,12 @@ def test_cnn_batchnorm_every_kind(cnn, bn_mode):
         check_mv(curvature_operator(split, params, batched, kind=kind, reduce="scan"),
                  mats[kind], num=1)
     # the convolutions' and BatchNorm's products cached with compact residuals
-    fast = curvature_operator(split, params, batched, kind="ggn", residuals="dots").linearized()
-    assert fast.linear.residuals == "dots"
+    fast = curvature_operator(split, params, batched, kind="ggn", residuals="compact").linearized()
+    assert fast.linear.residuals == "compact"
     check_mv(fast, mats["ggn"], num=1)
     v = jnp.asarray(np.random.default_rng(7).normal(size=fast.size))
-    hessian = curvature_operator(split, params, batched, residuals="dots")
-    assert hessian.linearized().linear.residuals == "dots"
+    hessian = curvature_operator(split, params, batched, residuals="compact")
+    assert hessian.linearized().linear.residuals == "compact"
     np.testing.assert_allclose(hessian.linearized().mv(v), hessian.mv(v), rtol=1e-10,
                                atol=1e-13 * float(jnp.abs(hessian.mv(v)).max()))
     if bn_mode == "batch":

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hessians import dense_hessian, make_data, mlp_loss, mlp_params
 from jaxspec import batch_dataset, curvature_operator
@@ -21,7 +23,7 @@ DENSE = np.asarray(dense_hessian(mlp_loss, PARAMS, DATA))
 VECTORS = np.random.default_rng(1).normal(size=(3, DENSE.shape[0]))
 PLAIN = curvature_operator(mlp_loss, PARAMS, BATCHED, linearize=None)
 PER_BATCH = residual_bytes(PLAIN, jax.tree.map(lambda x: x[0], BATCHED.batches))
-COMPACT = residual_bytes(PLAIN, jax.tree.map(lambda x: x[0], BATCHED.batches), "dots")
+COMPACT = residual_bytes(PLAIN, jax.tree.map(lambda x: x[0], BATCHED.batches), "compact")
 
 
 def products(op):
@@ -35,13 +37,13 @@ HOST = HostReduce(group_size=2)
     (HOST, "auto", "auto", 4, True, "all"),           # every batch and the tail, all kept
     (ScanReduce(), 2 * PER_BATCH, "all", 2, False, "all"),  # two; two and the tail recomputed
     # all residuals fit two batches, compact ones four: "auto" takes the compact form
-    (ScanReduce(), 2 * PER_BATCH, "auto", 4, False, "dots"),
-    (HOST, "auto", "dots", 4, True, "dots"),
+    (ScanReduce(), 2 * PER_BATCH, "auto", 4, False, "compact"),
+    (HOST, "auto", "compact", 4, True, "compact"),
     (HOST, "auto", jax.checkpoint_policies.nothing_saveable, 4, True, None),  # any policy
-], ids=["host-all", "scan-part", "scan-auto-compact", "host-dots", "host-policy"])
+], ids=["host-all", "scan-part", "scan-auto-compact", "host-compact", "host-policy"])
 def test_cached_products_are_the_plain_and_dense_ones(reduce, budget, residuals, count, tail,
                                                       kept):
-    assert 2 * COMPACT < 2 * PER_BATCH < 4 * COMPACT + residual_bytes(PLAIN, BATCHED.tail, "dots")
+    assert 2 * COMPACT < 2 * PER_BATCH < 4 * COMPACT + residual_bytes(PLAIN, BATCHED.tail, "compact")
     plain = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=None)
     assert plain.linearized() is plain  # no budget, no cache
     op = curvature_operator(mlp_loss, PARAMS, BATCHED, reduce=reduce, linearize=budget,
@@ -145,8 +147,8 @@ def test_auto_sizes_the_compact_residuals_only_where_they_can_pay(monkeypatch):
     data = batch_dataset(np.ones((9, 4)), 2)  # four full batches and a tail of one
     plain = curvature_operator(loss, jnp.ones(64), data, linearize=None)
     like = jax.ShapeDtypeStruct((2, 4), jnp.float64)
-    full, compact = residual_bytes(plain, like), residual_bytes(plain, like, "dots")
-    tail, compact_tail = (residual_bytes(plain, data.tail, kept) for kept in ("all", "dots"))
+    full, compact = residual_bytes(plain, like), residual_bytes(plain, like, "compact")
+    tail, compact_tail = (residual_bytes(plain, data.tail, kept) for kept in ("all", "compact"))
     sized = []
     monkeypatch.setattr(jaxspec.linearized, "residual_bytes",
                         lambda op, like, kept="all": sized.append(kept) or residual_bytes(
@@ -157,7 +159,7 @@ def test_auto_sizes_the_compact_residuals_only_where_they_can_pay(monkeypatch):
         op = curvature_operator(loss, jnp.ones(64), data, reduce=HOST, linearize=budget)
         linear = op.linearized(10).linear
         return (None if linear is None else (linear.count, linear.tail is not None,
-                                             linear.residuals)), "dots" in sized
+                                             linear.residuals)), "compact" in sized
 
     assert cache(4 * full + tail) == ((4, True, "all"), False)  # all fit
     assert cache(3 * full) == ((2, True, "all"), False)  # 3 of 5: doubling is out of reach
@@ -165,4 +167,46 @@ def test_auto_sizes_the_compact_residuals_only_where_they_can_pay(monkeypatch):
     # all residuals: the tail alone (the full batches go in groups of two); compact: everything
     budget = full + full // 2
     assert tail <= budget < 2 * full and 4 * compact + compact_tail <= budget
-    assert cache(budget) == ((4, True, "dots"), True)
+    assert cache(budget) == ((4, True, "compact"), True)
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu,
+               "softplus": jax.nn.softplus, "silu": jax.nn.silu}
+POLICIES = {"compact": "compact", "all": "all",
+            "dots_saveable": jax.checkpoint_policies.dots_saveable,
+            "nothing_saveable": jax.checkpoint_policies.nothing_saveable}
+
+
+@settings(max_examples=10)
+@given(activation=st.sampled_from(sorted(ACTIVATIONS)), kept=st.sampled_from(sorted(POLICIES)),
+       conv=st.booleans(), norm=st.booleans(), seed=st.integers(0, 2**16))
+def test_any_residuals_give_the_dense_hessian(activation, kept, conv, norm, seed):
+    """Whatever a cache keeps (the named forms, any jax.checkpoint policy), over random small
+    networks (a 1-D convolution or not, a normalisation or not, five activations, two of them
+    with custom derivatives), its products are the dense jax.hessian's."""
+    act = ACTIVATIONS[activation]
+    rng = np.random.default_rng(seed)
+    params = {"k": jnp.asarray(rng.normal(size=(3, 2, 3))),
+              "w": jnp.asarray(rng.normal(size=(6, 3)) / 3), "v": jnp.asarray(rng.normal(size=(3, 2)))}
+    data = {"x": rng.normal(size=(10, 6)), "y": rng.integers(0, 2, 10).astype(np.int32)}
+
+    def loss(p, batch):
+        h = batch["x"]
+        if conv:  # (N, 3, 2) -> (N, 3, 3): a 'SAME' convolution over 3 positions
+            h = jax.lax.conv_general_dilated(h.reshape(-1, 3, 2), p["k"], (1,), "SAME",
+                                             dimension_numbers=("NWC", "WIO", "NWC"))
+            h = act(h).reshape(-1, 9)[:, :6]
+        h = act(h @ p["w"])
+        if norm:
+            h = (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 0.1)
+        logp = jax.nn.log_softmax(h @ p["v"])
+        return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
+
+    dense = np.asarray(dense_hessian(loss, params, data))
+    op = curvature_operator(loss, params, batch_dataset(data, 4), residuals=POLICIES[kept])
+    fast = op.linearized()
+    assert fast.linear.count == 2 and fast.linear.tail is not None
+    assert fast.linear.residuals == POLICIES[kept]
+    v = rng.normal(size=dense.shape[0])
+    np.testing.assert_allclose(fast.mv(jnp.asarray(v)), dense @ v, rtol=1e-9,
+                               atol=1e-11 * np.abs(dense).max())
