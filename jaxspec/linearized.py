@@ -13,12 +13,11 @@ the linear program reads (JAX's linearisation as it is), ``"compact"`` only the 
 products, convolutions and functions with custom derivatives (``jax.nn.relu`` and the other
 activations defined with ``jax.custom_jvp``), and the linear program recomputes the elementwise
 work between them (normalisations, masks, other activations and the derivatives) at every
-application. Measured (``python -m experiments.speed_residuals``): PreAct-ResNet-20 half the
-memory at the same speed, the small transformer a quarter for a product 1.2x slower. ``"auto"``
-keeps all where every batch fits the budget so, and otherwise the compact form where it caches
-at least twice as many batches. It is a ``jax.checkpoint`` policy (:func:`residual_policy`)
-applied to the product before ``jax.linearize``, so any of ``jax.checkpoint_policies`` can be
-given too (``dots_saveable``: PreAct-ResNet-20 a third of the memory, 1.14x slower).
+application: less memory for some recomputation (``python -m experiments.speed_residuals``
+measures both; the README has its figures). ``"auto"`` keeps all where every batch fits the
+budget so, and otherwise the compact form where it caches at least twice as many batches. It
+is a ``jax.checkpoint`` policy (:func:`residual_policy`) applied to the product before
+``jax.linearize``, so any of ``jax.checkpoint_policies`` can be given too.
 
 :meth:`jaxspec.CurvatureOperator.linearized` builds the cache (the Lanczos drivers and
 :func:`jaxspec.slq` call it, so a run pays the linearisation once); the host and ``lax.scan``
@@ -52,10 +51,9 @@ RESIDUALS = ("auto", "all", "compact")
 
 def _compact(prim, *_, **__) -> bool:
     """The compact form's policy: keep the outputs of matrix products, convolutions and
-    custom-derivative functions. An activation such as ``jax.nn.relu`` is a convolution's input,
-    which the product materialises anyway: keeping it costs one array a layer and spares a
-    recomputing pass over it at every product (PreAct-ResNet-20: 1.14x -> 1.0x the time of
-    all residuals, 203 -> 295 MiB of 604)."""
+    custom-derivative functions. An activation such as ``jax.nn.relu`` is the input of the next
+    convolution, which the product materialises anyway: keeping it costs one array a layer and
+    spares a pass that recomputes and writes it at every product."""
     return prim in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p) \
         or prim.name == "custom_jvp_call"
 
@@ -321,13 +319,12 @@ def build_cache(op, budget: int, *, stacked: bool, multiple: int = 1) -> LinearC
     None if not even one batch fits. Padding (zero-weight) batches are never cached.
 
     ``op.residuals`` ``"auto"`` keeps all residuals where every batch fits so, else the
-    ``"compact"`` form where that caches at least twice as many batches: a cached product saves
-    a share of the uncached one's time, a compact one as much (PreAct-ResNet-20) or about half
-    that share (the transformer: 30% and 17%), so twice the batches save about as much or more.
-    Sizing the compact form costs one more trace of the product, so it is skipped where it
-    cannot double the count, or where the budget is under an eighth of one batch's full
-    residuals (the compact ones measured a quarter to a half of them on convolutional and
-    transformer models, two thirds on an MLP).
+    ``"compact"`` form where that caches at least twice as many batches: a cached compact
+    product saves between about half and all of what a cached full one saves over an uncached
+    product (README, "What a cache keeps"), so twice the batches save at least as much. Sizing
+    the compact form costs one more trace of the product, so it is skipped where it cannot
+    double the count, or where the budget is under an eighth of one batch's full residuals
+    (less than the compact form of any network measured keeps).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, jaxspec

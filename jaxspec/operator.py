@@ -464,10 +464,10 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
         knob that trades memory for speed), or None (no cache, every product recomputed).
       residuals: what each cached batch keeps: ``"all"`` (every value its linear program
         reads), ``"compact"`` (the outputs of matrix products, convolutions and activations
-        only, the elementwise work between them recomputed at each product: half the memory
-        at the same speed on a ResNet, a quarter at 1.2x the time on a transformer),
-        ``"auto"`` (all where every batch fits the budget so, else the compact form where it
-        caches at least twice as many batches), or a ``jax.checkpoint`` policy.
+        only, the elementwise work between them recomputed at each product: less memory for
+        some recomputation, README "What a cache keeps"), ``"auto"`` (all where every batch
+        fits the budget so, else the compact form where it caches at least twice as many
+        batches), or a ``jax.checkpoint`` policy.
 
     Returns:
       A :class:`CurvatureOperator`, its arrays placed as the reduction needs them.
