@@ -15,6 +15,7 @@ all-residual product's time in the same round (the load drifts between rounds).
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import jax
@@ -109,8 +110,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
       >>> out.getvalue().splitlines()[1].split()[:3]
       ['model', 'params', 'batch']
     """
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(NAMES[:4]), choices=NAMES)
     ap.add_argument("--batch-size", type=int, default=128)

@@ -186,9 +186,9 @@ def test_every_kind_every_reduction(mlp):
 
 
 def test_compact_caches_of_every_kind_are_the_dense_matrices(mlp):
-    """Every kind's products linearised with compact residuals (matrix-product outputs only, the
-    rest recomputed at each product, behind the augmentation transform) are the dense matrix,
-    and the Monte-Carlo Fisher's the same draws as uncached."""
+    """Every kind's products linearised with compact residuals (the outputs of matrix products
+    and activations kept, the rest recomputed at each product; behind the augmentation
+    transform) are the dense matrix, and the Monte-Carlo Fisher's the same draws as uncached."""
     params, batched, tf, mats = mlp
     for kind in DETERMINISTIC + [FisherMC(4)]:
         key = jax.random.key(0) if isinstance(kind, FisherMC) else None
@@ -273,9 +273,9 @@ def test_cnn_batchnorm_every_kind(cnn, bn_mode):
     check_mv(fast, mats["ggn"], num=1)
     v = jnp.asarray(np.random.default_rng(7).normal(size=fast.size))
     hessian = curvature_operator(split, params, batched, residuals="compact")
-    assert hessian.linearized().linear.residuals == "compact"
-    np.testing.assert_allclose(hessian.linearized().mv(v), hessian.mv(v), rtol=1e-10,
-                               atol=1e-13 * float(jnp.abs(hessian.mv(v)).max()))
+    cached, plain = hessian.linearized(), np.asarray(hessian.mv(v))
+    assert cached.linear.residuals == "compact"
+    np.testing.assert_allclose(cached.mv(v), plain, rtol=1e-10, atol=1e-13 * np.abs(plain).max())
     if bn_mode == "batch":
         # the MC Fisher, the batch statistics held fixed, still averages to the exact Fisher
         v = np.random.default_rng(6).normal(size=mats["fisher"].shape[0])
