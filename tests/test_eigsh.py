@@ -4,9 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxspec
 from jaxspec import eigsh
+from jaxspec.eigsh import _orthogonalise
 from mlp_problem import mlp_loss, mlp_problem
 from spectra import matrix_with_spectrum
 
@@ -116,6 +119,33 @@ def test_invariant_start_space_is_not_mistaken_for_the_answer():
     second = Q[:, np.argsort(spectrum("spread"))[-2]]
     res = eigsh(lambda v: A @ v, jnp.asarray(second), 1, tol=1e-10, num_extra=M - 1)
     np.testing.assert_allclose(res.values, lam[-1:], rtol=1e-9)
+
+
+_step = jax.jit(_orthogonalise)
+
+
+@settings(max_examples=60, deadline=None)
+@given(filled=st.integers(1, 12), log_distance=st.floats(-7.0, 1.0),
+       log_scale=st.floats(-2.0, 3.0), seed=st.integers(0, 2**32 - 1), double=st.booleans())
+def test_a_step_leaves_its_vector_orthogonal_to_working_precision(filled, log_distance,
+                                                                   log_scale, seed, double):
+    # w = (a vector in the span of the filled rows) + (one at a relative distance 10**log_distance
+    # from it): however near the span, one step leaves it orthogonal to the basis to a few
+    # rounding units, and the coefficients rebuild it: w = h V + q. A single pass leaves about
+    # eps / distance; a second pass taken only below a tenth of the norm fails this bound.
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if double else np.float32
+    eps, dim = np.finfo(dtype).eps, 3000
+    V = np.zeros((13, dim))  # the unfilled rows of eigsh's basis are zero
+    V[:filled] = np.linalg.qr(rng.standard_normal((dim, filled)))[0].T
+    a = rng.standard_normal(filled) * 10.0 ** log_scale
+    r = rng.standard_normal(dim)
+    w = a @ V[:filled] + 10.0 ** log_distance * np.linalg.norm(a) * r / np.linalg.norm(r)
+    V, w = V.astype(dtype), w.astype(dtype)
+    q, h = (np.asarray(x, np.float64) for x in _step(jnp.asarray(V), jnp.asarray(w)))
+    V64 = V.astype(np.float64)
+    assert np.abs(V64 @ q).max() <= 8 * eps * np.linalg.norm(q)
+    assert np.linalg.norm(w - h @ V64 - q) <= 2 * eps * np.linalg.norm(w)
 
 
 def test_rejects_bad_arguments():
