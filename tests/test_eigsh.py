@@ -74,6 +74,9 @@ def test_compiled_driver_matches_host_driver():
     compiled = eigsh(lambda v: A @ v, jnp.ones(N), 4, driver="compiled", **kw)
     np.testing.assert_allclose(compiled.values, host.values, rtol=1e-10)
     check_against_eigh(A, compiled, 4, "both", subspace_tol=1e-6)
+    # a cycle in several compiled calls: each call takes up the vector the last one left
+    split = eigsh(lambda v: A @ v, jnp.ones(N), 4, driver="compiled", check_every=3, **kw)
+    check_against_eigh(A, split, 4, "both", subspace_tol=1e-6)
 
 
 def test_thick_restart_basis_smaller_than_matvecs_and_residuals_bound_errors():
