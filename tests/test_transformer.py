@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 import jaxspec
 from jaxspec.kinds import fisher_mv, ggn_mv
@@ -82,6 +83,37 @@ def test_loss_is_mean_over_positions_and_fisher_is_ggn(split, tokens):
     g, f = both(params, batch, v)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(f)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def dense_problem():
+    """A float64 model with a vocabulary of 8, so that jax.hessian of the flat loss is small:
+    ``(loss_fn, params, batch, flat Hessian)``."""
+    vocab = 8
+    model = Transformer(vocab, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")),
+                        param_dtype=jnp.float64, **KW)
+    loss_fn, params = hessian_loss(model, bn_mode="batch", input_key="tokens")
+    toks = np.random.default_rng(3).integers(0, vocab, (4, T)).astype(np.int32)
+    batch = {"tokens": toks, "label": np.roll(toks, -1, axis=1)}
+    flat, unravel = ravel_pytree(params)
+    return loss_fn, params, batch, jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
+
+
+@pytest.mark.parametrize("residuals", ["all", "compact"])
+def test_curvature_products_are_the_dense_hessian(dense_problem, residuals):
+    # The attention's softmax takes JAX's own derivative rule (the model turns it on), whose
+    # second derivatives the linearised products use. jax.nn.dot_product_attention computes
+    # its softmax in float32 whatever the inputs, so the two sides agree to float32 rounding
+    # of the attention's part (3e-11 of the largest entry here), not to float64's
+    loss_fn, params, batch, dense = dense_problem
+    assert "custom_jvp_call" in str(jax.make_jaxpr(loss_fn)(params, batch))  # the softmax's rule
+    op = jaxspec.curvature_operator(loss_fn, params, jaxspec.batch_dataset(batch, 2),
+                                    linearize=2**30, residuals=residuals).linearized()
+    assert op.linear.residuals == residuals and op.linear.count == 2
+    v = np.random.default_rng(4).standard_normal(op.size)
+    want = dense @ v
+    np.testing.assert_allclose(op.mv(jnp.asarray(v)), want, rtol=1e-7,
+                               atol=1e-9 * np.abs(want).max())
 
 
 def test_tiny_training_run(tmp_path, split):

@@ -48,7 +48,8 @@ class TransformerBlock(nnx.Module):
     """One pre-LayerNorm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
     Causal multi-head self-attention (:func:`jax.nn.dot_product_attention` with
-    ``is_causal=True``) and a GELU MLP of width ``mlp_ratio * width``.
+    ``is_causal=True``, its softmax differentiated by :func:`jax.nn.softmax`'s own rule, which
+    JAX's ``softmax_custom_jvp`` option turns on) and a GELU MLP of width ``mlp_ratio * width``.
 
     Args:
       width: the residual stream's width (divisible by ``num_heads``).
@@ -89,7 +90,11 @@ class TransformerBlock(nnx.Module):
         h = self.norm1(x)
         heads = lambda a: a.reshape(b, t, self.num_heads, w // self.num_heads)  # noqa: E731
         q, k, v = heads(self.query(h)), heads(self.key(h)), heads(self.value(h))
-        attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        # jax.nn.softmax with its own derivative rule (a JAX option, off by default): the
+        # same derivatives, whose tangent reads the probabilities alone; a curvature product
+        # recomputes less of the attention at every step than with the rule JAX derives
+        with jax.softmax_custom_jvp(True):
+            attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(attended.reshape(b, t, w))
         return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x))))
 
