@@ -16,7 +16,7 @@ subprocess and is reported as such.
 With each setting it also times the three parts of one 3x3 convolution's gradient at each stage
 of the network (:func:`conv_ops`: forward, gradient to the input, gradient to the kernel): with
 XLA's default YNNPACK convolutions, the kernel gradient is where XLA:CPU loses to PyTorch (see
-the README's speed section). And it counts who runs the HVP's convolutions in the compiled
+docs/speed.md). And it counts who runs the HVP's convolutions in the compiled
 program (:func:`convolution_runners`: XLA itself or a library), so a flag that does not reach
 them shows as such.
 """

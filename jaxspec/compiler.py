@@ -5,7 +5,7 @@ adds them, :func:`jit_argument` (an operator as an argument of a program, not a 
 XLA:CPU (jaxlib 0.10) hands dots, reductions and convolutions to the YNNPACK library by default
 (``--xla_cpu_experimental_ynn_fusion_type``). Its convolutions run on one thread at some shapes,
 and the gradient with respect to a convolution's kernel, which XLA then builds around them, is
-several times slower than XLA's own (Eigen) convolution (the README's speed section has the
+several times slower than XLA's own (Eigen) convolution (docs/speed.md has the
 figures; ``python -m experiments.cpu_flags`` measures both settings on your machine).
 :data:`CPU_OPTIONS` keeps YNNPACK's dots and reductions and takes the convolutions back; models
 without convolutions compile to the same program either way.

@@ -10,14 +10,14 @@ convolution are not in it: the kernel gradient correlates the input with the out
 cotangent over the batch (``dim_labels=f01b_i01o->01bf``), the input gradient reads the kernel
 with its features swapped. XLA then emits a naive loop nest for them, and a CNN's gradient or
 Hessian-vector product inside ``lax.scan`` runs many times slower than the same product outside
-one (JAX issue #12868; the README has the figures). Some it gets wrong: jaxlib 0.10 turns a
+one (JAX issue #12868; docs/speed.md has the figures). Some it gets wrong: jaxlib 0.10 turns a
 width-1 convolution whose operand is not batch-major into a dot and reads the rows in the wrong
 order (``tests/test_convolutions`` has one, an input gradient).
 
 A convolution whose window is larger than its input (VGG's 3x3 convolutions over 2x2 images)
 goes to a loop nest anywhere in a program: XLA swaps its operands, the kernel taken as the
 image, into an order (``01fb_o01i->f01b``) that its fast kernels do not take; for 512 channels
-it runs tens of times slower than PyTorch's (the README has the figures).
+it runs tens of times slower than PyTorch's (docs/speed.md has the figures).
 
 :func:`fast_convolutions` rewrites both cases in JAX, before XLA sees the program: it traces a
 function to a jaxpr and evaluates it again with every non-canonical convolution inside a loop

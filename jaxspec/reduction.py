@@ -153,8 +153,8 @@ class HostReduce:
     least memory, as a PyTorch loop over batches; ``group_size=None`` groups batches up to
     :data:`GROUP_BYTES` of activations). More batches per group means fewer dispatches and
     XLA:CPU runs the group's products side by side, but each group holds the activations of all
-    its batches at once and compiles longer: memory traded for fewer dispatches (the README's
-    speed section has the figures).
+    its batches at once and compiles longer: memory traded for fewer dispatches (docs/speed.md
+    has the figures).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, jaxspec

@@ -162,7 +162,7 @@ def _block_rows(dim: int, dtype, num_probes: int, batch_size: int) -> int:
 
 def _column_sum(x: jax.Array) -> jax.Array:
     # a product with a row of ones: XLA:CPU's reduction over a short leading axis of a long
-    # array (YNNPACK's) runs many times slower than the product (README, Speed)
+    # array (YNNPACK's) runs many times slower than the product (docs/speed.md)
     return jnp.dot(jnp.ones(x.shape[0], x.dtype), x, precision=_HIGHEST)
 
 
