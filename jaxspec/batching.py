@@ -87,13 +87,11 @@ def batch_dataset(data: Any, batch_size: int, /, *, num_shards: int = 1,
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError("batch_dataset: `data` has no arrays")
-    n = int(np.shape(leaves[0])[0])
-    for leaf in leaves:
-        if np.ndim(leaf) == 0 or np.shape(leaf)[0] != n:
-            raise ValueError(
-                "batch_dataset: every array in `data` needs the same leading (sample) axis; got "
-                f"shapes {[np.shape(x) for x in leaves]}"
-            )
+    shapes = [np.shape(x) for x in leaves]
+    if any(not shape for shape in shapes) or len({shape[0] for shape in shapes}) > 1:
+        raise ValueError("batch_dataset: every array in `data` needs the same leading (sample) "
+                         f"axis; got shapes {shapes}")
+    n = int(shapes[0][0])
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
         raise ValueError(f"batch_dataset: batch_size must be a positive int, got {batch_size!r}")
     if num_shards < 1:

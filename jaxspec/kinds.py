@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["Categorical", "FisherMC", "SplitLoss", "check_kind", "empirical_fisher_mv",
            "fisher_mv", "ggn_mv"]
@@ -362,8 +363,10 @@ class FisherMC:
     num_samples: int = 1
 
     def __post_init__(self):
-        if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
+        if not (isinstance(self.num_samples, (int, np.integer))
+                and not isinstance(self.num_samples, bool) and self.num_samples >= 1):
             raise ValueError(f"num_samples must be a positive int, got {self.num_samples!r}")
+        object.__setattr__(self, "num_samples", int(self.num_samples))  # one repr, one hash
 
     def __call__(self, loss_fn: SplitLoss, params: Any, batch: Any, v: Any, key: jax.Array,
                  /) -> Any:
@@ -412,6 +415,16 @@ def check_kind(kind: Any, product: Callable, loss_fn: Any, key: Any, /) -> None:
         if key is None:
             raise TypeError(f"kind={kind!r} draws labels: pass key= (e.g. jax.random.key(0)); "
                             "it is fixed for the operator, so every product is the same matrix")
+        typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if not typed and not (isinstance(key, (jax.Array, np.ndarray))
+                              and key.dtype == np.uint32):
+            raise TypeError(f"key must be a PRNG key such as jax.random.key(0) (or its uint32 "
+                            f"key data); got {type(key).__name__}")
+        default = jax.random.key_impl(jax.random.key(0))
+        if typed and str(jax.random.key_impl(key)) != str(default):
+            raise TypeError(f"key has the PRNG implementation {jax.random.key_impl(key)}, not "
+                            f"this JAX's default {default} (with which the operator redraws "
+                            "its labels from the key's data): make it with jax.random.key(seed)")
     elif key is not None:
         raise TypeError(f"kind={kind!r} is deterministic and takes no key (only Monte-Carlo "
                         "kinds such as 'fisher_mc' do)")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from typing import Any, Callable
 
 import jax
@@ -225,6 +226,13 @@ class CurvatureOperator:
             like = "params" if self.block is None else "op.unravel's (None at frozen leaves)"
             raise TypeError(f"the vector must be flat (P,) or a pytree like {like}; got structure "
                             f"{jax.tree.structure(tree)}")
+        for (path, x), like in zip(jax.tree_util.tree_leaves_with_path(tree),
+                                   jax.tree.leaves(self._space())):
+            if np.shape(x) != np.shape(like) or jnp.result_type(x) != jnp.result_type(like):
+                raise TypeError(
+                    f"the vector's leaf {jax.tree_util.keystr(path)} has shape {np.shape(x)} and "
+                    f"dtype {jnp.result_type(x)}; the parameter's are {np.shape(like)} and "
+                    f"{jnp.result_type(like)}")
         return ravel_pytree(tree)[0]
 
     def unravel(self, flat: jax.Array, /) -> Any:
@@ -262,7 +270,10 @@ class CurvatureOperator:
 
         Two operators with the same fingerprint are the same matrix; a Lanczos checkpoint
         records it (:class:`jaxspec.io.LanczosCheckpoint`) so that a run is never resumed under
-        another matrix. Arrays on other processes' devices are hashed by their local shards.
+        another matrix. The loss is hashed as the program it computes on one batch (its jaxpr,
+        with the constants it closes over, such as BatchNorm statistics), not by its Python
+        name: two closures of one factory are told apart, and the digest is the same in every
+        process. Arrays on other processes' devices are hashed by their local shards.
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -278,21 +289,37 @@ class CurvatureOperator:
         if cached is not None:  # hashing the data is the cost; every probe's checkpoint asks
             return cached
         h = hashlib.sha1()
-        h.update(repr((getattr(self.loss_fn, "__qualname__", repr(self.loss_fn)), self.kind,
-                       type(self.transform).__name__)).encode())
+        h.update(_without_addresses(repr((
+            getattr(self.loss_fn, "__qualname__", repr(self.loss_fn)), self.kind,
+            type(self.transform).__name__))).encode())
         arrays = (self.params, self.data, self.transform)
         if self.key is not None:
             arrays += (self.key,)
         leaves, treedef = jax.tree.flatten(arrays)
-        h.update(str(treedef).encode())
+        h.update(_without_addresses(str(treedef)).encode())  # a Partial's function, say
         if self.block is not None:  # hashed only when set: restriction is its own matrix
             h.update(repr(("block", self.block)).encode())
-        for leaf in leaves:
+        program = self._loss_program()
+        h.update(_without_addresses(str(program.jaxpr)).encode())
+        for leaf in leaves + list(program.consts):
             for part in _local_parts(leaf):
                 h.update(str((part.dtype, part.shape)).encode())
                 h.update(np.ascontiguousarray(part).tobytes())
         object.__setattr__(self, "_fingerprint", h.hexdigest())  # arrays are immutable
         return self._fingerprint
+
+    def _loss_program(self) -> Any:
+        """The jaxpr of the loss on one batch's shapes, the transform applied first: what the
+        operator differentiates, whatever Python objects define it."""
+        batches, tail = self.data.batches, self.data.tail
+        like = (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batches)
+                if batches is not None else
+                jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tail))
+
+        def loss(params, transform, batch):
+            return self.loss_fn(params, batch if transform is None else transform(batch))
+
+        return jax.make_jaxpr(loss)(self.params, self.transform, like)
 
     def restrict(self, select: Any, /) -> "CurvatureOperator":
         """The operator on a block of parameters: the sub-matrix ``A[S, S]``, the rest frozen.
@@ -401,7 +428,15 @@ jax.tree_util.register_dataclass(CurvatureOperator,
                                               "residuals"])
 
 
+def _without_addresses(text: str) -> str:
+    """``text`` without the memory addresses that reprs of functions carry (`` at 0x7f..``),
+    which differ from one process to the next."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
 def _local_parts(leaf: Any) -> list[np.ndarray]:
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)  # a key a loss closes over
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         return [np.asarray(s.data) for s in leaf.addressable_shards]
     return [np.asarray(leaf)]
@@ -412,10 +447,10 @@ def _check_params(params: Any) -> None:
     if not leaves:
         raise ValueError("params has no arrays")
 
-    # np.result_type only for leaves without a dtype (Python scalars): as a getattr default it
-    # would also run on every array, which NumPy deprecates (and converts the array)
+    # the dtype JAX computes in: a Python float, or a NumPy float64 array with x64 off, is a
+    # float32 next to float32 arrays, not a mixture
     def dtype_of(x):
-        return jnp.dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x))
+        return jnp.dtype(jnp.result_type(x))
 
     dtypes = {dtype_of(x) for _, x in leaves}
     for path, x in leaves:
@@ -491,6 +526,11 @@ def curvature_operator(loss_fn: Callable[[Any, Any], jax.Array], params: Any, da
                         f"{type(data).__name__}")
     if not callable(loss_fn):
         raise TypeError("loss_fn must be callable: loss_fn(params, batch) -> scalar")
+    if transform is not None and (not callable(transform) or jax.tree_util.treedef_is_leaf(
+            jax.tree.structure(transform))):
+        raise TypeError("transform must be a callable pytree, which enters compiled programs as "
+                        "an argument (jax.tree_util.Partial(fn, *arrays), or "
+                        f"jaxspec.augmented.Augmentation); got {type(transform).__name__}")
     check_kind(kind, product, loss_fn, key)
     if key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)  # plain uint32: placed and hashed like any array

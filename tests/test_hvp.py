@@ -122,6 +122,8 @@ def test_batch_weights_are_exact():
 def test_batch_dataset_rejects_bad_input():
     with pytest.raises(ValueError, match="leading"):
         batch_dataset({"x": np.zeros((4, 2)), "y": np.zeros(5)}, 2)
+    with pytest.raises(ValueError, match="leading"):  # a scalar first: no sample axis to read
+        batch_dataset({"t": np.float64(1.0), "x": np.zeros((4, 2))}, 2)
     with pytest.raises(ValueError, match="batch_size"):
         batch_dataset(np.zeros(4), 0)
     with pytest.raises(ValueError, match="empty"):

@@ -304,6 +304,12 @@ def test_bad_kinds(mlp):
         curvature_operator(IMAGE, params, batched, kind="gauss_newton")
     with pytest.raises(ValueError, match="num_samples"):
         FisherMC(0)
+    assert repr(FisherMC(np.int64(2))) == "FisherMC(num_samples=2)"
+    with pytest.raises(TypeError, match="PRNG key"):
+        curvature_operator(IMAGE, params, batched, kind="fisher_mc", key=3)
+    with pytest.raises(TypeError, match="implementation"):  # its data would be misread
+        curvature_operator(IMAGE, params, batched, kind="fisher_mc",
+                           key=jax.random.key(0, impl="rbg"))
     with pytest.raises(TypeError, match="callable"):
         SplitLoss(image_apply, None)
     # hashable by value (functions by identity): equal SplitLoss objects share compilations

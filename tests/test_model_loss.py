@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+import jaxspec
 from jaxspec import hvp
 from jaxspec.models import MLP, SmallCNN, hessian_loss, train_loss
 
@@ -84,6 +85,18 @@ def test_modes_match_train_and_eval_forward(cnn: dict) -> None:
     np.testing.assert_allclose(values["batch"], forward(train_copy, batch32), rtol=1e-5)
     np.testing.assert_allclose(values["running"], forward(eval_copy, batch32), rtol=1e-5)
     assert abs(values["batch"] - values["running"]) > 1e-3
+
+
+def test_the_modes_are_two_operators_with_two_fingerprints(cnn: dict) -> None:
+    """Both modes' losses are closures named alike; a checkpoint of one must not resume the
+    other, and a new model with the same weights and statistics gives the same digest."""
+    data = jaxspec.batch_dataset(cnn["data"], 8)
+    ops = {mode: jaxspec.curvature_operator(*cnn[mode], data, reduce="host")
+           for mode in ("batch", "running")}
+    assert ops["batch"].fingerprint() != ops["running"].fingerprint()
+    again = jaxspec.curvature_operator(*hessian_loss(cnn["model"], bn_mode="running"), data,
+                                       reduce="host")
+    assert again.with_params(cnn["running"][1]).fingerprint() == ops["running"].fingerprint()
 
 
 def test_running_mode_is_per_sample_batch_mode_is_not(cnn: dict) -> None:

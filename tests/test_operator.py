@@ -2,6 +2,9 @@
 jax.hessian reference; the operator's protocol and its bad-input errors."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +168,52 @@ def test_with_params_and_fingerprint():
     assert op.fingerprint() != fewer.fingerprint()
 
 
+def _scaled(scale):
+    def loss(params, batch):
+        return scale * mlp_loss(params, batch)
+    return loss
+
+
+def test_fingerprint_tells_losses_of_one_name_apart():
+    """Two closures of one factory are two matrices: the fingerprint hashes the loss's program
+    (its jaxpr and constants), not its Python name."""
+    _, params, batched, _, _ = plain_case()
+    one, hundred = (curvature_operator(_scaled(s), params, batched, reduce="scan")
+                    for s in (1.0, 100.0))
+    assert _scaled(1.0).__qualname__ == _scaled(100.0).__qualname__
+    assert one.fingerprint() != hundred.fingerprint()
+    assert one.fingerprint() == curvature_operator(_scaled(1.0), params, batched).fingerprint()
+
+
+_FINGERPRINT = """
+import functools, sys, jax, jax.numpy as jnp, numpy as np, jaxspec
+# 64-bit off: a NumPy float64 array and a Python float are float32 parameters, not a mixture
+mixed = {"w": np.ones(3), "s": 1.0}
+data = jaxspec.batch_dataset(np.ones((4, 3), np.float32), 2)
+print(jaxspec.curvature_operator(lambda p, x: p["s"] * jnp.mean(x @ p["w"]), mixed, data).dtype)
+jax.config.update("jax_enable_x64", True)
+def loss(scale, p, x):
+    return scale * jnp.mean((x @ p) ** 2)
+def shift(s, x):
+    return x + s
+data = jaxspec.batch_dataset(np.arange(12.0).reshape(4, 3), 2)
+op = jaxspec.curvature_operator(functools.partial(loss, 2.0), jnp.ones(3), data,
+                                transform=jax.tree_util.Partial(shift, jnp.ones(3)))
+print(op.fingerprint())
+"""
+
+
+def test_fingerprint_is_the_same_in_another_process():
+    """A loss that is a functools.partial and a transform that is a Partial carry functions
+    whose reprs hold memory addresses; the digest must not, or no run resumes elsewhere."""
+    runs = [subprocess.run([sys.executable, "-c", _FINGERPRINT], capture_output=True, text=True,
+                           check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            for _ in range(2)]
+    digests = [run.stdout.split()[-1] for run in runs]
+    assert digests[0] == digests[1] and len(digests[0]) == 40
+    assert runs[0].stdout.split()[0] == "float32"
+
+
 def test_bad_inputs():
     loss, params, batched, _, _ = plain_case()
     op = curvature_operator(loss, params, batched, reduce="scan")
@@ -174,6 +223,16 @@ def test_bad_inputs():
         op.mv(jnp.ones(op.size, jnp.float32))
     with pytest.raises(TypeError, match="structure"):
         op.mv({"a": jnp.ones(3)})
+    # a pytree vector leaf by leaf: the same total size in other shapes, or another dtype
+    transposed = jax.tree.map(lambda x: jnp.ones(x.shape[::-1], x.dtype), params)
+    assert any(np.shape(x) != np.shape(y) for x, y in
+               zip(jax.tree.leaves(transposed), jax.tree.leaves(params)))
+    with pytest.raises(TypeError, match="leaf .* has shape"):
+        op.mv(transposed)
+    with pytest.raises(TypeError, match="dtype float32"):
+        op.mv(jax.tree.map(lambda x: x.astype(jnp.float32), params))
+    with pytest.raises(TypeError, match="callable pytree"):
+        curvature_operator(loss, params, batched, transform=lambda batch: batch)
     with pytest.raises(TypeError, match="integer state"):
         curvature_operator(loss, {"w": jnp.ones(2), "n": jnp.ones(2, jnp.int32)}, batched)
     with pytest.raises(TypeError, match="float32 or float64"):
