@@ -31,8 +31,9 @@ Deviations from the textbook algorithm, and why:
   ``|A x - theta x|`` (``k`` extra matvecs, counted in ``num_matvecs``), so the certificate
   does not rest on the recurrence. By the Bauer-Fike/Weyl bound each reported value lies
   within its residual of an eigenvalue of ``A``.
-* A breakdown (an invariant Krylov space, e.g. a start vector spanned by a few eigenvectors)
-  is not an error: the step puts a random vector, orthogonalised against the basis, in place
+* A breakdown (an invariant Krylov space, e.g. a start vector spanned by a few eigenvectors;
+  detected by the shift-invariant test of :mod:`jaxspec.lanczos`, with the step's other
+  couplings in place of ``beta_{i-1}``) is not an error: the step puts a random vector, orthogonalised against the basis, in place
   of the next Lanczos vector with a zero coupling, and the run continues. The Ritz pairs of
   the invariant part then have zero residual estimates whether or not they are the wanted
   ones, so after a breakdown convergence is tested only at the end of the cycle, once the
@@ -58,7 +59,7 @@ import numpy as np
 
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
-from jaxspec.lanczos import resolve_driver
+from jaxspec.lanczos import BREAKDOWN_UNITS, resolve_driver
 from jaxspec.linearized import linearized
 
 __all__ = ["EigshResult", "eigsh"]
@@ -125,7 +126,11 @@ def _expand(V: jax.Array, H: jax.Array, n: jax.Array, w: jax.Array, key: jax.Arr
     w_norm = jnp.sqrt(_dot(w, w))
     w, h = _orthogonalise(V, w)
     beta = jnp.sqrt(_dot(w, w))
-    broke = ~(beta > jnp.sqrt(jnp.finfo(w.dtype).eps) * w_norm)
+    # shift-invariant, as in jaxspec.lanczos: beta against the step's other couplings,
+    # |(A - h_n) q_n| without beta, or a few rounding units of |A q_n| (the first step)
+    others = jnp.sqrt(jnp.sum(jnp.where(jnp.arange(h.shape[0]) == n, 0, h * h)))
+    eps = jnp.finfo(w.dtype).eps
+    broke = ~(beta > jnp.maximum(jnp.sqrt(eps) * others, BREAKDOWN_UNITS * eps * w_norm))
 
     def fresh(_):
         r = jax.random.normal(jax.random.fold_in(key, n), w.shape, w.dtype)

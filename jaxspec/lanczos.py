@@ -44,12 +44,17 @@ Deviations from the textbook algorithm, and why:
   (donated) and assembles the ``(rows, P)`` basis only for checkpoints and ``return_basis``.
 * ``alpha_i`` is the sum of all the Gram-Schmidt coefficients on ``q_i`` and ``beta_i`` is the
   norm after re-orthogonalisation, so T matches the re-orthogonalised basis.
-* Breakdown (``beta_i <= tol * |A q_i|``: the Krylov space is invariant) is masked: the remaining
-  steps leave the state untouched, and ``num_valid`` says how much of T to use. ``|A q_i|`` is
-  taken from T's column, ``sqrt(beta_{i-1}^2 + alpha_i^2 + beta_i^2)`` (its value on the
-  orthogonalised basis), so the step does not read the product once more for its norm. A matvec that
-  returns NaN or Inf (or a vector whose norm overflows the dtype) is treated the same way and
-  reported in ``nonfinite_step``.
+* Breakdown (the Krylov space is invariant) is masked: the remaining steps leave the state
+  untouched, and ``num_valid`` says how much of T to use. The test is shift-invariant, as the
+  algorithm is: ``beta_i <= tol * beta_{i-1}`` (a coupling that collapses at one step; ``tol``
+  defaults to ``sqrt(eps)``), or ``beta_i <= BREAKDOWN_UNITS * eps * |A q_i|`` (rounding level,
+  the only test at the first step). Comparing ``beta_i`` with ``|A q_i|`` alone would end a run
+  on ``A + c I`` whose spread is small against ``c`` (a damped operator) after one step, with
+  one node where the spectrum has many. ``|A q_i|`` is taken from T's column,
+  ``sqrt(beta_{i-1}^2 + alpha_i^2 + beta_i^2)`` (its value on the orthogonalised basis), so the
+  step does not read the product once more for its norm. A matvec that returns NaN or Inf (or a
+  vector whose norm overflows the dtype) is treated the same way and reported in
+  ``nonfinite_step``.
 """
 
 from __future__ import annotations
@@ -171,6 +176,10 @@ class LanczosResult(NamedTuple):
     unit: jax.Array | None = None
 
 
+BREAKDOWN_UNITS = 10
+"""A ``beta_i`` at or below this many rounding units of ``|A q_i|`` is a breakdown."""
+
+
 def _default_tol(dtype) -> float:
     return float(np.sqrt(np.finfo(dtype).eps))
 
@@ -277,7 +286,8 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
         # overflows the dtype). A masked step's w is not zeroed: nothing it touches is kept.
         beta, product = jnp.sqrt(norm2), jnp.sqrt(alpha * alpha + beta_prev**2 + norm2)
         keep = active & jnp.isfinite(product)
-        return beta, keep, keep & (beta > tol * product)
+        floor = jnp.maximum(tol * beta_prev, BREAKDOWN_UNITS * jnp.finfo(w.dtype).eps * product)
+        return beta, keep, keep & (beta > floor)
 
     def finish(w, alpha, norm2):  # q_{i+1}, made where the last w is (jaxspec.reorth)
         beta, _, go_on = outcome(alpha, norm2)
@@ -313,7 +323,8 @@ def lanczos_step(
     of orthogonality exceeds ``sqrt(eps)``, see :mod:`jaxspec.reorth`), ``alpha_i`` and ``beta_i``
     are recorded, and ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or
     ``|w|`` is not finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below
-    ``tol * |w|`` (default ``sqrt(eps)`` of the dtype), the step is masked: nothing that follows
+    ``tol * beta_{i-1}`` (default ``sqrt(eps)`` of the dtype) or a few rounding units of
+    ``|A q_i|`` (a breakdown: see the module docstring), the step is masked: nothing that follows
     uses it, and no NaN enters the state.
 
     Example:
@@ -415,7 +426,8 @@ def lanczos(
       matvec: ``v -> A v`` for a symmetric ``A``, on flat vectors like ``v0``; traceable.
       v0: the start vector (nonzero, finite); its dtype is the working precision.
       num_steps: number of steps m; larger than ``len(v0)`` is clamped to it, with a warning.
-      tol: relative breakdown threshold (default ``sqrt(eps)``).
+      tol: breakdown where ``beta_i <= tol * beta_{i-1}`` (default ``sqrt(eps)``; also at a
+        few rounding units of ``|A q_i|``, see the module docstring).
       block_size: rows of the basis read per block when re-orthogonalising.
       return_basis: also return the ``(m + 1, P)`` orthonormal basis.
       reorth: ``"full"`` (every step) or ``"partial"`` (where the omega recurrence asks for

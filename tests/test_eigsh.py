@@ -151,6 +151,17 @@ def test_a_step_leaves_its_vector_orthogonal_to_working_precision(filled, log_di
     assert np.linalg.norm(w - h @ V64 - q) <= 2 * eps * np.linalg.norm(w)
 
 
+@pytest.mark.parametrize("driver", ["host", "compiled"])
+def test_a_shift_moves_the_pairs(driver):
+    """The top pairs of A + c I are A's plus c (float32, c = 1e4 against a spread of 1): the
+    breakdown test is shift-invariant, so no step is taken for an invariant space."""
+    eigs = np.concatenate([np.linspace(-1.0, 0.3, 97), [0.6, 0.8, 1.0]])
+    A, _ = matrix_with_spectrum(eigs + 1e4, 3, dtype=np.float32)
+    res = eigsh(lambda v: A @ v, jnp.ones(100, jnp.float32), 3, tol=1e-5, driver=driver)
+    assert bool(res.converged.all())
+    np.testing.assert_allclose(res.values - 1e4, [0.6, 0.8, 1.0], atol=5e-3)
+
+
 def test_rejects_bad_arguments():
     mv = lambda v: 2.0 * v  # noqa: E731
     with pytest.raises(ValueError, match="which"):

@@ -102,6 +102,26 @@ def test_orthogonality_float32_ill_conditioned():
     assert Spectrum.from_lanczos(res).lambda_max == pytest.approx(1e3, rel=1e-5)
 
 
+@pytest.mark.parametrize("reorth", ["full", "partial"])
+@pytest.mark.parametrize("dtype,shift", [(np.float32, 1e4), (np.float64, 1e8)])
+def test_a_shift_moves_every_node_and_ends_nothing(dtype, shift, reorth):
+    """Lanczos is shift-invariant: T(A + c I) = T(A) + c I. A spread of 1 under a shift of
+    1e4 (float32) or 1e8 (float64) is far below sqrt(eps) of |A q|, which a breakdown test
+    against |A q| alone took for an invariant space after one step (a single node); here every
+    step runs and the nodes are A's plus c, to rounding of the shifted products."""
+    eigs = np.linspace(-1.0, 1.0, 60)
+    A, _ = matrix_with_spectrum(eigs, 2)
+    v0 = jnp.asarray(np.random.default_rng(4).standard_normal(60), dtype)
+    base = Spectrum.from_lanczos(lanczos(lambda v: A @ v, v0.astype(jnp.float64), 20))
+    shifted = jnp.asarray(A + shift * np.eye(60), dtype)
+    res = run_lanczos(lambda v: shifted @ v, v0, 20, reorth=reorth, driver="host")
+    assert int(res.num_valid) == 20
+    spec = Spectrum.from_lanczos(res)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(spec.nodes - shift, base.nodes, rtol=0, atol=1e3 * eps * shift)
+    np.testing.assert_allclose(spec.weights, base.weights, atol=1e3 * eps * shift)
+
+
 def test_breakdown_gives_exactly_the_distinct_eigenvalues():
     distinct = np.array([-2.0, 0.5, 1.0, 3.0, 10.0])
     eigs = np.repeat(distinct, 10)  # n = 50, five distinct eigenvalues
