@@ -160,9 +160,10 @@ def clamp_steps(num_steps: int, dim: int, /) -> int:
     return int(num_steps)
 
 
-def check_matvec(matvec: Callable, v0, /) -> None:
+def check_matvec(matvec: Callable, v0, /, *, same_dtype: bool = True) -> None:
     """Raises ``TypeError`` unless ``matvec`` traces on a vector like ``v0`` and returns one of
-    the same shape and dtype (shapes only: nothing is computed).
+    the same shape and dtype (shapes only: nothing is computed). ``same_dtype=False`` checks
+    the shape only (an estimator whose probes may be promoted by the matvec).
 
     Example:
       >>> import jax.numpy as jnp
@@ -178,7 +179,8 @@ def check_matvec(matvec: Callable, v0, /) -> None:
     except Exception as err:  # re-raised with context: the user's matvec failed to trace
         raise TypeError(f"the matvec could not be evaluated on a vector like v0 "
                         f"(shape {v0.shape}, dtype {v0.dtype}): {err}") from err
-    if not hasattr(out, "shape") or out.shape != v0.shape or out.dtype != v0.dtype:
+    if not hasattr(out, "shape") or out.shape != v0.shape or (same_dtype
+                                                                and out.dtype != v0.dtype):
         got = (getattr(out, "shape", type(out).__name__), getattr(out, "dtype", None))
         raise TypeError(f"the matvec must map a vector of shape {v0.shape} and dtype {v0.dtype} "
                         f"to the same shape and dtype; it returned shape {got[0]}, dtype {got[1]}")

@@ -252,8 +252,10 @@ def eigsh(
         raise ValueError(f"which must be 'largest', 'smallest' or 'both', got {which!r}")
     q0 = _start_vector(matvec, v0)
     dim, dtype = int(q0.shape[0]), q0.dtype
-    if not isinstance(k, (int, np.integer)) or not 1 <= k < dim:
-        raise ValueError(f"k must be an int with 1 <= k < P = {dim}, got {k!r}")
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= dim - 2:
+        raise ValueError(f"k must be an int with 1 <= k <= P - 2 = {dim - 2} (a basis of more "
+                         f"than k vectors and its residual direction fit in P dimensions; for "
+                         f"so small a P, take jnp.linalg.eigh of the dense matrix), got {k!r}")
     m = min(k + (max(k + 1, 16) if num_extra is None else int(num_extra)), dim - 1)
     if m <= k:
         raise ValueError(f"the basis (k + num_extra = {m}, at most P - 1) must exceed k = {k}")

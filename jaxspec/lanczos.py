@@ -202,7 +202,13 @@ def lanczos_init(v0: jax.Array, num_steps: int, /, *, block_size: int = 16) -> L
     return _fresh_state(_first_rows(v0, _num_rows(num_steps, block_size)), num_steps, v0.dtype)
 
 
+def _check_block_size(block_size: int) -> None:
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+
+
 def _num_rows(num_steps: int, block_size: int) -> int:
+    _check_block_size(block_size)
     return -(-(num_steps + 1) // block_size) * block_size
 
 
@@ -806,6 +812,7 @@ def run_lanczos(
     chunk_size = (10 if hooks else num_steps) if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check_block_size(block_size)
     if shard_basis and mesh is None:  # first: with driver="auto" the next check would say
         raise ValueError("shard_basis=True needs a mesh to shard the basis over")  # "driver"
     if driver == "host" and (mesh is not None or shard_basis):

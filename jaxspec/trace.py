@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from matfree import stochtrace
 
+from jaxspec.checks import check_matvec
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.lanczos import run_lanczos
 from jaxspec.linearized import linearized
@@ -147,9 +148,11 @@ def _one_at_a_time_vmap(axis_size, in_batched, op, v):
     """Under ``vmap`` over the vectors, ``op`` applied to one after another (``lax.map``), so
     that a vmapped curvature product holds one product's activations, not ``axis_size``
     products' (matfree's XTrace vmaps the operator over all its probes at once)."""
-    op_batched, _ = in_batched  # the rule runs only when something is batched
+    op_batched, v_batched = in_batched
     if any(jax.tree.leaves(op_batched)):
         raise NotImplementedError("the operator itself is batched: vmap it directly")
+    if not v_batched:  # e.g. jax.jacfwd's tangents, batched outside this call
+        return op(v), False
     return jax.lax.map(op, v), True
 
 
@@ -202,12 +205,31 @@ def _check_count(name: str, value: int, least: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
+def _check_operator(matvec: Callable, dim: int, dtype) -> None:
+    """A clear error, before any product, for a ``dim`` or a matvec that does not fit: an
+    operator's size, or a plain callable's output traced on a ``(dim,)`` vector."""
+    size = getattr(matvec, "size", None)
+    if size is not None:
+        if int(size) != int(dim):
+            raise ValueError(f"dim={dim}, but the operator acts on vectors of size {size}")
+    else:
+        check_matvec(matvec, jax.ShapeDtypeStruct((int(dim),), dtype), same_dtype=False)
+
+
+def _finite(estimate: TraceEstimate) -> TraceEstimate:
+    if not np.all(np.isfinite(np.asarray(estimate.value))):
+        raise FloatingPointError("the estimate is not finite: the matvec returned NaN or Inf "
+                                 "(check the loss and the parameters)")
+    return estimate
+
+
 def _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype, what):
     """The running moments of matfree's integrand ``what`` over the probes."""
     _check_count("num_probes", num_probes)
     _check_count("batch_size", batch_size)
     dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
+    _check_operator(matvec, dim, dtype)
     keys = jax.random.split(key, num_probes)
     rows = _block_rows(int(dim), dtype, num_probes, batch_size)
     matvec = linearized(matvec, rows)  # an operator's products, once for all probes
@@ -249,7 +271,7 @@ def hutchinson(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: in
     """
     trace = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, dtype,
                                 "trace")
-    return TraceEstimate(float(trace.mean), float(trace.stderr()), num_probes)
+    return _finite(TraceEstimate(float(trace.mean), float(trace.stderr()), num_probes))
 
 
 def hutchinson_diagonal(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /,
@@ -273,7 +295,7 @@ def hutchinson_diagonal(matvec: Callable[[jax.Array], jax.Array], key: jax.Array
     """
     diagonal = _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution,
                                    dtype, "diagonal")
-    return TraceEstimate(diagonal.mean, diagonal.stderr(), num_probes)
+    return _finite(TraceEstimate(diagonal.mean, diagonal.stderr(), num_probes))
 
 
 @jax.jit
@@ -315,6 +337,7 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
     _check_count("num_matvecs", num_matvecs, 3)
     dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
+    _check_operator(matvec, dim, dtype)
     s = num_matvecs // 3
     g = num_matvecs - 2 * s
     _check_count("batch_size", batch_size)
@@ -328,7 +351,8 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
     samples = _integrate(G, _apply(matvec, G, batch_size, g), "trace")
     rest = _Moments()
     rest.add(samples)
-    return TraceEstimate(float(low_rank + rest.mean), float(rest.stderr()), num_matvecs)
+    return _finite(TraceEstimate(float(low_rank + rest.mean), float(rest.stderr()),
+                                 num_matvecs))
 
 
 @functools.cache
@@ -364,11 +388,15 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     if not _traceable(matvec):
         raise TypeError("xtrace vmaps the operator over its probes; an operator with the host "
                         "reduction cannot be traced: use hutch_plus_plus, or reduce='scan'")
+    _check_operator(matvec, dim, probe_dtype(matvec, dtype))
+    if 2 * num_probes >= dim:  # the exact branch: any count from dim / 2 to dim is the same
+        num_probes = min(num_probes, int(dim))
     matvec = linearized(matvec, 2 * num_probes)  # an operator's products, once for all probes
     one_at_a_time = jax.tree_util.Partial(_one_at_a_time, jit_argument(matvec))
     mean, sem = _xtrace_program(int(dim), probe_dtype(matvec, dtype), num_probes)(
         one_at_a_time, key)
-    return TraceEstimate(float(mean), float(sem), dim if 2 * num_probes >= dim else 2 * num_probes)
+    return _finite(TraceEstimate(float(mean), float(sem),
+                                 dim if 2 * num_probes >= dim else 2 * num_probes))
 
 
 def logdet(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int,

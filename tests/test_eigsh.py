@@ -168,6 +168,8 @@ def test_rejects_bad_arguments():
         eigsh(mv, jnp.ones(5), 1, which="middle")
     with pytest.raises(ValueError, match="k must"):
         eigsh(mv, jnp.ones(5), 5)
+    with pytest.raises(ValueError, match="P - 2"):  # k + 1 vectors and a residual need P > k + 1
+        eigsh(mv, jnp.ones(5), 4)
     with pytest.raises(ValueError, match="nonzero"):
         eigsh(mv, jnp.zeros(5), 1)
     with pytest.raises(TypeError, match="same"):

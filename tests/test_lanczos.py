@@ -222,6 +222,9 @@ def test_bad_start_vectors():
         lanczos(mv, jnp.ones(3, jnp.int32), 2)
     with pytest.raises(ValueError, match="positive int"):
         lanczos(mv, jnp.ones(3), 0)
+    for driver in ("host", "compiled"):
+        with pytest.raises(ValueError, match="block_size"):
+            run_lanczos(mv, jnp.ones(3), 2, block_size=0, driver=driver)
 
 
 def test_num_steps_larger_than_dim_is_clamped_with_warning():

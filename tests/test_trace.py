@@ -96,6 +96,17 @@ def test_xtrace_from_matfree():
     assert abs(est.value - float(jnp.trace(A))) < 0.5  # the bulk's trace is ~3, its spread less
 
 
+@pytest.mark.parametrize("num_probes", [5, 7, 10, 12])
+def test_xtrace_with_as_many_products_as_the_dimension_is_exact(num_probes):
+    """From 2 num_probes >= dim on, XTrace is the dense trace (matfree's exact branch,
+    differentiated by jax.jacfwd through the one-at-a-time products); more probes than the
+    dimension take the same branch."""
+    A = low_rank_plus_noise()[:10, :10]
+    est = xtrace(matvec_of(A), jax.random.key(0), 10, num_probes=num_probes, dtype=jnp.float64)
+    assert est.num_matvecs == 10 and est.stderr == 0.0
+    assert abs(est.value - float(jnp.trace(A))) < 1e-12 * float(jnp.abs(A).max())
+
+
 def test_logdet_matches_slogdet_within_its_standard_error():
     rng = np.random.default_rng(2)
     W = rng.standard_normal((P, P // 2))
@@ -119,6 +130,14 @@ def test_rejects_bad_counts_and_host_xtrace():
         hutchinson(mv, jax.random.key(0), 4, num_probes=0, dtype=jnp.float64)
     with pytest.raises(ValueError, match="num_matvecs"):
         hutch_plus_plus(mv, jax.random.key(0), 4, num_matvecs=2, dtype=jnp.float64)
+    # a wrong dimension or matvec fails before any product, a NaN product after them
+    for estimate in (hutchinson, hutchinson_diagonal, hutch_plus_plus, xtrace):
+        with pytest.raises(TypeError, match="could not be evaluated on a vector"):
+            estimate(mv, jax.random.key(0), 5, dtype=jnp.float64)
+        with pytest.raises(TypeError, match="returned shape"):
+            estimate(lambda v: v[:3], jax.random.key(0), 4, dtype=jnp.float64)
+        with pytest.raises(FloatingPointError, match="not finite"):
+            estimate(lambda v: v * jnp.nan, jax.random.key(0), 4, dtype=jnp.float64)
 
 
 def mlp_operator(reduce):
