@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec.checks import check_matvec
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
 from jaxspec.lanczos import BREAKDOWN_UNITS, resolve_driver
@@ -273,6 +274,10 @@ def eigsh(
     key = jax.random.key(0) if key is None else key
     op = jit_argument(matvec) if driver == "compiled" else matvec
 
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    if driver == "compiled":
+        check_matvec(matvec, q0)
     every = (1 if driver == "host" else m) if check_every is None else int(check_every)
     if every < 1:
         raise ValueError(f"check_every must be >= 1, got {every}")
@@ -309,7 +314,10 @@ def eigsh(
         beta = Hn[n, n - 1]
         anorm = max(anorm, float(np.max(np.abs(theta))))
         wanted = _wanted(theta, k, which)
-        done = beta != 0 and np.all(np.abs(beta * S[n - 1, wanted]) <= tol * anorm)
+        # a zero beta ends the cycle on an invariant space, not an answer (above), unless
+        # the operator is zero there (a frozen parameter block, say)
+        done = (beta != 0 or anorm == 0) and np.all(
+            np.abs(beta * S[n - 1, wanted]) <= tol * anorm)
         if done or (n == m and restarts >= max_restarts):
             break
         if n < m:

@@ -405,8 +405,9 @@ def _raise_if_nonfinite(step) -> None:
     step = int(step)
     if step >= 0:
         raise FloatingPointError(
-            f"the matvec returned NaN or Inf at Lanczos step {step} (0-based); the steps before "
-            "it are valid. Check the loss at these parameters, or the data of that HVP."
+            f"the matvec returned NaN or Inf at Lanczos step {step} (0-based), or a vector "
+            "whose squared norm overflows the dtype (entries near 1e19 in float32); the steps "
+            "before it are valid. Check the loss at these parameters, or the data of that HVP."
         )
 
 

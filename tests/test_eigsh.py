@@ -180,10 +180,23 @@ def test_rejects_bad_arguments():
         eigsh(mv, jnp.ones(5), 5)
     with pytest.raises(ValueError, match="P - 2"):  # k + 1 vectors and a residual need P > k + 1
         eigsh(mv, jnp.ones(5), 4)
+    with pytest.raises(ValueError, match="tol"):
+        eigsh(mv, jnp.ones(5), 1, tol=-1.0)
+    with pytest.raises(TypeError, match="dtype"):  # the compiled driver checks before its loop
+        eigsh(lambda v: (2.0 * v).astype(jnp.float32), jnp.ones(5, jnp.float64), 1,
+              driver="compiled")
     with pytest.raises(ValueError, match="nonzero"):
         eigsh(mv, jnp.zeros(5), 1)
     with pytest.raises(TypeError, match="same"):
         eigsh(lambda v: v[:3], jnp.ones(5), 1)
+
+
+def test_the_zero_operator_converges_in_one_cycle():
+    """Every step of a zero operator breaks down; its pairs (0, any vector) are exact, so the
+    first full cycle ends the run instead of max_restarts more (a frozen parameter block)."""
+    res = eigsh(lambda v: 0.0 * v, jnp.ones(30), 2, num_extra=6)
+    assert bool(res.converged.all()) and res.num_restarts == 0 and res.num_matvecs == 8 + 2
+    np.testing.assert_array_equal(res.values, [0.0, 0.0])
 
 
 @pytest.mark.parametrize("reduce", ["host", "scan"])
