@@ -42,6 +42,7 @@ __all__ = [
     "flip_horizontal",
     "pad",
     "random_crop_flip",
+    "variant_count",
     "variant_params",
 ]
 
@@ -51,6 +52,18 @@ PADDING = 4
 NUM_VARIANTS = (2 * PADDING + 1) ** 2 * 2
 #: The variant that leaves an image unchanged: offset (PADDING, PADDING), no flip.
 IDENTITY_VARIANT = ((PADDING * (2 * PADDING + 1)) + PADDING) * 2
+
+
+def variant_count(padding: int = PADDING, /) -> int:
+    """The number of deterministic variants with ``padding``: ``(2 padding + 1)^2`` crop offsets
+    times 2 flips; variant indices lie in ``[0, variant_count(padding))``.
+
+    Example:
+      >>> from jaxspec.augment import variant_count
+      >>> variant_count(), variant_count(1)
+      (162, 18)
+    """
+    return 2 * (2 * int(padding) + 1) ** 2
 
 
 def pad(images: jax.Array, /, *, padding: int = PADDING, fill: Any = 0) -> jax.Array:
@@ -170,8 +183,8 @@ def random_crop_flip(
       >>> random_crop_flip(jax.random.key(0), jnp.zeros((5, 32, 32, 3), jnp.uint8)).shape
       (5, 32, 32, 3)
     """
-    num_variants = 2 * (2 * padding + 1) ** 2
-    indices = jax.random.randint(key, (images.shape[0],), 0, num_variants, dtype=jnp.int32)
+    indices = jax.random.randint(key, (images.shape[0],), 0, variant_count(padding),
+                                 dtype=jnp.int32)
     return apply_variants(images, indices, padding=padding, fill=fill)
 
 
@@ -251,6 +264,9 @@ def choose_variants(
       >>> choose_variants(jax.random.key(0), 4, num_per_image=30).shape
       (4, 30)
     """
+    if not 1 <= num_per_image <= num_variants:
+        raise ValueError(f"num_per_image must be in [1, {num_variants}] (distinct variants of "
+                         f"a pool of {num_variants}), got {num_per_image}")
     keys = jax.random.split(key, num_images)
 
     def row(k: jax.Array) -> jax.Array:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.augment import IDENTITY_VARIANT, NUM_VARIANTS, PADDING, apply_variants
+from jaxspec.augment import IDENTITY_VARIANT, PADDING, apply_variants, variant_count
 from jaxspec.augment import choose_variants
 from jaxspec.batching import Batched, batch_dataset
 from jaxspec.data import normalize
@@ -96,6 +96,7 @@ def augmented_data(
     num_per_image: int | None = None,
     seed: int | None = None,
     variants: Any | None = None,
+    padding: int = PADDING,
 ) -> AugmentedData:
     """Builds an :class:`AugmentedData`, drawing the variant table from ``seed`` unless given.
 
@@ -112,6 +113,9 @@ def augmented_data(
       num_per_image: ``K``; required unless ``variants`` is given.
       seed: seed of the table; required unless ``variants`` is given.
       variants: an explicit ``(N, K)`` table instead (e.g. :func:`identity_variants`).
+      padding: the crop's zero padding, which sets the pool of
+        :func:`jaxspec.augment.variant_count` variants the table is drawn from; pass the same
+        to :class:`Augmentation`.
 
     Returns:
       The :class:`AugmentedData` (arrays stay where they were; the table is NumPy ``int32``).
@@ -137,15 +141,13 @@ def augmented_data(
     if variants is None:
         if num_per_image is None or seed is None:
             raise ValueError("give num_per_image and seed, or an explicit variants table")
-        if not 1 <= num_per_image <= NUM_VARIANTS:
-            raise ValueError(f"num_per_image must be in [1, {NUM_VARIANTS}], got {num_per_image}")
         key = jax.random.key(int(seed), impl="threefry2x32")
-        variants = np.asarray(choose_variants(key, n, num_per_image=int(num_per_image)))
+        variants = np.asarray(choose_variants(key, n, num_per_image=int(num_per_image),
+                                              num_variants=variant_count(padding)))
     variants = np.asarray(variants, np.int32)
     if variants.ndim != 2 or variants.shape[0] != n or variants.shape[1] < 1:
         raise ValueError(f"variants must be (N, K) with N = {n}, got {variants.shape}")
-    if variants.min() < 0 or variants.max() >= NUM_VARIANTS:
-        raise ValueError(f"variant indices must be in [0, {NUM_VARIANTS})")
+    _check_table(variants, padding)
     channels = images_shape[-1]
     mean = np.broadcast_to(np.asarray(mean, np.float32), (channels,)).copy()
     std = np.broadcast_to(np.asarray(std, np.float32), (channels,)).copy()
@@ -154,6 +156,14 @@ def augmented_data(
     else:
         labels = labels.astype(jnp.int32)
     return AugmentedData(images, labels, variants, mean, std)
+
+
+def _check_table(variants: np.ndarray, padding: int) -> None:
+    if variants.min() < 0 or variants.max() >= variant_count(padding):
+        raise ValueError(
+            f"variant indices must be in [0, {variant_count(padding)}) for padding={padding}; "
+            f"the table holds {variants.min()} .. {variants.max()} (draw it with "
+            f"augmented_data(..., padding={padding}), the padding the crops use)")
 
 
 def identity_variants(num_images: int, /, num_per_image: int = 1) -> np.ndarray:
@@ -272,7 +282,7 @@ class Augmentation:
       >>> from jaxspec.augmented import Augmentation, augmented_batches, augmented_data
       >>> x = np.full((3, 4, 4, 1), 2, np.uint8)
       >>> d = augmented_data(x, np.zeros(3, np.int32), mean=[0], std=[1],
-      ...                    num_per_image=2, seed=0)
+      ...                    num_per_image=2, seed=0, padding=1)
       >>> loss = lambda w, b: jnp.mean(b["image"][:, 1, 1, 0]) * jnp.sum(w**2)
       >>> op = jaxspec.curvature_operator(loss, jnp.ones(2, jnp.float32), augmented_batches(d, 2),
       ...                                 transform=Augmentation(d, padding=1))
@@ -282,6 +292,12 @@ class Augmentation:
 
     data: AugmentedData
     padding: int = PADDING
+
+    def __post_init__(self):
+        # a table drawn for another padding decodes to offsets the crop would clip: many
+        # crops at one edge (JAX rebuilds the pytree with traced leaves: checked on NumPy only)
+        if isinstance(getattr(self.data, "variants", None), np.ndarray):
+            _check_table(self.data.variants, self.padding)
 
     def __call__(self, batch: Any) -> dict:
         """The augmented batch of the sample ids ``batch["sample"]``.

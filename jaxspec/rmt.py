@@ -140,13 +140,13 @@ def _check_side(side: str) -> None:
         raise ValueError(f"side must be 'top' or 'bottom', got {side!r}")
 
 
-def _check_nonneg(name: str, value) -> None:
+def _check_nonneg(name: str, value, *, strict: bool = False) -> None:
     try:
         v = float(value)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return  # traced: cannot check
-    if not v >= 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
+    if not (v > 0 if strict else v >= 0):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {v}")
 
 
 def _default_dtype(dtype):
@@ -174,6 +174,7 @@ def semicircle_density(x: jax.typing.ArrayLike, /, *, s2: float = 1.0) -> jax.Ar
       >>> float(semicircle_density(2.5, s2=1.0))
       0.0
     """
+    _check_nonneg("s2", s2, strict=True)
     return _semicircle_density(_float(x), s2)
 
 
@@ -202,6 +203,7 @@ def semicircle_cdf(x: jax.typing.ArrayLike, /, *, s2: float = 1.0) -> jax.Array:
       >>> [round(float(semicircle_cdf(t, s2=4.0)), 6) for t in (-5.0, 0.0, 4.0)]
       [0.0, 0.5, 1.0]
     """
+    _check_nonneg("s2", s2, strict=True)
     return _semicircle_cdf(_float(x), s2)
 
 
@@ -219,6 +221,7 @@ def semicircle_edges(*, s2: float = 1.0) -> Edges:
       >>> [float(e) for e in semicircle_edges(s2=4.0)]
       [-4.0, 4.0]
     """
+    _check_nonneg("s2", s2)
     s = jnp.sqrt(_float(s2))
     return Edges(-2.0 * s, 2.0 * s)
 
@@ -403,6 +406,7 @@ def implied_sigma2(true_eig: jax.typing.ArrayLike, emp_eig: jax.typing.ArrayLike
       0.25
     """
     _check_side(side)
+    _check_nonneg("q", q, strict=True)
     l, lp = jnp.broadcast_arrays(_float(true_eig), _float(emp_eig))
     return _implied_sigma2(l, lp, q, top=side == "top")
 
@@ -428,6 +432,8 @@ def marchenko_pastur_edges(*, ratio: float, variance: float = 1.0) -> Edges:
       >>> [float(e) for e in marchenko_pastur_edges(ratio=0.25, variance=2.0)]
       [0.5, 4.5]
     """
+    _check_nonneg("ratio", ratio, strict=True)
+    _check_nonneg("variance", variance, strict=True)
     c = _float(ratio)
     r = jnp.sqrt(c)
     return Edges(variance * (1.0 - r) ** 2, variance * (1.0 + r) ** 2)
@@ -474,6 +480,8 @@ def marchenko_pastur_density(x: jax.typing.ArrayLike, /, *, ratio: float,
       >>> round(float(marchenko_pastur_density(1.0, ratio=1.0)), 6)   # sqrt(3) / (2 pi)
       0.275664
     """
+    _check_nonneg("ratio", ratio, strict=True)
+    _check_nonneg("variance", variance, strict=True)
     return _marchenko_pastur_density(_float(x), ratio, variance)
 
 

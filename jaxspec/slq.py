@@ -169,19 +169,25 @@ class Spectrum:
     def origin_cluster(self, *, origin_tol: float = 1e-3) -> np.ndarray:
         """Mask of the nodes in the cluster at the origin.
 
-        The rule: ``theta_0`` is the node of smallest magnitude; a node belongs to the origin
-        cluster when ``|theta - theta_0| <= origin_tol * max|theta|``. A degenerate mass at the
-        origin that Lanczos splits into several nearby nodes is one cluster under this rule.
+        The rule: ``theta_0`` is the node of smallest magnitude; where it lies at the origin,
+        ``|theta_0| <= origin_tol * max|theta|``, a node belongs to the origin cluster when
+        ``|theta - theta_0| <= origin_tol * max|theta|``. A degenerate mass at the origin that
+        Lanczos splits into several nearby nodes is one cluster under this rule. A spectrum with
+        no node at the origin (a short run, a definite block) has no cluster.
 
         Example:
           >>> from jaxspec import Spectrum
           >>> s = Spectrum([-1.0, -1e-6, 1e-6, 5.0], [0.1, 0.4, 0.4, 0.1])
           >>> s.origin_cluster().tolist()
           [False, True, True, False]
+          >>> Spectrum([-1.0, 5.0], [0.5, 0.5]).origin_cluster().tolist()
+          [False, False]
         """
         theta0 = self.nodes[np.argmin(np.abs(self.nodes))]
-        scale = np.max(np.abs(self.nodes))
-        return np.abs(self.nodes - theta0) <= origin_tol * scale
+        width = origin_tol * np.max(np.abs(self.nodes))
+        if abs(theta0) > width:
+            return np.zeros(self.nodes.shape, bool)
+        return np.abs(self.nodes - theta0) <= width
 
     def negative(self, *, origin_tol: float = 1e-3) -> NegativeMass:
         """Count and weight of negative Ritz values, the paper's way.
@@ -224,8 +230,9 @@ class Spectrum:
     def density(self, grid, /, *, sigma: float | None = None) -> np.ndarray:
         """Gaussian-smoothed density on ``grid`` (for comparison with tools that smooth).
 
-        ``sigma`` defaults to 1% of the spectral range. The paper argues against smoothing for
-        reading off outliers and negative mass; this is for overlaying other tools' curves.
+        ``sigma`` defaults to 1% of the spectral range (of the largest ``|theta|`` where all
+        nodes coincide). The paper argues against smoothing for reading off outliers and
+        negative mass; this is for overlaying other tools' curves.
 
         Example:
           >>> import numpy as np
@@ -237,7 +244,8 @@ class Spectrum:
         """
         grid = np.asarray(grid, np.float64)
         if sigma is None:
-            sigma = 0.01 * max(self.lambda_max - self.lambda_min, 1e-12)
+            spread = self.lambda_max - self.lambda_min
+            sigma = 0.01 * (spread if spread > 0 else float(np.max(np.abs(self.nodes))) or 1.0)
         z = (grid[:, None] - self.nodes[None, :]) / sigma
         return (np.exp(-0.5 * z**2) @ self.weights) / (sigma * np.sqrt(2 * np.pi))
 

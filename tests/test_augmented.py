@@ -106,6 +106,22 @@ def test_variant_table_is_seeded_and_distinct(setup):
                          num_per_image=1, seed=0)
 
 
+def test_the_table_is_drawn_for_the_padding_the_crops_use(setup):
+    """With padding 1 the pool is 18 variants (3 x 3 offsets, 2 flips): a table drawn from the
+    162 of padding 4 decodes to offsets up to 26, which the crop clips to 2 (most crops at one
+    edge), so it is refused; drawn for padding 1, every row holds distinct in-range variants."""
+    images, labels, _, data = setup
+    with pytest.raises(ValueError, match="padding=1"):
+        A.Augmentation(data, padding=1)
+    small = A.augmented_data(images, labels, mean=MEAN, std=STD, num_per_image=18, seed=0,
+                             padding=1)
+    assert sorted(small.variants[0].tolist()) == list(range(18))  # the whole pool, once
+    A.Augmentation(small, padding=1)
+    with pytest.raises(ValueError, match=r"\[1, 18\]"):
+        A.augmented_data(images, labels, mean=MEAN, std=STD, num_per_image=19, seed=0,
+                         padding=1)
+
+
 def test_the_162_variants_are_distinct():
     img = np.random.default_rng(1).integers(1, 256, size=(1, 8, 8, 3), dtype=np.uint8)
     table = np.arange(augment.NUM_VARIANTS, dtype=np.int32)[None, :]

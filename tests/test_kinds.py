@@ -67,7 +67,7 @@ def augmented_case():
     images = rng.integers(0, 256, size=(6, 4, 4, 1), dtype=np.uint8)
     labels = rng.integers(0, 3, size=6).astype(np.int32)
     data = augmented_data(images, labels, mean=[127.0], std=[70.0],
-                          variants=rng.integers(0, 162, size=(6, 2)))
+                          variants=rng.integers(0, 18, size=(6, 2)), padding=1)
     params = {"w": jnp.asarray(0.2 * rng.normal(size=(16, 4))),
               "v": jnp.asarray(rng.normal(size=(4, 3)))}
     return params, augmented_batches(data, 5), Augmentation(data, padding=1)

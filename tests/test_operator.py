@@ -39,7 +39,7 @@ def augmented_case():
     images = rng.integers(0, 256, size=(N_IMAGES, SIDE, SIDE, 1), dtype=np.uint8)
     labels = rng.integers(0, CLASSES, size=N_IMAGES).astype(np.int32)
     data = augmented_data(images, labels, mean=[127.0], std=[70.0],
-                          variants=rng.integers(0, 162, size=(N_IMAGES, K)))
+                          variants=rng.integers(0, 18, size=(N_IMAGES, K)), padding=1)
     params = {"w": jnp.asarray(0.2 * rng.normal(size=(SIDE * SIDE, 4))),
               "v": jnp.asarray(rng.normal(size=(4, CLASSES)))}
     transform = Augmentation(data, padding=1)

@@ -178,6 +178,19 @@ def test_theorem1_values_vectorised_and_paper_example():
         rmt.true_edge(1.0, q=1.0, sigma2=-1.0)
 
 
+@pytest.mark.parametrize("call", [
+    lambda: rmt.semicircle_density(0.0, s2=0.0), lambda: rmt.semicircle_density(0.0, s2=-1.0),
+    lambda: rmt.semicircle_cdf(0.0, s2=-1.0), lambda: rmt.semicircle_edges(s2=-1.0),
+    lambda: rmt.marchenko_pastur_edges(ratio=-1.0),
+    lambda: rmt.marchenko_pastur_edges(ratio=1.0, variance=-1.0),
+    lambda: rmt.marchenko_pastur_density(1.0, ratio=0.0),
+    lambda: rmt.implied_sigma2(1.0, 1.5, q=0.0)])
+def test_parameters_outside_their_laws_are_refused(call):
+    """NaN, silent zeros, or inf were the answers before; a law's parameters have a domain."""
+    with pytest.raises(ValueError, match="must be"):
+        call()
+
+
 def test_theorem1_jit_and_float32():
     f = jax.jit(lambda l, s2: rmt.true_edge(rmt.empirical_edge(l, q=2.0, sigma2=s2), q=2.0,
                                             sigma2=s2).value)

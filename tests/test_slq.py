@@ -42,6 +42,10 @@ def test_negative_mass_rule():
     assert s.summary()["origin_weight"] == pytest.approx(0.97)
     # a stricter tolerance splits the origin cluster
     assert s.negative(origin_tol=1e-7).count_separated == 2
+    # no node at the origin, no cluster: the node nearest zero is negative mass like any other
+    assert Spectrum([-1.0, 5.0], [0.5, 0.5]).negative() == (1, 1, 0.5)
+    assert Spectrum([-3.0, -2.0, -1.0], [0.25, 0.25, 0.5]).negative().mass == 1.0
+    assert Spectrum([-1.0, 5.0], [0.5, 0.5]).summary()["origin_weight"] == 0.0
 
 
 def test_top_weights_and_moments():
@@ -66,6 +70,9 @@ def test_density_integrates_to_one():
     s = Spectrum([-1.0, 0.0, 2.0], [0.25, 0.5, 0.25])
     grid = np.linspace(-5, 6, 4001)
     assert np.trapezoid(s.density(grid, sigma=0.1), grid) == pytest.approx(1.0, abs=1e-6)
+    # one node: the default width scales with it (1% of |theta|), not an absolute 1e-14
+    grid = np.linspace(4, 6, 2001)
+    assert np.trapezoid(Spectrum([5.0], [1.0]).density(grid), grid) == pytest.approx(1.0)
 
 
 def test_slq_several_vectors_average_the_per_probe_quadratures():
