@@ -174,6 +174,18 @@ def test_tracking_fields_are_checked_and_run_control():
     assert TrainConfig().track_curvature_every is None
 
 
+def test_a_fresh_tracked_run_of_a_batchnorm_model_measures(tmp_path):
+    """The train step donates its state, and the tracker's loss holds the model's BatchNorm
+    statistics: on one device the first state must not alias the model's arrays, or the first
+    step deletes them and the first measurement fails ("Array has been deleted")."""
+    cfg = dataclasses.replace(RUN, model="smallcnn", model_kwargs={"widths": [2]}, epochs=1,
+                              synthetic_size=(32, 16), checkpoint_epochs=(1,),
+                              track_curvature_samples=16)
+    train_and_evaluate(cfg, str(tmp_path))
+    curv = read_curvature(str(tmp_path))
+    assert [r["step"] for r in curv] == [2] and np.isfinite(curv[0]["lambda_max"])
+
+
 def test_ggn_tracking_and_a_batchnorm_model():
     """GGN tracking (nonnegative, converged) of the MLP; for a CNN with BatchNorm and dropout,
     the training state's parameters have the structure of the tracker's loss (batch-mode BN)."""

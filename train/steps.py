@@ -378,7 +378,9 @@ def build_trainer(
         steps_per_epoch,
     )
     state = TrainState(params, batch_stats, _optimizer(*opt_args).init(params))
-    state = jax.device_put(state, replicated)
+    # a copy: the train step donates its state, and on one device an aliasing put would hand
+    # it `model`'s own arrays, which the curvature tracker and any later use of `model` read
+    state = jax.device_put(state, replicated, may_alias=False)
     consts = (rngs, rest, *(None if a is None else np.asarray(a, np.float32) for a in (mean, std)))
     consts = jax.device_put(consts, replicated)
     train_spec = _TrainSpec(
