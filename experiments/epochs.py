@@ -83,7 +83,7 @@ def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: S
     result = {}
     training_set = None  # loaded once, for the first epoch that needs it
     for epoch in epochs:
-        path = spectrum_path(out_dir, settings.mode, epoch)
+        path = spectrum_path(out_dir, settings.name, epoch)
         existing = existing_spectrum(path, settings) if skip_existing else None
         if existing is not None:
             result[epoch] = existing
@@ -159,7 +159,8 @@ def plot_extremal(rows: Sequence[dict[str, Any]], path: str, /, *, title: str | 
 
 def write_summary(rows: Sequence[dict[str, Any]], out_dir: str, mode: str, /, *,
                   title: str | None = None) -> dict[str, str]:
-    """Writes ``epochs_<mode>.{json,csv,png}`` and returns their paths.
+    """Writes ``epochs_<mode>.{json,csv,png}`` (``mode``: the settings' name, e.g.
+    ``empirical_ggn``) and returns their paths.
 
     Example:
       >>> import json, os, tempfile
@@ -238,12 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not epochs:
         parser.error(f"{args.workdir} has no checkpoints")
     out = args.out or os.path.join(args.workdir, "spectra")
-    spectra = epoch_spectra(args.workdir, epochs, settings_from_args(args, args.mode),
-                            out_dir=out, npz=args.npz)
+    settings = settings_from_args(args, args.mode)
+    spectra = epoch_spectra(args.workdir, epochs, settings, out_dir=out, npz=args.npz)
     rows = epoch_rows(spectra)
     meta = spectra[epochs[-1]].meta
-    paths = write_summary(rows, out, args.mode,
-                          title=f"{args.mode} Hessian of {meta.get('model')} on "
+    kind = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher",
+            "empirical_fisher": "empirical Fisher"}[settings.curvature]
+    paths = write_summary(rows, out, settings.name,
+                          title=f"{args.mode} {kind} of {meta.get('model')} on "
                                 f"{meta.get('dataset')} along training")
     for r in rows:
         print(f"epoch {r['epoch']:5d}: lambda_max={r['lambda_max']:.5g} "

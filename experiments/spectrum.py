@@ -273,6 +273,7 @@ def existing_spectrum(path: str | os.PathLike, settings: SpectrumSettings, /
     recorded = spectrum.meta.get("settings")
     if recorded is None:
         recorded = {k: v for k, v in spectrum.meta.items() if k != "num_images"}
+    recorded = {"curvature": "hessian", **recorded}  # a Hessian's file does not name it
     differ = [f"{k}: {recorded[k]!r} there, {v!r} here"
               for k, v in jaxspec.io.jsonable(settings.identity()).items()
               if k in recorded and recorded[k] != v]
@@ -484,11 +485,13 @@ def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
     if os.path.exists(settings_file):
         with open(settings_file) as f:
             saved = json.load(f)
-        if saved != identity:
+        state = any(n.startswith("lanczos_") for n in os.listdir(path))
+        if saved == identity:
+            return state
+        if state:  # a run that failed or stopped before its first save left nothing to keep
             raise ValueError(
                 f"{path} holds the Lanczos state of a run with other settings "
                 f"(saved {saved}, now {identity}); rerun with --restart to discard it")
-        return any(n.startswith("lanczos_") for n in os.listdir(path))
     os.makedirs(path, exist_ok=True)
     write_text(settings_file, json.dumps(identity, indent=1, sort_keys=True))
     return False
@@ -782,11 +785,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args, args.mode)
     if args.skip_existing:
         try:
-            found = existing_spectrum(spectrum_path(out, args.mode, epoch), settings)
+            found = existing_spectrum(spectrum_path(out, settings.name, epoch), settings)
         except ValueError as e:
             parser.error(str(e))
         if found is not None:
-            print(f"exists: {spectrum_path(out, args.mode, epoch)}")
+            print(f"exists: {spectrum_path(out, settings.name, epoch)}")
             return 0
     result = compute_spectrum(args.workdir, epoch, settings,
                               out_dir=out, npz=args.npz, restart=args.restart,

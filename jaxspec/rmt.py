@@ -32,6 +32,7 @@ Everything is a pure function of arrays (jax or numpy); the module imports only 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Literal, NamedTuple
 
 import jax
@@ -140,12 +141,12 @@ def _check_side(side: str) -> None:
         raise ValueError(f"side must be 'top' or 'bottom', got {side!r}")
 
 
-def _check_nonneg(name: str, value, *, strict: bool = False) -> None:
+def _check_nonneg(name: str, value, *, strict: bool = False, nan_ok: bool = False) -> None:
     try:
         v = float(value)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return  # traced: cannot check
-    if not (v > 0 if strict else v >= 0):
+    if not (v > 0 if strict else v >= 0) and not (nan_ok and math.isnan(v)):
         raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {v}")
 
 
@@ -406,7 +407,7 @@ def implied_sigma2(true_eig: jax.typing.ArrayLike, emp_eig: jax.typing.ArrayLike
       0.25
     """
     _check_side(side)
-    _check_nonneg("q", q, strict=True)
+    _check_nonneg("q", q, strict=True, nan_ok=True)  # NaN: P / N unknown, so is the answer
     l, lp = jnp.broadcast_arrays(_float(true_eig), _float(emp_eig))
     return _implied_sigma2(l, lp, q, top=side == "top")
 

@@ -1,5 +1,6 @@
 """Tests of experiments/: the whole paper chain at smoke scale, resume, commands and report."""
 
+import glob
 import json
 import os
 import shutil
@@ -120,6 +121,20 @@ def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path):
     assert not ckpt.exists()
 
 
+def test_a_run_that_failed_before_saving_blocks_nothing(smoke, tmp_path):
+    """A run that stops before its first Lanczos save (here: bad settings) leaves only its
+    settings in the state directory: the next run, with other settings, starts."""
+    def run(steps):
+        settings = SpectrumSettings(mode="empirical", num_steps=steps, batch_size=32,
+                                    num_images=32, noise_probes=0, progress=False)
+        return compute_spectrum(smoke["workdir"], 2, settings, out_dir=str(tmp_path),
+                                plot=False)
+
+    with pytest.raises(ValueError, match="positive int"):
+        run(0)
+    assert run(4).spectrum.nodes.size == 4
+
+
 def test_epoch_sweep_loads_the_training_set_once(smoke, tmp_path, monkeypatch):
     from experiments import epochs
 
@@ -183,6 +198,14 @@ def test_spectrum_cli_skips_existing(smoke, capsys):
     with pytest.raises(SystemExit):  # the default settings differ: a usage error
         spectrum_main(argv)
     assert "num_steps: 6 there, 80 here" in capsys.readouterr().err
+    # another curvature has files of its own, and a Hessian's file never stands in for it
+    from experiments.spectrum import existing_spectrum
+    (hessian,) = glob.glob(os.path.join(smoke["workdir"], "spectra", "augmented_e*.json"))
+    ggn = SpectrumSettings(mode="augmented", num_steps=6, num_per_image=2, batch_size=32,
+                           curvature="ggn")
+    assert ggn.name == "augmented_ggn"
+    with pytest.raises(ValueError, match="curvature: 'hessian' there, 'ggn' here"):
+        existing_spectrum(hessian, ggn)
 
 
 def test_compare_spectra_saved_without_metadata(tmp_path):
