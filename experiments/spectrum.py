@@ -472,16 +472,24 @@ def _checkpoint_dir(out_dir: str, mode: str, epoch: int) -> str:
     return os.path.join(out_dir, f".lanczos_{mode}_e{int(epoch):04d}")
 
 
+def _clear_state(path: str) -> None:
+    """Removes everything in the state directory ``path`` but the lock this run holds."""
+    for name in os.listdir(path):
+        entry = os.path.join(path, name)
+        if os.path.isdir(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif name != LOCK_FILE:
+            os.remove(entry)
+
+
 def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
     """Creates the Lanczos checkpoint directory, or checks that the one there is for ``identity``.
 
     Returns whether a run is being resumed.
     """
     settings_file = os.path.join(path, "settings.json")
-    if os.path.isdir(path) and restart:  # everything but the lock this run holds
-        for name in os.listdir(path):
-            if name != LOCK_FILE:
-                os.remove(os.path.join(path, name))
+    if os.path.isdir(path) and restart:
+        _clear_state(path)
     if os.path.exists(settings_file):
         with open(settings_file) as f:
             saved = json.load(f)
@@ -647,8 +655,13 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
             stem_plot(spectrum, path=png_path,
                       title=f"{settings.mode.capitalize()} Hessian, {config.model}, epoch {epoch}, "
                             f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
+        if not keep_checkpoint:  # under the lock: a run that takes it next keeps its own state
+            _clear_state(ckpt)
     if not keep_checkpoint:
-        shutil.rmtree(ckpt, ignore_errors=True)
+        try:
+            os.rmdir(ckpt)  # empty unless another run holds it now
+        except OSError:
+            pass
     return SpectrumResult(spectrum, json_path, png_path)
 
 
