@@ -34,11 +34,11 @@ to ``<workdir>/spectra``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -473,13 +473,9 @@ def _checkpoint_dir(out_dir: str, mode: str, epoch: int) -> str:
 
 
 def _clear_state(path: str) -> None:
-    """Removes everything in the state directory ``path`` but the lock this run holds."""
-    for name in os.listdir(path):
-        entry = os.path.join(path, name)
-        if os.path.isdir(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-        elif name != LOCK_FILE:
-            os.remove(entry)
+    """Removes the files of the state directory ``path`` but the lock this run holds."""
+    for name in set(os.listdir(path)) - {LOCK_FILE}:
+        os.remove(os.path.join(path, name))
 
 
 def _prepare_checkpoint(path: str, identity: dict, *, restart: bool) -> bool:
@@ -563,8 +559,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     data, info = training_set
     loss_fn, params = hessian_loss(model, bn_mode=settings.bn_mode)
     flat = ravel_pytree(params)[0]
-    dim = int(flat.shape[0])
-    dtype = flat.dtype
+    dim, dtype = int(flat.shape[0]), flat.dtype
     built = build_operator(loss_fn, params, data, info, settings)
     op = built.operator
 
@@ -658,10 +653,8 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
         if not keep_checkpoint:  # under the lock: a run that takes it next keeps its own state
             _clear_state(ckpt)
     if not keep_checkpoint:
-        try:
-            os.rmdir(ckpt)  # empty unless another run holds it now
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # not empty: another run holds it now
+            os.rmdir(ckpt)
     return SpectrumResult(spectrum, json_path, png_path)
 
 
