@@ -5,7 +5,8 @@ had an operation running.
     python -m experiments.speed_profile --model cnn --reorth full --runs 3
 
 ``experiments.speed`` times whole runs against chained products; on a shared machine its rounds
-swing by more than the few percent a change to the step makes (docs/speed.md has figures). The profiler's record of each operation does not swing with the load on the
+swing by more than the few percent a change to the step makes (docs/speed.md has figures).
+The profiler's record of each operation does not swing with the load on the
 other programs, so this script takes the run apart instead. It makes the workload of
 ``experiments.speed`` (the model, ``--n`` random images in batches of ``--batch-size``, the
 linearised host-driven operator), runs ``jaxspec.run_lanczos`` once to compile, then ``--runs``

@@ -33,12 +33,13 @@ Deviations from the textbook algorithm, and why:
   within its residual of an eigenvalue of ``A``.
 * A breakdown (an invariant Krylov space, e.g. a start vector spanned by a few eigenvectors;
   detected by the shift-invariant test of :mod:`jaxspec.lanczos`, with the step's other
-  couplings in place of ``beta_{i-1}``) is not an error: the step puts a random vector, orthogonalised against the basis, in place
-  of the next Lanczos vector with a zero coupling, and the run continues. The Ritz pairs of
-  the invariant part then have zero residual estimates whether or not they are the wanted
-  ones, so after a breakdown convergence is tested only at the end of the cycle, once the
-  fresh direction has been explored (a warm start from a converged vector breaks down at the
-  first step, so it costs one cycle of ``m`` steps, not a handful).
+  couplings in place of ``beta_{i-1}``) is not an error: the step puts a random vector,
+  orthogonalised against the basis, in place of the next Lanczos vector with a zero coupling,
+  and the run continues. The Ritz pairs of the invariant part then have zero residual estimates
+  whether or not they are the wanted ones, so after a breakdown convergence is tested only at
+  the end of the cycle, once the fresh direction has been explored (a warm start from a vector
+  converged to rounding breaks down at the first step, so it costs one cycle of ``m`` steps,
+  not a handful).
 * A block of start vectors ``(j, P)`` enters as one start vector, the sum of its orthonormalised
   rows: if the rows are eigenvectors with distinct eigenvalues, ``K_j(A, sum_i y_i)`` is their
   span, so the first ``j`` steps recover them (then the breakdown rule above takes over). A true
