@@ -710,6 +710,9 @@ def noise_variance(batch_hvps: jax.typing.ArrayLike, full_hvp: jax.typing.ArrayL
     if hb.ndim != 3 or hn.shape != (hb.shape[0], hb.shape[2]) or v.shape != hn.shape:
         raise ValueError(f"shapes do not fit: batch_hvps {hb.shape}, full_hvp {hn.shape}, "
                          f"probes {v.shape}; want (k, m, P), (k, P), (k, P) or (m, P), (P,), (P,)")
+    norms = jnp.sum(v * v, axis=-1)
+    if not isinstance(norms, jax.core.Tracer) and not bool(jnp.all(norms > 0)):
+        raise ValueError("every probe must be nonzero: its squared norm divides the estimate")
     c = _sampling_factor(batch_size, num_samples, replace)
     return _noise_variance(hb, hn, v, c)
 

@@ -328,6 +328,9 @@ def test_noise_variance_validation():
     with pytest.raises(ValueError):
         rmt.estimate_noise_variance(lambda i, x: x, v, num_batches=3, batch_size=2,
                                     num_samples=8)
+    with pytest.raises(ValueError, match="nonzero"):  # was sigma2 = inf
+        rmt.noise_variance(jnp.ones((2, 3)), jnp.zeros(3), jnp.zeros(3), batch_size=1,
+                           num_samples=4)
 
 
 # ---- compare_spectra -------------------------------------------------------------------------
