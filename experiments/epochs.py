@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from experiments.compare import negative_stats
 from experiments.spectrum import (
+    CURVATURES,
     SpectrumSettings,
     add_settings_arguments,
     available_epochs,
@@ -243,10 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spectra = epoch_spectra(args.workdir, epochs, settings, out_dir=out, npz=args.npz)
     rows = epoch_rows(spectra)
     meta = spectra[epochs[-1]].meta
-    kind = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher",
-            "empirical_fisher": "empirical Fisher"}[settings.curvature]
     paths = write_summary(rows, out, settings.name,
-                          title=f"{args.mode} {kind} of {meta.get('model')} on "
+                          title=f"{args.mode} {CURVATURES[settings.curvature]} of "
+                                f"{meta.get('model')} on "
                                 f"{meta.get('dataset')} along training")
     for r in rows:
         print(f"epoch {r['epoch']:5d}: lambda_max={r['lambda_max']:.5g} "

@@ -81,7 +81,9 @@ DEFAULT_STEPS = {"empirical": 100, "augmented": 80}
 #: K: 30 variants per image turn CIFAR's 50,000 training images into the paper's 1,500,000.
 DEFAULT_NUM_PER_IMAGE = 30
 MODES = ("empirical", "augmented")
-CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
+#: The curvature matrices a spectrum can take, with the names their titles give them.
+CURVATURES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher",
+              "empirical_fisher": "empirical Fisher"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,8 @@ class SpectrumSettings:
         if self.group_size is not None and self.driver != "host":
             raise ValueError("group_size sets the host loop's groups: it needs driver='host'")
         if self.curvature not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+            raise ValueError(f"curvature must be one of {tuple(CURVATURES)}, got "
+                             f"{self.curvature!r}")
 
     @property
     def name(self) -> str:
@@ -468,10 +471,6 @@ def build_operator(loss_fn: Callable, params: Any, data: ImageDataset, info: dic
     return Operator(op, num_samples, meta, host_batched)
 
 
-def _checkpoint_dir(out_dir: str, mode: str, epoch: int) -> str:
-    return os.path.join(out_dir, f".lanczos_{mode}_e{int(epoch):04d}")
-
-
 def _clear_state(path: str) -> None:
     """Removes the files of the state directory ``path`` but the lock this run holds."""
     for name in set(os.listdir(path)) - {LOCK_FILE}:
@@ -566,7 +565,7 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
     identity = {**settings.identity(), "workdir": workdir, "epoch": int(epoch), "P": dim,
                 "N": built.num_samples, **({"variants_sha1": built.meta["variants_sha1"]}
                                            if "variants_sha1" in built.meta else {})}
-    ckpt = _checkpoint_dir(out_dir, settings.name, epoch)
+    ckpt = os.path.join(out_dir, f".lanczos_{settings.name}_e{int(epoch):04d}")
     # One live run per Lanczos state: a second one is refused, naming the holder's PID.
     with workdir_lock(ckpt):
         resumed = _prepare_checkpoint(ckpt, identity, restart=restart)
@@ -648,7 +647,8 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
             n_txt = (f"N={n:,}" if settings.mode == "empirical" else
                      f"N={data.x_train.shape[0]:,}x{settings.num_per_image}={n:,}")
             stem_plot(spectrum, path=png_path,
-                      title=f"{settings.mode.capitalize()} Hessian, {config.model}, epoch {epoch}, "
+                      title=f"{settings.mode.capitalize()} {CURVATURES[settings.curvature]}, "
+                            f"{config.model}, epoch {epoch}, "
                             f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
         if not keep_checkpoint:  # under the lock: a run that takes it next keeps its own state
             _clear_state(ckpt)
@@ -691,7 +691,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, /) -> None:
     parser.add_argument("--noise-probes", type=int, default=1,
                         help="probes of the sigma^2 estimate (empirical mode; 0 skips it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--curvature", choices=CURVATURES, default="hessian",
+    parser.add_argument("--curvature", choices=tuple(CURVATURES), default="hessian",
                         help="the matrix (ggn, fisher: the model's outputs and cross-entropy)")
     parser.add_argument("--top-k", type=int, default=0,
                         help="also the K largest eigenpairs, certified by their residuals")
