@@ -460,17 +460,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sigma2", type=float, default=None,
                         help="noise variance for Theorem 1 (default: the empirical estimate)")
     args = parser.parse_args(argv)
-    if args.empirical and args.augmented:
-        result = compare_paths(args.empirical, args.augmented, out_dir=args.out,
-                               sigma2=args.sigma2)
-    elif args.workdir is not None:
-        from experiments.spectrum import resolve_epoch
+    try:
+        if args.empirical and args.augmented:
+            result = compare_paths(args.empirical, args.augmented, out_dir=args.out,
+                                   sigma2=args.sigma2)
+        elif args.workdir is not None:
+            from experiments.spectrum import resolve_epoch
 
-        epoch = resolve_epoch(parser, args.workdir, args.epoch)
-        result = compare_run(args.workdir, epoch, spectra_dir=args.spectra_dir, out_dir=args.out,
-                             sigma2=args.sigma2)
-    else:
-        parser.error("give --workdir (and --epoch), or --empirical and --augmented")
+            # a given epoch needs its spectra, not its checkpoint (which may be deleted)
+            epoch = (args.epoch if args.epoch is not None
+                     else resolve_epoch(parser, args.workdir, None))
+            result = compare_run(args.workdir, epoch, spectra_dir=args.spectra_dir,
+                                 out_dir=args.out, sigma2=args.sigma2)
+        else:
+            parser.error("give --workdir (and --epoch), or --empirical and --augmented")
+    except FileNotFoundError as e:  # a spectrum not computed yet: no traceback
+        parser.error(f"{e.strerror}: {e.filename}")
     with open(result.paths["md"]) as f:
         print(f.read())
     print("wrote", ", ".join(result.paths.values()))

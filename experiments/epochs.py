@@ -25,16 +25,19 @@ from typing import Any, Sequence
 
 from experiments.compare import negative_stats
 from experiments.spectrum import (
-    CURVATURES,
-    SpectrumSettings,
-    add_settings_arguments,
     available_epochs,
     compute_spectrum,
     existing_spectrum,
     format_summary,
     load_training_set,
-    settings_from_args,
     spectrum_path,
+)
+from experiments.spectrum_settings import (
+    CURVATURES,
+    MODES,
+    SpectrumSettings,
+    add_settings_arguments,
+    settings_from_args,
 )
 from jaxspec import Spectrum
 
@@ -68,7 +71,8 @@ def epoch_spectra(workdir: str | os.PathLike, epochs: Sequence[int], settings: S
       >>> from jaxspec.io import save_spectrum
       >>> from experiments.epochs import epoch_spectra
       >>> from experiments.paper import trained_preset
-      >>> from experiments.spectrum import SpectrumSettings, spectrum_path
+      >>> from experiments.spectrum import spectrum_path
+      >>> from experiments.spectrum_settings import SpectrumSettings
       >>> workdir, out = trained_preset("smoke"), tempfile.mkdtemp()
       >>> save_spectrum(Spectrum([-1.0, 2.0], [0.5, 0.5]), spectrum_path(out, "empirical", 0))
       >>> settings = SpectrumSettings(num_steps=4, batch_size=32, num_images=32,
@@ -232,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="training run directory")
     parser.add_argument("--epochs", default=None,
                         help="comma-separated checkpoint epochs (default: all kept)")
-    parser.add_argument("--mode", choices=("empirical", "augmented"), default="empirical")
+    parser.add_argument("--mode", choices=MODES, default="empirical")
     parser.add_argument("--out", default=None, help="output directory (default WORKDIR/spectra)")
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
@@ -240,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not epochs:
         parser.error(f"{args.workdir} has no checkpoints")
     out = args.out or os.path.join(args.workdir, "spectra")
-    settings = settings_from_args(args, args.mode)
+    settings = settings_from_args(parser, args, args.mode)
     spectra = epoch_spectra(args.workdir, epochs, settings, out_dir=out, npz=args.npz)
     rows = epoch_rows(spectra)
     meta = spectra[epochs[-1]].meta

@@ -259,8 +259,8 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     from experiments.compare import compare_run
     from experiments.epochs import epoch_rows, epoch_spectra, write_summary
-    from experiments.spectrum import (SpectrumSettings, compute_spectrum, existing_spectrum,
-                                      spectrum_path)
+    from experiments.spectrum import compute_spectrum, existing_spectrum, spectrum_path
+    from experiments.spectrum_settings import SpectrumSettings
     from train import train_and_evaluate
 
     preset = PRESETS[name]

@@ -10,7 +10,8 @@ import pytest
 from checkpoints import recorded_saves
 
 from experiments import paper
-from experiments.spectrum import SpectrumSettings, compute_spectrum, main as spectrum_main
+from experiments.spectrum import compute_spectrum, main as spectrum_main
+from experiments.spectrum_settings import SpectrumSettings
 from jaxspec import Spectrum
 from jaxspec.io import load_spectrum, save_spectrum
 
@@ -121,18 +122,53 @@ def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path):
     assert not ckpt.exists()
 
 
-def test_a_run_that_failed_before_saving_blocks_nothing(smoke, tmp_path):
-    """A run that stops before its first Lanczos save (here: bad settings) leaves only its
-    settings in the state directory: the next run, with other settings, starts."""
+def test_a_run_that_failed_before_saving_blocks_nothing(smoke, tmp_path, monkeypatch):
+    """A run that stops before its first Lanczos save (here: its symmetry probe fails) leaves
+    only its settings in the state directory: the next run, with other settings, starts."""
+    import jaxspec
+
     def run(steps):
         settings = SpectrumSettings(mode="empirical", num_steps=steps, batch_size=32,
                                     num_images=32, noise_probes=0, progress=False)
         return compute_spectrum(smoke["workdir"], 2, settings, out_dir=str(tmp_path),
                                 plot=False)
 
-    with pytest.raises(ValueError, match="positive int"):
-        run(0)
+    def failing_probe(*args, **kwargs):
+        raise RuntimeError("probe failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(jaxspec, "assert_symmetric", failing_probe)
+        with pytest.raises(RuntimeError, match="probe failed"):
+            run(6)
+    state = tmp_path / ".lanczos_empirical_e0002"
+    assert sorted(os.listdir(state)) == ["settings.json"]
     assert run(4).spectrum.nodes.size == 4
+
+
+def test_spectrum_settings_are_checked_with_the_field_named(smoke, capsys):
+    for kwargs, words in [({"num_steps": 0}, "num_steps"), ({"batch_size": 0}, "batch_size"),
+                          ({"num_images": 0}, "num_images"), ({"noise_probes": -1}, "noise_probes"),
+                          ({"top_k": 1.5}, "top_k"), ({"checkpoint_every": True}, "checkpoint_every"),
+                          ({"num_per_image": 163}, "at most 162"), ({"blocks": ("(",)}, "regex")]:
+        with pytest.raises(ValueError, match=words):
+            SpectrumSettings(**kwargs)
+    # The command line: the usage and the message, no traceback, nothing written.
+    out = smoke["workdir"] + "/bad_settings"
+    for extra, words in [(["--steps", "0"], "num_steps"), (["--epoch", "1"], "available: [0, 2]"),
+                         (["--npz", out + ".npz"], "no such file"),
+                         (["--mode", "augmented", "--num-per-image", "500"], "at most 162")]:
+        with pytest.raises(SystemExit) as info:
+            spectrum_main(["--workdir", smoke["workdir"], "--out", out] + extra)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and words in err and "Traceback" not in err, err
+    assert not os.path.exists(out)
+    # A comparison of spectra not computed yet names the missing file.
+    from experiments.compare import main as compare_main
+
+    with pytest.raises(SystemExit) as info:
+        compare_main(["--workdir", smoke["workdir"], "--epoch", "0", "--spectra-dir", out])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "empirical_e0000.json" in err and "Traceback" not in err
 
 
 def test_epoch_sweep_loads_the_training_set_once(smoke, tmp_path, monkeypatch):

@@ -258,6 +258,7 @@ def test_config_values_are_checked_with_the_key_named(tmp_path, capsys):
         ("checkpoint_epochs=0,x", ["checkpoint_epochs", "int", "x"]),
         ("checkpoint_epochs=-1", ["checkpoint_epochs"]), ("train_per_class=0", ["train_per_class"]),
         ("prng_impl=nope", ["prng_impl", "threefry2x32"]), ("base_lr=fast", ["base_lr", "float"]),
+        ("dataset=cifar11", ["dataset", "cifar100", "pydoc", "cifar11"]),
     ]:
         with pytest.raises(ValueError) as info:
             apply_overrides(c, [bad])
@@ -272,11 +273,26 @@ def test_config_values_are_checked_with_the_key_named(tmp_path, capsys):
     assert apply_overrides(c, ["epochs=0"]).epochs == 0  # a run that only saves its initialisation
 
 
-def test_failed_first_start_writes_nothing(tmp_path):
+def test_failed_first_start_writes_nothing(tmp_path, capsys):
+    from train.__main__ import main
+    from train.loop import SetupError
+
     workdir = str(tmp_path / "w")
-    with pytest.raises(ValueError, match="nosuchmodel"):
+    with pytest.raises(SetupError, match="nosuchmodel"):
         train_and_evaluate(dataclasses.replace(TINY, model="nosuchmodel"), workdir)
     assert not os.path.exists(workdir) or os.listdir(workdir) == []
+    with pytest.raises(SetupError, match="unexpected keyword argument 'width'") as info:
+        train_and_evaluate(dataclasses.replace(TINY, model_kwargs={"width": 8}), workdir)
+    assert isinstance(info.value.__cause__, TypeError)
+    assert not os.path.exists(workdir) or os.listdir(workdir) == []
+    # The command line prints the message, not a traceback, and writes nothing either.
+    for setting, words in (("model=nosuchmodel", "unknown model 'nosuchmodel'"),
+                           ('model_kwargs={"width": 8}', "keyword argument 'width'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", "cpu_synthetic", "--workdir", workdir, "--set", setting])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and words in err and "Traceback" not in err, err
+        assert not os.path.exists(workdir) or os.listdir(workdir) == []
     with pytest.raises(ValueError, match="fewer than one batch"):
         train_and_evaluate(dataclasses.replace(TINY, batch_size=128), workdir)
     assert not os.path.exists(workdir) or os.listdir(workdir) == []

@@ -22,12 +22,14 @@ from train.schedules import epoch_lr_schedule
 from train.schedules import paper_lr
 
 _LAZY = {
+    "SetupError": "train.loop",
     "build_trainer": "train.steps",
     "load_checkpoint": "train.loop",
     "train_and_evaluate": "train.loop",
 }
 
 __all__ = [
+    "SetupError",
     "TrainConfig",
     "apply_overrides",
     "build_trainer",

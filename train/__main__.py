@@ -57,10 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workdir is None:
         parser.error("--workdir is required")
     from jaxspec.workdir import WorkdirLockedError
-    from train.loop import train_and_evaluate  # imports JAX: after argument errors and --help
+    # imports Flax and Orbax: after argument errors and --help
+    from train.loop import SetupError, train_and_evaluate
 
     try:
         records = train_and_evaluate(config, args.workdir)
+    except SetupError as e:  # a config or data the run cannot start from: no traceback
+        parser.error(str(e))
     except WorkdirLockedError as e:  # an expected refusal, not a bug: no traceback
         print(f"python -m train: error: {e}", file=sys.stderr)
         return 1

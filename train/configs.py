@@ -22,6 +22,8 @@ import math
 import typing
 from typing import Any, Callable, Sequence
 
+from jaxspec.data import NUM_CLASSES
+
 __all__ = ["TrainConfig", "apply_overrides", "config_names", "get_config"]
 
 
@@ -149,6 +151,7 @@ RUN_CONTROL_FIELDS = frozenset({"stop_after", "progress", "data_dir", "download"
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 TRACK_KINDS = ("hessian", "ggn")
 OPTIMIZERS = ("sgd", "adam")
+DATASETS = (*NUM_CLASSES, "synthetic", "pydoc")
 
 
 def _is_int(x: Any) -> bool:
@@ -196,6 +199,8 @@ def _validate(c: TrainConfig) -> None:
     for key in ("name", "model", "dataset"):
         if not isinstance(getattr(c, key), str):
             bad(key, "a string")
+    if c.dataset not in DATASETS:
+        bad("dataset", f"one of {list(DATASETS)}")
     if not isinstance(c.model_kwargs, dict):
         bad("model_kwargs", "a JSON object")
 

@@ -67,8 +67,8 @@ from train.steps import (
 )
 from train.tracking import build_tracker
 
-__all__ = ["data_digest", "load_checkpoint", "load_data", "read_config", "read_data_info",
-           "train_and_evaluate"]
+__all__ = ["SetupError", "data_digest", "load_checkpoint", "load_data", "read_config",
+           "read_data_info", "train_and_evaluate"]
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -258,6 +258,27 @@ def read_config(workdir: str | os.PathLike, /) -> TrainConfig:
         return TrainConfig.from_dict(json.load(f))
 
 
+class SetupError(ValueError):
+    """A run that cannot be set up from its config, its data or its work directory: an unknown
+    model or data set, arguments the model does not take, labels out of range, a data set smaller
+    than a batch, another run's config in the work directory. :func:`train_and_evaluate` raises
+    it before writing anything; ``python -m train`` prints its message without a traceback (the
+    original error is its ``__cause__``).
+
+    Example:
+      >>> import tempfile
+      >>> from train import TrainConfig, train_and_evaluate
+      >>> from train.loop import SetupError
+      >>> cfg = TrainConfig(model="mlp", model_kwargs={"width": 8}, dataset="synthetic",
+      ...                   synthetic_size=(64, 32), batch_size=32)
+      >>> try:
+      ...     train_and_evaluate(cfg, tempfile.mkdtemp())
+      ... except SetupError as e:
+      ...     print(type(e.__cause__).__name__, "-", e)
+      TypeError - MLP.__init__() got an unexpected keyword argument 'width'
+    """
+
+
 def train_and_evaluate(
     config: TrainConfig,
     workdir: str | os.PathLike,
@@ -285,10 +306,11 @@ def train_and_evaluate(
       records: :func:`train.metrics_io.read_curvature`.
 
     Raises:
-      ValueError: if ``workdir`` holds a run with a different config (run-control fields such
-        as ``stop_after`` may differ) or other data (``npz_path``, contents), if a label lies
-        outside ``[0, num_classes)``, or if the run cannot be built (unknown model, data set
-        smaller than a batch); nothing is written to ``workdir`` then.
+      SetupError: (a ``ValueError``) if ``workdir`` holds a run with a different config
+        (run-control fields such as ``stop_after`` may differ) or other data (``npz_path``,
+        contents), if a label lies outside ``[0, num_classes)``, or if the run cannot be built
+        (unknown model or data set, model arguments, data set smaller than a batch); nothing is
+        written to ``workdir`` then.
       jaxspec.workdir.WorkdirLockedError: if another live process trains in ``workdir``.
       FloatingPointError: if a loss becomes NaN or infinite (that epoch is not saved).
 
@@ -304,9 +326,9 @@ def train_and_evaluate(
         return _train(config, workdir, data=data, mesh=mesh)
 
 
-def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | None,
-           mesh: Mesh | None) -> list[dict[str, Any]]:
-    # Everything that can fail on a bad config or bad data runs before the first write.
+def _set_up(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | None,
+            mesh: Mesh | None) -> tuple:
+    # Everything that can fail on a bad config or bad data, before the first write.
     _check_config(workdir, config)
     loaded = data is None
     data = load_data(config) if loaded else data
@@ -314,17 +336,26 @@ def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | N
     check_labels(data.y_test, data.num_classes, name="y_test")
     info = _data_info(config, data, loaded=loaded)
     _check_data_info(workdir, info)
-    num_train = data.x_train.shape[0]
     trainer = build_trainer(
-        config, num_classes=data.num_classes, num_train=num_train, mean=data.mean, std=data.std,
-        mesh=mesh,
+        config, num_classes=data.num_classes, num_train=data.x_train.shape[0], mean=data.mean,
+        std=data.std, mesh=mesh,
     )
     every = config.track_curvature_every
     tracker = None if every is None else build_tracker(config, model=trainer.model, data=data)
+    return data, info, trainer, tracker
+
+
+def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | None,
+           mesh: Mesh | None) -> list[dict[str, Any]]:
+    try:
+        data, info, trainer, tracker = _set_up(config, workdir, data=data, mesh=mesh)
+    except (ValueError, TypeError) as e:  # TypeError: model arguments the model does not take
+        raise SetupError(str(e)) from e
     write_text(os.path.join(workdir, CONFIG_FILE), json.dumps(config.to_dict(), indent=2))
     write_text(os.path.join(workdir, DATA_FILE), json.dumps(info, indent=2))
     replicated = NamedSharding(trainer.mesh, P())
     eval_bs = trainer.eval_batch_size
+    num_train = data.x_train.shape[0]
     x_train = jax.device_put(data.x_train, replicated)
     y_train = jax.device_put(data.y_train.astype(np.int32), replicated)
     n_test = data.x_test.shape[0]
