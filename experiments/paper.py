@@ -261,7 +261,7 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
     from experiments.epochs import epoch_rows, epoch_spectra, write_summary
     from experiments.spectrum import compute_spectrum, existing_spectrum, spectrum_path
     from experiments.spectrum_settings import SpectrumSettings
-    from train import train_and_evaluate
+    from train import read_metrics, train_and_evaluate
 
     preset = PRESETS[name]
     config = _checked_config(preset, npz)
@@ -274,6 +274,10 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
         if verbose:
             print(f"[{name} {time.perf_counter() - t_all:6.1f}s] {msg}", flush=True)
 
+    reused = []  # the parts an earlier invocation made, which this one only reads
+    done = read_metrics(workdir)
+    if done and done[-1]["epoch"] >= config.epochs:
+        reused.append("training")
     t = time.perf_counter()
     log(f"training {config.model} {config.model_kwargs} on {config.dataset} for {config.epochs} "
         "epochs")
@@ -295,6 +299,8 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
             r = compute_spectrum(workdir, final, s)
             log(f"{mode}: lambda_max {r.spectrum.lambda_max:.4g}, lambda_min "
                 f"{r.spectrum.lambda_min:.4g}")
+        else:
+            reused.append(f"the {mode} spectrum")
         times[f"spectrum_{mode}"] = time.perf_counter() - t
     t = time.perf_counter()
     sweep = epoch_spectra(workdir, preset.sweep_epochs, settings["empirical"], verbose=False)
@@ -316,8 +322,10 @@ def run_preset(name: str, out_dir: str, /, *, npz: str | None = None,
                           PAPER[ref_key])
     import jax
 
+    timed = ("Wall time of the chain" if not reused else
+             f"Wall time of this invocation ({', '.join(reused)} reused from an earlier one)")
     preamble = (f"Preset `{name}`: {preset.description}. Data: {data_txt}. "
-                f"Wall time of the chain: {times['total']:.0f} s on {jax.default_backend()} "
+                f"{timed}: {times['total']:.0f} s on {jax.default_backend()} "
                 f"({os.cpu_count()} cores; train {times['train']:.0f} s, empirical "
                 f"{times['spectrum_empirical']:.0f} s, augmented {times['spectrum_augmented']:.0f}"
                 f" s, epoch sweep {times['epochs']:.0f} s). At this scale only the paper's "

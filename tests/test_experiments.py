@@ -97,6 +97,16 @@ def test_smoke_chain_writes_every_artefact(smoke):
         assert json.load(f)["entries"][0]["ours"]["claims"] == cmp["claims"]
 
 
+def test_a_rerun_reuses_the_chain_and_says_so(smoke, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(os.path.dirname(smoke["report"]), out)
+    paper.run_preset("smoke", str(out), verbose=False)
+    preamble = (out / "report.md").read_text()
+    assert ("this invocation (training, the empirical spectrum, the augmented spectrum reused "
+            "from an earlier one)") in preamble
+    assert "Wall time of the chain" in open(smoke["report"]).read()
+
+
 def test_resume_after_kill_gives_the_same_ritz_values(smoke, tmp_path):
     workdir = smoke["workdir"]
     reference = load_spectrum(smoke["spectra"]["empirical"])  # uninterrupted, same settings
