@@ -36,6 +36,8 @@ _ITERATIONS = 200  # bisection steps: the bracket shrinks below float64 resoluti
 
 
 def _measure(nodes, weights) -> tuple[np.ndarray, np.ndarray]:
+    """The law's atoms and normalised weights; atoms of weight 0 are not in its support (a
+    histogram's empty bins would otherwise move its edge)."""
     t = np.asarray(nodes, np.float64).ravel()
     w = np.asarray(weights, np.float64).ravel()
     if t.shape != w.shape or t.size == 0:
@@ -43,7 +45,8 @@ def _measure(nodes, weights) -> tuple[np.ndarray, np.ndarray]:
                          f"{t.shape} and {w.shape}")
     if np.any(w < 0) or not w.sum() > 0:
         raise ValueError("weights must be >= 0 with a positive sum")
-    return t, w / w.sum()
+    keep = w > 0
+    return t[keep], w[keep] / w.sum()
 
 
 def _check_side(side: str) -> None:

@@ -134,3 +134,18 @@ def test_baik_silverstein_reduces_to_bbp_and_gives_the_mp_edge_below_the_transit
     assert float(spiked_covariance_edge(0.5, gamma=4.0)) == pytest.approx(9.0)  # (1 + 2)^2
     with pytest.raises(ValueError, match="negative"):
         population_outlier(1.0, [-1.0, 1.0], [1.0, 1.0], gamma=1.0)
+
+
+def test_atoms_of_weight_zero_are_not_in_the_support():
+    """A histogram's empty top bins are no part of the law: the semicircle's quadrature with
+    atoms of weight 0 beyond its edge gives the same outliers as without them."""
+    t, w = semicircle_quadrature(1.0)
+    padded_t, padded_w = np.append(t, [2.5, 2.95]), np.append(w, [0.0, 0.0])
+    for theta in (0.5, 1.5, 2.0):   # below (the edge 2) and above the transition
+        assert float(outlier_equation(theta, padded_t, padded_w)) == \
+            pytest.approx(float(outlier_equation(theta, t, w)), rel=1e-12)
+    assert float(outlier_equation(1.5, padded_t, padded_w)) == pytest.approx(1.5 + 1 / 1.5,
+                                                                            rel=2e-3)
+    # Baik-Silverstein: an empty atom at 3 above the population's 1 (BBP: 2.5 + 1 * 1 / 1.5)
+    assert float(population_outlier(2.5, [1.0, 3.0], [1.0, 0.0], gamma=1.0)) == \
+        pytest.approx(float(spiked_covariance_edge(2.5, gamma=1.0, sigma2=1.0)))
