@@ -158,7 +158,7 @@ class SpectrumComparison:
 
 
 def compare_spectra(empirical: Any, reference: Any | None, /, *, q: float,
-                    sigma2: float | None = None, top_k: int = 3,
+                    sigma2: float | None = None, reference_q: float = 0.0, top_k: int = 3,
                     origin_tol: float = 1e-3) -> SpectrumComparison:
     """Compares an empirical spectrum with a reference one through Theorem 1.
 
@@ -168,7 +168,9 @@ def compare_spectra(empirical: Any, reference: Any | None, /, *, q: float,
       applied to the reference's (:func:`jaxspec.rmt.empirical_edge`); ``inferred_reference`` is
       the inverse applied to the empirical's (:func:`jaxspec.rmt.true_edge`), None with a note
       where the empirical edge is inside the noise bulk and so not identifiable. Both need
-      ``sigma2``.
+      ``sigma2``. A reference measured on ``M`` samples (``reference_q = P / M``) is noisy
+      too: the prediction undoes its noise first, and the inferred reference is the true edge
+      seen through that noise (see :func:`jaxspec.rmt.empirical_edge`).
     * ``num_nodes``, ``num_negative``, ``num_negative_separated``, ``negative_mass``,
       ``origin_weight``: as :meth:`jaxspec.Spectrum.negative` and
       :meth:`jaxspec.Spectrum.origin_cluster` (paper, section 5.3).
@@ -185,6 +187,8 @@ def compare_spectra(empirical: Any, reference: Any | None, /, *, q: float,
       q: ``P / N`` of the empirical Hessian.
       sigma2: per-sample Hessian element variance (:func:`jaxspec.rmt.noise_variance`); None
         skips the predictions.
+      reference_q: ``P / M`` where the reference is a mean over ``M`` samples (a True Hessian
+        on ``M`` fresh samples); 0: an exact reference.
       top_k: how many largest-weight Ritz values to list.
       origin_tol: the origin-cluster tolerance of :meth:`jaxspec.Spectrum.negative`.
 
@@ -202,11 +206,12 @@ def compare_spectra(empirical: Any, reference: Any | None, /, *, q: float,
     """
     # The Theorem 1 maps run in float64 whatever the global setting: a report shows exact values.
     with jax.enable_x64(True):
-        return _compare(empirical, reference, q=q, sigma2=sigma2, top_k=top_k,
-                        origin_tol=origin_tol)
+        return _compare(empirical, reference, q=q, sigma2=sigma2, reference_q=reference_q,
+                        top_k=top_k, origin_tol=origin_tol)
 
 
-def _compare(empirical, reference, *, q, sigma2, top_k, origin_tol) -> SpectrumComparison:
+def _compare(empirical, reference, *, q, sigma2, reference_q, top_k,
+             origin_tol) -> SpectrumComparison:
     emp = _as_spectrum(empirical)
     ref = None if reference is None else _as_spectrum(reference)
     have_pred = sigma2 is not None
@@ -225,10 +230,12 @@ def _compare(empirical, reference, *, q, sigma2, top_k, origin_tol) -> SpectrumC
         note = ""
         if have_pred:
             if r is not None:
-                pred = _num(rmt.empirical_edge(np.float64(r), q=q, sigma2=sigma2, side=side))
+                pred = _num(rmt.empirical_edge(np.float64(r), q=q, sigma2=sigma2, side=side,
+                                               reference_q=reference_q))
             te = rmt.true_edge(np.float64(e), q=q, sigma2=sigma2, side=side)
             if bool(te.identifiable):
-                inferred = _num(te.value)
+                inferred = _num(te.value if not reference_q else rmt.empirical_edge(
+                    te.value, q=reference_q, sigma2=sigma2, side=side))
             else:
                 inside, claim = (("<= 2s", "lambda_1 <= s") if side == "top"
                                  else (">= -2s", "lambda_P >= -s"))
@@ -261,6 +268,9 @@ def _compare(empirical, reference, *, q, sigma2, top_k, origin_tol) -> SpectrumC
             add(f"top{i + 1}_{part}", ev, rv)
 
     params: list[dict[str, Any]] = [{"quantity": "q", "value": float(q), "note": "P / N"}]
+    if reference_q:
+        params.append({"quantity": "reference_q", "value": float(reference_q),
+                       "note": "P / M: the reference's own noise"})
     if have_pred:
         s = math.sqrt(q * sigma2)
         params += [
@@ -272,7 +282,8 @@ def _compare(empirical, reference, *, q, sigma2, top_k, origin_tol) -> SpectrumC
     if ref is not None:
         for side, attr in (("top", "lambda_max"), ("bottom", "lambda_min")):
             v = _num(rmt.implied_sigma2(np.float64(getattr(ref, attr)),
-                                        np.float64(getattr(emp, attr)), q=q, side=side))
+                                        np.float64(getattr(emp, attr)), q=q, side=side,
+                                        reference_q=reference_q))
             params.append({"quantity": f"implied_sigma2_{side}", "value": v,
                            "note": ("sigma2 making Theorem 1 map reference to empirical"
                                     if v is not None else

@@ -301,18 +301,29 @@ def _spiked_eigenvalues(l, s2):
 # ---- Theorem 1 --------------------------------------------------------------------------------
 
 def empirical_edge(true_eig: jax.typing.ArrayLike, /, *, q: float, sigma2: float,
-                   side: Side = "top") -> jax.Array:
+                   side: Side = "top", reference_q: float = 0.0) -> jax.Array:
     """Theorem 1: the empirical extremal eigenvalue predicted from the true one.
 
     With ``s^2 = q sigma^2``: ``lambda'_1 = lambda_1 + q sigma^2 / lambda_1`` if
     ``lambda_1 > sqrt(q) sigma`` else ``2 sqrt(q) sigma``; ``lambda'_P`` mirrored
     (:func:`spiked_edge` with ``s2 = q * sigma2``).
 
+    A reference that is itself a mean over ``M`` samples (a True Hessian measured on ``M``
+    fresh samples, an augmented Hessian) carries the same kind of noise, at
+    ``reference_q = P / M``: its edge is first mapped back to the true one (:func:`true_edge`
+    with ``q = reference_q``), then forward with ``q``. Otherwise the predicted shift is
+    ``q / (q - reference_q)`` times the expected one (1.5x at ``reference_q = q / 3``). A
+    reference inside its own noise bulk only bounds the true edge by ``sqrt(reference_q)
+    sigma``; that maps to the bulk edge ``2 sqrt(q) sigma`` when ``reference_q <= q``, and to
+    NaN (unknown) when ``reference_q > q``.
+
     Args:
-      true_eig: the True Hessian's extremal eigenvalue(s) on ``side`` (vectorised).
+      true_eig: the True Hessian's extremal eigenvalue(s) on ``side`` (vectorised), or the
+        reference's where ``reference_q > 0``.
       q: ``P / N``, parameters over samples.
       sigma2: the per-sample variance of a Hessian element (:func:`noise_variance`).
       side: ``"top"`` for ``lambda_1``, ``"bottom"`` for ``lambda_P``.
+      reference_q: ``P / M`` of a reference measured on ``M`` samples; 0: the true edge.
 
     Returns:
       The predicted empirical extremal eigenvalue(s).
@@ -323,10 +334,19 @@ def empirical_edge(true_eig: jax.typing.ArrayLike, /, *, q: float, sigma2: float
       2.5
       >>> float(empirical_edge(-0.01, q=4.0, sigma2=0.25, side="bottom"))
       -2.0
+      >>> # a reference on M = 4 N samples reads 2 + 0.125: the true edge 2, then q = 4
+      >>> float(empirical_edge(2.125, q=4.0, sigma2=0.25, reference_q=1.0))
+      2.5
     """
     _check_nonneg("q", q)
     _check_nonneg("sigma2", sigma2)
-    return spiked_edge(true_eig, s2=q * sigma2, side=side)
+    _check_nonneg("reference_q", reference_q)
+    if not reference_q:
+        return spiked_edge(true_eig, s2=q * sigma2, side=side)
+    reference = true_edge(true_eig, q=reference_q, sigma2=sigma2, side=side)
+    true = jnp.where(reference.identifiable, reference.value,
+                     reference.bound if reference_q <= q else jnp.nan)
+    return spiked_edge(true, s2=q * sigma2, side=side)
 
 
 def true_edge(emp_eig: jax.typing.ArrayLike, /, *, q: float, sigma2: float,
@@ -378,7 +398,7 @@ def _true_edge(lp, s2, *, top):
 
 
 def implied_sigma2(true_eig: jax.typing.ArrayLike, emp_eig: jax.typing.ArrayLike, /, *,
-                   q: float, side: Side = "top") -> jax.Array:
+                   q: float, side: Side = "top", reference_q: float = 0.0) -> jax.Array:
     """The ``sigma^2`` for which Theorem 1 maps a measured true edge onto a measured empirical one.
 
     Top (bottom mirrored by negating both): with ``l = lambda_1``, ``l' = lambda'_1``,
@@ -390,11 +410,19 @@ def implied_sigma2(true_eig: jax.typing.ArrayLike, emp_eig: jax.typing.ArrayLike
     (``l >> s``) the shift ``l' - l = s^2 / l`` is a small difference of measured numbers: the
     relative error of the result is about ``(l / s)^2`` times that of ``l'``.
 
+    With a reference measured on ``M`` samples (``reference_q = P / M < q``, see
+    :func:`empirical_edge`), both edges are Theorem 1 images of one true edge ``t``:
+    ``l = t + reference_q a``, ``l' = t + q a`` with ``a = sigma^2 / t``, so
+    ``a = (l' - l) / (q - reference_q)``, ``t = l - reference_q a`` and ``sigma^2 = a t`` on the
+    outlier branch (``l <= l' < 2 q l / (q + reference_q)``), ``l'^2 / (4 q)`` beyond it (the
+    branches meet there); NaN where ``reference_q >= q``.
+
     Args:
       true_eig: the true (or reference) extremal eigenvalue(s) on ``side``.
       emp_eig: the empirical extremal eigenvalue(s) on ``side``.
       q: ``P / N`` (> 0).
       side: ``"top"`` or ``"bottom"``.
+      reference_q: ``P / M`` of a reference measured on ``M`` samples; 0: the true edge.
 
     Returns:
       The implied per-sample element variance ``sigma^2`` (broadcast shape).
@@ -405,21 +433,25 @@ def implied_sigma2(true_eig: jax.typing.ArrayLike, emp_eig: jax.typing.ArrayLike
       0.25
       >>> float(implied_sigma2(-0.01, -2.0, q=4.0, side="bottom"))   # bulk edge: s = 1
       0.25
+      >>> float(implied_sigma2(2.125, 2.5, q=4.0, reference_q=1.0))  # empirical_edge's example
+      0.25
     """
     _check_side(side)
     _check_nonneg("q", q, strict=True, nan_ok=True)  # NaN: P / N unknown, so is the answer
+    _check_nonneg("reference_q", reference_q)
     l, lp = jnp.broadcast_arrays(_float(true_eig), _float(emp_eig))
-    return _implied_sigma2(l, lp, q, top=side == "top")
+    return _implied_sigma2(l, lp, q, reference_q, top=side == "top")
 
 
 @functools.partial(jax.jit, static_argnames="top")
-def _implied_sigma2(l, lp, q, *, top):
+def _implied_sigma2(l, lp, q, q_ref, *, top):
     if not top:
         l, lp = -l, -lp
-    outlier = (l > 0) & (lp >= l) & (lp < 2.0 * l)
-    edge = (lp > 0) & (lp >= 2.0 * l)
-    s2 = jnp.where(outlier, l * (lp - l), jnp.where(edge, lp * lp / 4.0, jnp.nan))
-    return s2 / q
+    a = (lp - l) / (q - q_ref)  # sigma^2 / t, t the true edge; q_ref = 0: (lp - l) / q
+    t = l - q_ref * a
+    outlier = (l > 0) & (lp >= l) & (lp * (q + q_ref) < 2.0 * q * l) & (q > q_ref)
+    edge = (lp > 0) & (lp * (q + q_ref) >= 2.0 * q * l) & (q > q_ref)
+    return jnp.where(outlier, a * t, jnp.where(edge, lp * lp / (4.0 * q), jnp.nan))
 
 
 # ---- Marchenko-Pastur -------------------------------------------------------------------------

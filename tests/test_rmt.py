@@ -159,6 +159,49 @@ def test_implied_sigma2_round_trip(q, sigma2, t, top):
     assert float(rmt.implied_sigma2(l, lp, q=q, side=side)) == pytest.approx(sigma2, rel=1e-7)
 
 
+@given(q=st.floats(1e-2, 1e2), sigma2=scales, t=st.floats(-5.0, 1e4),
+       fraction=st.floats(0.0, 0.99), top=st.booleans())
+def test_theorem1_through_a_noisy_reference(q, sigma2, t, fraction, top):
+    """A reference on M samples and an empirical matrix on N are both Theorem 1 images of one
+    true edge: the map between them, and the sigma^2 it implies, hold on every branch."""
+    side, q_ref = ("top" if top else "bottom"), fraction * q
+    s = math.sqrt(q * sigma2)
+    true = t * s if top else -t * s
+    ref = rmt.empirical_edge(true, q=q_ref, sigma2=sigma2, side=side)
+    emp = float(rmt.empirical_edge(true, q=q, sigma2=sigma2, side=side))
+    assert float(rmt.empirical_edge(ref, q=q, sigma2=sigma2, side=side, reference_q=q_ref)) \
+        == pytest.approx(emp, rel=1e-7)
+    assert float(rmt.implied_sigma2(ref, emp, q=q, side=side, reference_q=q_ref)) \
+        == pytest.approx(sigma2, rel=1e-6)
+    # a reference noisier than the empirical matrix: no true edge below its own bulk edge
+    assert math.isnan(float(rmt.implied_sigma2(ref, emp, q=q, side=side, reference_q=2 * q)))
+
+
+def test_a_noisy_reference_against_spiked_goe_draws():
+    """Spiked GOEs with the reference's own noise at P / M: the expected shift of the edge from
+    the M-sample matrix to the N-sample one is predicted with reference_q, and over-predicted by
+    q / (q - P/M) without it (dense eigenvalues; the first-order term u^T W u set to 0)."""
+    rng = np.random.default_rng(0)
+    p, q_ref, sigma2 = 600, 0.1, 1.0
+
+    def top_eigenvalue(spike, q):
+        g = rng.standard_normal((p, p))
+        w = (g + g.T) * math.sqrt(q * sigma2 / (2 * p))
+        w[0, 0] = spike
+        return np.linalg.eigvalsh(w)[-1]
+
+    for q in (0.3, 1.0):
+        spike = 3 * math.sqrt(q * sigma2)
+        ref, emp = (np.array([top_eigenvalue(spike, qq) for _ in range(4)]) for qq in (q_ref, q))
+        measured = np.mean(emp - ref)
+        with_ref = np.mean([float(rmt.empirical_edge(r, q=q, sigma2=sigma2, reference_q=q_ref))
+                            for r in ref]) - ref.mean()
+        without = np.mean([float(rmt.empirical_edge(r, q=q, sigma2=sigma2)) for r in ref]) \
+            - ref.mean()
+        assert with_ref / measured == pytest.approx(1.0, abs=0.06), (q, with_ref, measured)
+        assert without / measured == pytest.approx(q / (q - q_ref), rel=0.1)
+
+
 def test_theorem1_values_vectorised_and_paper_example():
     # Paper's CIFAR-100 Normal: lambda_P(aug) = -0.014, lambda'_P = -6.54, bottom side.
     r = rmt.true_edge(jnp.array([-6.54, -1.0]), q=1.0, sigma2=1.0, side="bottom")
@@ -370,6 +413,19 @@ def test_compare_spectra_predictions_and_exports():
     assert all(ln.startswith("| ") and ln.endswith(" |") for ln in table)
     assert len({ln.count(" | ") for ln in table}) == 1
     assert table[2].split(" | ")[0] == "| lambda_max"
+
+    # A reference on M = 4 N samples: its top edge 3 + (1/4) / 3 is the true edge 3 seen through
+    # its own noise; the prediction and the inferred reference both account for it.
+    noisy = Spectrum([-0.01, 0.0, 3.0 + 0.25 / 3.0], [0.1, 0.85, 0.05])
+    c = compare_spectra(emp, noisy, q=q, sigma2=sigma2, reference_q=q / 4)
+    top = c.row("lambda_max")
+    assert top["predicted_empirical"] == pytest.approx(3.0 + 1.0 / 3.0)
+    inferred = (3.5 + math.sqrt(3.5**2 - 4)) / 2
+    assert top["inferred_reference"] == pytest.approx(inferred + 0.25 / inferred)
+    implied = c.row("implied_sigma2_top")["value"]   # maps the noisy reference's 3 + 1/12 to 3.5
+    assert float(rmt.empirical_edge(3.0 + 0.25 / 3.0, q=q, sigma2=implied,
+                                    reference_q=q / 4)) == pytest.approx(3.5)
+    assert c.row("reference_q")["value"] == 1.0
 
 
 def test_compare_spectra_not_identifiable_duck_typed_and_partial():
