@@ -122,6 +122,30 @@ def test_cli_overrides_reach_the_config(tmp_path, monkeypatch):
     assert seen["cfg"] == apply_overrides(preset("smoke"), ["qs=0.5,2", "noise_spectrum_qs=[]"])
     assert seen["cfg"].qs == (0.5, 2.0) and seen["cfg"].noise_spectrum_qs == ()
     assert seen["quiet"] is True
+    # flags take their values as --set does: a bool false is false, one value is a list of one
+    assert main(["--preset", "smoke", "--workdir", str(tmp_path), "--ggn", "false",
+                 "--qs", "1"]) == 0
+    assert seen["cfg"].ggn is False and seen["cfg"].qs == (1.0,)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--seeds", "0"], "'seeds' must be an int >= 1"),
+    (["--qs", "-1"], "'qs' must be a non-empty tuple of finite floats > 0"),
+    (["--ggn", "maybe"], "'ggn' needs true/false"),
+    (["--train-steps", "0"], "'train_steps' must be an int >= 1"),
+    (["--noise-probes", "0"], "'noise_probes' must be an int >= 1"),
+    (["--hvp-batch-size", "6000"], "two batches of hvp_batch_size"),   # smoke: P = 555
+    (["--true-ratio", "2"], "to exceed the largest N"),   # M = 1500, N = 1850 at q = 0.3
+])
+def test_cli_refuses_bad_values_before_writing(tmp_path, capsys, argv, words):
+    """A value the study cannot run with fails at once, with its key named and no traceback,
+    and writes nothing (these crashed after training, or ran with --ggn false as true)."""
+    workdir = tmp_path / "w"
+    with pytest.raises(SystemExit) as info:
+        main(["--preset", "smoke", "--workdir", str(workdir)] + argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and words in err and "Traceback" not in err, err
+    assert not workdir.exists()
 
 
 def test_a_point_killed_mid_lanczos_resumes_and_reports_its_training_loss(tmp_path, monkeypatch):

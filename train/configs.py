@@ -221,6 +221,8 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if isinstance(value, (int, float)):  # one value: a list of one (qs=1)
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key {key!r} needs a list (e.g. 0,5,10), got {value!r}")
         inner = typing.get_args(base)[0]

@@ -9,6 +9,7 @@ script) applies ``key=value`` strings (``--set`` on the command line).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from train.configs import apply_overrides
@@ -92,6 +93,43 @@ class StudyConfig:
     seeds: int = 1
     driver: str = "auto"
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def num_params(self) -> int:
+        """``P``, the student's parameter count.
+
+        Example:
+          >>> from experiments.true_hessian.config import StudyConfig
+          >>> StudyConfig().num_params   # 16-48-24-4 with biases
+          2092
+        """
+        widths = [self.input_dim, *self.student_widths, self.num_classes]
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+    def num_samples(self, q: float, /) -> int:
+        """``N = round(P / q)`` (at least 2), the training and held-out sets' size at ``q``.
+
+        Example:
+          >>> from experiments.true_hessian.config import StudyConfig
+          >>> StudyConfig().num_samples(0.1), StudyConfig().num_samples(10.0)
+          (20920, 209)
+        """
+        return max(2, int(round(self.num_params / q)))
+
+    @property
+    def true_samples(self) -> int:
+        """``M``: ``true_ratio * P`` rounded up to whole batches of ``hvp_batch_size``.
+
+        Example:
+          >>> from experiments.true_hessian.config import StudyConfig
+          >>> StudyConfig().true_samples   # 20 x 2092 -> 21 batches of 2000
+          42000
+        """
+        b = self.hvp_batch_size
+        return int(math.ceil(self.true_ratio * self.num_params / b)) * b
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists).
 
@@ -117,6 +155,55 @@ class StudyConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _validate(c: StudyConfig) -> None:
+    # Checked when a config is made (a preset, flags, --set, config.json), so a bad value fails
+    # before a work directory is touched, with the field named.
+    def bad(key: str, rule: str) -> None:
+        raise ValueError(f"config key {key!r} must be {rule}, got {getattr(c, key)!r}")
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def is_float(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    for key, low in (("seed", None), ("input_dim", 1), ("num_classes", 2), ("train_steps", 1),
+                     ("train_batch_size", 1), ("lanczos_steps", 1), ("true_lanczos_steps", 1),
+                     ("num_vectors", 1), ("noise_probes", 1), ("noise_lanczos_steps", 1),
+                     ("per_sample_count", 0), ("hvp_batch_size", 1), ("coupling_samples", 0),
+                     ("seeds", 1)):
+        value = getattr(c, key)
+        if not is_int(value) or (low is not None and value < low):
+            bad(key, "an int" + ("" if low is None else f" >= {low}"))
+    for key in ("teacher_widths", "student_widths"):
+        value = getattr(c, key)
+        if not (isinstance(value, tuple) and all(is_int(w) and w >= 1 for w in value)):
+            bad(key, "a tuple of ints >= 1")
+    for key, strict in (("teacher_scale", False), ("learning_rate", False),
+                        ("train_input_noise", False), ("true_ratio", True)):
+        value = getattr(c, key)
+        if not is_float(value) or value < 0 or (strict and value == 0):
+            bad(key, f"a finite float {'>' if strict else '>='} 0")
+    for key, empty_ok in (("qs", False), ("noise_spectrum_qs", True)):
+        value = getattr(c, key)
+        if not (isinstance(value, tuple) and (value or empty_ok)
+                and all(is_float(q) and q > 0 for q in value)):
+            bad(key, ("a" if empty_ok else "a non-empty") + " tuple of finite floats > 0")
+    if not isinstance(c.ggn, bool):
+        bad("ggn", "true or false")
+    if c.driver not in ("auto", "host", "compiled"):
+        bad("driver", "'auto', 'host' or 'compiled'")
+    # The True Hessian's M fresh samples: several noise batches (the sigma^2 estimate compares
+    # them), and more samples than any empirical set (its own noise is undone, theory.py).
+    m, n = c.true_samples, max(c.num_samples(q) for q in c.qs)
+    if m < 2 * c.hvp_batch_size:
+        bad("true_ratio", f"large enough for two batches of hvp_batch_size ({c.hvp_batch_size}) "
+                          f"in M = true_ratio * P (P = {c.num_params}; M = {m})")
+    if m <= n:
+        bad("true_ratio", f"large enough for M = true_ratio * P (P = {c.num_params}; M = {m}) "
+                          f"to exceed the largest N ({n}, at q = {min(c.qs):g})")
 
 
 def default() -> StudyConfig:

@@ -31,7 +31,7 @@ from experiments.true_hessian import measure, report, theory
 from experiments.true_hessian.config import (StudyConfig, apply_overrides, config_names,
                                              get_config)
 
-__all__ = ["main", "make_pools", "run_point", "run_study"]
+__all__ = ["config_mismatch", "main", "make_pools", "run_point", "run_study"]
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -39,13 +39,9 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def _n_for(p: int, q: float) -> int:
-    return max(2, int(round(p / q)))
-
-
 def _noise_spectrum_here(q: float, p: int, cfg: StudyConfig) -> bool:
     """Whether the grid point nearest (in log q) to one of ``noise_spectrum_qs`` is ``q``."""
-    grid = [p / _n_for(p, qq) for qq in cfg.qs]
+    grid = [p / cfg.num_samples(qq) for qq in cfg.qs]
     return any(math.isclose(min(grid, key=lambda g: abs(math.log(g / t))), q, rel_tol=1e-9)
                for t in cfg.noise_spectrum_qs)
 
@@ -198,7 +194,7 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     coup = {side: measure.noise_couplings(net, params, x_f[-c:], y_f[-c:], u,
                                           pairs["true"][side]["vectors"])
             for side, u in (("top", u_top), ("bottom", u_bottom))}
-    preds = theory.hessian_predictions(pairs["true"], coup, n)
+    preds = theory.hessian_predictions(pairs["true"], coup, n, m=m_true)
     times["couplings"] = time.perf_counter() - t
 
     # 4. Empirical (training set) and held-out empirical spectra, same probe key
@@ -214,14 +210,14 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
                       mv=jax.tree_util.Partial(measure.difference, ops[name],
                                                ops[f"ggn_{name}"]),
                       fingerprint=ops[name].fingerprint() + "-ggn")
-        preds.update(theory.ggn_predictions(spectra["ggn_true"], n, cfg.num_classes))
+        preds.update(theory.ggn_predictions(spectra["ggn_true"], n, cfg.num_classes, m=m_true))
         t = time.perf_counter()
         gtop = pairs["ggn_true"]["top"]
         coup["ggn_top"] = measure.noise_couplings(net, params, x_f[-c:], y_f[-c:],
                                                   gtop["vectors"][-1], gtop["vectors"],
                                                   kind="ggn")
         preds.update({f"ggn_{k}": v for k, v in theory.hessian_predictions(
-            pairs["ggn_true"], {"top": coup["ggn_top"]}, n, sides=("top",)).items()})
+            pairs["ggn_true"], {"top": coup["ggn_top"]}, n, m=m_true, sides=("top",)).items()})
         times["couplings_ggn"] = time.perf_counter() - t
 
     # 5. the noise matrices themselves, at selected q
@@ -256,8 +252,9 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
 
     # 7. theory vs measurement
     emp, tru, ho = spectra["empirical"], spectra["true"], spectra["heldout"]
-    comparisons = {"train": compare_spectra(emp, tru, q=q, sigma2=sigma2),
-                   "heldout": compare_spectra(ho, tru, q=q, sigma2=sigma2)}
+    # the True Hessian is a mean over M samples: its noise at P / M is undone (theory.py)
+    comparisons = {name: compare_spectra(sp, tru, q=q, sigma2=sigma2, reference_q=p / m_true)
+                   for name, sp in (("train", emp), ("heldout", ho))}
     for name, comp in comparisons.items():
         report.write_comparison(comp, os.path.join(outdir, f"comparison_{name}"))
     t = time.perf_counter()
@@ -266,9 +263,11 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     times["plot"] = time.perf_counter() - t
     rows = {k: comparisons["train"].row(k) for k in ("lambda_max", "lambda_min")}
     # Theorem 1 with the noise variance seen along the true extremal eigenvectors
-    pred_dir_max = float(rmt.empirical_edge(np.float32(tru.lambda_max), q=q, sigma2=sigma2_top))
+    pred_dir_max = float(rmt.empirical_edge(np.float32(tru.lambda_max), q=q, sigma2=sigma2_top,
+                                            reference_q=p / m_true))
     pred_dir_min = float(rmt.empirical_edge(np.float32(tru.lambda_min), q=q,
-                                            sigma2=sigma2_bottom, side="bottom"))
+                                            sigma2=sigma2_bottom, side="bottom",
+                                            reference_q=p / m_true))
     result = {
         "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true,
         "train_loss": train_loss, "train_acc": train_acc,
@@ -366,21 +365,13 @@ def run_study(config: StudyConfig, workdir: str | os.PathLike, /, *, progress: b
 def _sweep(config: StudyConfig, workdir: str, /, *, progress: bool, quiet: bool) -> dict:
     t0 = time.perf_counter()
     cfg_path = os.path.join(workdir, "config.json")
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = StudyConfig.from_dict(json.load(f))
-        if old != config:
-            diff = {k: (v, config.to_dict()[k]) for k, v in old.to_dict().items()
-                    if v != config.to_dict()[k]}
-            raise ValueError(f"{workdir} holds a study with another config (saved vs now: "
-                             f"{diff}); use another --workdir or delete it")
-    else:
+    mismatch = config_mismatch(config, workdir)
+    if mismatch:
+        raise ValueError(mismatch)
+    if not os.path.exists(cfg_path):
         report.write_json(cfg_path, config.to_dict())
-    p = sum(a * b + b for a, b in zip([config.input_dim, *config.student_widths],
-                                      [*config.student_widths, config.num_classes]))
-    ns = sorted({_n_for(p, q) for q in config.qs}, reverse=True)
-    b = config.hvp_batch_size
-    m_true = int(math.ceil(config.true_ratio * p / b)) * b
+    p, m_true = config.num_params, config.true_samples
+    ns = sorted({config.num_samples(q) for q in config.qs}, reverse=True)
     _log(f"True-Hessian study: P = {p}, M = {m_true} fresh samples (P/M = {p / m_true:.3g}), "
          f"N in {ns}, backend {jax.default_backend()}, driver "
          f"{jaxspec.resolve_driver(config.driver)}", quiet)
@@ -414,6 +405,31 @@ def _sweep(config: StudyConfig, workdir: str, /, *, progress: bool, quiet: bool)
             **bayes, "wall_time": wall}
 
 
+def config_mismatch(config: StudyConfig, workdir: str | os.PathLike, /) -> str | None:
+    """Why ``workdir`` cannot hold a study of ``config`` (its ``config.json`` is another's), or
+    None.
+
+    Example:
+      >>> import tempfile
+      >>> from experiments.true_hessian import preset
+      >>> from experiments.true_hessian.main import config_mismatch
+      >>> config_mismatch(preset("smoke"), tempfile.mkdtemp()) is None   # nothing there yet
+      True
+    """
+    path = os.path.join(os.fspath(workdir), "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    saved = {**StudyConfig().to_dict(), **saved}  # a field added since: its default then
+    now = config.to_dict()
+    diff = {k: (v, now.get(k)) for k, v in saved.items() if v != now.get(k)}
+    if not diff:
+        return None
+    return (f"{workdir} holds a study with another config (saved vs now: {diff}); use another "
+            "--workdir or delete it")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m experiments.true_hessian",
@@ -428,13 +444,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--quiet", action="store_true", help="no per-stage prints")
     defaults = StudyConfig()
     for f in dataclasses.fields(StudyConfig):
+        # every flag goes through apply_overrides, the one parser of config values (a bool
+        # takes true/false, a list its values)
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, tuple):
-            kind = float if f.name.endswith("qs") else int
-            ap.add_argument(flag, type=kind, nargs="*", default=None, help=f"(list) {f.name}")
-        else:
-            ap.add_argument(flag, type=type(default), default=None, help=f.name)
+        listed = isinstance(getattr(defaults, f.name), tuple)
+        ap.add_argument(flag, nargs="*" if listed else None, default=None, metavar="VALUE",
+                        help=f"{'(list) ' if listed else ''}{f.name}")
     return ap
 
 
@@ -452,11 +467,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       ...
       SystemExit: 0
     """
-    args = _parser().parse_args(argv)
-    overrides = {f.name: (tuple(getattr(args, f.name)) if isinstance(getattr(args, f.name), list)
-                          else getattr(args, f.name))
-                 for f in dataclasses.fields(StudyConfig) if getattr(args, f.name) is not None}
-    config = apply_overrides(dataclasses.replace(get_config(args.preset), **overrides),
-                             args.overrides)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    flags = [f"{f.name}={','.join(v) if isinstance(v, list) else v}"
+             for f in dataclasses.fields(StudyConfig) if (v := getattr(args, f.name)) is not None]
+    try:  # a bad value, or a work directory of another study: the message, no traceback
+        config = apply_overrides(get_config(args.preset), flags + args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
+    mismatch = config_mismatch(config, args.workdir)
+    if mismatch:
+        parser.error(mismatch)
     run_study(config, args.workdir, progress=not args.no_progress, quiet=args.quiet)
     return 0

@@ -246,8 +246,10 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
     prediction's shift over the measured held-out shift
     (:func:`experiments.true_hessian.theory.shift_error`); ``ritz_rel_residual_*`` the largest
     relative residual of the extremal Ritz values of the point's true, empirical and held-out
-    Hessians; ``fluct_*`` the standard deviation ``sqrt(Var(u^T X u) / N)`` of the first-order
-    term ``u^T E u`` (a single draw's scatter about any prediction of the mean).
+    Hessians; ``fluct_*`` the standard deviation ``sqrt(Var(u^T X u) (1/N + 1/M))`` of the
+    first-order terms ``u^T E u`` of the held-out and true matrices (one measured shift's
+    scatter about any prediction of the mean). Every prediction undoes the true matrices' own
+    noise at ``1/M`` (:mod:`experiments.true_hessian.theory`).
 
     Example:
       >>> from experiments.true_hessian.report import summary_rows

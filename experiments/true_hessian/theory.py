@@ -14,10 +14,18 @@ spectrum) through :mod:`jaxspec.outliers`; nothing reads the empirical matrices 
   rank ``K - 1``) whose population matrix is the True GGN: Baik-Silverstein with
   ``gamma = P / (N (K - 1))`` and the True GGN's spectrum as the population law, and the
   isotropic BBP formula with ``sigma^2 = tr(GGN) / P`` (its mean eigenvalue).
+
+The "True" matrices are themselves means over ``M`` fresh samples, so their edges carry the
+same kind of shift at ``1/M``, and what is measured is ``lambda(H_N) - lambda(H_M)``. Each
+predictor therefore runs with ``1/N - 1/M`` in place of ``1/N`` (``q`` and ``gamma`` scaled
+alike; Theorem 1 undoes the reference's shift exactly, :func:`jaxspec.rmt.empirical_edge`'s
+``reference_q``): predicting the full ``1/N`` shift from ``lambda(H_M)`` would over-predict the
+measured one by ``M / (M - N)``, 2x at ``q = 2 P / M``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,12 +37,13 @@ __all__ = ["ggn_predictions", "hessian_predictions", "shift_error"]
 
 
 def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, dict[str, Any]],
-                        n: int, /, *, sides: tuple[str, ...] = ("top", "bottom")
-                        ) -> dict[str, float]:
+                        n: int, /, *, m: float = math.inf,
+                        sides: tuple[str, ...] = ("top", "bottom")) -> dict[str, float]:
     """Second-order predictions of the held-out extremal eigenvalues (plain ``pert_*`` and
     self-consistent ``bw_*``) from the True Hessian's Ritz pairs and the noise couplings, and
-    ``fluct_*``: the standard deviation ``sqrt(c_uu / N)`` of the first-order term ``u^T E u``
-    (mean 0), the scatter of one draw about the predicted mean.
+    ``fluct_*``: the standard deviation ``sqrt(c_uu (1/N + 1/M))`` of the first-order terms
+    ``u^T E u`` of the two matrices (mean 0), the scatter of one measured shift about the
+    predicted mean.
 
     Args:
       pairs: ``{"top", "bottom"}`` Ritz pairs (``values`` ascending) of the True Hessian, from
@@ -42,6 +51,7 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
       couplings: ``{"top", "bottom"}`` from
         :func:`experiments.true_hessian.measure.noise_couplings` over those pairs' vectors.
       n: ``N``, the held-out sample count.
+      m: ``M``, the True Hessian's sample count (> ``N``; the shift runs with ``1/N - 1/M``).
       sides: the sides to predict (``couplings`` needs only those); the same predictor serves
         the GGN's top eigenvalue, with its pairs and ``kind="ggn"`` couplings.
 
@@ -54,7 +64,10 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
       >>> d = hessian_predictions(pairs, coup, 1)   # top: 2 + 4 / 2; z = 2 + 4 / z
       >>> d["pert_lambda_max"], round(d["bw_lambda_max"], 4), d["pert_lambda_min"]
       (4.0, 3.2361, -2.0)
+      >>> hessian_predictions(pairs, coup, 1, m=2)["pert_lambda_max"]   # 1/1 - 1/2 of the shift
+      3.0
     """
+    n_eff = _effective_samples(n, m)
     out = {}
     for side, idx, key in (("top", -1, "max"), ("bottom", 0, "min")):
         if side not in sides:
@@ -64,19 +77,31 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
         keep = np.arange(values.size) != idx % values.size  # every level but lambda's own
         levels = np.append(values[keep], 0.0)
         cs = np.append(c[keep], couplings[side]["rest"])
-        out[f"fluct_{key}"] = float(np.sqrt(c[idx] / n))  # std of u^T E u, first order
+        out[f"fluct_{key}"] = float(np.sqrt(c[idx] * (1 / n + 1 / m)))  # std of u^T (E_N - E_M) u
         for name, sc in (("pert", False), ("bw", True)):
             out[f"{name}_lambda_{key}"] = float(perturbative_edge(
-                values[idx], cs, levels, num_samples=n, side=side, self_consistent=sc))
+                values[idx], cs, levels, num_samples=n_eff, side=side, self_consistent=sc))
     return out
 
 
-def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /) -> dict[str, float]:
+def _effective_samples(n: int, m: float) -> float:
+    """``1 / (1/N - 1/M)``: the sample count whose shift is the difference of the two."""
+    if not m > n:
+        raise ValueError(f"the True Hessian needs more samples than the empirical one: M = {m}, "
+                         f"N = {n}")
+    return 1.0 / (1.0 / n - 1.0 / m)
+
+
+def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /, *,
+                    m: float = math.inf) -> dict[str, float]:
     """The Wishart predictions of the held-out empirical GGN's top eigenvalue.
 
     ``ggn_pred_lambda_max``: Baik-Silverstein, the True GGN's top Ritz value as the spike and
-    its other SLQ nodes as the population law, ``gamma = P / (N (K - 1))``;
-    ``ggn_pred_iso_lambda_max``: BBP with ``sigma^2 = tr(GGN) / P`` (the spectrum's mean).
+    its other SLQ nodes as the population law, ``gamma = P (1/N - 1/M) / (K - 1)`` (the True
+    GGN's own ``M`` samples, see the module docstring); ``ggn_pred_iso_lambda_max``: BBP with
+    ``sigma^2 = tr(GGN) / P`` (the spectrum's mean). With several probes every probe finds the
+    spike: its copies (nodes within ``1e-3`` of it, relatively) leave the population law, which
+    would otherwise hold the spike's own weight next to it.
 
     Example:
       >>> from jaxspec import Spectrum
@@ -85,12 +110,15 @@ def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /) -> dict[str
       >>> d = ggn_predictions(s, 50, 3)   # gamma = 100 / 100 = 1
       >>> round(d["ggn_pred_lambda_max"], 4), round(d["ggn_sigma2"], 4), d["ggn_gamma"]
       (6.25, 1.04, 1.0)
+      >>> two = Spectrum([1.0, 5.0, 1.0, 5.0], [0.495, 0.005, 0.495, 0.005], meta={"P": 100})
+      >>> ggn_predictions(two, 50, 3)["ggn_pred_lambda_max"] == d["ggn_pred_lambda_max"]
+      True
     """
     p = int(true_ggn.meta["P"])
-    gamma = p / (n * (num_classes - 1))
+    gamma = p / (_effective_samples(n, m) * (num_classes - 1))
     nodes, weights = np.asarray(true_ggn.nodes), np.asarray(true_ggn.weights)
     top = int(np.argmax(nodes))
-    rest = np.arange(nodes.size) != top
+    rest = np.abs(nodes - nodes[top]) > 1e-3 * abs(nodes[top])
     bulk = np.clip(nodes[rest], 0.0, None)  # Ritz values of a PSD matrix: >= 0 up to rounding
     sigma2 = float(np.sum(nodes * weights) / np.sum(weights))
     return {"ggn_gamma": gamma, "ggn_sigma2": sigma2,
