@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -96,6 +97,22 @@ def test_sigma2_matches_the_sampling_scale_of_heldout_noise(study):
     for r in study["out"]["rows"]:
         assert 0.4 < r["direct_ratio_heldout"] < 2.5, r
         assert r["sigma2"] > 0 and r["sigma2_top"] > r["sigma2"]  # the top direction is noisier
+
+
+def test_points_with_predictions_of_an_older_form_are_predicted_again(study, tmp_path):
+    """A point finished before the predictions undid the True Hessian's own noise is not
+    reused as it is: its predictions are made again from its saved weights and spectra."""
+    wd = tmp_path / "copy"
+    shutil.copytree(study["workdir"], wd)
+    point = sorted(wd.glob("N*"))[0]
+    old = json.loads((point / "result.json").read_text())
+    stale = {**old, "pert_lambda_max": 123.0}
+    del stale["predictions"]
+    (point / "result.json").write_text(json.dumps(stale))
+    again = run_study(preset("smoke"), str(wd), progress=False, quiet=True)
+    redone = next(r for r in again["points"] if r["N"] == old["N"])
+    assert redone["predictions"] == old["predictions"]
+    assert redone["pert_lambda_max"] == pytest.approx(old["pert_lambda_max"], rel=1e-5)
 
 
 def test_rerun_skips_finished_points_and_refuses_another_config(study):

@@ -34,6 +34,12 @@ from experiments.true_hessian.config import (StudyConfig, apply_overrides, confi
 __all__ = ["config_mismatch", "main", "make_pools", "run_point", "run_study"]
 
 
+#: The form of a point's predictions, kept in its ``result.json``: a finished point of another
+#: form (2: the True Hessian's own noise undone, see theory.py) gets its predictions again from
+#: its saved weights and spectra.
+PREDICTIONS = 2
+
+
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, flush=True)
@@ -269,7 +275,7 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
                                             sigma2=sigma2_bottom, side="bottom",
                                             reference_q=p / m_true))
     result = {
-        "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true,
+        "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true, "predictions": PREDICTIONS,
         "train_loss": train_loss, "train_acc": train_acc,
         "test_loss": test_loss, "test_acc": test_acc,
         "final_minibatch_loss": None if losses is None else float(losses[-10:].mean()),
@@ -389,9 +395,13 @@ def _sweep(config: StudyConfig, workdir: str, /, *, progress: bool, quiet: bool)
             done = os.path.join(outdir, "result.json")
             if os.path.exists(done):
                 with open(done) as f:
-                    results.append(json.load(f))
-                _log(f"[seed {seed} q={p / n:.3g} N={n}] finished earlier: skipped", quiet)
-                continue
+                    result = json.load(f)
+                if result.get("predictions") == PREDICTIONS:
+                    results.append(result)
+                    _log(f"[seed {seed} q={p / n:.3g} N={n}] finished earlier: skipped", quiet)
+                    continue
+                _log(f"[seed {seed} q={p / n:.3g} N={n}] finished earlier with predictions of "
+                     "another form: predicting again", quiet)
             results.append(run_point(cfg, n, pools, outdir, progress=progress, quiet=quiet))
     rows = report.write_summary(results, workdir, config.to_dict())
     report.plot_extremal(results, os.path.join(workdir, "extremal.png"))
