@@ -69,6 +69,7 @@ from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
 from jaxspec.lanczos import BREAKDOWN_UNITS, resolve_driver
 from jaxspec.linearized import linearized
+from jaxspec.norms import describe_range, in_range, norm
 
 __all__ = ["EigshResult", "eigsh"]
 
@@ -112,40 +113,42 @@ def _dot(a, b):
     return jnp.dot(a, b, precision=_HIGHEST)
 
 
-def _orthogonalise(V: jax.Array, w: jax.Array):
-    """``w`` orthogonalised against the rows of ``V`` (unfilled rows are zero, so no mask is
-    needed) by classical Gram-Schmidt, with a second pass where the first left less than
-    ``1 / sqrt(2)`` of ``w``'s norm (see the module docstring). Returns the new ``w`` and the
-    coefficients ``V w``."""
+def _orthogonalise(V: jax.Array, w: jax.Array, w_norm: jax.Array):
+    """``w`` (of norm ``w_norm``) orthogonalised against the rows of ``V`` (unfilled rows are
+    zero, so no mask is needed) by classical Gram-Schmidt, with a second pass where the first
+    left less than ``1 / sqrt(2)`` of ``w``'s norm (see the module docstring). Returns the new
+    ``w``, the coefficients ``V w`` and the new ``w``'s norm (:func:`jaxspec.norms.norm`)."""
     h1 = _dot(V, w)
     w1 = w - _dot(h1, V)
+    n1 = norm(w1)
 
     def again(w1):
         h2 = _dot(V, w1)
-        return w1 - _dot(h2, V), h1 + h2
+        w2 = w1 - _dot(h2, V)
+        return w2, h1 + h2, norm(w2)
 
-    return jax.lax.cond(2 * _dot(w1, w1) < _dot(w, w), again, lambda w1: (w1, h1), w1)
+    return jax.lax.cond(n1 < w_norm * np.sqrt(0.5), again, lambda w1: (w1, h1, n1), w1)
 
 
 def _expand(V: jax.Array, H: jax.Array, n: jax.Array, w: jax.Array, key: jax.Array):
     """Folds ``w = A q_n`` into the basis: ``H[:, n]`` gets the coefficients and ``beta``,
     ``V[n + 1]`` the next vector (a random one orthogonal to the basis at a breakdown), which
     is also returned: the next step's product takes it without slicing the basis."""
-    w_norm = jnp.sqrt(_dot(w, w))
-    w, h = _orthogonalise(V, w)
-    beta = jnp.sqrt(_dot(w, w))
+    w_norm = norm(w)
+    w, h, beta = _orthogonalise(V, w, w_norm)
     # shift-invariant, as in jaxspec.lanczos: beta against the step's other couplings,
     # |(A - h_n) q_n| without beta, or a few rounding units of |A q_n| (the first step)
-    others = jnp.sqrt(jnp.sum(jnp.where(jnp.arange(h.shape[0]) == n, 0, h * h)))
+    others = norm(jnp.where(jnp.arange(h.shape[0]) == n, 0, h))
     eps = jnp.finfo(w.dtype).eps
     broke = ~(beta > jnp.maximum(jnp.sqrt(eps) * others, BREAKDOWN_UNITS * eps * w_norm))
 
     def fresh(_):
         r = jax.random.normal(jax.random.fold_in(key, n), w.shape, w.dtype)
-        return _orthogonalise(V, r)[0]
+        r, _, r_norm = _orthogonalise(V, r, norm(r))
+        return r, r_norm
 
-    q = jax.lax.cond(broke, fresh, lambda w: w, w)
-    q = q / jnp.sqrt(_dot(q, q))
+    q, q_norm = jax.lax.cond(broke, fresh, lambda w: (w, beta), w)
+    q = q / q_norm
     beta = jnp.where(broke, jnp.zeros_like(beta), beta)
     H = H.at[:, n].set(h.at[n + 1].set(beta))
     return V.at[n + 1].set(q), H, q
@@ -178,10 +181,10 @@ def _start_vector(matvec: Callable, v0: Any) -> jax.Array:
     if v0.ndim != 1 or not jnp.issubdtype(v0.dtype, jnp.floating):
         raise ValueError(f"v0 must be a float (P,) vector or a (j, P) block, got {v0.dtype} "
                          f"{v0.shape}")
-    norm = float(jnp.linalg.norm(v0))
-    if not np.isfinite(norm) or norm == 0.0:
+    size = float(norm(v0))
+    if not np.isfinite(size) or size == 0.0:
         raise ValueError("v0 must be finite and nonzero")
-    return v0 / norm
+    return v0 / size
 
 
 def _wanted(theta: np.ndarray, count: int, which: str) -> np.ndarray:
@@ -304,6 +307,11 @@ def eigsh(
         Hn = np.asarray(H, np.float64)
         if not np.all(np.isfinite(Hn)):
             raise FloatingPointError(f"the matvec returned NaN or Inf (restart {restarts})")
+        if not in_range(float(np.max(np.abs(Hn))), dtype, dim):
+            raise FloatingPointError(
+                f"the products' norms |A q| (up to {np.max(np.abs(Hn)):.3g}) are outside the "
+                f"scales eigsh supports, {describe_range(dtype)} (P = {dim}: jaxspec.norms); "
+                "rescale the operator by a power of two")
         # After a breakdown in this cycle the invariant space reached need not hold the
         # wanted pairs (its Ritz residuals are exactly zero): the fresh direction is explored
         # for the rest of the cycle before convergence is tested.
@@ -344,7 +352,7 @@ def eigsh(
         x = X[j]
         ax = matvec(x)
         values[j] = float(_dot(x, ax) / _dot(x, x))
-        residuals[j] = float(jnp.linalg.norm(ax - values[j].astype(dtype) * x))
+        residuals[j] = float(norm(ax - values[j].astype(dtype) * x))
     num_matvecs += k
     order = np.argsort(values, kind="stable")
     return EigshResult(values[order], X[jnp.asarray(order)], residuals[order],

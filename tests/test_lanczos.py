@@ -364,5 +364,6 @@ def test_a_step_copies_no_vector_outside_its_passes(reorth):
     copies = [line.strip()[:80] for name in checked for line in comps[name]  # P or (rows, P)
               if re.search(rf"= f32\[(\d+,)?{P}\]\{{(1,)?0\}} copy\(", line)]
     assert copies == []
-    # the row writes' branches (one per block), and partial's branch without a pass
-    assert len(checked) == 1 + 2 * len(host.blocks) + (reorth == "partial")
+    # the row writes' branches (one per block), and partial's branch without a pass and the
+    # two of its norm of w before the estimates (jaxspec.norms: the plain one, the rescaled)
+    assert len(checked) == 1 + 2 * len(host.blocks) + 3 * (reorth == "partial")
