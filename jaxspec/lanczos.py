@@ -57,8 +57,9 @@ Deviations from the textbook algorithm, and why:
   under about ``1e-30 sqrt(P / 100)`` or over ``4e31`` in float32), is treated the same way and
   reported in ``nonfinite_step``.
 * Every norm is :func:`jaxspec.norms.norm`: the plain ``sqrt(w . w)`` where ``w . w`` is a
-  finite normal number, ``s |w / s|`` (``s = max |w|``, under a ``lax.cond``) where it over- or
-  underflows, so that T scales exactly with the operator over the whole supported range.
+  finite normal number, ``s |w / s|`` (``s`` a power of two near ``max |w|``, under a
+  ``lax.cond``) where it over- or underflows; both give the same number where both can, so T
+  of ``2^k A`` is ``2^k`` times T of ``A``, bit for bit, over the whole supported range.
 """
 
 from __future__ import annotations

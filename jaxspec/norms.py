@@ -9,8 +9,11 @@ of a vector of norm ``1e-20`` comes out 0. A Lanczos run then sees a breakdown a
 with a residual of 0. :func:`norm` takes the plain dot product ``x . x``, the one pass over ``x``
 a step pays anyway, and only where that is not a finite number above ``P tiny / eps`` (below it
 the squares flushed to zero could weigh more than a rounding unit) recomputes the norm as
-``s |x / s|`` with ``s = max |x|``, under a ``lax.cond``: two more passes over ``x``, on the rare
-path only. :func:`hypot` does the same for a few scalars.
+``s |x / s|`` with ``s`` the power of two at most ``max |x|`` and over half of it, under a
+``lax.cond``: two more passes over ``x``, on the rare path only. :func:`hypot` does the same for
+a few scalars. Both paths give the same number where both can (a power of two scales exactly),
+so a Krylov run on ``2^k A`` is that on ``A`` scaled by ``2^k``, bit for bit, over the range
+below.
 
 Supported scales (:func:`scale_range`): with the norms safe, the Krylov methods are invariant
 under scaling of the operator, to rounding, as long as the norms of its products ``|A q|`` (unit
@@ -51,13 +54,18 @@ def _plain_is_exact(sum_sq: jax.Array, size: int) -> jax.Array:
 
 
 def _rescaled(x: jax.Array) -> jax.Array:
-    """``s |x / s|`` with ``s = max |x|``: the entries are at most 1, so no square overflows and
-    only squares far under ``eps`` of the largest (which is 1) underflow. 0 for the zero
-    vector; NaN or Inf where ``x`` holds one."""
+    """``s |x / s|`` with ``s`` the power of two in ``(max |x| / 2, max |x|]``: the entries of
+    ``x / s`` are under 2, so no square overflows and only squares far under ``eps`` of the
+    largest underflow. Scaling by a power of two is exact, and so is the square root's scaling
+    by its square: where the plain ``sqrt(x . x)`` neither over- nor underflows, this is the
+    same number, bit for bit, and the norm of ``2^k x`` is ``2^k`` times that of ``x``. 0 for
+    the zero vector; NaN or Inf where ``x`` holds one."""
     top = jnp.max(jnp.abs(x))
     ok = (top > 0) & jnp.isfinite(top)
-    y = x / jnp.where(ok, top, jnp.ones_like(top))
-    return jnp.where(ok, top * jnp.sqrt(jnp.dot(y, y, precision=_HIGHEST)), top)
+    mantissa, _ = jnp.frexp(top)  # top = mantissa 2^e, mantissa in [1/2, 1)
+    scale = jnp.where(ok, top / (2 * mantissa), jnp.ones_like(top))  # 2^(e - 1), exactly
+    y = x / scale
+    return jnp.where(ok, scale * jnp.sqrt(jnp.dot(y, y, precision=_HIGHEST)), top)
 
 
 def norm(x: jax.Array) -> jax.Array:
@@ -65,7 +73,8 @@ def norm(x: jax.Array) -> jax.Array:
 
     One dot product ``x . x`` (``Precision.HIGHEST``) where it is a finite number above
     ``P tiny / eps``; elsewhere (under a ``lax.cond``, so the common path costs nothing more)
-    ``s |x / s|`` with ``s = max |x|``. NaN or Inf where ``x`` holds one.
+    ``s |x / s|`` with ``s`` a power of two near ``max |x|``. NaN or Inf where ``x`` holds
+    one.
 
     Example:
       >>> import jax.numpy as jnp
@@ -85,8 +94,8 @@ def norm(x: jax.Array) -> jax.Array:
 
 
 def hypot(*xs: jax.Array) -> jax.Array:
-    """``sqrt(sum x_i^2)`` of a few scalars, scaled by the largest ``|x_i|``: no square
-    overflows or underflows. NaN or Inf where an ``x_i`` is one.
+    """``sqrt(sum x_i^2)`` of a few scalars, scaled by a power of two near the largest
+    ``|x_i|``: no square overflows or underflows. NaN or Inf where an ``x_i`` is one.
 
     Example:
       >>> import jax.numpy as jnp
