@@ -218,6 +218,9 @@ def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim
         v = jax.random.normal(kv, (dim,), dtype)
         w = jax.random.normal(kw, (dim,), dtype)
         Av, Aw = matvec(v), matvec(w)
+        if jnp.shape(Av) != (dim,) or jnp.shape(Aw) != (dim,):
+            raise TypeError(f"the matvec must map ({dim},) vectors to the same shape; it "
+                            f"returned {jnp.shape(Av)}")
         vAw, wAv = float(jnp.vdot(v, Aw)), float(jnp.vdot(w, Av))
         # the norms over- and underflow-safe, their products in float64: an operator scaled by
         # 1e-20 or 1e20 in float32 would otherwise pass any probe (0 / 0 or x / inf)

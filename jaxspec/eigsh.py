@@ -64,12 +64,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.checks import check_matvec
+from jaxspec.checks import assert_symmetric, check_matvec
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
 from jaxspec.lanczos import BREAKDOWN_UNITS, resolve_driver
 from jaxspec.linearized import linearized
 from jaxspec.norms import describe_range, in_range, norm
+from jaxspec.slq import probes_symmetry
 
 __all__ = ["EigshResult", "eigsh"]
 
@@ -213,6 +214,7 @@ def eigsh(
     driver: str = "auto",
     check_every: int | None = None,
     key: jax.Array | None = None,
+    check: bool | None = None,
 ) -> EigshResult:
     """The ``k`` extreme eigenpairs of a symmetric operator, by thick-restart Lanczos.
 
@@ -243,6 +245,9 @@ def eigsh(
       check_every: steps between convergence tests (a host sync and an ``n x n`` eigenproblem;
         default every step with the host driver, every cycle with the compiled one).
       key: PRNG key for the vectors that replace a breakdown (default ``jax.random.key(0)``).
+      check: first probe that the matvec is one fixed symmetric matrix (three products, not
+        counted in ``num_matvecs``); ``None``: unless it is a :class:`jaxspec.CurvatureOperator`,
+        as :func:`jaxspec.slq` (:func:`jaxspec.slq.probes_symmetry`).
 
     Returns:
       :class:`EigshResult`.
@@ -273,6 +278,7 @@ def eigsh(
     keep = k + (m - k) // 2 if num_keep is None else int(num_keep)
     if not k <= keep < m:
         raise ValueError(f"num_keep must satisfy k <= num_keep < k + num_extra; got {keep}")
+    check = probes_symmetry(matvec, check)
     matvec = linearized(matvec, m + 1)  # an operator's products, once for the whole run
     driver = resolve_driver(driver, matvec)
     key = jax.random.key(0) if key is None else key
@@ -285,6 +291,8 @@ def eigsh(
     every = (1 if driver == "host" else m) if check_every is None else int(check_every)
     if every < 1:
         raise ValueError(f"check_every must be >= 1, got {every}")
+    if check:
+        assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=dtype)
 
     release_before((m + 1) * dim * np.dtype(dtype).itemsize)  # jaxspec.heap: XLA's freed memory
     V = jnp.zeros((m + 1, dim), dtype).at[0].set(q0)
