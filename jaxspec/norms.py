@@ -68,6 +68,7 @@ def _rescaled(x: jax.Array) -> jax.Array:
     return jnp.where(ok, scale * jnp.sqrt(jnp.dot(y, y, precision=_HIGHEST)), top)
 
 
+@jax.jit  # called eagerly too (a start vector, a residual): one compilation per shape
 def norm(x: jax.Array) -> jax.Array:
     """The 2-norm of a vector, without overflow or underflow of its square.
 
