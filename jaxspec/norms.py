@@ -22,7 +22,8 @@ under scaling of the operator, to rounding, as long as the norms of its products
     tiny sqrt(P) / eps  <=  |A q|  <=  eps max
 
 (``tiny``, ``eps``, ``max``: ``jnp.finfo(dtype)``; float32 with ``P = 100``: ``9.9e-31`` to
-``4.1e31``; ``P = 855,050``: ``9.2e-29`` to ``4.1e31``). Below it, the entries of a vector of
+``4.1e31``; ``P = 855,050``: ``9.1e-29`` to ``4.1e31``; float64 from ``1e-292 sqrt(P)`` to
+``4e292``; float16 has next to none, ``0.06 sqrt(P)`` to ``64``: use float32). Below it, the entries of a vector of
 norm ``|A q|`` are so small that their rounding errors, ``eps |A q| / sqrt(P)``, fall under the
 smallest normal number: flushed to zero, they make errors larger than a rounding unit of
 ``|A q|`` (as do the breakdown test's ``eps |A q|`` and the orthogonality estimates' rounding
@@ -95,8 +96,10 @@ def norm(x: jax.Array) -> jax.Array:
 
 
 def hypot(*xs: jax.Array) -> jax.Array:
-    """``sqrt(sum x_i^2)`` of a few scalars, scaled by a power of two near the largest
-    ``|x_i|``: no square overflows or underflows. NaN or Inf where an ``x_i`` is one.
+    """``sqrt(sum x^2)`` over the entries of a few scalars or short vectors, as ``s |x / s|``
+    with ``s`` the largest ``|x|``: no square overflows or underflows, and scaling every ``x``
+    by ``2^k`` scales the result by ``2^k`` exactly. Always rescaled (for a handful of numbers
+    a second pass costs nothing). NaN or Inf where an entry is one.
 
     Example:
       >>> import jax.numpy as jnp
@@ -104,8 +107,11 @@ def hypot(*xs: jax.Array) -> jax.Array:
       >>> float(hypot(jnp.float32(3 * 2.0**-100), jnp.float32(4 * 2.0**-100))) * 2.0**100
       5.0
     """
-    x = jnp.stack(jnp.broadcast_arrays(*xs))
-    return _rescaled(x.reshape(-1))
+    x = jnp.concatenate([jnp.ravel(x) for x in jnp.broadcast_arrays(*xs)])
+    top = jnp.max(jnp.abs(x))
+    ok = (top > 0) & jnp.isfinite(top)
+    y = x / jnp.where(ok, top, jnp.ones_like(top))
+    return jnp.where(ok, top * jnp.sqrt(jnp.dot(y, y, precision=_HIGHEST)), top)
 
 
 def scale_range(dtype, size: int, /) -> tuple[float, float]:

@@ -58,7 +58,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxspec.norms import norm
+from jaxspec.norms import hypot, norm
 
 __all__ = ["CALIBRATION_STEPS", "METHODS", "check_method", "omega_init", "omega_next",
            "orthogonalise"]
@@ -190,7 +190,7 @@ def _gram_schmidt(project: Callable, w: jax.Array, i, level=None):
         top = jnp.where(passes == 0, jnp.max(jnp.abs(h)), top)
         kept = norm(w)
         left = level * jnp.sum(jnp.abs(h)) / kept
-        return (w, coef + h[i], norm(h), kept, passes + 1, top, left)
+        return (w, coef + h[i], hypot(h), kept, passes + 1, top, left)
 
     zero = jnp.zeros((), w.dtype)
     w, coef, _, kept, passes, top, left = jax.lax.while_loop(
