@@ -12,7 +12,8 @@ the relation ``A V_m^T = V_m^T H_m + beta_m q_m e_m^T`` holds throughout: the Ri
 estimate is ``|beta_m e_m^T s_j|``, as in :func:`jaxspec.ritz_pairs`.
 A :class:`jaxspec.CurvatureOperator`'s products are linearised once for the run
 (:meth:`jaxspec.CurvatureOperator.linearized`, within its memory budget), as a Lanczos run's
-are: every restart applies the same matrix.
+are: every restart applies the same matrix. A plain callable is first probed for symmetry
+(:func:`jaxspec.assert_symmetric`, three products), as :func:`jaxspec.slq` does.
 
 Deviations from the textbook algorithm, and why:
 
@@ -24,6 +25,10 @@ Deviations from the textbook algorithm, and why:
   and a second only where the first left less than ``1 / sqrt(2)`` of the vector's norm (the
   test of Daniel, Gragg, Kaufman and Stewart, 1976, ARPACK's too): where more is left, one pass
   is already orthogonal to working precision, and the step reads the basis half as often.
+  Every norm, the measured residuals' too, is :func:`jaxspec.norms.norm`, which neither
+  overflows nor underflows: the pairs of ``2^k A`` are ``2^k`` times those of ``A``, bit for
+  bit, over the scales :mod:`jaxspec.norms` supports; an operator outside them raises (with
+  plain norms, residuals flushed to zero certified wrong values of an operator near 1e-19).
 * Convergence is tested on the estimates ``|beta_m e_m^T s_j| <= tol * ||A||``, ``||A||``
   estimated by the largest ``|theta|`` seen. When they pass (or the restarts run out), the
   ``k`` Ritz vectors are formed and each is applied once more to ``A``: the reported value is
@@ -251,6 +256,11 @@ def eigsh(
 
     Returns:
       :class:`EigshResult`.
+
+    Raises:
+      ValueError: a plain callable failed the symmetry probe (``check``).
+      FloatingPointError: the matvec returned NaN or Inf, or products outside the scales
+        :mod:`jaxspec.norms` supports.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np

@@ -440,7 +440,8 @@ def lanczos(
 
     Runs ``num_steps`` steps from ``v0`` in one ``lax.fori_loop``. Can be called inside
     ``jax.jit`` (then check ``result.nonfinite_step`` yourself) and vmapped over ``v0``.
-    Outside a trace, a NaN/Inf from the matvec raises ``FloatingPointError`` naming the step.
+    Outside a trace, a NaN/Inf from the matvec, or products outside the scales
+    :mod:`jaxspec.norms` supports, raise ``FloatingPointError`` naming the step.
 
     Args:
       matvec: ``v -> A v`` for a symmetric ``A``, on flat vectors like ``v0``; traceable.
@@ -806,7 +807,8 @@ def run_lanczos(
       A :class:`LanczosResult` (on the host driver, ``num_valid`` stops early at breakdown).
 
     Raises:
-      FloatingPointError: the matvec returned NaN/Inf; the message names the step.
+      FloatingPointError: the matvec returned NaN/Inf, or products outside the scales
+        :mod:`jaxspec.norms` supports; the message names the step.
 
     Example:
       >>> import jax.numpy as jnp
