@@ -224,7 +224,7 @@ def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim
         vAw, wAv = float(jnp.vdot(v, Aw)), float(jnp.vdot(w, Av))
         # the norms over- and underflow-safe, their products in float64: an operator scaled by
         # 1e-20 or 1e20 in float32 would otherwise pass any probe (0 / 0 or x / inf)
-        scale = (float(norm(v)) * float(norm(Aw)) + float(norm(w)) * float(norm(Av)))
+        scale = float(norm(v)) * float(norm(Aw)) + float(norm(w)) * float(norm(Av))
         if not np.isfinite(vAw) or not np.isfinite(wAv):
             raise FloatingPointError("the operator returned NaN/Inf on a random probe")
         err = abs(vAw - wAv) / scale if scale > 0 else 0.0

@@ -74,7 +74,7 @@ from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
 from jaxspec.lanczos import BREAKDOWN_UNITS, resolve_driver
 from jaxspec.linearized import linearized
-from jaxspec.norms import describe_range, in_range, norm
+from jaxspec.norms import describe_range, hypot, in_range, norm
 from jaxspec.slq import probes_symmetry
 
 __all__ = ["EigshResult", "eigsh"]
@@ -133,7 +133,7 @@ def _orthogonalise(V: jax.Array, w: jax.Array, w_norm: jax.Array):
         w2 = w1 - _dot(h2, V)
         return w2, h1 + h2, norm(w2)
 
-    return jax.lax.cond(n1 < w_norm * np.sqrt(0.5), again, lambda w1: (w1, h1, n1), w1)
+    return jax.lax.cond(n1 < w_norm * float(np.sqrt(0.5)), again, lambda w1: (w1, h1, n1), w1)
 
 
 def _expand(V: jax.Array, H: jax.Array, n: jax.Array, w: jax.Array, key: jax.Array):
@@ -144,7 +144,7 @@ def _expand(V: jax.Array, H: jax.Array, n: jax.Array, w: jax.Array, key: jax.Arr
     w, h, beta = _orthogonalise(V, w, w_norm)
     # shift-invariant, as in jaxspec.lanczos: beta against the step's other couplings,
     # |(A - h_n) q_n| without beta, or a few rounding units of |A q_n| (the first step)
-    others = norm(jnp.where(jnp.arange(h.shape[0]) == n, 0, h))
+    others = hypot(jnp.where(jnp.arange(h.shape[0]) == n, 0, h))
     eps = jnp.finfo(w.dtype).eps
     broke = ~(beta > jnp.maximum(jnp.sqrt(eps) * others, BREAKDOWN_UNITS * eps * w_norm))
 

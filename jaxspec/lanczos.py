@@ -291,7 +291,7 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
     w = w - beta_prev * q_prev - a0 * q_cur
 
-    # the largest |A q_k| of the steps before, to within a factor 3: T's largest entry
+    # the largest |A q_k| of the steps before, to within a factor sqrt(3): T's largest entry
     earlier = jnp.maximum(jnp.max(jnp.abs(state.alphas)), jnp.max(state.betas))
 
     def outcome(alpha, beta):

@@ -167,9 +167,9 @@ def _gram_schmidt(project: Callable, w: jax.Array, i, level=None):
     where ``|h| > |w - Q^T h|`` (Pythagoras: no norm of ``w`` before the pass is needed).
     Returns the new ``w``, its coefficient on ``q_i``, ``|w|``, the number of passes, the
     largest coefficient the first pass removed, ``max_k |q_k^T w|``, and the loss of
-    orthogonality the last pass can have left, ``level |h|_1 / |w|``. The norms are
-    :func:`jaxspec.norms.norm`'s: the coefficients are rounding-sized (``eps |A|``), and their
-    squares, as those of a vector of a small operator, underflow.
+    orthogonality the last pass can have left, ``level |h|_1 / |w|``. The norms neither over-
+    nor underflow (:mod:`jaxspec.norms`): the coefficients are often rounding-sized
+    (``eps |A|``), and their squares underflow with those of a small operator's vectors.
 
     ``level`` bounds ``|q_j^T q_k|`` over the basis (default: it is orthonormal to rounding). A
     pass against such a basis leaves ``Q w' = -(Q Q^T - I) h``, so the new vector keeps up to
@@ -213,9 +213,8 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     where the caller's normalisation of ``w`` reads and writes it anyway.
     Returns ``finish`` of the new ``w``, ``alpha``, ``|w|`` (``beta_i``, by
     :func:`jaxspec.norms.norm`), the estimates of the rows of ``q_i`` and ``q_{i+1}``, the
-    number of passes over the basis, and the unit
-    (under ``"partial"`` raised where a pass measured more loss of orthogonality than
-    estimated).
+    number of passes over the basis, and the unit (under ``"partial"`` raised where a pass
+    measured more loss of orthogonality than estimated).
 
     Example:
       >>> import jax.numpy as jnp
