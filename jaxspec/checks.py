@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec.norms import norm
+
 __all__ = ["SymmetryReport", "assert_symmetric", "check_labels", "check_matvec",
            "check_start_vector", "clamp_steps", "symmetry_error"]
 
@@ -216,8 +218,13 @@ def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim
         v = jax.random.normal(kv, (dim,), dtype)
         w = jax.random.normal(kw, (dim,), dtype)
         Av, Aw = matvec(v), matvec(w)
+        if jnp.shape(Av) != (dim,) or jnp.shape(Aw) != (dim,):
+            raise TypeError(f"the matvec must map ({dim},) vectors to the same shape; it "
+                            f"returned {jnp.shape(Av)}")
         vAw, wAv = float(jnp.vdot(v, Aw)), float(jnp.vdot(w, Av))
-        scale = float(jnp.linalg.norm(v) * jnp.linalg.norm(Aw) + jnp.linalg.norm(w) * jnp.linalg.norm(Av))
+        # the norms over- and underflow-safe, their products in float64: an operator scaled by
+        # 1e-20 or 1e20 in float32 would otherwise pass any probe (0 / 0 or x / inf)
+        scale = float(norm(v)) * float(norm(Aw)) + float(norm(w)) * float(norm(Av))
         if not np.isfinite(vAw) or not np.isfinite(wAv):
             raise FloatingPointError("the operator returned NaN/Inf on a random probe")
         err = abs(vAw - wAv) / scale if scale > 0 else 0.0
@@ -225,9 +232,8 @@ def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim
         if first is None:
             first = (vAw, wAv)
             again = matvec(v)
-            norm = float(jnp.linalg.norm(Av))
-            diff = float(jnp.linalg.norm(again - Av))
-            repeat = diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+            size, diff = float(norm(Av)), float(norm(again - Av))
+            repeat = diff / size if size > 0 else (0.0 if diff == 0 else float("inf"))
     return SymmetryReport(worst, *first, repeat)
 
 

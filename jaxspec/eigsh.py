@@ -12,7 +12,8 @@ the relation ``A V_m^T = V_m^T H_m + beta_m q_m e_m^T`` holds throughout: the Ri
 estimate is ``|beta_m e_m^T s_j|``, as in :func:`jaxspec.ritz_pairs`.
 A :class:`jaxspec.CurvatureOperator`'s products are linearised once for the run
 (:meth:`jaxspec.CurvatureOperator.linearized`, within its memory budget), as a Lanczos run's
-are: every restart applies the same matrix.
+are: every restart applies the same matrix. A plain callable is first probed for symmetry
+(:func:`jaxspec.assert_symmetric`, three products), as :func:`jaxspec.slq` does.
 
 Deviations from the textbook algorithm, and why:
 
@@ -24,6 +25,10 @@ Deviations from the textbook algorithm, and why:
   and a second only where the first left less than ``1 / sqrt(2)`` of the vector's norm (the
   test of Daniel, Gragg, Kaufman and Stewart, 1976, ARPACK's too): where more is left, one pass
   is already orthogonal to working precision, and the step reads the basis half as often.
+  Every norm, the measured residuals' too, is :func:`jaxspec.norms.norm`, which neither
+  overflows nor underflows: the pairs of ``2^k A`` are ``2^k`` times those of ``A``, bit for
+  bit, over the scales :mod:`jaxspec.norms` supports; an operator outside them raises (with
+  plain norms, residuals flushed to zero certified wrong values of an operator near 1e-19).
 * Convergence is tested on the estimates ``|beta_m e_m^T s_j| <= tol * ||A||``, ``||A||``
   estimated by the largest ``|theta|`` seen. When they pass (or the restarts run out), the
   ``k`` Ritz vectors are formed and each is applied once more to ``A``: the reported value is
@@ -64,11 +69,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.checks import check_matvec
+from jaxspec.checks import assert_symmetric, check_matvec
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import release_before
 from jaxspec.lanczos import BREAKDOWN_UNITS, resolve_driver
 from jaxspec.linearized import linearized
+from jaxspec.norms import describe_range, hypot, in_range, norm
+from jaxspec.slq import probes_symmetry
 
 __all__ = ["EigshResult", "eigsh"]
 
@@ -112,40 +119,42 @@ def _dot(a, b):
     return jnp.dot(a, b, precision=_HIGHEST)
 
 
-def _orthogonalise(V: jax.Array, w: jax.Array):
-    """``w`` orthogonalised against the rows of ``V`` (unfilled rows are zero, so no mask is
-    needed) by classical Gram-Schmidt, with a second pass where the first left less than
-    ``1 / sqrt(2)`` of ``w``'s norm (see the module docstring). Returns the new ``w`` and the
-    coefficients ``V w``."""
+def _orthogonalise(V: jax.Array, w: jax.Array, w_norm: jax.Array):
+    """``w`` (of norm ``w_norm``) orthogonalised against the rows of ``V`` (unfilled rows are
+    zero, so no mask is needed) by classical Gram-Schmidt, with a second pass where the first
+    left less than ``1 / sqrt(2)`` of ``w``'s norm (see the module docstring). Returns the new
+    ``w``, the coefficients ``V w`` and the new ``w``'s norm (:func:`jaxspec.norms.norm`)."""
     h1 = _dot(V, w)
     w1 = w - _dot(h1, V)
+    n1 = norm(w1)
 
     def again(w1):
         h2 = _dot(V, w1)
-        return w1 - _dot(h2, V), h1 + h2
+        w2 = w1 - _dot(h2, V)
+        return w2, h1 + h2, norm(w2)
 
-    return jax.lax.cond(2 * _dot(w1, w1) < _dot(w, w), again, lambda w1: (w1, h1), w1)
+    return jax.lax.cond(n1 < w_norm * float(np.sqrt(0.5)), again, lambda w1: (w1, h1, n1), w1)
 
 
 def _expand(V: jax.Array, H: jax.Array, n: jax.Array, w: jax.Array, key: jax.Array):
     """Folds ``w = A q_n`` into the basis: ``H[:, n]`` gets the coefficients and ``beta``,
     ``V[n + 1]`` the next vector (a random one orthogonal to the basis at a breakdown), which
     is also returned: the next step's product takes it without slicing the basis."""
-    w_norm = jnp.sqrt(_dot(w, w))
-    w, h = _orthogonalise(V, w)
-    beta = jnp.sqrt(_dot(w, w))
+    w_norm = norm(w)
+    w, h, beta = _orthogonalise(V, w, w_norm)
     # shift-invariant, as in jaxspec.lanczos: beta against the step's other couplings,
     # |(A - h_n) q_n| without beta, or a few rounding units of |A q_n| (the first step)
-    others = jnp.sqrt(jnp.sum(jnp.where(jnp.arange(h.shape[0]) == n, 0, h * h)))
+    others = hypot(jnp.where(jnp.arange(h.shape[0]) == n, 0, h))
     eps = jnp.finfo(w.dtype).eps
     broke = ~(beta > jnp.maximum(jnp.sqrt(eps) * others, BREAKDOWN_UNITS * eps * w_norm))
 
     def fresh(_):
         r = jax.random.normal(jax.random.fold_in(key, n), w.shape, w.dtype)
-        return _orthogonalise(V, r)[0]
+        r, _, r_norm = _orthogonalise(V, r, norm(r))
+        return r, r_norm
 
-    q = jax.lax.cond(broke, fresh, lambda w: w, w)
-    q = q / jnp.sqrt(_dot(q, q))
+    q, q_norm = jax.lax.cond(broke, fresh, lambda w: (w, beta), w)
+    q = q / q_norm
     beta = jnp.where(broke, jnp.zeros_like(beta), beta)
     H = H.at[:, n].set(h.at[n + 1].set(beta))
     return V.at[n + 1].set(q), H, q
@@ -178,10 +187,10 @@ def _start_vector(matvec: Callable, v0: Any) -> jax.Array:
     if v0.ndim != 1 or not jnp.issubdtype(v0.dtype, jnp.floating):
         raise ValueError(f"v0 must be a float (P,) vector or a (j, P) block, got {v0.dtype} "
                          f"{v0.shape}")
-    norm = float(jnp.linalg.norm(v0))
-    if not np.isfinite(norm) or norm == 0.0:
+    size = float(norm(v0))
+    if not np.isfinite(size) or size == 0.0:
         raise ValueError("v0 must be finite and nonzero")
-    return v0 / norm
+    return v0 / size
 
 
 def _wanted(theta: np.ndarray, count: int, which: str) -> np.ndarray:
@@ -210,6 +219,7 @@ def eigsh(
     driver: str = "auto",
     check_every: int | None = None,
     key: jax.Array | None = None,
+    check: bool | None = None,
 ) -> EigshResult:
     """The ``k`` extreme eigenpairs of a symmetric operator, by thick-restart Lanczos.
 
@@ -240,9 +250,17 @@ def eigsh(
       check_every: steps between convergence tests (a host sync and an ``n x n`` eigenproblem;
         default every step with the host driver, every cycle with the compiled one).
       key: PRNG key for the vectors that replace a breakdown (default ``jax.random.key(0)``).
+      check: first probe that the matvec is one fixed symmetric matrix (three products, not
+        counted in ``num_matvecs``); ``None``: unless it is a :class:`jaxspec.CurvatureOperator`,
+        as :func:`jaxspec.slq` (:func:`jaxspec.slq.probes_symmetry`).
 
     Returns:
       :class:`EigshResult`.
+
+    Raises:
+      ValueError: a plain callable failed the symmetry probe (``check``).
+      FloatingPointError: the matvec returned NaN or Inf, or products outside the scales
+        :mod:`jaxspec.norms` supports.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np
@@ -270,6 +288,7 @@ def eigsh(
     keep = k + (m - k) // 2 if num_keep is None else int(num_keep)
     if not k <= keep < m:
         raise ValueError(f"num_keep must satisfy k <= num_keep < k + num_extra; got {keep}")
+    check = probes_symmetry(matvec, check)
     matvec = linearized(matvec, m + 1)  # an operator's products, once for the whole run
     driver = resolve_driver(driver, matvec)
     key = jax.random.key(0) if key is None else key
@@ -282,6 +301,8 @@ def eigsh(
     every = (1 if driver == "host" else m) if check_every is None else int(check_every)
     if every < 1:
         raise ValueError(f"check_every must be >= 1, got {every}")
+    if check:
+        assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=dtype)
 
     release_before((m + 1) * dim * np.dtype(dtype).itemsize)  # jaxspec.heap: XLA's freed memory
     V = jnp.zeros((m + 1, dim), dtype).at[0].set(q0)
@@ -304,6 +325,11 @@ def eigsh(
         Hn = np.asarray(H, np.float64)
         if not np.all(np.isfinite(Hn)):
             raise FloatingPointError(f"the matvec returned NaN or Inf (restart {restarts})")
+        if not in_range(float(np.max(np.abs(Hn))), dtype, dim):
+            raise FloatingPointError(
+                f"the products' norms |A q| (up to {np.max(np.abs(Hn)):.3g}) are outside the "
+                f"scales eigsh supports, {describe_range(dtype)} (P = {dim}: jaxspec.norms); "
+                "rescale the operator by a power of two")
         # After a breakdown in this cycle the invariant space reached need not hold the
         # wanted pairs (its Ritz residuals are exactly zero): the fresh direction is explored
         # for the rest of the cycle before convergence is tested.
@@ -344,7 +370,7 @@ def eigsh(
         x = X[j]
         ax = matvec(x)
         values[j] = float(_dot(x, ax) / _dot(x, x))
-        residuals[j] = float(jnp.linalg.norm(ax - values[j].astype(dtype) * x))
+        residuals[j] = float(norm(ax - values[j].astype(dtype) * x))
     num_matvecs += k
     order = np.argsort(values, kind="stable")
     return EigshResult(values[order], X[jnp.asarray(order)], residuals[order],

@@ -52,9 +52,14 @@ Deviations from the textbook algorithm, and why:
   on ``A + c I`` whose spread is small against ``c`` (a damped operator) after one step, with
   one node where the spectrum has many. ``|A q_i|`` is taken from T's column,
   ``sqrt(beta_{i-1}^2 + alpha_i^2 + beta_i^2)`` (its value on the orthogonalised basis), so the
-  step does not read the product once more for its norm. A matvec that returns NaN or Inf (or a
-  vector whose norm overflows the dtype) is treated the same way and reported in
-  ``nonfinite_step``.
+  step does not read the product once more for its norm. A matvec that returns NaN or Inf, or
+  products outside the scales :mod:`jaxspec.norms` supports (the run's largest ``|A q_i|``
+  under about ``1e-30 sqrt(P / 100)`` or over ``4e31`` in float32), is treated the same way and
+  reported in ``nonfinite_step``.
+* Every norm is :func:`jaxspec.norms.norm`: the plain ``sqrt(w . w)`` where ``w . w`` is a
+  finite normal number, ``s |w / s|`` (``s`` a power of two near ``max |w|``, under a
+  ``lax.cond``) where it over- or underflows; both give the same number where both can, so T
+  of ``2^k A`` is ``2^k`` times T of ``A``, bit for bit, over the whole supported range.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ from jaxspec.checks import check_matvec, check_start_vector, clamp_steps
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.heap import keep_spare, release_before, take_spare
 from jaxspec.linearized import linearized
+from jaxspec.norms import describe_range, hypot, in_range, norm
 from jaxspec.reorth import check_method, omega_init, orthogonalise
 
 __all__ = [
@@ -216,7 +222,7 @@ def _num_rows(num_steps: int, block_size: int) -> int:
 def _first_rows(v0: jax.Array, rows: int) -> jax.Array:
     """``(rows, P)`` zeros with ``v0 / |v0|`` in row 0, written in one pass (jitted: eagerly,
     ``.at[0].set`` would copy the whole array once more)."""
-    return jnp.zeros((rows, v0.shape[0]), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    return jnp.zeros((rows, v0.shape[0]), v0.dtype).at[0].set(v0 / norm(v0))
 
 
 def _fresh_state(basis, num_steps: int, dtype) -> LanczosState:
@@ -285,24 +291,29 @@ def _advance(state: LanczosState, w: jax.Array, q_prev: jax.Array, q_cur: jax.Ar
     a0 = jnp.dot(q_cur, w, precision=_HIGHEST)
     w = w - beta_prev * q_prev - a0 * q_cur
 
-    def outcome(alpha, norm2):
-        # |A q_i| from T's column, A q_i = beta_{i-1} q_{i-1} + alpha_i q_i + beta_i q_{i+1} on
-        # the (re-)orthogonalised basis: no read of the product for its norm. It is finite
-        # where the product is (a NaN or Inf entry reaches alpha and |w|^2, as does a norm that
-        # overflows the dtype). A masked step's w is not zeroed: nothing it touches is kept.
-        beta, product = jnp.sqrt(norm2), jnp.sqrt(alpha * alpha + beta_prev**2 + norm2)
-        keep = active & jnp.isfinite(product)
-        floor = jnp.maximum(tol * beta_prev, BREAKDOWN_UNITS * jnp.finfo(w.dtype).eps * product)
-        return beta, keep, keep & (beta > floor)
+    # the largest |A q_k| of the steps before, to within a factor sqrt(3): T's largest entry
+    earlier = jnp.maximum(jnp.max(jnp.abs(state.alphas)), jnp.max(state.betas))
 
-    def finish(w, alpha, norm2):  # q_{i+1}, made where the last w is (jaxspec.reorth)
-        beta, _, go_on = outcome(alpha, norm2)
+    def outcome(alpha, beta):
+        # |A q_i| from T's column, A q_i = beta_{i-1} q_{i-1} + alpha_i q_i + beta_i q_{i+1} on
+        # the (re-)orthogonalised basis: no read of the product for its norm, and no square
+        # that over- or underflows (jaxspec.norms). It is finite where the product is (a NaN
+        # or Inf entry reaches alpha and beta). A run whose products are outside the scales
+        # jaxspec.norms supports is stopped as a non-finite one. A masked step's w is not
+        # zeroed: nothing it touches is kept.
+        product = hypot(alpha, beta_prev, beta)
+        keep = active & in_range(jnp.maximum(product, earlier), w.dtype, w.shape[0])
+        floor = jnp.maximum(tol * beta_prev, BREAKDOWN_UNITS * jnp.finfo(w.dtype).eps * product)
+        return keep, keep & (beta > floor)
+
+    def finish(w, alpha, beta):  # q_{i+1}, made where the last w is (jaxspec.reorth)
+        _, go_on = outcome(alpha, beta)
         return jnp.where(go_on, w / jnp.where(go_on, beta, 1.0), jnp.zeros_like(w))
 
-    q_next, alpha, after, omega, passes, unit = orthogonalise(
+    q_next, alpha, beta, omega, passes, unit = orthogonalise(
         reorth, lambda w: _project_out(blocks, w, i + 1), w, i, a0, state.omega, state.alphas,
         state.betas, state.unit, finish)
-    beta, keep, go_on = outcome(alpha, after)
+    keep, go_on = outcome(alpha, beta)
     return q_next, state._replace(
         alphas=state.alphas.at[i].set(jnp.where(keep, alpha, 0)),
         betas=state.betas.at[i].set(jnp.where(go_on, beta, 0)),
@@ -328,7 +339,8 @@ def lanczos_step(
     removed more than half of ``|w|^2``; with ``reorth="partial"`` only where the estimated loss
     of orthogonality exceeds ``sqrt(eps)``, see :mod:`jaxspec.reorth`), ``alpha_i`` and ``beta_i``
     are recorded, and ``q_{i+1} = w / beta_i`` is written. If the run has already broken down, or
-    ``|w|`` is not finite (a NaN or Inf entry, or an overflow), or ``beta_i`` is at or below
+    ``|w|`` is not finite (a NaN or Inf entry), or the products are outside the scales
+    :mod:`jaxspec.norms` supports, or ``beta_i`` is at or below
     ``tol * beta_{i-1}`` (default ``sqrt(eps)`` of the dtype) or a few rounding units of
     ``|A q_i|`` (a breakdown: see the module docstring), the step is masked: nothing that follows
     uses it, and no NaN enters the state.
@@ -397,16 +409,17 @@ def _stop(state: LanczosState) -> bool:
     """Waits for ``state``'s flags (one transfer; evaluated eagerly, :func:`_active` would
     compile three programs): raises on a NaN/Inf, True at a breakdown."""
     nonfinite_step, broken_down = jax.device_get((state.nonfinite_step, state.broken_down))
-    _raise_if_nonfinite(nonfinite_step)
+    _raise_if_nonfinite(nonfinite_step, state.alphas.dtype)
     return bool(broken_down)
 
 
-def _raise_if_nonfinite(step) -> None:
+def _raise_if_nonfinite(step, dtype) -> None:
     step = int(step)
     if step >= 0:
         raise FloatingPointError(
             f"the matvec returned NaN or Inf at Lanczos step {step} (0-based), or a vector "
-            "whose squared norm overflows the dtype (entries near 1e19 in float32); the steps "
+            f"whose norm is outside the scales Lanczos supports (|A q| {describe_range(dtype)}, "
+            "P the dimension: jaxspec.norms; rescale the operator by a power of two); the steps "
             "before it are valid. Check the loss at these parameters, or the data of that HVP."
         )
 
@@ -427,7 +440,8 @@ def lanczos(
 
     Runs ``num_steps`` steps from ``v0`` in one ``lax.fori_loop``. Can be called inside
     ``jax.jit`` (then check ``result.nonfinite_step`` yourself) and vmapped over ``v0``.
-    Outside a trace, a NaN/Inf from the matvec raises ``FloatingPointError`` naming the step.
+    Outside a trace, a NaN/Inf from the matvec, or products outside the scales
+    :mod:`jaxspec.norms` supports, raise ``FloatingPointError`` naming the step.
 
     Args:
       matvec: ``v -> A v`` for a symmetric ``A``, on flat vectors like ``v0``; traceable.
@@ -460,7 +474,7 @@ def lanczos(
     state = lanczos_continue(matvec, state, num_steps, tol=tol, block_size=block_size,
                              reorth=reorth)
     if _is_concrete(state.nonfinite_step):
-        _raise_if_nonfinite(state.nonfinite_step)
+        _raise_if_nonfinite(state.nonfinite_step, state.alphas.dtype)
     return _result(state, num_steps, return_basis)
 
 
@@ -630,7 +644,7 @@ def _host_init(v0: jax.Array, num_steps: int, blocks: tuple, zero):
     state without its basis. ``zero`` is True: a ``where`` on a flag XLA cannot fold writes
     into the donated blocks, where constant zeros would be given fresh buffers."""
     blocks = [jnp.where(zero, jnp.zeros((), b.dtype), b) for b in blocks]
-    first = blocks[0].at[0].set(v0 / jnp.linalg.norm(v0))
+    first = blocks[0].at[0].set(v0 / norm(v0))
     return (first, *blocks[1:]), first[0], _fresh_state((), num_steps, v0.dtype)
 
 
@@ -730,7 +744,7 @@ def _drive(state: LanczosState, num_steps: int, chunk_size: int,
             hook.start(int(state.step), num_steps)
         while int(state.step) < num_steps and not _stop(state):
             state = advance(state, min(chunk_size, num_steps - int(state.step)))
-            _raise_if_nonfinite(state.nonfinite_step)
+            _raise_if_nonfinite(state.nonfinite_step, state.alphas.dtype)
             for hook in hooks:
                 hook.after_chunk(functools.partial(snapshot, state), int(state.step), num_steps)
     finally:
@@ -793,7 +807,8 @@ def run_lanczos(
       A :class:`LanczosResult` (on the host driver, ``num_valid`` stops early at breakdown).
 
     Raises:
-      FloatingPointError: the matvec returned NaN/Inf; the message names the step.
+      FloatingPointError: the matvec returned NaN/Inf, or products outside the scales
+        :mod:`jaxspec.norms` supports; the message names the step.
 
     Example:
       >>> import jax.numpy as jnp

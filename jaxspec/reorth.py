@@ -58,6 +58,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxspec.norms import hypot, norm
+
 __all__ = ["CALIBRATION_STEPS", "METHODS", "check_method", "omega_init", "omega_next",
            "orthogonalise"]
 
@@ -67,8 +69,6 @@ METHODS = ("full", "partial")
 # passes measure the products' rounding (step 0's cannot: alpha_0 is taken from the product
 # itself, so q_0^T w is zero up to the recurrence's own rounding).
 CALIBRATION_STEPS = 3
-
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def check_method(reorth: str) -> str:
@@ -164,10 +164,12 @@ def omega_next(omega: jax.Array, alphas: jax.Array, betas: jax.Array, i, alpha,
 
 def _gram_schmidt(project: Callable, w: jax.Array, i, level=None):
     """A full pass, and a second where the first removed more than half of ``|w|^2``, that is
-    where ``|h|^2 > |w - Q^T h|^2`` (Pythagoras: no norm of ``w`` before the pass is needed).
-    Returns the new ``w``, its coefficient on ``q_i``, ``|w|^2``, the number of passes, the
+    where ``|h| > |w - Q^T h|`` (Pythagoras: no norm of ``w`` before the pass is needed).
+    Returns the new ``w``, its coefficient on ``q_i``, ``|w|``, the number of passes, the
     largest coefficient the first pass removed, ``max_k |q_k^T w|``, and the loss of
-    orthogonality the last pass can have left, ``level |h|_1 / |w|``.
+    orthogonality the last pass can have left, ``level |h|_1 / |w|``. The norms neither over-
+    nor underflow (:mod:`jaxspec.norms`): the coefficients are often rounding-sized
+    (``eps |A|``), and their squares underflow with those of a small operator's vectors.
 
     ``level`` bounds ``|q_j^T q_k|`` over the basis (default: it is orthonormal to rounding). A
     pass against such a basis leaves ``Q w' = -(Q Q^T - I) h``, so the new vector keeps up to
@@ -186,9 +188,9 @@ def _gram_schmidt(project: Callable, w: jax.Array, i, level=None):
         w, coef, _, _, passes, top, _ = carry
         w, h = project(w)
         top = jnp.where(passes == 0, jnp.max(jnp.abs(h)), top)
-        kept = jnp.dot(w, w, precision=_HIGHEST)
-        left = level * jnp.sum(jnp.abs(h)) / jnp.sqrt(kept)
-        return (w, coef + h[i], jnp.dot(h, h, precision=_HIGHEST), kept, passes + 1, top, left)
+        kept = norm(w)
+        left = level * jnp.sum(jnp.abs(h)) / kept
+        return (w, coef + h[i], hypot(h), kept, passes + 1, top, left)
 
     zero = jnp.zeros((), w.dtype)
     w, coef, _, kept, passes, top, left = jax.lax.while_loop(
@@ -205,37 +207,37 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     ``0 .. i``): it returns ``w - Q^T (Q w)`` and ``Q w``. ``alpha`` is ``q_i^T A q_i`` from the
     recurrence; the coefficients a pass takes off ``q_i`` are added to it, so T matches the
     re-orthogonalised basis. ``unit`` is the recurrence's rounding unit (default ``eps``).
-    ``finish(w, alpha, norm2)`` (default: ``w`` as it is) is applied to the new ``w`` where it
+    ``finish(w, alpha, beta)`` (default: ``w`` as it is) is applied to the new ``w`` where it
     is made, inside the branch that made it: a conditional that hands its operand back out
     makes XLA copy it, one more write and read of ``P`` floats at every step without a pass,
     where the caller's normalisation of ``w`` reads and writes it anyway.
-    Returns ``finish`` of the new ``w``, ``alpha``, ``|w|^2`` (``beta_i^2``), the estimates of
-    the rows of ``q_i`` and ``q_{i+1}``, the number of passes over the basis, and the unit
-    (under ``"partial"`` raised where a pass measured more loss of orthogonality than
-    estimated).
+    Returns ``finish`` of the new ``w``, ``alpha``, ``|w|`` (``beta_i``, by
+    :func:`jaxspec.norms.norm`), the estimates of the rows of ``q_i`` and ``q_{i+1}``, the
+    number of passes over the basis, and the unit (under ``"partial"`` raised where a pass
+    measured more loss of orthogonality than estimated).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxspec.reorth import omega_init, orthogonalise
       >>> Q = jnp.eye(3)[:1]                     # the basis: q_0 = e_0
       >>> project = lambda w: (w - (Q @ w) @ Q, Q @ w)
-      >>> w, alpha, norm2, omega, passes, unit = orthogonalise(
+      >>> w, alpha, beta, omega, passes, unit = orthogonalise(
       ...     "full", project, jnp.array([0.5, 2.0, 0.0]), 0, 1.0, omega_init(2, jnp.float32),
       ...     jnp.zeros(2), jnp.zeros(2))
-      >>> w.tolist(), float(alpha), float(norm2), int(passes)
-      ([0.0, 2.0, 0.0], 1.5, 4.0, 1)
+      >>> w.tolist(), float(alpha), float(beta), int(passes)
+      ([0.0, 2.0, 0.0], 1.5, 2.0, 1)
       >>> bool(unit == jnp.finfo(jnp.float32).eps)
       True
     """
     size, dtype = omega.shape[1], omega.dtype
     unit = jnp.asarray(jnp.finfo(dtype).eps if unit is None else unit, dtype)
-    finish = (lambda w, alpha, norm2: w) if finish is None else finish
+    finish = (lambda w, alpha, beta: w) if finish is None else finish
     if check_method(method) == "full":
-        w, h, norm2, passes, _, _ = _gram_schmidt(project, w, i)
-        return (finish(w, alpha + h, norm2), alpha + h, norm2,
+        w, h, beta, passes, _, _ = _gram_schmidt(project, w, i)
+        return (finish(w, alpha + h, beta), alpha + h, beta,
                 jnp.stack([omega[1], _fresh_row(size, i, dtype, unit)]), passes, unit)
-    norm2 = jnp.dot(w, w, precision=_HIGHEST)
-    row = omega_next(omega, alphas, betas, i, alpha, jnp.sqrt(norm2), unit)
+    beta = norm(w)
+    row = omega_next(omega, alphas, betas, i, alpha, beta, unit)
     filled = jnp.arange(size, dtype=jnp.int32) <= i
     estimate = jnp.max(jnp.where(filled, jnp.abs(row), 0))
     # a NaN estimate (beta = 0, or a non-finite w) also takes the pass, and so does the vector
@@ -243,21 +245,21 @@ def orthogonalise(method: str, project: Callable, w: jax.Array, i, alpha, omega:
     threshold = jnp.sqrt(jnp.finfo(dtype).eps)
     clean = jnp.stack([_fresh_row(size, i - 1, dtype, unit), _fresh_row(size, i, dtype, unit)])
     growth = jnp.max(jnp.where(filled, jnp.abs(omega_next(
-        clean, alphas.at[i].set(alpha), betas.at[i].set(jnp.sqrt(norm2)), i + 1, alpha,
-        jnp.sqrt(norm2), unit)), 0)) / unit
+        clean, alphas.at[i].set(alpha), betas.at[i].set(beta), i + 1, alpha, beta, unit)),
+        0)) / unit
     second = _fresh(omega[1], i) & ~_fresh(omega[0], i - 1) & (growth ** 3 * unit <= threshold)
     ok = (i >= CALIBRATION_STEPS) & ~second & (estimate <= threshold)
 
     def measured(w):
         # the basis is semi-orthogonal: the pass leaves what it cannot remove in the estimates
         w, h, after, passes, top, left = _gram_schmidt(project, w, i, threshold)
-        ratio = top / jnp.sqrt(norm2) / estimate  # the loss measured over the loss estimated
+        ratio = top / beta / estimate  # the loss measured over the loss estimated
         new = unit * jnp.where(jnp.isfinite(ratio), jnp.maximum(ratio, 1), 1).astype(dtype)
         reset = jnp.maximum(new, jnp.where(jnp.isfinite(left), left, 0)).astype(dtype)
         return (finish(w, alpha + h, after), alpha + h, after, _fresh_row(size, i, dtype, reset),
                 passes, new)
 
-    w, alpha, norm2, row, passes, unit = jax.lax.cond(
-        ok, lambda w: (finish(w, alpha, norm2), alpha, norm2, row, jnp.int32(0), unit),
+    w, alpha, beta, row, passes, unit = jax.lax.cond(
+        ok, lambda w: (finish(w, alpha, beta), alpha, beta, row, jnp.int32(0), unit),
         measured, w)
-    return w, alpha, norm2, jnp.stack([omega[1], row]), passes, unit
+    return w, alpha, beta, jnp.stack([omega[1], row]), passes, unit

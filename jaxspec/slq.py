@@ -25,7 +25,8 @@ from jaxspec.linearized import linearized
 from jaxspec.operator import CurvatureOperator
 from jaxspec.ritz import ritz_pairs
 
-__all__ = ["NegativeMass", "Spectrum", "probe_dtype", "random_probe", "slq", "slq_runs"]
+__all__ = ["NegativeMass", "Spectrum", "probe_dtype", "probes_symmetry", "random_probe", "slq",
+           "slq_runs"]
 
 
 class NegativeMass(NamedTuple):
@@ -271,6 +272,20 @@ class Spectrum:
         }
 
 
+def probes_symmetry(matvec: Callable, check: bool | None = None, /) -> bool:
+    """Whether a run on ``matvec`` first probes that it is one fixed symmetric matrix
+    (:func:`jaxspec.assert_symmetric`, three products; :func:`slq_runs` and
+    :func:`jaxspec.eigsh` ask): ``check`` where given, else for every matvec but a
+    :class:`jaxspec.CurvatureOperator`, symmetric by construction (see :func:`slq_runs`).
+
+    Example:
+      >>> from jaxspec.slq import probes_symmetry
+      >>> probes_symmetry(abs), probes_symmetry(abs, False)
+      (True, False)
+    """
+    return not isinstance(matvec, CurvatureOperator) if check is None else bool(check)
+
+
 def probe_dtype(matvec: Callable, dtype=None, /) -> jnp.dtype:
     """The probes' dtype: ``dtype`` if given, else the matvec's own (``matvec.dtype``, as a
     :class:`jaxspec.CurvatureOperator` has), else float32.
@@ -368,8 +383,7 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
-    if check is None:
-        check = not isinstance(matvec, CurvatureOperator)
+    check = probes_symmetry(matvec, check)
     matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
     if check:
         assert_symmetric(matvec, jax.random.fold_in(key, 1), dim, dtype=probes[0].dtype)

@@ -61,3 +61,18 @@ def test_slightly_stochastic_operator_is_reported():
     # A deterministic symmetric operator passes and reports no difference between repeats.
     ok = assert_symmetric(lambda v: jnp.asarray(A @ np.asarray(v), v.dtype), jax.random.key(1), 30)
     assert ok.repeat_error == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-21, 1e21])
+def test_the_probe_sees_through_the_scale_of_a_float32_operator(scale):
+    """The probe's norms are scale-safe (jaxspec.norms): with plain ones the float32 norms of
+    the products underflowed to 0 at 1e-21 and overflowed at 1e21, and the relative errors,
+    0 / 0 and x / inf, passed a non-symmetric operator and a changing one."""
+    B = jax.random.normal(jax.random.key(0), (30, 30), jnp.float32) * np.float32(scale)
+    with pytest.raises(ValueError, match="not symmetric"):
+        assert_symmetric(lambda v: B @ v, jax.random.key(1), 30)
+    calls = iter(range(100))
+    with pytest.raises(ValueError, match="not deterministic"):
+        assert_symmetric(lambda v: (1.0 + 1e-3 * next(calls)) * ((B + B.T) @ v),
+                         jax.random.key(1), 30)
+    assert assert_symmetric(lambda v: (B + B.T) @ v, jax.random.key(1), 30).relative_error < 1e-6

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import jaxspec
 from jaxspec import eigsh
 from jaxspec.eigsh import _orthogonalise
+from jaxspec.norms import norm
 from mlp_problem import mlp_loss, mlp_problem
 from spectra import matrix_with_spectrum
 
@@ -124,7 +125,7 @@ def test_invariant_start_space_is_not_mistaken_for_the_answer():
     np.testing.assert_allclose(res.values, lam[-1:], rtol=1e-9)
 
 
-_step = jax.jit(_orthogonalise)
+_step = jax.jit(lambda V, w: _orthogonalise(V, w, norm(w))[:2])
 
 
 @settings(max_examples=60, deadline=None)
@@ -170,6 +171,64 @@ def test_a_shift_moves_the_pairs(driver):
     res = eigsh(lambda v: A @ v, jnp.ones(100, jnp.float32), 3, tol=1e-5, driver=driver)
     assert bool(res.converged.all())
     np.testing.assert_allclose(res.values - 1e4, [0.6, 0.8, 1.0], atol=5e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-19, 1e19, 1e25])
+def test_certified_pairs_of_a_scaled_operator_are_eigenpairs(scale):
+    """float32 matrices scaled past where the squares of their products' norms underflow
+    (1e-19) or overflow (1e19): every pair converges, its measured residual is not zero, and
+    each value lies within its residual of an eigenvalue of the same matrix (float64 eigh),
+    the largest three. With the plain norms the residuals were flushed to zero at 1e-19 and
+    1e-25, and eigsh certified 0.74e-19 for a largest eigenvalue of 1.9e-19."""
+    A64, _ = matrix_with_spectrum(spectrum("spread"), seed=5)
+    A = jnp.asarray(np.asarray(A64) * scale, jnp.float32)
+    exact = np.linalg.eigvalsh(np.asarray(A, np.float64))[-3:]
+    res = eigsh(lambda v: A @ v, jnp.ones(N, jnp.float32), 3, tol=1e-5, num_extra=M - 3)
+    assert bool(res.converged.all()) and np.all(res.residuals > 0)
+    assert np.all(np.abs(res.values - exact) <= res.residuals), (res.values / scale, exact / scale)
+
+
+@pytest.mark.parametrize("exponent", [-83, -63, 66, 83])
+def test_pairs_scale_exactly_with_the_operator(exponent):
+    """On ``2^k A`` (about 1e-25 to 1e25) the values and residuals are ``2^k`` times those on
+    ``A`` and the vectors the same, bit for bit (jaxspec.norms: the rescaled norms round as the
+    plain ones)."""
+    A, _ = matrix_with_spectrum(spectrum("negative"), seed=2, dtype=np.float32)
+    scale = 2.0**exponent
+    base, res = (eigsh(jax.tree_util.Partial(jnp.matmul, B), jnp.ones(N, jnp.float32), 2,
+                       tol=1e-5, num_extra=M - 2, which="both")
+                 for B in (A, A * np.float32(scale)))
+    np.testing.assert_array_equal(res.values / scale, base.values)
+    np.testing.assert_array_equal(res.residuals / scale, base.residuals)
+    np.testing.assert_array_equal(res.vectors, base.vectors)
+    assert res.num_matvecs == base.num_matvecs
+
+
+@pytest.mark.parametrize("scale", [1e-33, 1e33])
+def test_products_outside_the_supported_scales_raise(scale):
+    A = jnp.asarray(np.diag(np.linspace(1.0, 2.0, N)) * scale, jnp.float32)
+    with pytest.raises(FloatingPointError, match="outside the scales"):
+        eigsh(lambda v: A @ v, jnp.ones(N, jnp.float32), 2, num_extra=M - 2)
+
+
+def test_a_plain_callable_is_probed_for_symmetry():
+    """As slq: one probe (three products, not counted in num_matvecs) of a plain callable,
+    none with check=False (nor of a CurvatureOperator, symmetric by construction)."""
+    B = jax.random.normal(jax.random.key(0), (N, N), jnp.float32)
+    with pytest.raises(ValueError, match="not symmetric"):
+        eigsh(lambda v: B @ v, jnp.ones(N, jnp.float32), 2, num_extra=M - 2)
+    calls = []
+    sym = B + B.T
+
+    def counted(v):
+        calls.append(1)
+        return sym @ v
+
+    for check, probe in [(None, 3), (False, 0)]:
+        calls.clear()
+        res = eigsh(counted, jnp.ones(N, jnp.float32), 2, num_extra=M - 2, driver="host",
+                    check=check)
+        assert len(calls) == res.num_matvecs + probe
 
 
 def test_rejects_bad_arguments():

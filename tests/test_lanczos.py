@@ -122,6 +122,54 @@ def test_a_shift_moves_every_node_and_ends_nothing(dtype, shift, reorth):
     np.testing.assert_allclose(spec.weights, base.weights, atol=1e3 * eps * shift)
 
 
+# the operator scaled by powers of two, about 1e-25, 1e-19, 1, 7e19 and 1e25: in float32 the
+# squares of its products' norms underflow below 1e-19 and overflow above 1.8e19
+SCALE_EXPONENTS = [-83, -63, 0, 66, 83]
+
+
+@settings(max_examples=10)
+@given(exponent=st.sampled_from(SCALE_EXPONENTS), kind=st.sampled_from(KINDS),
+       seed=st.integers(0, 10_000), reorth=st.sampled_from(["full", "partial"]),
+       driver=st.sampled_from(["host", "compiled"]))
+def test_t_scales_exactly_with_the_operator(exponent, kind, seed, reorth, driver):
+    """T of ``2^k A`` is ``2^k`` times T of ``A``, bit for bit: a power of two scales every
+    product, sum and norm exactly where nothing over- or underflows, and the norms neither do
+    nor, where they take their rescaled path, round differently from the plain one
+    (jaxspec.norms). So the nodes scale and the weights stay, to the float64 rounding of the
+    tridiagonal eigenproblem. The plain norms made the first step a breakdown below 1e-19 (one
+    node) and an overflow error above 1.8e19."""
+    n, m = 100, 30
+    A, _ = matrix_with_spectrum(spectrum_of_kind(kind, n, seed), seed, dtype=np.float32)
+    v0 = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(n), jnp.float32)
+    scale = 2.0**exponent
+    # a Partial of the matrix: the compiled driver takes it as an argument, one compilation
+    base, res = (run_lanczos(jax.tree_util.Partial(jnp.matmul, B), v0, m, reorth=reorth,
+                             driver=driver) for B in (A, A * np.float32(scale)))
+    assert int(res.num_valid) == int(base.num_valid) == m
+    for field in ("alphas", "betas"):
+        np.testing.assert_array_equal(np.asarray(getattr(res, field), np.float64) / scale,
+                                      np.asarray(getattr(base, field), np.float64))
+    spec, ref = Spectrum.from_lanczos(res), Spectrum.from_lanczos(base)
+    np.testing.assert_allclose(spec.nodes / scale, ref.nodes, rtol=0,
+                               atol=1e-12 * np.abs(ref.nodes).max())
+    np.testing.assert_allclose(spec.weights, ref.weights, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("driver", ["compiled", "host"])
+@pytest.mark.parametrize("scale", [1e-33, 1e33])
+def test_products_outside_the_supported_scales_raise(scale, driver):
+    """Below ``tiny sqrt(P) / eps`` (1e-30 at P = 100 in float32) the rounding of the entries
+    is flushed to zero, above ``eps max`` (4e31) the sums have no headroom: the run stops at
+    its first step and says so, rather than return numbers it cannot vouch for; under jit the
+    step is reported as a non-finite one."""
+    A = jnp.asarray(np.diag(np.linspace(1.0, 2.0, 100)) * scale, jnp.float32)
+    v0 = jnp.ones(100, jnp.float32)
+    with pytest.raises(FloatingPointError, match=r"step 0 .*outside the scales.*float32"):
+        run_lanczos(lambda v: A @ v, v0, 10, driver=driver)
+    res = jax.jit(lambda v: lanczos(lambda x: A @ x, v, 10))(v0)
+    assert int(res.nonfinite_step) == 0 and int(res.num_valid) == 0
+
+
 def test_breakdown_gives_exactly_the_distinct_eigenvalues():
     distinct = np.array([-2.0, 0.5, 1.0, 3.0, 10.0])
     eigs = np.repeat(distinct, 10)  # n = 50, five distinct eigenvalues
@@ -364,5 +412,6 @@ def test_a_step_copies_no_vector_outside_its_passes(reorth):
     copies = [line.strip()[:80] for name in checked for line in comps[name]  # P or (rows, P)
               if re.search(rf"= f32\[(\d+,)?{P}\]\{{(1,)?0\}} copy\(", line)]
     assert copies == []
-    # the row writes' branches (one per block), and partial's branch without a pass
-    assert len(checked) == 1 + 2 * len(host.blocks) + (reorth == "partial")
+    # the row writes' branches (one per block), and partial's branch without a pass and the
+    # two of its norm of w before the estimates (jaxspec.norms: the plain one, the rescaled)
+    assert len(checked) == 1 + 2 * len(host.blocks) + 3 * (reorth == "partial")

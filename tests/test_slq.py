@@ -131,6 +131,33 @@ def test_symmetry_probe():
     assert slq(lambda v: sym @ v, jax.random.key(1), 20, 5).meta["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e-19, 1e19, 1e25])
+def test_slq_of_a_scaled_operator_has_its_eigenvalues_and_weights(scale):
+    """A float32 matrix scaled by a decimal power, past where the squares of its products'
+    norms underflow (1e-19) or overflow (1e19 with eigenvalues up to 10), at full depth: every
+    node is an eigenvalue (float64 eigh of the same float32 matrix) to a few rounding units of
+    ``|A|`` (T is the projection of a matrix within rounding of ``A``, the partial method's
+    semi-orthogonality suffices: jaxspec.reorth; at full depth every node has converged, so
+    Weyl's bound applies), and the weights are the squared components of the probe on the
+    eigenvectors, to rounding over the smallest gap (an eigenvector's sensitivity). The plain
+    norms gave one node at 1e-19 and 1e-25 (a breakdown at the first step) and an overflow
+    error at 1e19 and 1e25."""
+    n = 40
+    eigs = spectrum_of_kind("spread", n, 0)
+    A64, _ = matrix_with_spectrum(eigs, 0)
+    A = jnp.asarray(np.asarray(A64) * scale, jnp.float32)
+    v0 = jnp.asarray(np.random.default_rng(0).standard_normal(n), jnp.float32)
+    spec = slq(lambda v: A @ v, jax.random.key(0), n, n, v0=v0)  # the symmetry probe, too
+    exact, vectors = np.linalg.eigh(np.asarray(A, np.float64))
+    weights = (vectors.T @ np.asarray(v0, np.float64)) ** 2 / float(np.sum(np.asarray(v0,
+                                                                                np.float64) ** 2))
+    eps, norm = float(np.finfo(np.float32).eps), float(np.abs(exact).max())
+    assert spec.nodes.size == n
+    np.testing.assert_allclose(spec.nodes, exact, rtol=0, atol=8 * eps * norm)
+    gap = float(np.diff(exact).min())
+    np.testing.assert_allclose(spec.weights, weights, rtol=0, atol=8 * eps * norm / gap)
+
+
 def test_stem_plots_write_files(tmp_path):
     s = Spectrum.from_tridiagonal([1.0, -2.0, 3.0], [0.5, 0.25])
     stem_plot(s, path=str(tmp_path / "a.png"), title="one")
