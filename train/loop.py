@@ -355,7 +355,7 @@ def _train(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | N
     write_text(os.path.join(workdir, DATA_FILE), json.dumps(info, indent=2))
     replicated = NamedSharding(trainer.mesh, P())
     eval_bs = trainer.eval_batch_size
-    num_train = data.x_train.shape[0]
+    num_train, every = data.x_train.shape[0], config.track_curvature_every
     x_train = jax.device_put(data.x_train, replicated)
     y_train = jax.device_put(data.y_train.astype(np.int32), replicated)
     n_test = data.x_test.shape[0]
