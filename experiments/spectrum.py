@@ -28,7 +28,8 @@ the data per ``--noise-probes``), which ``experiments.compare`` feeds to Theorem
 
 Writes ``<out>/<mode>_e<epoch>.json`` (nodes, weights, settings, model, P, N, BatchNorm mode,
 times: :class:`jaxspec.Spectrum`) and its stem plot ``<mode>_e<epoch>.png``; ``<out>`` defaults
-to ``<workdir>/spectra``.
+to ``<workdir>/spectra``. The times are this invocation's: a resumed run (``resumed``: true)
+counts only the steps it ran itself in ``time_s``.
 """
 
 from __future__ import annotations
