@@ -340,8 +340,8 @@ def _set_up(config: TrainConfig, workdir: str, *, data: data_lib.ImageDataset | 
         config, num_classes=data.num_classes, num_train=data.x_train.shape[0], mean=data.mean,
         std=data.std, mesh=mesh,
     )
-    every = config.track_curvature_every
-    tracker = None if every is None else build_tracker(config, model=trainer.model, data=data)
+    tracker = (None if config.track_curvature_every is None
+               else build_tracker(config, model=trainer.model, data=data))
     return data, info, trainer, tracker
 
 
