@@ -102,9 +102,8 @@ def dense_problem():
 @pytest.mark.parametrize("residuals", ["all", "compact"])
 def test_curvature_products_are_the_dense_hessian(dense_problem, residuals):
     # The attention's softmax takes JAX's own derivative rule (the model turns it on), whose
-    # second derivatives the linearised products use. jax.nn.dot_product_attention computes
-    # its softmax in float32 whatever the inputs, so the two sides agree to float32 rounding
-    # of the attention's part (3e-11 of the largest entry here), not to float64's
+    # second derivatives the linearised products use; a float64 model computes its attention
+    # in float64 (jax.nn.dot_product_attention's softmax would be float32)
     loss_fn, params, batch, dense = dense_problem
     assert "custom_jvp_call" in str(jax.make_jaxpr(loss_fn)(params, batch))  # the softmax's rule
     op = jaxspec.curvature_operator(loss_fn, params, jaxspec.batch_dataset(batch, 2),
@@ -112,8 +111,22 @@ def test_curvature_products_are_the_dense_hessian(dense_problem, residuals):
     assert op.linear.residuals == residuals and op.linear.count == 2
     v = np.random.default_rng(4).standard_normal(op.size)
     want = dense @ v
-    np.testing.assert_allclose(op.mv(jnp.asarray(v)), want, rtol=1e-7,
-                               atol=1e-9 * np.abs(want).max())
+    np.testing.assert_allclose(op.mv(jnp.asarray(v)), want, rtol=1e-10,
+                               atol=1e-12 * np.abs(want).max())
+
+
+def test_a_float64_copy_computes_in_float64(dense_problem):
+    """The parameters' dtype sets the computation's: a float32-built model given the float64
+    model's parameters has the same float64 Hessian (its embedding tables were looked up in
+    float32, its attention's softmax computed in float32: 1e-5 apart)."""
+    loss_fn, params, batch, dense = dense_problem
+    model32 = Transformer(8, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")), **KW)
+    loss32, _ = hessian_loss(model32, bn_mode="batch", input_key="tokens")
+    flat, unravel = ravel_pytree(params)
+    v = np.random.default_rng(5).standard_normal(flat.size)
+    hv = jax.jvp(jax.grad(lambda f: loss32(unravel(f), batch)), (flat,), (jnp.asarray(v),))[1]
+    assert hv.dtype == jnp.float64
+    np.testing.assert_allclose(hv, dense @ v, rtol=1e-10, atol=1e-12 * np.abs(dense @ v).max())
 
 
 def test_tiny_training_run(tmp_path, split):

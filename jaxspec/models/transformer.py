@@ -94,9 +94,22 @@ class TransformerBlock(nnx.Module):
         # same derivatives, whose tangent reads the probabilities alone; a curvature product
         # recomputes less of the attention at every step than with the rule JAX derives
         with jax.softmax_custom_jvp(True):
-            attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            attended = _causal_attention(q, k, v)
         x = x + self.out(attended.reshape(b, t, w))
         return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x))))
+
+
+def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal attention over ``(batch, time, heads, head width)``:
+    :func:`jax.nn.dot_product_attention`, which computes its softmax in float32 whatever its
+    inputs; wider inputs (a float64 model, the tests' dense references) take the same attention
+    written out in their dtype."""
+    if jnp.finfo(q.dtype).bits <= 32:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k) / math.sqrt(q.shape[-1])
+    t = q.shape[1]
+    logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, jnp.finfo(logits.dtype).min)
+    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1), v)
 
 
 class Transformer(nnx.Module):
@@ -130,7 +143,7 @@ class Transformer(nnx.Module):
                  param_dtype: Any = jnp.float32, dtype: Any = None, rngs: nnx.Rngs) -> None:
         kw = dict(rngs=rngs, param_dtype=param_dtype, dtype=dtype)
         init = nnx.initializers.normal(_STD)
-        self.max_len = max_len
+        self.max_len, self.dtype = max_len, dtype
         self.embed = nnx.Embed(num_classes, width, embedding_init=init, **kw)
         self.pos = nnx.Embed(max_len, width, embedding_init=init, **kw)
         residual_std = _STD / math.sqrt(2 * num_layers)
@@ -147,7 +160,11 @@ class Transformer(nnx.Module):
         t = tokens.shape[1]
         if t > self.max_len:
             raise ValueError(f"sequence of {t} tokens is longer than max_len={self.max_len}")
-        x = self.embed(tokens) + self.pos(jnp.arange(t))[None]
+        # the tables read in their own dtype (nnx.Embed fixes its dtype when it is built, so a
+        # float64 copy of a float32 model would look its embeddings up in float32)
+        x = self.embed.embedding[...][tokens] + self.pos.embedding[...][:t][None]
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         for layer in self.layers:
             x = layer(x)
         return self.head(self.norm(x))
