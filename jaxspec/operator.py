@@ -273,7 +273,9 @@ class CurvatureOperator:
         another matrix. The loss is hashed as the program it computes on one batch (its jaxpr,
         with the constants it closes over, such as BatchNorm statistics), not by its Python
         name: two closures of one factory are told apart, and the digest is the same in every
-        process. Arrays on other processes' devices are hashed by their local shards.
+        process. The zero-weight batches a mesh reduction appends are left out, so one process
+        gets the same digest on any number of devices (a run resumes on fewer GPUs). Arrays on
+        other processes' devices are hashed by their local shards.
 
         Example:
           >>> import jax.numpy as jnp, jaxspec
@@ -292,7 +294,7 @@ class CurvatureOperator:
         h.update(_without_addresses(repr((
             getattr(self.loss_fn, "__qualname__", repr(self.loss_fn)), self.kind,
             type(self.transform).__name__))).encode())
-        arrays = (self.params, self.data, self.transform)
+        arrays = (self.params, _unpadded(self.data), self.transform)
         if self.key is not None:
             arrays += (self.key,)
         leaves, treedef = jax.tree.flatten(arrays)
@@ -432,6 +434,19 @@ def _without_addresses(text: str) -> str:
     """``text`` without the memory addresses that reprs of functions carry (`` at 0x7f..``),
     which differ from one process to the next."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def _unpadded(data: Any) -> Any:
+    """``data`` without trailing zero-weight batches (the padding of a mesh reduction, which
+    depends on the device count), where its arrays are all on this process."""
+    weights = np.asarray(data.weights, np.float64)
+    real = int(np.flatnonzero(weights)[-1]) + 1 if weights.any() else 0
+    local = all(not isinstance(x, jax.Array) or x.is_fully_addressable
+                for x in jax.tree.leaves(data.batches))
+    if data.batches is None or real == weights.size or not local:
+        return data
+    return data._replace(batches=jax.tree.map(lambda x: x[:real], data.batches),
+                         weights=weights[:real])
 
 
 def _local_parts(leaf: Any) -> list[np.ndarray]:

@@ -165,6 +165,11 @@ def run(device_counts: list[int]) -> dict:
                               mesh=mesh, shard_basis=True)
             out["ritz_padded_diag"] = Spectrum.from_lanczos(res).nodes.tolist()
             out["resumed_padded_diag"] = resumed_after_kill(mesh)
+        # 3 full batches padded to 4 or 8: the same matrix, the same fingerprint (a run
+        # resumes on another number of devices)
+        few = curvature_operator(mlp_loss, jax.tree.map(jnp.asarray, make_params("mlp")),
+                                 batch_dataset(make_data(200), 64), reduce=MeshReduce(mesh))
+        out["fingerprint_few"] = few.fingerprint()
         try:  # a stack of batches that does not split evenly is refused, not truncated
             shard_batched(batch_dataset(make_data(1000), 64), mesh)
             out["uneven_refused"] = 15 % num_devices == 0

@@ -253,6 +253,16 @@ def test_sharded_hvp_equals_single_device(workers, devices):
 
 
 @pytest.mark.slow
+def test_fingerprint_is_the_same_on_any_number_of_devices(workers):
+    """The zero-weight batches that pad 3 batches to 4 or 8 devices leave the fingerprint as
+    it is on one device: a checkpoint resumes on another number of devices."""
+    core = curvature_operator(pw.mlp_loss, jax.tree.map(jnp.asarray, pw.make_params("mlp")),
+                              batch_dataset(pw.make_data(200), 64), reduce="scan")
+    for devices in (8, 4):
+        assert workers.result("devices")[str(devices)]["fingerprint_few"] == core.fingerprint()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [8, 4])
 def test_ritz_values_equal_single_device(workers, devices):
     out = workers.result("devices")[str(devices)]
