@@ -599,6 +599,10 @@ def global_batched(
       ((2, 4, 1), (2, 1), 0.2)
     """
     mesh = data_mesh() if mesh is None else mesh
+    if mesh.devices.ndim != 1:  # a process's devices would be counted over the other axes too
+        raise ValueError(
+            f"global_batched needs a 1-D mesh (data_mesh()), got axes {mesh.axis_names}: place "
+            "the data on data_mesh() and give the 2-D mesh to MeshReduce(mesh, model_axis=...)")
     num_devices = _axis_size(mesh, axis_name)
     me = jax.process_index()
     local_devices = sum(d.process_index == me for d in mesh.devices.flat)

@@ -171,6 +171,10 @@ def test_global_batched_checks_the_share():
         global_batched(data[:50], mesh, batch_size=8, num_samples=100, tail=data[96:])
     with pytest.raises(ValueError, match="tail"):
         global_batched(data[:96], mesh, batch_size=8, num_samples=100)
+    # a 2-D mesh: refused with the way out (it counted a process's devices over every axis)
+    grid = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    with pytest.raises(ValueError, match="1-D mesh.*MeshReduce"):
+        global_batched(data[:96], grid, batch_size=8, num_samples=100, tail=data[96:])
 
 
 def test_run_lanczos_checks_its_mesh_arguments():
