@@ -178,7 +178,9 @@ def hessian_loss(
     Works for any NNX model mapping images to logits, with or without BatchNorm and dropout. The
     mode is set on a *view* of the model (``nnx.view(use_running_average=..., deterministic=True)``)
     so ``model`` itself keeps its mode and its state; the BatchNorm running statistics are
-    read, never written, whatever ``bn_mode``.
+    read, never written, whatever ``bn_mode``. They are those of ``model`` when the loss is
+    built: after more training, ``bn_mode="running"`` needs a new ``hessian_loss`` (passing new
+    parameters, or ``with_params``, keeps the old statistics; ``"batch"`` has none to keep).
 
     Models that take a mode flag at call time (``model(x, train=...)``) pass ``forward``, e.g.
     ``forward=lambda m, x: m(x, train=False)`` with ``bn_mode="running"``. A call-time flag
@@ -201,7 +203,8 @@ def hessian_loss(
       ``(loss_fn, params)``: ``params`` is the ``nnx.Param`` state of ``model`` (a pytree;
       ``nnx.split(model, nnx.Param, ...)[1]``), ``loss_fn(params, batch)`` the mean
       cross-entropy of the batch dict ``{"image", "label"}``. Parameters of another dtype
-      (e.g. a float64 copy) may be passed; the model computes in their dtype. ``loss_fn`` is
+      (e.g. a float64 copy) may be passed; the model computes in their dtype, unless it was
+      built with a fixed computation ``dtype=`` (then in that one). ``loss_fn`` is
       a :class:`jaxspec.SplitLoss`: ``loss_fn.apply(params, batch)`` gives the logits,
       ``output_loss`` is the cross-entropy with ``batch["label"]``, ``predictive`` is
       ``jaxspec.Categorical("label")``, so ``kind="ggn"``, ``"fisher"``, ``"fisher_mc"`` and

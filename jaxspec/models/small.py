@@ -181,7 +181,7 @@ class MLP(nnx.Module):
 class SmallCNN(nnx.Module):
     """Tiny CNN: ``[conv3x3 - (BN) - ReLU - maxpool2]`` per width, mean pool, dropout, Linear.
 
-    Fast enough for dense Hessians in tests (a few hundred parameters with the defaults) while
+    Fast enough for dense Hessians in tests (1,586 parameters with the defaults) while
     exercising every piece the big models have: convolutions, BatchNorm and dropout.
 
     Args:
