@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from jaxspec.augment import variant_count
+from train.configs import check_ints
 
 __all__ = [
     "CURVATURES",
@@ -42,7 +43,6 @@ _INTS = (("num_steps", 1, True), ("num_per_image", 1, False), ("variant_seed", N
          ("probe_seed", None, False), ("batch_size", 1, False), ("num_images", 1, True),
          ("checkpoint_every", 1, False), ("group_size", 1, True), ("noise_probes", 0, False),
          ("top_k", 0, False))
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ class SpectrumSettings:
       >>> SpectrumSettings(num_steps=0)
       Traceback (most recent call last):
         ...
-      ValueError: num_steps must be None or an int >= 1, got 0
+      ValueError: config key 'num_steps' must be null or an int > 0, got 0
     """
 
     mode: str = "empirical"
@@ -121,15 +121,7 @@ class SpectrumSettings:
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {tuple(CURVATURES)}, got "
                              f"{self.curvature!r}")
-        for name, low, optional in _INTS:
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            if (not isinstance(value, int) or isinstance(value, bool)
-                    or (low is not None and value < low)):
-                rule = "an int" + ("" if low is None else f" >= {low}")
-                raise ValueError(f"{name} must be {'None or ' if optional else ''}{rule}, "
-                                 f"got {value!r}")
+        check_ints(self, _INTS)
         if self.num_per_image > variant_count():
             raise ValueError(f"num_per_image must be at most {variant_count()} (the distinct "
                              f"crop/flip variants of an image), got {self.num_per_image}")

@@ -146,11 +146,11 @@ def test_cli_overrides_reach_the_config(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--seeds", "0"], "'seeds' must be an int >= 1"),
+    (["--seeds", "0"], "'seeds' must be an int > 0"),
     (["--qs", "-1"], "'qs' must be a non-empty tuple of finite floats > 0"),
     (["--ggn", "maybe"], "'ggn' needs true/false"),
-    (["--train-steps", "0"], "'train_steps' must be an int >= 1"),
-    (["--noise-probes", "0"], "'noise_probes' must be an int >= 1"),
+    (["--train-steps", "0"], "'train_steps' must be an int > 0"),
+    (["--noise-probes", "0"], "'noise_probes' must be an int > 0"),
     (["--hvp-batch-size", "6000"], "two batches of hvp_batch_size"),   # smoke: P = 555
     (["--true-ratio", "2"], "to exceed the largest N"),   # M = 1500, N = 1850 at q = 0.3
 ])

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from jaxspec.data import NUM_CLASSES
 
-__all__ = ["TrainConfig", "apply_overrides", "config_names", "get_config"]
+__all__ = ["TrainConfig", "apply_overrides", "check_ints", "config_names", "get_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,23 +158,43 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def check_ints(config: Any, rules: Sequence[tuple[str, int | None, bool]], /) -> None:
+    """Refuses, with a ``ValueError`` naming the key, a field of ``config`` that is not an int
+    at or above its smallest value; ``rules`` holds ``(key, smallest or None, None allowed)``.
+    The one integer check of every script's config (:class:`TrainConfig`,
+    ``experiments.true_hessian.StudyConfig``, ``experiments.spectrum_settings``).
+
+    Example:
+      >>> import types
+      >>> from train.configs import check_ints
+      >>> check_ints(types.SimpleNamespace(steps=3, limit=None), [("steps", 1, False),
+      ...                                                          ("limit", 0, True)])
+      >>> check_ints(types.SimpleNamespace(steps=0), [("steps", 1, False)])
+      Traceback (most recent call last):
+        ...
+      ValueError: config key 'steps' must be an int > 0, got 0
+    """
+    for key, low, optional in rules:
+        value = getattr(config, key)
+        if (value is None and optional) or (_is_int(value) and (low is None or value >= low)):
+            continue
+        rule = "an int" + ("" if low is None else " > 0" if low == 1 else f" >= {low}")
+        raise ValueError(f"config key {key!r} must be {'null or ' if optional else ''}{rule}, "
+                         f"got {value!r}")
+
+
 def _validate(c: TrainConfig) -> None:
     # Checked when a config is made (named, overridden or read back), so a typo fails before a
     # work directory is touched, with the key named.
     def bad(key: str, rule: str) -> None:
         raise ValueError(f"config key {key!r} must be {rule}, got {getattr(c, key)!r}")
 
-    for key, low in (("epochs", 0), ("batch_size", 1), ("eval_batch_size", 1),
-                     ("checkpoint_every", 1), ("seed", None), ("track_curvature_samples", 1),
-                     ("seq_len", 1)):
-        value = getattr(c, key)
-        if not _is_int(value) or (low is not None and value < low):
-            bad(key, "an int" + ("" if low is None else f" >= {low}" if low == 0 else " > 0"))
-    for key, low in (("stop_after", 0), ("train_per_class", 1), ("test_per_class", 1),
-                     ("subsample_seed", None), ("track_curvature_every", 1)):
-        value = getattr(c, key)
-        if value is not None and (not _is_int(value) or (low is not None and value < low)):
-            bad(key, "null or an int" + ("" if low is None else " >= 0" if low == 0 else " > 0"))
+    check_ints(c, [("epochs", 0, False), ("batch_size", 1, False), ("eval_batch_size", 1, False),
+                   ("checkpoint_every", 1, False), ("seed", None, False),
+                   ("track_curvature_samples", 1, False), ("seq_len", 1, False),
+                   ("stop_after", 0, True), ("train_per_class", 1, True),
+                   ("test_per_class", 1, True), ("subsample_seed", None, True),
+                   ("track_curvature_every", 1, True)])
     for key, low, high in (("base_lr", 0.0, math.inf), ("lr_ratio", 0.0, math.inf),
                            ("momentum", 0.0, 1.0), ("weight_decay", 0.0, math.inf)):
         value = getattr(c, key)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from train.configs import apply_overrides
+from train.configs import apply_overrides, check_ints
 
 __all__ = ["StudyConfig", "apply_overrides", "config_names", "default", "full", "get_config",
            "gpu", "preset", "smoke"]
@@ -169,14 +169,11 @@ def _validate(c: StudyConfig) -> None:
     def is_float(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    for key, low in (("seed", None), ("input_dim", 1), ("num_classes", 2), ("train_steps", 1),
-                     ("train_batch_size", 1), ("lanczos_steps", 1), ("true_lanczos_steps", 1),
-                     ("num_vectors", 1), ("noise_probes", 1), ("noise_lanczos_steps", 1),
-                     ("per_sample_count", 0), ("hvp_batch_size", 1), ("coupling_samples", 0),
-                     ("seeds", 1)):
-        value = getattr(c, key)
-        if not is_int(value) or (low is not None and value < low):
-            bad(key, "an int" + ("" if low is None else f" >= {low}"))
+    check_ints(c, [(key, low, False) for key, low in (
+        ("seed", None), ("input_dim", 1), ("num_classes", 2), ("train_steps", 1),
+        ("train_batch_size", 1), ("lanczos_steps", 1), ("true_lanczos_steps", 1),
+        ("num_vectors", 1), ("noise_probes", 1), ("noise_lanczos_steps", 1),
+        ("per_sample_count", 0), ("hvp_batch_size", 1), ("coupling_samples", 0), ("seeds", 1))])
     for key in ("teacher_widths", "student_widths"):
         value = getattr(c, key)
         if not (isinstance(value, tuple) and all(is_int(w) and w >= 1 for w in value)):
