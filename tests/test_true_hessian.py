@@ -8,10 +8,12 @@ qualitative claim where Theorem 1's premise holds.
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from experiments.true_hessian import (SUMMARY_COLUMNS, StudyConfig, apply_overrides, preset,
@@ -51,7 +53,8 @@ def test_outputs_exist_and_parse(study):
     assert tuple(rows[0]) == SUMMARY_COLUMNS
     md = open(os.path.join(wd, "summary.md")).read()
     assert md.startswith("Seed 0") and "Noise matrix spectra" in md and "Gauss-Newton" in md
-    assert _png(os.path.join(wd, "extremal.png"))
+    assert all(_png(os.path.join(wd, f)) for f in ("extremal.png", "beyond_first_order.png"))
+    assert "Shift beyond first order" in md
     for r in out["points"]:
         d = os.path.join(wd, f"N{r['N']:06d}")
         assert _png(os.path.join(d, "spectra.png"))
@@ -208,6 +211,11 @@ def test_predictors_and_gauss_newton_are_reported(study):
     to Lanczos rounding, and at the interpolating point the residual of the training set is
     narrower than that of N held-out samples (the training-set Hessian is near its GGN)."""
     for r in study["out"]["points"]:
+        # the top Ritz values have converged, so the Rayleigh bound holds for the top edges
+        for pre in ("", "ggn_"):
+            top = r[f"{pre}heldout_lambda_max"]
+            assert top >= r[f"{pre}heldout_rayleigh_max"] - 1e-5 * top
+        assert r["rq_pert_lambda_max"] > r["pert_lambda_max"]        # 1/N + 1/M > 1/N - 1/M
         assert r["bw_lambda_max"] > r["true_lambda_max"] > 0 > r["true_lambda_min"]
         assert r["bw_lambda_min"] < r["true_lambda_min"] and r["fluct_max"] > 0
         assert r["ggn_pred_lambda_max"] > r["ggn_true_lambda_max"] > 0
@@ -231,3 +239,53 @@ def test_seeds_give_mean_and_spread(tmp_path):
     assert a["true_lambda_max"] != b["true_lambda_max"]        # other data, init and probe
     md = (tmp_path / "summary.md").read_text()
     assert md.startswith("Seeds: 0, 1 (2)") and " +- " in md
+
+
+def _anisotropic_wishart_draws(num_draws, n, m, seed=0):
+    """Draws of ``H_N`` and ``H_M`` for ``H = diag(levels)`` (a top level 1.0 above a bulk) plus
+    the mean of ``i.i.d. X_i = b_i b_i^T - Sigma``, ``b_i ~ N(0, Sigma)``, ``Sigma`` diagonal and
+    largest along the top eigenvector ``u = e_P``: the noise's coupling to ``u`` is
+    ``c_j = E[(b_j b_u)^2] = Sigma_jj Sigma_uu``. Returns the levels, the couplings and, per draw,
+    ``lambda_max(H_N)``, ``lambda_max(H_M)`` and ``u_M^T H_N u_M`` (u_M: H_M's top vector)."""
+    rng = np.random.default_rng(seed)
+    p = 80
+    levels = np.append(rng.uniform(-0.1, 0.3, p - 1), 1.0)
+    sigma = np.append(rng.uniform(0.02, 0.3, p - 1), 1.0)
+    couplings = np.append(sigma[:-1] * sigma[-1], 2 * sigma[-1] ** 2)
+
+    def draw(k):
+        b = rng.standard_normal((k, p)) * np.sqrt(sigma)
+        return np.diag(levels) + b.T @ b / k - np.diag(sigma)
+
+    out = []
+    for _ in range(num_draws):
+        h_n, h_m = draw(n), draw(m)
+        w_m, v_m = np.linalg.eigh(h_m)
+        u = v_m[:, -1]
+        out.append((np.linalg.eigvalsh(h_n)[-1], w_m[-1], u @ h_n @ u))
+    return levels, couplings, np.array(out)
+
+
+def test_the_shift_beyond_first_order_is_predicted_at_one_over_n_plus_one_over_m():
+    """lambda(H_N) - u_M^T H_N u_M has mean s (1/N + 1/M) (s = sum_j c_j / (lambda - theta_j),
+    the second-order coefficient) and scatters far less than lambda(H_N) - lambda(H_M), whose
+    first-order terms do not cancel: theory.hessian_predictions(reference="rayleigh") against
+    dense draws of an anisotropic Wishart noise (exact couplings)."""
+    from experiments.true_hessian import theory
+
+    n, m = 400, 2000
+    levels, couplings, d = _anisotropic_wishart_draws(60, n, m)
+    order = np.argsort(levels)
+    pairs = {"top": {"values": levels[order]}}
+    coup = {"top": {"couplings": couplings[order], "rest": 0.0}}
+    predicted = theory.hessian_predictions(pairs, coup, n, m=m, reference="rayleigh",
+                                           sides=("top",))["pert_lambda_max"] - 1.0
+    beyond, eigen = d[:, 0] - d[:, 2], d[:, 0] - d[:, 1]
+    assert (beyond >= -1e-12).all()                    # Rayleigh: lambda_max >= u^T H_N u
+    stderr = beyond.std(ddof=1) / math.sqrt(len(beyond))
+    assert abs(beyond.mean() - predicted) < 4 * stderr, (beyond.mean(), predicted, stderr)
+    assert stderr < 0.04 * predicted                   # resolved to a few per cent by 60 draws
+    assert beyond.std() < 0.2 * eigen.std()            # the first-order scatter is gone
+    # 1/N alone, or 1/N - 1/M (the eigenvalue reference), would be many standard errors off
+    for wrong in (1 / n, 1 / n - 1 / m):
+        assert abs(beyond.mean() - predicted * wrong / (1 / n + 1 / m)) > 4 * stderr

@@ -41,6 +41,11 @@ distribution) by augmentation. Here the distribution is ours, so fresh samples a
   perturbation with the coupling ``E[(v_j^T X u)^2]`` of the per-sample noise to the true
   extremal Ritz vector ``u``, measured on fresh samples' per-sample HVPs and resolved over the
   True Hessian's Ritz vectors ``v_j`` (plain and self-consistent).
+* **The shift beyond first order**: each held-out extremal eigenvalue is also measured against
+  the held-out matrix's Rayleigh quotient ``u^T H_N u`` along the True Hessian's extremal Ritz
+  vector (one product): the first-order terms cancel, so a mean shift is resolved by one seed
+  where ``lambda(H_N) - lambda(H_M)`` scatters more than it moves; predicted at
+  ``1/N + 1/M`` (:mod:`~experiments.true_hessian.theory`).
 * **Gauss-Newton** (``kind="ggn"``): the empirical, held-out and true GGN, the Wishart
   (Baik-Silverstein / BBP) prediction of the held-out GGN's top eigenvalue, and the residual
   ``H - GGN`` on the training and on the held-out set.
@@ -65,8 +70,9 @@ Repeated over a sweep of ``q`` (default 0.1 ... 10). Everything goes under ``--w
 with their Ritz pairs ``ritz_*.npz``, comparison tables
 ``comparison_{train,heldout}.{md,csv,json}``, the stem plots ``spectra.png`` and ``result.json``
 (written last: a rerun skips finished points and resumes an interrupted Lanczos run from its
-checkpoint); over the sweep ``summary.{md,csv,json}`` and ``extremal.png`` (measured and
-predicted extremal eigenvalues against q).
+checkpoint); over the sweep ``summary.{md,csv,json}``, ``extremal.png`` (measured and
+predicted extremal eigenvalues against q) and ``beyond_first_order.png`` (the shift beyond first
+order, measured and predicted, against q).
 
 Example:
   >>> from experiments.true_hessian import get_config, preset

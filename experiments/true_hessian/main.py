@@ -35,9 +35,9 @@ __all__ = ["config_mismatch", "main", "make_pools", "run_point", "run_study"]
 
 
 #: The form of a point's predictions, kept in its ``result.json``: a finished point of another
-#: form (2: the True Hessian's own noise undone, see theory.py) gets its predictions again from
-#: its saved weights and spectra.
-PREDICTIONS = 2
+#: form (2: the True Hessian's own noise undone; 3: the shift beyond first order, see theory.py)
+#: gets its predictions again from its saved weights and spectra.
+PREDICTIONS = 3
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -226,6 +226,24 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
             pairs["ggn_true"], {"top": coup["ggn_top"]}, n, m=m_true, sides=("top",)).items()})
         times["couplings_ggn"] = time.perf_counter() - t
 
+    # 4c. the shift beyond first order: the held-out matrices along the true extremal vectors,
+    # predicted at 1/N + 1/M (theory.py)
+    q_rq = p * (1 / n + 1 / m_true)
+    beyond = {"heldout_rayleigh_max": measure.rayleigh_quotient(ops["heldout"], u_top),
+              "heldout_rayleigh_min": measure.rayleigh_quotient(ops["heldout"], u_bottom),
+              **{f"rq_{k}": v for k, v in theory.hessian_predictions(
+                  pairs["true"], coup, n, m=m_true, reference="rayleigh").items()}}
+    if cfg.ggn:
+        beyond["ggn_heldout_rayleigh_max"] = measure.rayleigh_quotient(
+            ops["ggn_heldout"], pairs["ggn_true"]["top"]["vectors"][-1])
+        ggn_rq = theory.ggn_predictions(spectra["ggn_true"], n, cfg.num_classes, m=m_true,
+                                        reference="rayleigh")
+        beyond.update({f"rq_{k}": ggn_rq[k] for k in ("ggn_pred_lambda_max",
+                                                       "ggn_pred_iso_lambda_max")})
+        beyond.update({f"rq_ggn_{k}": v for k, v in theory.hessian_predictions(
+            pairs["ggn_true"], {"top": coup["ggn_top"]}, n, m=m_true, reference="rayleigh",
+            sides=("top",)).items()})
+
     # 5. the noise matrices themselves, at selected q
     noise_spectra: dict[str, Any] = {}
     if _noise_spectrum_here(q, p, cfg):
@@ -274,6 +292,12 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     pred_dir_min = float(rmt.empirical_edge(np.float32(tru.lambda_min), q=q,
                                             sigma2=sigma2_bottom, side="bottom",
                                             reference_q=p / m_true))
+    lam = {"max": (tru.lambda_max, sigma2_top, "top"), "min": (tru.lambda_min, sigma2_bottom,
+                                                               "bottom")}
+    for e, (l, s2_dir, side) in lam.items():  # Theorem 1 for the shift beyond first order
+        for key, s2 in (("pred", sigma2), ("pred_dir", s2_dir)):
+            beyond[f"rq_{key}_lambda_{e}"] = float(rmt.empirical_edge(
+                np.float32(l), q=q_rq, sigma2=s2, side=side))
     result = {
         "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true, "predictions": PREDICTIONS,
         "train_loss": train_loss, "train_acc": train_acc,
@@ -288,7 +312,7 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
         "pred_lambda_min": rows["lambda_min"]["predicted_empirical"],
         "pred_dir_lambda_max": pred_dir_max, "pred_dir_lambda_min": pred_dir_min,
         "true_noise_edge_goe": 2 * math.sqrt(p / m_true * sigma2),
-        "noise_spectrum": noise_spectra or None, "per_sample": per_sample, **preds,
+        "noise_spectrum": noise_spectra or None, "per_sample": per_sample, **preds, **beyond,
         "coupling_samples": c, **{f"coupling_{side}_total": d["total"] for side, d in coup.items()},
         **{f"coupling_{side}_rest": d["rest"] for side, d in coup.items()},
         **{f"{k}_lambda_{e}": getattr(spectra[k], f"lambda_{e}") for k in spectra
@@ -307,13 +331,17 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
                                               if e == "max" else tru.lambda_min,
                                               getattr(ho, f"lambda_{e}"))
               for k in ("pred", "pred_dir", "bw") for e in ("max", "min")}
+    rq_shifts = {e: report.beyond_ratio(result, "pert", e) for e in ("max", "min")}
     _log(f"{tag} done [{result['times']['total']:.1f}s]: lambda_max true {tru.lambda_max:.4g}, "
          f"held-out {ho.lambda_max:.4g}, train {emp.lambda_max:.4g}; lambda_min true "
          f"{tru.lambda_min:.4g}, held-out {ho.lambda_min:.4g}, train {emp.lambda_min:.4g}. "
          f"Predicted / measured held-out shift, top | bottom: Thm 1 {shifts['pred_max']:.3g} | "
          f"{shifts['pred_min']:.3g}, Thm 1 dir {shifts['pred_dir_max']:.3g} | "
          f"{shifts['pred_dir_min']:.3g}, self-consistent 2nd order {shifts['bw_max']:.3g} | "
-         f"{shifts['bw_min']:.3g}", quiet)
+         f"{shifts['bw_min']:.3g}; beyond first order (from u^T H_N u): measured "
+         f"{ho.lambda_max - result['heldout_rayleigh_max']:.3g} | "
+         f"{ho.lambda_min - result['heldout_rayleigh_min']:.3g}, 2nd order / measured "
+         f"{rq_shifts['max']:.3g} | {rq_shifts['min']:.3g}", quiet)
     return result
 
 
@@ -405,6 +433,7 @@ def _sweep(config: StudyConfig, workdir: str, /, *, progress: bool, quiet: bool)
             results.append(run_point(cfg, n, pools, outdir, progress=progress, quiet=quiet))
     rows = report.write_summary(results, workdir, config.to_dict())
     report.plot_extremal(results, os.path.join(workdir, "extremal.png"))
+    report.plot_beyond(results, os.path.join(workdir, "beyond_first_order.png"))
     report.write_json(os.path.join(workdir, "bayes.json"), bayes)
     wall = time.perf_counter() - t0
     if not quiet:

@@ -36,7 +36,7 @@ from jaxspec.models import MLP, cross_entropy
 
 __all__ = ["Network", "difference", "evaluate", "hessian_operator", "make_mlp",
            "noise_couplings", "noise_spectrum_stats", "noise_statistics", "num_params", "padded",
-           "per_sample_stats",
+           "per_sample_stats", "rayleigh_quotient",
            "reduce_for", "sample_data", "seed_int", "spectrum_with_ritz_vectors",
            "train_student"]
 
@@ -388,6 +388,22 @@ def difference(a: Callable, b: Callable, v: jax.Array, /) -> jax.Array:
       [2.0, 2.0]
     """
     return a(v) - b(v)
+
+
+def rayleigh_quotient(op: Callable, u: np.ndarray, /) -> float:
+    """``u^T A u / u^T u`` of the matvec ``op`` (one product; the dot in float64): the held-out
+    matrix along the True Hessian's extremal Ritz vector, against which the held-out extremal
+    eigenvalue's shift beyond first order is measured (:mod:`experiments.true_hessian.theory`).
+
+    Example:
+      >>> import numpy as np
+      >>> from experiments.true_hessian.measure import rayleigh_quotient
+      >>> rayleigh_quotient(lambda v: v * np.array([1.0, 3.0], np.float32), np.ones(2))
+      2.0
+    """
+    u64 = np.asarray(u, np.float64)
+    au = np.asarray(op(jnp.asarray(u)), np.float64)
+    return float(u64 @ au / (u64 @ u64))
 
 
 def spectrum_with_ritz_vectors(op: Callable, key: jax.Array, dim: int, num_steps: int, /, *,

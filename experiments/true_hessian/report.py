@@ -7,6 +7,7 @@ dict of each point) and writes files; nothing is measured here.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from typing import Any, Sequence
@@ -17,7 +18,8 @@ from jaxspec import Spectrum
 from jaxspec.compare import SpectrumComparison
 from jaxspec.io import dumps
 
-__all__ = ["SUMMARY_COLUMNS", "aggregate_cell", "format_value", "plot_extremal", "plot_point",
+__all__ = ["GGN_PREDICTORS", "HESSIAN_PREDICTORS", "SUMMARY_COLUMNS", "aggregate_cell",
+           "beyond_ratio", "format_value", "plot_beyond", "plot_extremal", "plot_point",
            "pooled_shift_ratio", "summary_rows",
            "write_comparison", "write_json", "write_summary"]
 
@@ -37,7 +39,23 @@ SUMMARY_COLUMNS = (
     "residual_heldout_lambda_min", "residual_heldout_lambda_max",
     "ritz_rel_residual_max", "ritz_rel_residual_min",
     "direct_ratio_train", "direct_ratio_heldout", "more_extreme", "heldout_more_extreme",
+    "heldout_rayleigh_max", "beyond_max", "rq_pred_lambda_max", "rq_pred_dir_lambda_max",
+    "rq_pert_lambda_max", "rq_bw_lambda_max", "shift_rq_pred_max", "shift_rq_pred_dir_max",
+    "shift_rq_pert_max", "shift_rq_bw_max",
+    "heldout_rayleigh_min", "beyond_min", "rq_pred_lambda_min", "rq_pred_dir_lambda_min",
+    "rq_pert_lambda_min", "rq_bw_lambda_min", "shift_rq_pred_min", "shift_rq_pred_dir_min",
+    "shift_rq_pert_min", "shift_rq_bw_min",
+    "ggn_heldout_rayleigh_max", "ggn_beyond_max", "rq_ggn_pred_lambda_max",
+    "rq_ggn_pred_iso_lambda_max", "rq_ggn_pert_lambda_max", "shift_rq_ggn_pred_max",
+    "shift_rq_ggn_pred_iso_max", "shift_rq_ggn_pert_max",
 )
+
+#: The predictors of the Hessian's extremal shifts and of the GGN's top shift, as named in the
+#: result keys (``<pred>_lambda_<max|min>``) and in the tables.
+HESSIAN_PREDICTORS = (("pred", "Thm 1"), ("pred_dir", "Thm 1 dir"), ("pert", "2nd order"),
+                      ("bw", "self-consistent"))
+GGN_PREDICTORS = (("ggn_pred", "GGN Baik-Silverstein"), ("ggn_pred_iso", "GGN BBP iso"),
+                  ("ggn_pert", "GGN 2nd order"))
 
 # The summary's tables: (title, [(column, header), ...]).
 _TABLES = (
@@ -76,6 +94,17 @@ _TABLES = (
       ("residual_empirical_lambda_max", "H-GGN train max"),
       ("residual_heldout_lambda_min", "H-GGN held-out min"),
       ("residual_heldout_lambda_max", "H-GGN held-out max")]),
+    ("Shift beyond first order: the held-out extremal eigenvalue minus the held-out matrix's "
+     "Rayleigh quotient along the True Hessian's extremal Ritz vector u, lambda'(H_N) - u^T H_N "
+     "u (the first-order terms cancel), against the predictions at 1/N + 1/M; 'ratio' = "
+     "predicted / measured.",
+     [("q", "q"), ("N", "N"), ("beyond_max", "top: measured"),
+      ("shift_rq_pred_max", "ratio Thm 1"), ("shift_rq_pred_dir_max", "ratio dir"),
+      ("shift_rq_pert_max", "ratio 2nd order"), ("shift_rq_bw_max", "ratio self-consistent"),
+      ("beyond_min", "bottom: measured"), ("shift_rq_pred_dir_min", "ratio dir"),
+      ("shift_rq_pert_min", "ratio 2nd order"), ("shift_rq_bw_min", "ratio self-consistent"),
+      ("ggn_beyond_max", "GGN top: measured"), ("shift_rq_ggn_pred_max", "ratio B-S"),
+      ("shift_rq_ggn_pert_max", "ratio 2nd order")]),
     ("Noise scale and checks: sigma^2, directional variances over sigma^2, |eps v|^2 over its "
      "CLT value (q + P/M) sigma^2, the largest relative Ritz residual |A y - theta y| / |theta| "
      "of the extremal Ritz values of the three Hessians, the paper's 'more extreme' claim.",
@@ -161,6 +190,29 @@ def plot_point(spectra: dict[str, Spectrum], path: str, /, *, title: str) -> Non
     stem_plots(items, path=path, suptitle=title)
 
 
+def _qs(results: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.array(sorted({round(r["q"], 9) for r in results}))
+
+
+def _per_q(results: Sequence[dict[str, Any]], value, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over seeds of ``sign * value(result)`` at each q of
+    :func:`_qs` (missing and non-finite values left out); means <= 0 are NaN (log axes)."""
+    vals = [[sign * v for r in results if round(r["q"], 9) == qq
+             for v in [value(r)] if v is not None and np.isfinite(v)] for qq in _qs(results)]
+    mean = np.array([np.mean(v) if v else np.nan for v in vals])
+    std = np.array([np.std(v) if v else np.nan for v in vals])
+    return np.where(mean > 0, mean, np.nan), std
+
+
+def _log_axes(ax, q: np.ndarray) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(q, [f"{v:.3g}" for v in q])
+    ax.minorticks_off()
+    ax.set_xlabel("q = P / N")
+    ax.grid(True, which="major", alpha=0.25)
+
+
 def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 110) -> None:
     """Measured and predicted extremal eigenvalues against q (log x): the Hessian's top and
     bottom and (when measured) the GGN's top; with several seeds, mean and standard deviation.
@@ -177,16 +229,10 @@ def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int =
       True
     """
     plt = _pyplot()
-    qs = sorted({round(r["q"], 9) for r in results})
-    q = np.array(qs)
+    q = _qs(results)
 
     def stats(k, sign):
-        vals = [[sign * r[k] if r.get(k) is not None else np.nan for r in results
-                 if round(r["q"], 9) == qq] for qq in qs]
-        ok = [np.any(np.isfinite(v)) for v in vals]
-        mean = np.array([np.nanmean(v) if f else np.nan for v, f in zip(vals, ok)])
-        std = np.array([np.nanstd(v) if f else np.nan for v, f in zip(vals, ok)])
-        return np.where(mean > 0, mean, np.nan), std  # log axes: values <= 0 are left out
+        return _per_q(results, lambda r: r.get(k), sign)
 
     panels = [("max", 1.0, r"Hessian: top eigenvalue $\lambda_1$"),
               ("min", -1.0, r"Hessian: bottom eigenvalue, $-\lambda_P$")]
@@ -217,18 +263,61 @@ def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int =
             axes[2].errorbar(q, m, yerr=sd, fmt=style, ms=4, capsize=2, label=label)
         axes[2].set_title(r"Gauss-Newton: top eigenvalue", fontsize=10)
     for ax in axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(q, [f"{v:.3g}" for v in q])
-        ax.minorticks_off()
-        ax.set_xlabel("q = P / N")
-        ax.grid(True, which="major", alpha=0.25)
+        _log_axes(ax, q)
     handles, labels = axes[0].get_legend_handles_labels()
     if ggn:
         h2, l2 = axes[2].get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_beyond(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 110) -> None:
+    """The shift beyond first order against q (log-log): measured, ``lambda'(H_N) - u^T H_N u``,
+    and predicted at ``1/N + 1/M``, for the Hessian's top and bottom (sign flipped) and the
+    GGN's top (when measured); with several seeds, mean and standard deviation.
+
+    Example:
+      >>> import os, tempfile
+      >>> from experiments.true_hessian.report import plot_beyond
+      >>> r = dict(q=1.0, true_lambda_max=1.0, heldout_lambda_max=1.3, heldout_rayleigh_max=1.1,
+      ...          rq_pert_lambda_max=1.2, true_lambda_min=-0.1, heldout_lambda_min=-0.3,
+      ...          heldout_rayleigh_min=-0.15, rq_pert_lambda_min=-0.2)
+      >>> p = os.path.join(tempfile.mkdtemp(), "b.png")
+      >>> plot_beyond([r, {**r, "q": 10.0}, {**r, "q": 10.0, "seed": 1}], p)
+      >>> os.path.getsize(p) > 0
+      True
+    """
+    plt = _pyplot()
+    q = _qs(results)
+    stats = functools.partial(_per_q, results)
+
+    ggn = any(r.get("ggn_heldout_rayleigh_max") is not None for r in results)
+    panels = [("", "max", 1.0, HESSIAN_PREDICTORS, r"Hessian, top: $\lambda'_1 - u^T H_N u$"),
+              ("", "min", -1.0, HESSIAN_PREDICTORS,
+               r"Hessian, bottom: $u^T H_N u - \lambda'_P$")]
+    if ggn:
+        panels.append(("ggn_", "max", 1.0, GGN_PREDICTORS, r"Gauss-Newton, top"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5))
+    styles = ["C0--D", "C2--v", "C4-.x", "C5-.P"]
+    for ax, (prefix, side, sign, preds, title) in zip(axes, panels):
+        m, sd = stats(lambda r: _difference(r.get(f"{prefix}heldout_lambda_{side}"),
+                                            r.get(f"{prefix}heldout_rayleigh_{side}")), sign)
+        ax.errorbar(q, m, yerr=sd, fmt="k-o", ms=4, capsize=2, label="measured (held-out)")
+        for (pred, label), style in zip(preds, styles):
+            m, sd = stats(lambda r: _difference(r.get(f"rq_{pred}_lambda_{side}"),
+                                                r.get(f"{prefix}true_lambda_{side}")), sign)
+            if np.isfinite(m).any():
+                ax.errorbar(q, m, yerr=sd, fmt=style, ms=4, capsize=2, label=label)
+        ax.set_title(title, fontsize=10)
+        _log_axes(ax, q)
+        ax.set_ylabel("shift beyond first order")
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle("Predicted at 1/N + 1/M against measured (u: the True Hessian's extremal Ritz "
+                 "vector)", fontsize=10)
+    fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
@@ -287,12 +376,44 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
                    for k, res in (r.get("ritz_residuals") or {}).items()
                    if k in _PREFIX and r.get(f"{_PREFIX[k]}_lambda_{e}")]
             row[f"ritz_rel_residual_{e}"] = max(rel) if rel else None
-        for pred in ("ggn_pred", "ggn_pred_iso", "ggn_pert"):
+        for pred, _ in GGN_PREDICTORS:
             row[f"shift_{pred}_max"] = shift_error(r.get(f"{pred}_lambda_max"),
                                                    r.get("ggn_true_lambda_max"),
                                                    r.get("ggn_heldout_lambda_max"))
+        for prefix, sides, preds in (("", ("max", "min"), HESSIAN_PREDICTORS),
+                                     ("ggn_", ("max",), GGN_PREDICTORS)):
+            for e in sides:
+                row[f"{prefix}beyond_{e}"] = _difference(r.get(f"{prefix}heldout_lambda_{e}"),
+                                                         r.get(f"{prefix}heldout_rayleigh_{e}"))
+                for pred, _ in preds:
+                    row[f"shift_rq_{pred}_{e}"] = beyond_ratio(r, pred, e)
         rows.append(row)
     return rows
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def beyond_ratio(r: dict[str, Any], pred: str, side: str, /) -> float:
+    """A prediction's shift beyond first order over the measured one (1: exact; NaN where a
+    value is missing): ``(rq_<pred> - lambda(H_M)) / (lambda(H_N) - u^T H_N u)``, the GGN's
+    where ``pred`` starts with ``ggn_`` (:mod:`experiments.true_hessian.theory`).
+
+    Example:
+      >>> from experiments.true_hessian.report import beyond_ratio
+      >>> r = dict(true_lambda_max=1.0, heldout_lambda_max=1.5, heldout_rayleigh_max=1.1,
+      ...          rq_pert_lambda_max=1.2)
+      >>> round(beyond_ratio(r, "pert", "max"), 6), beyond_ratio(r, "bw", "max")
+      (0.5, nan)
+    """
+    prefix = "ggn_" if pred.startswith("ggn_") else ""
+    predicted = _difference(r.get(f"rq_{pred}_lambda_{side}"), r.get(f"{prefix}true_lambda_{side}"))
+    measured = _difference(r.get(f"{prefix}heldout_lambda_{side}"),
+                           r.get(f"{prefix}heldout_rayleigh_{side}"))
+    if predicted is None or not measured:
+        return float("nan")
+    return predicted / measured
 
 
 def format_value(x: Any, /) -> str:
@@ -338,11 +459,12 @@ def aggregate_cell(values: Sequence[Any], /) -> str:
 
 
 def pooled_shift_ratio(rows: Sequence[dict[str, Any]], pred: str, side: str, /,
-                       *, prefix: str = "") -> tuple[float, float]:
+                       *, reference: str = "eigenvalue") -> tuple[float, float]:
     """A prediction's mean shift over the mean measured held-out shift, pooled over the seeds
     of ``rows`` (one q), and the relative standard error of that measured mean shift
     (``std / sqrt(seeds) / |mean|``; NaN for one seed): the ratio is only resolved to that
-    precision.
+    precision. The GGN's where ``pred`` starts with ``ggn_``; with ``reference="rayleigh"``
+    the shift beyond first order (:func:`beyond_ratio`).
 
     Example:
       >>> from experiments.true_hessian.report import pooled_shift_ratio
@@ -354,9 +476,14 @@ def pooled_shift_ratio(rows: Sequence[dict[str, Any]], pred: str, side: str, /,
     def get(k):
         return np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)
 
+    prefix = "ggn_" if pred.startswith("ggn_") else ""
     true = get(f"{prefix}true_lambda_{side}")
-    measured = get(f"{prefix}heldout_lambda_{side}") - true
-    predicted = get(f"{pred}_lambda_{side}") - true
+    if reference == "rayleigh":
+        measured = get(f"{prefix}heldout_lambda_{side}") - get(f"{prefix}heldout_rayleigh_{side}")
+        predicted = get(f"rq_{pred}_lambda_{side}") - true
+    else:
+        measured = get(f"{prefix}heldout_lambda_{side}") - true
+        predicted = get(f"{pred}_lambda_{side}") - true
     ok = np.isfinite(measured) & np.isfinite(predicted)
     if not ok.any() or measured[ok].mean() == 0:
         return float("nan"), float("nan")
@@ -378,23 +505,24 @@ def _markdown(results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]])
                   "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(aggregate_cell([r.get(c) for r in group]) for c, _ in cols)
                   + " |" for _, group in sorted(by_q.items())]
-    preds = [("pred", "Thm 1"), ("pred_dir", "Thm 1 dir"), ("pert", "2nd order"),
-             ("bw", "self-consistent")]
-    lines += ["", "Shift ratios pooled over seeds: mean predicted shift / mean measured held-out "
-              "shift (the 10% target: within 0.9-1.1), with the relative standard error of the "
-              "measured mean shift (the precision to which the ratio is resolved).", "",
-              "| q | side | " + " | ".join(h for _, h in preds) + " | GGN Baik-Silverstein "
-              "| GGN BBP iso | GGN 2nd order | measured shift rel. s.e. | GGN rel. s.e. |",
-              "|---" * 11 + "|"]
-    for _, group in sorted(by_q.items()):
-        for side in ("max", "min"):
-            cells = [pooled_shift_ratio(group, k, side) for k, _ in preds]
-            ggn = [pooled_shift_ratio(group, k, "max", prefix="ggn_")
-                   for k in ("ggn_pred", "ggn_pred_iso", "ggn_pert")] if side == "max" else []
-            lines.append(f"| {group[0]['q']:.3g} | {'top' if side == 'max' else 'bottom'} | "
-                         + " | ".join(f"{c[0]:.3g}" for c in cells) + " | "
-                         + " | ".join(f"{g[0]:.3g}" for g in ggn) + (" | | | " if not ggn else " | ")
-                         + f"{cells[0][1]:.2g} | " + (f"{ggn[0][1]:.2g} |" if ggn else " |"))
+    for reference, what in (("eigenvalue", "held-out shift lambda'(H_N) - lambda(H_M)"),
+                            ("rayleigh", "shift beyond first order lambda'(H_N) - u^T H_N u")):
+        lines += ["", f"Shift ratios pooled over seeds: mean predicted / mean measured {what} "
+                  "(the 10% target: within 0.9-1.1), with the relative standard error of the "
+                  "measured mean shift (the precision to which the ratio is resolved).", "",
+                  "| q | side | " + " | ".join(h for _, h in HESSIAN_PREDICTORS + GGN_PREDICTORS)
+                  + " | measured shift rel. s.e. | GGN rel. s.e. |", "|---" * 11 + "|"]
+        for _, group in sorted(by_q.items()):
+            for side in ("max", "min"):
+                cells = [pooled_shift_ratio(group, k, side, reference=reference)
+                         for k, _ in HESSIAN_PREDICTORS]
+                ggn = [pooled_shift_ratio(group, k, "max", reference=reference)
+                       for k, _ in GGN_PREDICTORS] if side == "max" else []
+                lines.append(f"| {group[0]['q']:.3g} | {'top' if side == 'max' else 'bottom'} | "
+                             + " | ".join(f"{c[0]:.3g}" for c in cells) + " | "
+                             + " | ".join(f"{g[0]:.3g}" for g in ggn)
+                             + (" | | | " if not ggn else " | ") + f"{cells[0][1]:.2g} | "
+                             + (f"{ggn[0][1]:.2g} |" if ggn else " |"))
     ordered = sorted(results, key=lambda r: (r.get("seed", 0), r["q"]))
     noise = [f"| {r.get('seed', 0)} | {r['q']:.3g} | {name} - true | {d['lambda_min']:.4g} | "
              f"{d['lambda_max']:.4g} | +-{d['semicircle_edge']:.4g} | {d['bottom_over_edge']:.3g}"

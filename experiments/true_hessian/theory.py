@@ -21,6 +21,14 @@ predictor therefore runs with ``1/N - 1/M`` in place of ``1/N`` (``q`` and ``gam
 alike; Theorem 1 undoes the reference's shift exactly, :func:`jaxspec.rmt.empirical_edge`'s
 ``reference_q``): predicting the full ``1/N`` shift from ``lambda(H_M)`` would over-predict the
 measured one by ``M / (M - N)``, 2x at ``q = 2 P / M``.
+
+The shift beyond first order (``reference="rayleigh"``): measured against the Rayleigh quotient
+``u^T H_N u`` of the held-out matrix along the True Hessian's extremal Ritz vector ``u`` instead
+of against ``lambda(H_M)``, the first-order terms ``u^T E_N u`` of the two cancel, so one draw
+scatters far less (by the error of ``u`` times ``|E_N|``). Its mean is the ``1/N`` shift of
+``lambda(H_N)`` plus ``lambda - E[u^T H u] = (1/M) sum_j c_j / (lambda - theta_j)`` (``u`` is
+``H_M``'s vector, tilted by ``H_M``'s noise), so the predictors run with ``1/N + 1/M``
+(to first order in ``1/M``, as above).
 """
 
 from __future__ import annotations
@@ -33,17 +41,23 @@ import numpy as np
 from jaxspec import Spectrum
 from jaxspec.outliers import perturbative_edge, population_outlier, spiked_covariance_edge
 
-__all__ = ["ggn_predictions", "hessian_predictions", "shift_error"]
+__all__ = ["REFERENCES", "effective_samples", "ggn_predictions", "hessian_predictions",
+           "shift_error"]
+
+#: What a held-out extremal eigenvalue is measured against: the True Hessian's eigenvalue
+#: ``lambda(H_M)`` (the shift at ``1/N - 1/M``) or the held-out matrix's Rayleigh quotient along
+#: the True Hessian's eigenvector, ``u^T H_N u`` (the shift beyond first order, at ``1/N + 1/M``).
+REFERENCES = ("eigenvalue", "rayleigh")
 
 
 def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, dict[str, Any]],
-                        n: int, /, *, m: float = math.inf,
+                        n: int, /, *, m: float = math.inf, reference: str = "eigenvalue",
                         sides: tuple[str, ...] = ("top", "bottom")) -> dict[str, float]:
     """Second-order predictions of the held-out extremal eigenvalues (plain ``pert_*`` and
     self-consistent ``bw_*``) from the True Hessian's Ritz pairs and the noise couplings, and
-    ``fluct_*``: the standard deviation ``sqrt(c_uu (1/N + 1/M))`` of the first-order terms
-    ``u^T E u`` of the two matrices (mean 0), the scatter of one measured shift about the
-    predicted mean.
+    (``reference="eigenvalue"``) ``fluct_*``: the standard deviation ``sqrt(c_uu (1/N + 1/M))``
+    of the first-order terms ``u^T E u`` of the two matrices (mean 0), the scatter of one
+    measured shift about the predicted mean.
 
     Args:
       pairs: ``{"top", "bottom"}`` Ritz pairs (``values`` ascending) of the True Hessian, from
@@ -51,7 +65,11 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
       couplings: ``{"top", "bottom"}`` from
         :func:`experiments.true_hessian.measure.noise_couplings` over those pairs' vectors.
       n: ``N``, the held-out sample count.
-      m: ``M``, the True Hessian's sample count (> ``N``; the shift runs with ``1/N - 1/M``).
+      m: ``M``, the True Hessian's sample count (> ``N``).
+      reference: ``"eigenvalue"``: the shift from ``lambda(H_M)``, at ``1/N - 1/M``;
+        ``"rayleigh"``: the shift from ``u^T H_N u``, at ``1/N + 1/M`` (the module docstring).
+        Either way the predicted shift is the returned value minus the True Hessian's
+        eigenvalue.
       sides: the sides to predict (``couplings`` needs only those); the same predictor serves
         the GGN's top eigenvalue, with its pairs and ``kind="ggn"`` couplings.
 
@@ -66,8 +84,10 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
       (4.0, 3.2361, -2.0)
       >>> hessian_predictions(pairs, coup, 1, m=2)["pert_lambda_max"]   # 1/1 - 1/2 of the shift
       3.0
+      >>> hessian_predictions(pairs, coup, 2, m=4, reference="rayleigh")["pert_lambda_max"]
+      3.5
     """
-    n_eff = _effective_samples(n, m)
+    n_eff = effective_samples(n, m, reference)
     out = {}
     for side, idx, key in (("top", -1, "max"), ("bottom", 0, "min")):
         if side not in sides:
@@ -77,28 +97,41 @@ def hessian_predictions(pairs: dict[str, dict[str, Any]], couplings: dict[str, d
         keep = np.arange(values.size) != idx % values.size  # every level but lambda's own
         levels = np.append(values[keep], 0.0)
         cs = np.append(c[keep], couplings[side]["rest"])
-        out[f"fluct_{key}"] = float(np.sqrt(c[idx] * (1 / n + 1 / m)))  # std of u^T (E_N - E_M) u
+        if reference == "eigenvalue":  # the std of u^T (E_N - E_M) u
+            out[f"fluct_{key}"] = float(np.sqrt(c[idx] * (1 / n + 1 / m)))
         for name, sc in (("pert", False), ("bw", True)):
             out[f"{name}_lambda_{key}"] = float(perturbative_edge(
                 values[idx], cs, levels, num_samples=n_eff, side=side, self_consistent=sc))
     return out
 
 
-def _effective_samples(n: int, m: float) -> float:
-    """``1 / (1/N - 1/M)``: the sample count whose shift is the difference of the two."""
+def effective_samples(n: int, m: float, reference: str = "eigenvalue", /) -> float:
+    """The sample count whose shift is the measured one: ``1 / (1/N - 1/M)`` against the True
+    Hessian's eigenvalue, ``1 / (1/N + 1/M)`` against the Rayleigh quotient along its vector
+    (:data:`REFERENCES`; the module docstring).
+
+    Example:
+      >>> from experiments.true_hessian.theory import effective_samples
+      >>> effective_samples(100, 400), effective_samples(100, 400, "rayleigh")
+      (133.33333333333334, 80.0)
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     if not m > n:
         raise ValueError(f"the True Hessian needs more samples than the empirical one: M = {m}, "
                          f"N = {n}")
-    return 1.0 / (1.0 / n - 1.0 / m)
+    return 1.0 / (1.0 / n + (1.0 if reference == "rayleigh" else -1.0) / m)
 
 
 def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /, *,
-                    m: float = math.inf) -> dict[str, float]:
+                    m: float = math.inf, reference: str = "eigenvalue") -> dict[str, float]:
     """The Wishart predictions of the held-out empirical GGN's top eigenvalue.
 
     ``ggn_pred_lambda_max``: Baik-Silverstein, the True GGN's top Ritz value as the spike and
     its other SLQ nodes as the population law, ``gamma = P (1/N - 1/M) / (K - 1)`` (the True
-    GGN's own ``M`` samples, see the module docstring); ``ggn_pred_iso_lambda_max``: BBP with
+    GGN's own ``M`` samples, see the module docstring; ``1/N + 1/M`` with
+    ``reference="rayleigh"``, the shift from the held-out GGN's Rayleigh quotient along the True
+    GGN's top vector, as in :func:`hessian_predictions`); ``ggn_pred_iso_lambda_max``: BBP with
     ``sigma^2 = tr(GGN) / P`` (the spectrum's mean). With several probes every probe finds the
     spike: its copies (nodes within ``1e-3`` of it, relatively) leave the population law, which
     would otherwise hold the spike's own weight next to it.
@@ -115,7 +148,7 @@ def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /, *,
       True
     """
     p = int(true_ggn.meta["P"])
-    gamma = p / (_effective_samples(n, m) * (num_classes - 1))
+    gamma = p / (effective_samples(n, m, reference) * (num_classes - 1))
     nodes, weights = np.asarray(true_ggn.nodes), np.asarray(true_ggn.weights)
     top = int(np.argmax(nodes))
     rest = np.abs(nodes - nodes[top]) > 1e-3 * abs(nodes[top])
