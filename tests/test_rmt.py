@@ -457,3 +457,28 @@ def test_compare_spectra_on_dense_spiked_matrix(spiked_spectra):
         r = c.row(name)
         assert r["empirical"] == pytest.approx(r["predicted_empirical"], rel=0.03)
         assert r["inferred_reference"] == pytest.approx(r["reference"], rel=0.06)
+
+
+def test_noise_variance_stderr_not_zero_when_batches_partition_the_data():
+    """Review finding: with ``full_hvp`` the mean of batches that partition the data set (what
+    experiments/curvature.py passes whenever N is a multiple of the batch size, e.g. the smoke and
+    cnn-cpu presets), the deviations H_B v - H_N v sum to zero, so the m terms of ``stderr`` are
+    not independent. With m = 2 they are equal and ``stderr`` is exactly 0, although sigma2 then
+    scatters by ~17% (P = 60; scratch/rev_exp/stderr_sim.py). The honest answer from 2 batches is
+    one degree of freedom: NaN (no error bar), as the Helmert-contrast path without ``full_hvp``
+    gives, or a positive value."""
+    n, p, b, sigma2 = 8, 60, 4, 1.0
+    rng = np.random.default_rng(0)
+    e = _per_sample_noise(rng, n, p, sigma2)
+    v = rng.standard_normal(p)
+    h_batch = e.reshape(2, b, p, p).mean(axis=1)
+    h_full = e.mean(axis=0)
+    with_full = rmt.estimate_noise_variance(lambda i, x: h_batch[i] @ x, v, num_batches=2,
+                                            batch_size=b, num_samples=n,
+                                            full_hvp=lambda x: h_full @ x)
+    without = rmt.estimate_noise_variance(lambda i, x: h_batch[i] @ x, v, num_batches=2,
+                                          batch_size=b, num_samples=n)
+    assert float(with_full.sigma2) == pytest.approx(float(without.sigma2), rel=1e-5)
+    assert math.isnan(float(without.stderr))
+    stderr = float(with_full.stderr)
+    assert math.isnan(stderr) or stderr > 0.01 * float(with_full.sigma2), stderr
