@@ -408,3 +408,21 @@ def test_gpu_check_reports_each_figure_as_it_comes_and_stops_a_model_past_its_ti
     assert main(["--models", "vgg16", "--n", "4", "--batch-size", "4", "--m", "2",
                  "--model-timeout", "1"]) == []
     assert "vgg16: stopped after 1 s (--model-timeout)" in capfd.readouterr().out
+
+
+def test_compare_refuses_spectra_of_different_runs_or_operators(tmp_path):
+    """Review finding: compare_paths checks only P, epoch, model and bn_mode, so an empirical
+    spectrum of one training run (or BatchNorm batch size, which defines the Hessian in batch
+    mode) is silently compared with the augmented spectrum of another. Expected: a ValueError
+    naming the field, as for P / epoch / model / bn_mode."""
+    from experiments.compare import compare_paths
+
+    meta = {"epoch": 2, "P": 400, "model": "preresnet8", "bn_mode": "batch"}
+    emp, aug = str(tmp_path / "e.json"), str(tmp_path / "a.json")
+    save_spectrum(Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1],
+                           meta={**meta, "N": 100, "workdir": "/runs/a", "batch_size": 128}), emp)
+    for other in ({"workdir": "/runs/b", "batch_size": 128},
+                  {"workdir": "/runs/a", "batch_size": 32}):
+        save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 200, **other}), aug)
+        with pytest.raises(ValueError, match="differ"):
+            compare_paths(emp, aug, plot=False)
