@@ -188,7 +188,8 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
       :class:`CompareResult`.
 
     Raises:
-      ValueError: if the spectra differ in ``P``, ``epoch``, ``model`` or ``bn_mode``.
+      ValueError: if the spectra differ in ``P``, ``epoch``, ``model``, ``bn_mode``, the run
+        (``workdir``) or, with BatchNorm in batch mode, ``batch_size``.
 
     Example:
       >>> import os, tempfile
@@ -233,7 +234,11 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
     n_emp = me.get("N")
     q = p / n_emp if p and n_emp else float("nan")
     comparison = compare_spectra(emp, aug, q=q, sigma2=sigma2)
-    for key in ("P", "epoch", "model", "bn_mode"):
+    # the same run's weights and the same operator: in BatchNorm batch mode the HVP batch size
+    # sets the statistics, so it defines the Hessian too
+    keys = ("P", "epoch", "model", "bn_mode", "workdir",
+            *(("batch_size",) if me.get("bn_mode") == "batch" else ()))
+    for key in keys:
         if ma.get(key) != me.get(key):
             raise ValueError(f"the spectra differ in {key}: {me.get(key)!r} vs {ma.get(key)!r}")
     data = {
