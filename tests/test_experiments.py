@@ -426,3 +426,20 @@ def test_compare_refuses_spectra_of_different_runs_or_operators(tmp_path):
         save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 200, **other}), aug)
         with pytest.raises(ValueError, match="differ"):
             compare_paths(emp, aug, plot=False)
+
+
+def test_compare_factorises_the_augmented_n_by_its_own_image_count(tmp_path):
+    """Review finding: the Markdown line 'augmented N = N_aug = images x K' took the image count
+    from the empirical spectrum, so an empirical spectrum over the first 64 images next to an
+    augmented one over all 128 (K = 2) printed 'augmented N = 256 = 64 x 2'."""
+    from experiments.compare import compare_paths
+
+    meta = {"epoch": 2, "P": 400, "model": "mlp", "bn_mode": "batch"}
+    emp, aug = str(tmp_path / "e.json"), str(tmp_path / "a.json")
+    save_spectrum(Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1],
+                           meta={**meta, "N": 64, "num_images": 64}), emp)
+    save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1],
+                           meta={**meta, "N": 256, "num_images": 128, "num_per_image": 2}), aug)
+    res = compare_paths(emp, aug, plot=False)
+    text = open(res.paths["md"]).read()
+    assert "augmented N = 256 = 128 x 2" in text, text
