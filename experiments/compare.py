@@ -244,7 +244,7 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
     data = {
         "run": me.get("config"), "workdir": me.get("workdir"), "model": me.get("model"),
         "dataset": me.get("dataset"), "epoch": epoch, "P": p, "bn_mode": me.get("bn_mode"),
-        "N_empirical": n_emp, "N_augmented": ma.get("N"), "num_images": me.get("num_images"),
+        "N_empirical": n_emp, "N_augmented": ma.get("N"), "num_images": ma.get("num_images"),
         "num_per_image": ma.get("num_per_image"), "m_empirical": int(emp.nodes.size),
         "m_augmented": int(aug.nodes.size), "q_empirical": q,
         "q_augmented": p / ma["N"] if p and ma.get("N") else None,
