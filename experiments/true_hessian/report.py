@@ -163,7 +163,8 @@ def plot_point(spectra: dict[str, Spectrum], path: str, /, *, title: str) -> Non
 
 def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 110) -> None:
     """Measured and predicted extremal eigenvalues against q (log x): the Hessian's top and
-    bottom and (when measured) the GGN's top; with several seeds, mean and standard deviation.
+    bottom and (when measured) the GGN's top; with several seeds, mean and sample standard
+    deviation (as the summary tables).
 
     Example:
       >>> import os, tempfile
@@ -185,7 +186,9 @@ def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int =
                  if round(r["q"], 9) == qq] for qq in qs]
         ok = [np.any(np.isfinite(v)) for v in vals]
         mean = np.array([np.nanmean(v) if f else np.nan for v, f in zip(vals, ok)])
-        std = np.array([np.nanstd(v) if f else np.nan for v, f in zip(vals, ok)])
+        # the sample standard deviation, as the summary tables (aggregate_cell); 0 for one seed
+        std = np.array([np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0 if f
+                        else np.nan for v, f in zip(vals, ok)])
         return np.where(mean > 0, mean, np.nan), std  # log axes: values <= 0 are left out
 
     panels = [("max", 1.0, r"Hessian: top eigenvalue $\lambda_1$"),
