@@ -443,3 +443,30 @@ def test_compare_factorises_the_augmented_n_by_its_own_image_count(tmp_path):
     res = compare_paths(emp, aug, plot=False)
     text = open(res.paths["md"]).read()
     assert "augmented N = 256 = 128 x 2" in text, text
+
+
+def test_bad_command_lines_are_usage_errors_before_any_work(smoke, capsys):
+    """Review finding: these inputs gave a traceback (some after loading the checkpoint), where
+    the scripts' other bad inputs give the usage and the message with exit status 2."""
+    from experiments.compare import main as compare_main
+    from experiments.epochs import main as epochs_main
+
+    wd = smoke["workdir"]
+    out = wd + "/bad_cli"
+    cases = [
+        (spectrum_main, ["--workdir", wd, "--out", out, "--num-images", "100000"], "num_images"),
+        (epochs_main, ["--workdir", wd, "--out", out, "--epochs", "2,a"], "--epochs"),
+        (epochs_main, ["--workdir", wd, "--out", out, "--npz", out + ".npz"], "no such file"),
+        # the smoke chain's own spectra, asked for with other settings
+        (epochs_main, ["--workdir", wd, "--steps", "3"], "other settings"),
+        (compare_main, ["--workdir", wd, "--epoch", "2", "--out", out, "--sigma2", "-1"],
+         "sigma2"),
+        (compare_main, ["--workdir", wd, "--epoch", "2", "--out", out, "--sigma2", "nan"],
+         "sigma2"),
+    ]
+    for main, argv, words in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and words in err and "Traceback" not in err, (argv, err)
+    assert not os.path.exists(out)
