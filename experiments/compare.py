@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, NamedTuple, Sequence
@@ -465,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sigma2", type=float, default=None,
                         help="noise variance for Theorem 1 (default: the empirical estimate)")
     args = parser.parse_args(argv)
+    if args.sigma2 is not None and not (math.isfinite(args.sigma2) and args.sigma2 >= 0):
+        parser.error(f"--sigma2 {args.sigma2}: sigma2 must be a finite number >= 0")
     try:
         if args.empirical and args.augmented:
             result = compare_paths(args.empirical, args.augmented, out_dir=args.out,
