@@ -470,3 +470,22 @@ def test_bad_command_lines_are_usage_errors_before_any_work(smoke, capsys):
         err = capsys.readouterr().err
         assert info.value.code == 2 and words in err and "Traceback" not in err, (argv, err)
     assert not os.path.exists(out)
+
+
+def test_a_run_killed_before_its_plot_leaves_no_spectrum_to_skip(smoke, tmp_path, monkeypatch):
+    """Review finding: compute_spectrum wrote the spectrum JSON, then the plot, then cleared the
+    Lanczos state. A kill in between (scratch/rev_exp/killer.py, SIGKILL 1.5 s after the first
+    state save) left the JSON without its PNG next to the full Lanczos state ((m + 1) x P
+    floats); --skip-existing, run_preset and experiments.epochs then took the JSON as done and
+    never drew the plot nor removed the state. The JSON, what 'done' is judged by, comes last."""
+    import jaxspec.plotting
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jaxspec.plotting, "stem_plot", killed)
+    settings = SpectrumSettings(num_steps=4, batch_size=32, num_images=32, noise_probes=0,
+                                progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        compute_spectrum(smoke["workdir"], 2, settings, out_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "empirical_e0002.json"), os.listdir(tmp_path)
