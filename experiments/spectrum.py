@@ -524,7 +524,6 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
         spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
                                     num_vectors=spectrum.num_vectors, meta=jaxspec.io.jsonable(meta))
         json_path = spectrum_path(out_dir, settings.name, epoch)
-        jaxspec.io.save_spectrum(spectrum, json_path)
         png_path = spectrum_path(out_dir, settings.name, epoch, "png")
         if plot:
             from jaxspec.plotting import stem_plot
@@ -536,6 +535,9 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
                       title=f"{settings.mode.capitalize()} {CURVATURES[settings.curvature]}, "
                             f"{config.model}, epoch {epoch}, "
                             f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
+        # The JSON last: a run killed before it leaves nothing that --skip-existing, run_preset
+        # or experiments.epochs would take as done (the plot and the cleared state with it).
+        jaxspec.io.save_spectrum(spectrum, json_path)
         if not keep_checkpoint:  # under the lock: a run that takes it next keeps its own state
             _clear_state(ckpt)
     if not keep_checkpoint:
