@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, NamedTuple, Sequence
@@ -188,7 +189,8 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
       :class:`CompareResult`.
 
     Raises:
-      ValueError: if the spectra differ in ``P``, ``epoch``, ``model`` or ``bn_mode``.
+      ValueError: if the spectra differ in ``P``, ``epoch``, ``model``, ``bn_mode``, the run
+        (``workdir``) or, with BatchNorm in batch mode, ``batch_size``.
 
     Example:
       >>> import os, tempfile
@@ -233,13 +235,17 @@ def compare_paths(empirical_path: str, augmented_path: str, /, *, out_dir: str |
     n_emp = me.get("N")
     q = p / n_emp if p and n_emp else float("nan")
     comparison = compare_spectra(emp, aug, q=q, sigma2=sigma2)
-    for key in ("P", "epoch", "model", "bn_mode"):
+    # the same run's weights and the same operator: in BatchNorm batch mode the HVP batch size
+    # sets the statistics, so it defines the Hessian too
+    keys = ("P", "epoch", "model", "bn_mode", "workdir",
+            *(("batch_size",) if me.get("bn_mode") == "batch" else ()))
+    for key in keys:
         if ma.get(key) != me.get(key):
             raise ValueError(f"the spectra differ in {key}: {me.get(key)!r} vs {ma.get(key)!r}")
     data = {
         "run": me.get("config"), "workdir": me.get("workdir"), "model": me.get("model"),
         "dataset": me.get("dataset"), "epoch": epoch, "P": p, "bn_mode": me.get("bn_mode"),
-        "N_empirical": n_emp, "N_augmented": ma.get("N"), "num_images": me.get("num_images"),
+        "N_empirical": n_emp, "N_augmented": ma.get("N"), "num_images": ma.get("num_images"),
         "num_per_image": ma.get("num_per_image"), "m_empirical": int(emp.nodes.size),
         "m_augmented": int(aug.nodes.size), "q_empirical": q,
         "q_augmented": p / ma["N"] if p and ma.get("N") else None,
@@ -460,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sigma2", type=float, default=None,
                         help="noise variance for Theorem 1 (default: the empirical estimate)")
     args = parser.parse_args(argv)
+    if args.sigma2 is not None and not (math.isfinite(args.sigma2) and args.sigma2 >= 0):
+        parser.error(f"--sigma2 {args.sigma2}: sigma2 must be a finite number >= 0")
     try:
         if args.empirical and args.augmented:
             result = compare_paths(args.empirical, args.augmented, out_dir=args.out,

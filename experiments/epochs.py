@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from experiments.compare import negative_stats
 from experiments.spectrum import (
     available_epochs,
+    check_num_images,
     compute_spectrum,
     existing_spectrum,
     format_summary,
@@ -198,7 +199,10 @@ def _parse_epochs(text: str | None, workdir: str) -> list[int]:
     available = available_epochs(workdir)
     if text is None:
         return available
-    epochs = [int(e) for e in text.replace(" ", "").split(",") if e]
+    try:
+        epochs = [int(e) for e in text.replace(" ", "").split(",") if e]
+    except ValueError:
+        raise SystemExit(f"--epochs {text!r}: not a comma-separated list of integers") from None
     missing = sorted(set(epochs) - set(available))
     if missing:
         raise SystemExit(f"no checkpoint for epochs {missing} in {workdir}; available: {available}")
@@ -223,11 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       >>> sorted(os.listdir(out))  # doctest: +NORMALIZE_WHITESPACE
       ['empirical_e0002.json', 'empirical_e0002.png', 'epochs_empirical.csv',
        'epochs_empirical.json', 'epochs_empirical.png']
-      >>> try:
-      ...     main(argv + ["--epochs", "1"])
-      ... except SystemExit as e:
-      ...     print(str(e).replace(workdir, "RUN"))
-      no checkpoint for epochs [1] in RUN; available: [0, 2]
+      >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+      ...     try:
+      ...         main(argv + ["--epochs", "1"])
+      ...     except SystemExit as e:
+      ...         code = e.code
+      >>> code, err.getvalue().splitlines()[-1].split("error: ")[1].replace(workdir, "RUN")
+      (2, 'no checkpoint for epochs [1] in RUN; available: [0, 2]')
     """
     parser = argparse.ArgumentParser(
         prog="python -m experiments.epochs",
@@ -240,11 +246,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output directory (default WORKDIR/spectra)")
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
-    epochs = _parse_epochs(args.epochs, args.workdir)
+    try:
+        epochs = _parse_epochs(args.epochs, args.workdir)
+    except SystemExit as e:  # a bad or missing epoch: the usage and the message
+        parser.error(str(e))
     if not epochs:
         parser.error(f"{args.workdir} has no checkpoints")
+    if args.npz is not None and not os.path.isfile(args.npz):
+        parser.error(f"--npz {args.npz}: no such file")
+    check_num_images(parser, args.workdir, args.num_images)
     out = args.out or os.path.join(args.workdir, "spectra")
     settings = settings_from_args(parser, args, args.mode)
+    for epoch in epochs:  # a spectrum there of other settings: refused before any work
+        try:
+            existing_spectrum(spectrum_path(out, settings.name, epoch), settings)
+        except ValueError as e:
+            parser.error(str(e))
     spectra = epoch_spectra(args.workdir, epochs, settings, out_dir=out, npz=args.npz)
     rows = epoch_rows(spectra)
     meta = spectra[epochs[-1]].meta

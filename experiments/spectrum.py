@@ -178,6 +178,22 @@ def resolve_epoch(parser, workdir: str, epoch: int | None) -> int:
     return epochs[-1] if epoch is None else epoch
 
 
+def check_num_images(parser, workdir: str, num_images: int | None) -> None:
+    """A CLI error where ``--num-images`` exceeds the run's training set (its ``data.json``),
+    before a checkpoint is loaded."""
+    if num_images is None:
+        return
+    from train.loop import read_data_info
+
+    try:
+        num_train = int(read_data_info(workdir)["num_train"])
+    except (OSError, KeyError, ValueError):
+        return  # no data.json: load_training_set says so later
+    if not 1 <= num_images <= num_train:
+        parser.error(f"--num-images {num_images}: num_images must be in [1, {num_train}] "
+                     f"({workdir} was trained on {num_train} images)")
+
+
 def available_epochs(workdir: str | os.PathLike, /) -> list[int]:
     """Epochs with a checkpoint in a training run's ``checkpoints/`` directory, ascending.
 
@@ -508,7 +524,6 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
         spectrum = jaxspec.Spectrum(spectrum.nodes, spectrum.weights,
                                     num_vectors=spectrum.num_vectors, meta=jaxspec.io.jsonable(meta))
         json_path = spectrum_path(out_dir, settings.name, epoch)
-        jaxspec.io.save_spectrum(spectrum, json_path)
         png_path = spectrum_path(out_dir, settings.name, epoch, "png")
         if plot:
             from jaxspec.plotting import stem_plot
@@ -520,6 +535,9 @@ def compute_spectrum(workdir: str | os.PathLike, epoch: int, settings: SpectrumS
                       title=f"{settings.mode.capitalize()} {CURVATURES[settings.curvature]}, "
                             f"{config.model}, epoch {epoch}, "
                             f"{n_txt}, m={settings.steps}, BN {settings.bn_mode}")
+        # The JSON last: a run killed before it leaves nothing that --skip-existing, run_preset
+        # or experiments.epochs would take as done (the plot and the cleared state with it).
+        jaxspec.io.save_spectrum(spectrum, json_path)
         if not keep_checkpoint:  # under the lock: a run that takes it next keeps its own state
             _clear_state(ckpt)
     if not keep_checkpoint:
@@ -592,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     epoch = resolve_epoch(parser, args.workdir, args.epoch)
     if args.npz is not None and not os.path.isfile(args.npz):
         parser.error(f"--npz {args.npz}: no such file")
+    check_num_images(parser, args.workdir, args.num_images)
     out = args.out or os.path.join(args.workdir, "spectra")
     settings = settings_from_args(parser, args, args.mode)
     if args.skip_existing:

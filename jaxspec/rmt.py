@@ -112,16 +112,20 @@ class NoiseVariance(NamedTuple):
       per_probe: ``(num_probes,)`` the estimate from each probe vector alone.
       stderr: a rough standard error: the standard deviation of the per-(probe, batch) terms over
         the square root of their number, treating them as independent (batches of one shuffle
-        are slightly negatively correlated and all probes share the same samples). NaN with a
-        single term.
+        are slightly negatively correlated and all probes share the same samples). Where the
+        batches partition the data set (``m b = N`` without replacement) their deviations from
+        ``H_N v`` sum to zero, so the ``m`` terms are not independent (with ``m = 2`` they are
+        equal and their spread is 0); the terms are then the ``m - 1`` Helmert contrasts of the
+        deviations, uncorrelated for exchangeable batches, whose sum is the same sum of squares.
+        NaN with a single term.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxspec.rmt import noise_variance
-      >>> hb = jnp.array([[[1.0, 0.0], [-1.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]])  # (k, m, P)
+      >>> hb = jnp.array([[[1.0, 0.0], [-1.0, 0.0]], [[2.0, 0.0], [-2.0, 0.0]]])  # (k, m, P)
       >>> nv = noise_variance(hb, jnp.zeros((2, 2)), jnp.ones((2, 2)), batch_size=1, num_samples=2)
-      >>> float(nv.sigma2), nv.per_probe.tolist(), round(float(nv.stderr), 3)
-      (0.75, [0.5, 1.0], 0.433)
+      >>> float(nv.sigma2), nv.per_probe.tolist(), round(float(nv.stderr), 3)  # 2 x 1 cover N = 2
+      (1.25, [0.5, 2.0], 0.75)
     """
 
     sigma2: jax.Array
@@ -746,22 +750,33 @@ def noise_variance(batch_hvps: jax.typing.ArrayLike, full_hvp: jax.typing.ArrayL
     if not isinstance(norms, jax.core.Tracer) and not bool(jnp.all(norms > 0)):
         raise ValueError("every probe must be nonzero: its squared norm divides the estimate")
     c = _sampling_factor(batch_size, num_samples, replace)
-    return _noise_variance(hb, hn, v, c)
+    partition = not replace and hb.shape[1] * batch_size == num_samples
+    return _noise_variance(hb, hn, v, c, partition)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _noise_variance(hb, hn, v, c, partition):
+    dev = hb - hn[:, None, :]                                         # (k, m, P)
+    dev2 = jnp.sum(dev ** 2, axis=-1)                                 # (k, m)
+    base = c * hb.shape[2] * jnp.sum(v * v, axis=-1)                  # (k,)
+    scale = jnp.broadcast_to(base[:, None], dev2.shape)
+    if not partition:
+        return _from_terms(dev2, scale)
+    m = dev.shape[1]
+    t = jnp.arange(2, m + 1, dtype=dev.dtype)                         # Helmert contrasts
+    before = jnp.cumsum(dev, axis=1)[:, :-1] / (t - 1)[None, :, None]  # mean of the first t - 1
+    contrasts = (t - 1) / t * jnp.sum((dev[:, 1:] - before) ** 2, axis=-1)
+    return _from_terms(dev2, scale, contrasts / (base[:, None] * m / (m - 1)))
 
 
 @jax.jit
-def _noise_variance(hb, hn, v, c):
-    dev2 = jnp.sum((hb - hn[:, None, :]) ** 2, axis=-1)              # (k, m)
-    vv = jnp.sum(v * v, axis=-1)                                      # (k,)
-    return _from_terms(dev2, jnp.broadcast_to((c * hb.shape[2] * vv)[:, None], dev2.shape))
-
-
-@jax.jit
-def _from_terms(dev2, scale) -> NoiseVariance:
-    """Estimates from squared deviations ``dev2`` whose expectations are ``sigma^2 * scale``."""
+def _from_terms(dev2, scale, error_terms=None) -> NoiseVariance:
+    """Estimates from squared deviations ``dev2`` whose expectations are ``sigma^2 * scale``;
+    the standard error from ``error_terms`` (each of expectation ``sigma^2``) where given, else
+    from ``dev2 / scale``."""
     per_probe = jnp.sum(dev2, axis=1) / jnp.sum(scale, axis=1)
     pooled = jnp.sum(dev2) / jnp.sum(scale)
-    terms = (dev2 / scale).reshape(-1)
+    terms = (dev2 / scale if error_terms is None else error_terms).reshape(-1)
     n_terms = terms.shape[0]
     stderr = (jnp.std(terms, ddof=1) / jnp.sqrt(n_terms) if n_terms > 1
               else jnp.asarray(jnp.nan, terms.dtype))
@@ -779,7 +794,8 @@ def estimate_noise_variance(hvp_on_batch: Callable[[int, jax.Array], jax.Array],
     ``(num_batches, P)`` stack, so it scales to networks with millions of parameters.
 
     * With ``full_hvp``: one full-data HVP per probe, then the squared deviation of each batch
-      from it, exactly as :func:`noise_variance`.
+      from it, exactly as :func:`noise_variance` (where the batches partition the data set, the
+      standard error from the Helmert contrasts of the deviations, as there).
     * Without: the batches must partition the data set (``num_batches * batch_size ==
       num_samples``, without replacement), so their mean is ``H_N v`` exactly and no extra pass
       over the data is needed. The sum of squared deviations from that mean is accumulated by
@@ -822,14 +838,23 @@ def estimate_noise_variance(hvp_on_batch: Callable[[int, jax.Array], jax.Array],
         raise ValueError("without full_hvp the batches must partition the data set: need "
                          "num_batches * batch_size == num_samples, num_batches >= 2 and "
                          "replace=False")
-    dev2, scale = [], []
+    partition = not replace and num_batches * batch_size == num_samples
+    dev2, scale, contrasts = [], [], []
     for vp in v2:
         base = c * p * float(jnp.vdot(vp, vp))
         if full_hvp is not None:
             f = jnp.asarray(full_hvp(vp))
-            dev2.append([_sq_dist(jnp.asarray(hvp_on_batch(i, vp)), f)
-                         for i in range(num_batches)])
+            devs, terms = [], []
+            for i in range(num_batches):
+                d = jnp.asarray(hvp_on_batch(i, vp)) - f
+                devs.append(_sq_dist(d, 0.0))
+                if partition:  # the Helmert contrasts of the deviations, by Welford's update
+                    mean, term = (d, None) if i == 0 else _welford(mean, d, i + 1)
+                    terms += [] if term is None else [term]
+            dev2.append(devs)
             scale.append([base] * num_batches)
+            contrasts.append([float(x) / (base * num_batches / (num_batches - 1))
+                              for x in terms])
         else:
             mean, terms = jnp.asarray(hvp_on_batch(0, vp)), []
             for t in range(2, num_batches + 1):
@@ -839,6 +864,8 @@ def estimate_noise_variance(hvp_on_batch: Callable[[int, jax.Array], jax.Array],
             # E[M2] = m c P sigma^2 |v|^2, spread evenly over the m - 1 contrasts
             scale.append([base * num_batches / (num_batches - 1)] * (num_batches - 1))
     dev2 = jnp.asarray([[float(d) for d in row] for row in dev2], v2.dtype)
+    if full_hvp is not None and partition:
+        return _from_terms(dev2, jnp.asarray(scale, v2.dtype), jnp.asarray(contrasts, v2.dtype))
     return _from_terms(dev2, jnp.asarray(scale, v2.dtype))
 
 

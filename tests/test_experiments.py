@@ -408,3 +408,84 @@ def test_gpu_check_reports_each_figure_as_it_comes_and_stops_a_model_past_its_ti
     assert main(["--models", "vgg16", "--n", "4", "--batch-size", "4", "--m", "2",
                  "--model-timeout", "1"]) == []
     assert "vgg16: stopped after 1 s (--model-timeout)" in capfd.readouterr().out
+
+
+def test_compare_refuses_spectra_of_different_runs_or_operators(tmp_path):
+    """Review finding: compare_paths checks only P, epoch, model and bn_mode, so an empirical
+    spectrum of one training run (or BatchNorm batch size, which defines the Hessian in batch
+    mode) is silently compared with the augmented spectrum of another. Expected: a ValueError
+    naming the field, as for P / epoch / model / bn_mode."""
+    from experiments.compare import compare_paths
+
+    meta = {"epoch": 2, "P": 400, "model": "preresnet8", "bn_mode": "batch"}
+    emp, aug = str(tmp_path / "e.json"), str(tmp_path / "a.json")
+    save_spectrum(Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1],
+                           meta={**meta, "N": 100, "workdir": "/runs/a", "batch_size": 128}), emp)
+    for other in ({"workdir": "/runs/b", "batch_size": 128},
+                  {"workdir": "/runs/a", "batch_size": 32}):
+        save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1], meta={**meta, "N": 200, **other}), aug)
+        with pytest.raises(ValueError, match="differ"):
+            compare_paths(emp, aug, plot=False)
+
+
+def test_compare_factorises_the_augmented_n_by_its_own_image_count(tmp_path):
+    """Review finding: the Markdown line 'augmented N = N_aug = images x K' took the image count
+    from the empirical spectrum, so an empirical spectrum over the first 64 images next to an
+    augmented one over all 128 (K = 2) printed 'augmented N = 256 = 64 x 2'."""
+    from experiments.compare import compare_paths
+
+    meta = {"epoch": 2, "P": 400, "model": "mlp", "bn_mode": "batch"}
+    emp, aug = str(tmp_path / "e.json"), str(tmp_path / "a.json")
+    save_spectrum(Spectrum([-1.0, 0.0, 3.0], [0.1, 0.8, 0.1],
+                           meta={**meta, "N": 64, "num_images": 64}), emp)
+    save_spectrum(Spectrum([0.0, 2.0], [0.9, 0.1],
+                           meta={**meta, "N": 256, "num_images": 128, "num_per_image": 2}), aug)
+    res = compare_paths(emp, aug, plot=False)
+    text = open(res.paths["md"]).read()
+    assert "augmented N = 256 = 128 x 2" in text, text
+
+
+def test_bad_command_lines_are_usage_errors_before_any_work(smoke, capsys):
+    """Review finding: these inputs gave a traceback (some after loading the checkpoint), where
+    the scripts' other bad inputs give the usage and the message with exit status 2."""
+    from experiments.compare import main as compare_main
+    from experiments.epochs import main as epochs_main
+
+    wd = smoke["workdir"]
+    out = wd + "/bad_cli"
+    cases = [
+        (spectrum_main, ["--workdir", wd, "--out", out, "--num-images", "100000"], "num_images"),
+        (epochs_main, ["--workdir", wd, "--out", out, "--epochs", "2,a"], "--epochs"),
+        (epochs_main, ["--workdir", wd, "--out", out, "--npz", out + ".npz"], "no such file"),
+        # the smoke chain's own spectra, asked for with other settings
+        (epochs_main, ["--workdir", wd, "--steps", "3"], "other settings"),
+        (compare_main, ["--workdir", wd, "--epoch", "2", "--out", out, "--sigma2", "-1"],
+         "sigma2"),
+        (compare_main, ["--workdir", wd, "--epoch", "2", "--out", out, "--sigma2", "nan"],
+         "sigma2"),
+    ]
+    for main, argv, words in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and words in err and "Traceback" not in err, (argv, err)
+    assert not os.path.exists(out)
+
+
+def test_a_run_killed_before_its_plot_leaves_no_spectrum_to_skip(smoke, tmp_path, monkeypatch):
+    """Review finding: compute_spectrum wrote the spectrum JSON, then the plot, then cleared the
+    Lanczos state. A kill in between (scratch/rev_exp/killer.py, SIGKILL 1.5 s after the first
+    state save) left the JSON without its PNG next to the full Lanczos state ((m + 1) x P
+    floats); --skip-existing, run_preset and experiments.epochs then took the JSON as done and
+    never drew the plot nor removed the state. The JSON, what 'done' is judged by, comes last."""
+    import jaxspec.plotting
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jaxspec.plotting, "stem_plot", killed)
+    settings = SpectrumSettings(num_steps=4, batch_size=32, num_images=32, noise_probes=0,
+                                progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        compute_spectrum(smoke["workdir"], 2, settings, out_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "empirical_e0002.json"), os.listdir(tmp_path)

@@ -289,3 +289,29 @@ def test_the_shift_beyond_first_order_is_predicted_at_one_over_n_plus_one_over_m
     # 1/N alone, or 1/N - 1/M (the eigenvalue reference), would be many standard errors off
     for wrong in (1 / n, 1 / n - 1 / m):
         assert abs(beyond.mean() - predicted * wrong / (1 / n + 1 / m)) > 4 * stderr
+
+
+def test_extremal_plot_error_bars_are_the_summary_tables_sample_std(tmp_path, monkeypatch):
+    """Review finding: summary.md gives mean +- the sample standard deviation (ddof=1) over
+    seeds, but extremal.png drew error bars of np.nanstd (ddof=0): with 2 seeds a factor
+    sqrt(2) shorter than the spread the table reports for the same cells."""
+    import matplotlib.axes
+
+    from experiments.true_hessian.report import aggregate_cell, plot_extremal
+
+    seen = {}
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, *args, yerr=None, label=None, **kw):
+        seen.setdefault(label, np.asarray(yerr, float))
+        return real(self, x, y, *args, yerr=yerr, label=label, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    r = dict(q=1.0, emp_lambda_max=2.0, pred_lambda_max=1.5, heldout_lambda_max=1.8,
+             true_lambda_min=-0.1, emp_lambda_min=-0.5, pred_lambda_min=-0.6,
+             heldout_lambda_min=-0.4, s=0.5)
+    results = [{**r, "true_lambda_max": 1.0, "seed": 0}, {**r, "true_lambda_max": 2.0, "seed": 1}]
+    plot_extremal(results, str(tmp_path / "e.png"))
+    table = aggregate_cell([1.0, 2.0])                        # '1.5 +- 0.71'
+    assert float(seen["True (M fresh)"][0]) == pytest.approx(float(table.split("+-")[1]),
+                                                            rel=0.02), (seen, table)

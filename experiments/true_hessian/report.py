@@ -195,12 +195,13 @@ def _qs(results: Sequence[dict[str, Any]]) -> np.ndarray:
 
 
 def _per_q(results: Sequence[dict[str, Any]], value, sign: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation over seeds of ``sign * value(result)`` at each q of
+    """Mean and sample standard deviation over seeds of ``sign * value(result)`` at each q of
     :func:`_qs` (missing and non-finite values left out); means <= 0 are NaN (log axes)."""
     vals = [[sign * v for r in results if round(r["q"], 9) == qq
              for v in [value(r)] if v is not None and np.isfinite(v)] for qq in _qs(results)]
     mean = np.array([np.mean(v) if v else np.nan for v in vals])
-    std = np.array([np.std(v) if v else np.nan for v in vals])
+    # the sample standard deviation, as the summary tables (aggregate_cell); 0 for one seed
+    std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 if v else np.nan for v in vals])
     return np.where(mean > 0, mean, np.nan), std
 
 
@@ -215,7 +216,8 @@ def _log_axes(ax, q: np.ndarray) -> None:
 
 def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 110) -> None:
     """Measured and predicted extremal eigenvalues against q (log x): the Hessian's top and
-    bottom and (when measured) the GGN's top; with several seeds, mean and standard deviation.
+    bottom and (when measured) the GGN's top; with several seeds, mean and sample standard
+    deviation (as the summary tables).
 
     Example:
       >>> import os, tempfile
@@ -277,7 +279,7 @@ def plot_extremal(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int =
 def plot_beyond(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 110) -> None:
     """The shift beyond first order against q (log-log): measured, ``lambda'(H_N) - u^T H_N u``,
     and predicted at ``1/N + 1/M``, for the Hessian's top and bottom (sign flipped) and the
-    GGN's top (when measured); with several seeds, mean and standard deviation.
+    GGN's top (when measured); with several seeds, mean and sample standard deviation.
 
     Example:
       >>> import os, tempfile
