@@ -844,13 +844,15 @@ def estimate_noise_variance(hvp_on_batch: Callable[[int, jax.Array], jax.Array],
         base = c * p * float(jnp.vdot(vp, vp))
         if full_hvp is not None:
             f = jnp.asarray(full_hvp(vp))
-            devs, terms = [], []
+            devs, mean, terms = [], None, []
             for i in range(num_batches):
                 d = jnp.asarray(hvp_on_batch(i, vp)) - f
                 devs.append(_sq_dist(d, 0.0))
-                if partition:  # the Helmert contrasts of the deviations, by Welford's update
-                    mean, term = (d, None) if i == 0 else _welford(mean, d, i + 1)
-                    terms += [] if term is None else [term]
+                if partition and mean is None:
+                    mean = d
+                elif partition:  # the Helmert contrasts of the deviations, by Welford's update
+                    mean, term = _welford(mean, d, i + 1)
+                    terms.append(term)
             dev2.append(devs)
             scale.append([base] * num_batches)
             contrasts.append([float(x) / (base * num_batches / (num_batches - 1))
