@@ -57,10 +57,16 @@ HESSIAN_PREDICTORS = (("pred", "Thm 1"), ("pred_dir", "Thm 1 dir"), ("pert", "2n
 GGN_PREDICTORS = (("ggn_pred", "GGN Baik-Silverstein"), ("ggn_pred_iso", "GGN BBP iso"),
                   ("ggn_pert", "GGN 2nd order"))
 
-# The summary's tables: (title, [(column, header), ...]).
+# The summary's tables: (title, [(column, header), ...]). Where a shift is small against its
+# scatter, a seed's ratio can take either sign; the pooled ratios (_markdown) are then the ones
+# to read.
+_PER_SEED = (" Ratios are per seed (mean +- std over seeds); the pooled ratios at the end "
+             "(mean predicted over mean measured shift) are the ones to read where the shift is "
+             "small against its scatter.")
 _TABLES = (
     ("Top eigenvalue of the Hessian. Predictions of the held-out lambda'_1 from fresh samples; "
-     "'shift ratio' = predicted / measured shift lambda'_1 - lambda_1 (1 is exact).",
+     "'shift ratio' = predicted / measured shift lambda'_1 - lambda_1 (1 is exact)."
+     + _PER_SEED,
      [("q", "q"), ("N", "N"), ("true_lambda_max", "true"), ("heldout_lambda_max", "held-out"),
       ("emp_lambda_max", "train"), ("pred_lambda_max", "Thm 1"),
       ("pred_dir_lambda_max", "Thm 1 dir"), ("pert_lambda_max", "2nd order"),
@@ -78,7 +84,8 @@ _TABLES = (
       ("shift_bw_min", "ratio self-consistent")]),
     ("Gauss-Newton matrix, top eigenvalue: Wishart prediction (Baik-Silverstein with the true "
      "GGN's spectrum as population law, gamma = P / (N (K-1)); 'iso': BBP with sigma^2 = "
-     "tr(GGN) / P).",
+     "tr(GGN) / P)."
+     + _PER_SEED,
      [("q", "q"), ("N", "N"), ("ggn_true_lambda_max", "true"),
       ("ggn_heldout_lambda_max", "held-out"), ("ggn_empirical_lambda_max", "train"),
       ("ggn_pred_lambda_max", "Baik-Silverstein"), ("ggn_pred_iso_lambda_max", "BBP iso"),
@@ -97,7 +104,8 @@ _TABLES = (
     ("Shift beyond first order: the held-out extremal eigenvalue minus the held-out matrix's "
      "Rayleigh quotient along the True Hessian's extremal Ritz vector u, lambda'(H_N) - u^T H_N "
      "u (the first-order terms cancel), against the predictions at 1/N + 1/M; 'ratio' = "
-     "predicted / measured.",
+     "predicted / measured."
+     + _PER_SEED,
      [("q", "q"), ("N", "N"), ("beyond_max", "top: measured"),
       ("shift_rq_pred_max", "ratio Thm 1"), ("shift_rq_pred_dir_max", "ratio dir"),
       ("shift_rq_pert_max", "ratio 2nd order"), ("shift_rq_bw_max", "ratio self-consistent"),
