@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import jax
 
 import jaxspec
+from jaxspec.atomic import write_text
 from jaxspec.data import normalized_split
 from jaxspec.models import count_params, hessian_loss
 from jaxspec.plotting import block_heterogeneity_plot
@@ -203,11 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     block_heterogeneity_plot(spectra, path=args.out, suptitle=title)
     stem = os.path.splitext(args.out)[0]
     elapsed = time.perf_counter() - start
-    with open(stem + ".json", "w") as f:
-        json.dump({"settings": vars(args), "seconds": round(elapsed, 1), "models": results}, f,
-                  indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(f"{title}\n\n{markdown_table(results)}")
+    write_text(stem + ".json", json.dumps(
+        {"settings": vars(args), "seconds": round(elapsed, 1), "models": results}, indent=1))
+    write_text(stem + ".md", f"{title}\n\n{markdown_table(results)}")
     print(f"wrote {args.out}, {stem}.json, {stem}.md in {elapsed:.0f}s")
     return 0
 

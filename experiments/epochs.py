@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ from experiments.spectrum_settings import (
     settings_from_args,
 )
 from jaxspec import Spectrum
+from jaxspec.atomic import write_text
 
 __all__ = ["epoch_rows", "epoch_spectra", "main", "plot_extremal", "write_summary"]
 
@@ -185,12 +187,12 @@ def write_summary(rows: Sequence[dict[str, Any]], out_dir: str, mode: str, /, *,
       ['epoch', 'lambda_max', 'lambda_min']
     """
     paths = {ext: os.path.join(out_dir, f"epochs_{mode}.{ext}") for ext in ("json", "csv", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump(list(rows), f, indent=1)
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_text(paths["json"], json.dumps(list(rows), indent=1))
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(paths["csv"], out.getvalue())
     plot_extremal(rows, paths["png"], title=title)
     return paths
 

@@ -160,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                  **lanczos_step_memory(num_devices=min(args.devices, jax.device_count()))})
     print(json.dumps(rows[-1]), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
+    from jaxspec.atomic import write_text
+
+    write_text(args.out, json.dumps(rows, indent=1))
     return rows
 
 

@@ -327,10 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              seeds=args.seeds, repeats=args.repeats, max_steps=args.max_steps,
                              seed=args.seed)
     if args.json:
+        from jaxspec.atomic import write_text
         from jaxspec.io import jsonable
 
-        with open(args.json, "w") as f:
-            json.dump(jsonable(result), f, indent=1)
+        write_text(args.json, json.dumps(jsonable(result), indent=1))
     print(to_markdown(result))
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxspec import Spectrum
+from jaxspec.atomic import write_text
 from jaxspec.compare import SpectrumComparison
 from jaxspec.io import dumps
 
@@ -128,8 +129,8 @@ _PREFIX = {"true": "true", "empirical": "emp", "heldout": "heldout"}
 
 
 def write_json(path: str | os.PathLike, obj: Any, /) -> None:
-    """Strict JSON of ``obj`` (:func:`jaxspec.io.dumps`: NaN -> null), written atomically (a
-    temporary file renamed over ``path``), so a killed run never leaves half a file.
+    """Strict JSON of ``obj`` (:func:`jaxspec.io.dumps`: NaN -> null), written atomically
+    (:func:`jaxspec.atomic.write_text`), so a killed run never leaves half a file.
 
     Example:
       >>> import json, os, tempfile
@@ -139,11 +140,7 @@ def write_json(path: str | os.PathLike, obj: Any, /) -> None:
       >>> json.load(open(p))
       {'x': None, 'n': [1, 2]}
     """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(dumps(obj))
-    os.replace(tmp, path)
+    write_text(path, dumps(obj))
 
 
 def write_comparison(comparison: SpectrumComparison, base: str, /) -> None:
@@ -161,8 +158,7 @@ def write_comparison(comparison: SpectrumComparison, base: str, /) -> None:
     """
     for ext, text in (("md", comparison.to_markdown()), ("csv", comparison.to_csv()),
                       ("json", comparison.to_json())):
-        with open(f"{base}.{ext}", "w") as f:
-            f.write(text)
+        write_text(f"{base}.{ext}", text)
 
 
 def _pyplot():
@@ -581,8 +577,6 @@ def write_summary(results: Sequence[dict[str, Any]], workdir: str, config: dict[
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row[k] is None else row[k] for k in SUMMARY_COLUMNS})
-    with open(os.path.join(workdir, "summary.csv"), "w") as f:
-        f.write(out.getvalue())
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write(_markdown(results, rows))
+    write_text(os.path.join(workdir, "summary.csv"), out.getvalue())
+    write_text(os.path.join(workdir, "summary.md"), _markdown(results, rows))
     return rows
