@@ -451,6 +451,8 @@ def slq(
     runs = slq_runs(matvec, key, dim, num_steps, num_vectors=num_vectors, dtype=dtype,
                     distribution=distribution, v0=v0, hooks=hooks, check=check,
                     reorth=reorth, **lanczos_kwargs)
-    info = {"num_steps": int(num_steps), "dim": int(dim), "distribution": distribution,
+    # the steps taken: run_lanczos clamps a request beyond the dimension to it (and warns)
+    info = {"num_steps": min(int(num_steps), int(dim)), "dim": int(dim),
+            "distribution": distribution,
             "dtype": str(dtype if v0 is None else jnp.dtype(v0.dtype)), **(meta or {})}
     return Spectrum.average([Spectrum.from_lanczos(r) for r in runs], meta=info)

@@ -16,6 +16,7 @@ from jaxspec import (
     lanczos,
     lanczos_init,
     run_lanczos,
+    slq,
 )
 from jaxspec.io import LanczosCheckpoint, load_lanczos_state
 from checkpoints import recorded_saves
@@ -281,6 +282,10 @@ def test_num_steps_larger_than_dim_is_clamped_with_warning():
         res = lanczos(lambda v: A @ v, jnp.ones(3), 10)
     assert res.alphas.shape == (3,)
     np.testing.assert_allclose(Spectrum.from_lanczos(res).nodes, [1, 2, 3], atol=1e-12)
+    B = jnp.diag(jnp.arange(1.0, 5.0))   # another shape: the check runs when a step is traced
+    with pytest.warns(UserWarning, match="clamped to 4"):   # the spectrum records the steps taken
+        s = slq(lambda v: B @ v, jax.random.key(0), 4, 10, dtype=B.dtype)
+    assert s.meta["num_steps"] == 4
 
 
 def test_matvec_with_wrong_shape_or_dtype():
