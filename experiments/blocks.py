@@ -161,8 +161,27 @@ def main(argv: Sequence[str] | None = None) -> int:
       ...         code = e.code
       >>> code, "--lanczos-steps" in out.getvalue()
       (0, True)
+      >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+      ...     try:
+      ...         main(["--lanczos-steps", "0"])
+      ...     except SystemExit as e:
+      ...         code = e.code
+      >>> code, "--lanczos-steps 0: must be >= 1" in err.getvalue()
+      (2, True)
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag in ("lm_epochs", "lm_seq_len", "lm_hessian_windows", "cnn_epochs", "cnn_train",
+                 "cnn_hessian_images", "lanczos_steps"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
+    if args.cnn_hessian_images > args.cnn_train:
+        parser.error(f"--cnn-hessian-images {args.cnn_hessian_images}: more than the "
+                     f"{args.cnn_train} training images (--cnn-train)")
+    if args.npz and not os.path.exists(args.npz):
+        parser.error(f"--npz {args.npz}: no such file")
+    if not args.out.endswith(".png"):
+        parser.error(f"--out {args.out}: the figure's path must end in .png")
     start = time.perf_counter()
     key = jax.random.key(args.seed)
     seq = args.lm_seq_len
