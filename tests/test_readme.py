@@ -57,3 +57,23 @@ def test_readme_library_snippet_runs_and_compiles_once(tmp_path):
         _run(again, scope, tmp_path)
     assert seen == []
     assert scope["spectrum"].lambda_max != spectrum.lambda_max
+
+
+def test_readme_curvature_snippet_imports_the_modules_it_uses():
+    """The "Curvature beyond the Hessian" snippet calls ``jaxspec.plotting.block_spectra_plot``;
+    ``import jaxspec`` does not import the edge modules (jaxspec/__init__.py), so each one the
+    snippet reaches as ``jaxspec.<module>.`` must be imported by the snippet itself, or running
+    it as written raises AttributeError (it did for ``jaxspec.plotting``)."""
+    import subprocess
+    import sys
+
+    text = open(README).read()
+    section = text[text.index("## Curvature beyond the Hessian"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    used = sorted(set(re.findall(r"\bjaxspec\.([a-z_]+)\.", code)))
+    imports = "\n".join(line for line in code.splitlines() if line.startswith(("import", "from")))
+    probe = imports + "\nimport jaxspec\nprint(' '.join(m for m in %r if not hasattr(jaxspec, m)))" % (
+        used,)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True)
+    assert out.stdout.split() == [], f"used but not imported by the snippet: {out.stdout}"

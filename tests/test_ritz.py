@@ -69,3 +69,18 @@ def test_ritz_pairs_need_the_basis_for_vectors():
     assert ritz_pairs(res).vectors is None
     with pytest.raises(ValueError, match="return_basis"):
         ritz_pairs(res, vectors=True)
+
+
+def test_ritz_residual_bounds_the_error_of_a_converged_float32_pair():
+    """ritz.py: theta_j lies within its residual of an eigenvalue. A converged float32 pair gets
+    the recurrence estimate beta_k |e_k^T s_j| = 0.0, yet theta is ~1e-7 off (measured residual
+    ~1.7e-7): the reported 'error bound' is below the rounding floor."""
+    d = np.linspace(1.0, 2.0, 200).astype(np.float32)
+    d[-1] = 10.0
+    res = run_lanczos(lambda v: jnp.asarray(d) * v, jnp.ones(200, jnp.float32), 60,
+                      return_basis=True)
+    pairs = ritz_pairs(res, vectors=[-1])
+    y = np.asarray(pairs.vectors[0], np.float64)
+    measured = np.linalg.norm(d * y - pairs.values[-1] * y)
+    assert abs(pairs.values[-1] - 10.0) <= pairs.residuals[-1]
+    assert pairs.residuals[-1] >= 0.5 * measured
