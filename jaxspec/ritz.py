@@ -4,7 +4,10 @@ After k Lanczos steps ``A Q_k^T = Q_k^T T_k + beta_k q_k e_k^T`` (rows of ``Q_k`
 vectors). With ``T_k = S diag(theta) S^T``, the Ritz pair ``(theta_j, y_j = Q_k^T s_j)`` has
 residual ``|A y_j - theta_j y_j| = beta_k |e_k^T s_j|`` (exact for an orthonormal basis, which
 full re-orthogonalisation keeps to working precision); ``theta_j`` is then within that residual
-of an eigenvalue of ``A``. The squared first components ``(e_1^T s_j)^2`` are the Gauss
+of an eigenvalue of ``A``. The recurrence's estimate of a converged pair falls below what the
+products themselves resolve (0 in float32 where the measured residual is 1.7e-7 of
+``|A| = 10``), so each residual is floored at ``eps |T_k|``, the rounding level of the run's
+dtype times the largest ``|theta|``. The squared first components ``(e_1^T s_j)^2`` are the Gauss
 quadrature weights of stochastic Lanczos quadrature. The small eigenproblem is solved on the
 host in float64.
 """
@@ -28,7 +31,8 @@ class RitzPairs(NamedTuple):
     Attributes:
       values: ``(k,)`` Ritz values ``theta_j`` (float64).
       weights: ``(k,)`` quadrature weights ``(e_1^T s_j)^2``; they sum to 1.
-      residuals: ``(k,)`` residual norms ``|A y_j - theta_j y_j| = beta_k |e_k^T s_j|``.
+      residuals: ``(k,)`` residual norms ``|A y_j - theta_j y_j| = beta_k |e_k^T s_j|``, at
+        least ``eps max|theta|`` (the run's rounding level; the module docstring).
       vectors: ``(len(indices), P)`` unit Ritz vectors as rows, in the basis' dtype, or None
         when the run kept no basis or none were asked for.
 
@@ -79,7 +83,8 @@ def ritz_pairs(result: LanczosResult, /, *,
     T = np.diag(alphas) + np.diag(betas[: k - 1], 1) + np.diag(betas[: k - 1], -1)
     theta, s = np.linalg.eigh(T)
     weights = s[0] ** 2
-    residuals = abs(betas[k - 1]) * np.abs(s[k - 1])
+    floor = np.finfo(np.asarray(result.alphas).dtype).eps * np.max(np.abs(theta))
+    residuals = np.maximum(abs(betas[k - 1]) * np.abs(s[k - 1]), floor)
     if vectors is False or vectors is None:
         return RitzPairs(theta, weights / weights.sum(), residuals)
     if result.basis is None:
