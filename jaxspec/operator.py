@@ -265,6 +265,24 @@ class CurvatureOperator:
                              "params (its block indexes their leaves)")
         return self.reduce.prepare(dataclasses.replace(self, params=params, linear=None))
 
+    def with_reduce(self, reduce: Any, /) -> "CurvatureOperator":
+        """The same matrix with another batch reduction (``reduce`` as in
+        :func:`curvature_operator`), e.g. ``"scan"`` for a program that traces or vmaps the
+        operator, which the host reduction cannot be.
+
+        Example:
+          >>> import jax.numpy as jnp, jaxspec
+          >>> op = jaxspec.curvature_operator(lambda p, x: jnp.mean(x) * jnp.sum(p ** 3),
+          ...                                 jnp.ones(1), jaxspec.batch_dataset(jnp.ones(2), 2),
+          ...                                 reduce="host")
+          >>> scan = op.with_reduce("scan")
+          >>> scan.reduce, scan.mv(jnp.ones(1)).tolist() == op.mv(jnp.ones(1)).tolist()
+          (ScanReduce(), True)
+        """
+        op = dataclasses.replace(self, reduce=None, linear=None)
+        strategy = resolve_reduce(reduce, op)
+        return strategy.prepare(dataclasses.replace(op, reduce=strategy))
+
     def fingerprint(self) -> str:
         """SHA-1 of what the operator applies: parameters, data, transform, loss, kind and block.
 

@@ -370,8 +370,9 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     leave-one-out; matfree's ``leave_one_out_xtrace`` with normal probes.
 
     Takes ``2 num_probes`` matvecs in one compiled program (one per shape), so the operator
-    must be traceable (not the host reduction). matfree vmaps the operator over all its probes;
-    here the vmapped products run one after another (``lax.map``), each holding one product's
+    must be traceable: an operator with the host reduction is applied with ``reduce="scan"``
+    instead (:meth:`jaxspec.CurvatureOperator.with_reduce`). matfree vmaps the operator over
+    all its probes; here the vmapped products run one after another (``lax.map``), each holding one product's
     activations. When ``2 num_probes >= dim`` matfree computes the exact trace from the dense
     matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
     leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a confidence bound.
@@ -385,9 +386,8 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
       (True, 20)
     """
     _check_count("num_probes", num_probes, 2)
-    if not _traceable(matvec):
-        raise TypeError("xtrace vmaps the operator over its probes; an operator with the host "
-                        "reduction cannot be traced: use hutch_plus_plus, or reduce='scan'")
+    if not _traceable(matvec):  # the host reduction cannot be traced: the same matrix by scan
+        matvec = matvec.with_reduce("scan")
     _check_operator(matvec, dim, probe_dtype(matvec, dtype))
     if 2 * num_probes >= dim:  # the exact branch: any count from dim / 2 to dim is the same
         num_probes = min(num_probes, int(dim))

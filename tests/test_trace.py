@@ -124,7 +124,7 @@ def test_logdet_matches_slogdet_within_its_standard_error():
                dtype=jnp.float64)
 
 
-def test_rejects_bad_counts_and_host_xtrace():
+def test_rejects_bad_counts_and_dimensions():
     mv = matvec_of(jnp.eye(4))
     with pytest.raises(ValueError, match="num_probes"):
         hutchinson(mv, jax.random.key(0), 4, num_probes=0, dtype=jnp.float64)
@@ -158,6 +158,11 @@ def test_host_reduced_mlp_operator_probe_by_probe():
     truth = np.linalg.slogdet(H + shift * np.eye(op.size))[1]
     ld = logdet(op, key, op.size, 20, shift=shift, num_probes=8)
     assert abs(ld.value - truth) <= 5 * ld.stderr + 1e-8
+    # XTrace vmaps its products: the same matrix by lax.scan, the same estimate as from scan
+    xt = xtrace(op, key, op.size, num_probes=5)
+    assert xt.value == pytest.approx(xtrace(op.with_reduce("scan"), key, op.size,
+                                            num_probes=5).value, rel=1e-12)
+    assert abs(xt.value - np.trace(H)) <= 5 * xt.stderr
 
 
 def test_scan_reduced_mlp_operator_vmapped():
