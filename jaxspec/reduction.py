@@ -223,8 +223,8 @@ class HostReduce:
         if isinstance(v, jax.core.Tracer):
             raise TypeError(
                 "an operator with the host reduction loops over batch groups in Python and "
-                "cannot be traced (jit, vmap, lax loops); pass it to jaxspec.run_lanczos / slq, "
-                "which drive it from the host, or build it with reduce='scan' (or a mesh)")
+                "cannot be traced (jit, vmap, lax loops); drive it from the host (the solvers' "
+                "driver='host' or 'auto'), or take op.with_reduce('scan') (or a mesh)")
         data, cache = op.data, op.linear
         bare = bare_operator(op)
         acc = None  # the first group's program starts the sum: no program to make zeros
