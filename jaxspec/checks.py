@@ -18,8 +18,8 @@ import numpy as np
 
 from jaxspec.norms import norm
 
-__all__ = ["SymmetryReport", "assert_symmetric", "check_labels", "check_matvec",
-           "check_start_vector", "clamp_steps", "symmetry_error"]
+__all__ = ["SymmetryReport", "assert_symmetric", "check_dimension", "check_labels",
+           "check_matvec", "check_start_vector", "clamp_steps", "symmetry_error"]
 
 # Offending entries listed in a label error; the rest are counted, not printed.
 _SHOWN = 8
@@ -186,6 +186,28 @@ def check_matvec(matvec: Callable, v0, /, *, same_dtype: bool = True) -> None:
         got = (getattr(out, "shape", type(out).__name__), getattr(out, "dtype", None))
         raise TypeError(f"the matvec must map a vector of shape {v0.shape} and dtype {v0.dtype} "
                         f"to the same shape and dtype; it returned shape {got[0]}, dtype {got[1]}")
+
+
+def check_dimension(matvec: Callable, dim: int, dtype, /) -> None:
+    """A clear error, before any product, for a ``dim`` or a matvec that does not fit: an
+    operator's ``size`` against ``dim`` (``ValueError``), or a plain callable traced on a
+    ``(dim,)`` vector of ``dtype`` (:func:`check_matvec` on shapes; ``TypeError``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxspec.checks import check_dimension
+      >>> check_dimension(lambda v: jnp.eye(3) @ v, 3, jnp.float32)
+      >>> check_dimension(lambda v: jnp.eye(3) @ v, 4, jnp.float32)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      TypeError: the matvec could not be evaluated on a vector like v0 (shape (4,), ...
+    """
+    size = getattr(matvec, "size", None)
+    if size is not None:
+        if int(size) != int(dim):
+            raise ValueError(f"dim={dim}, but the operator acts on vectors of size {size}")
+    else:
+        check_matvec(matvec, jax.ShapeDtypeStruct((int(dim),), dtype), same_dtype=False)
 
 
 def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /, *,

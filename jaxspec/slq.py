@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.checks import assert_symmetric
+from jaxspec.checks import assert_symmetric, check_dimension
 from jaxspec.lanczos import LanczosResult, run_lanczos
 from jaxspec.linearized import linearized
 from jaxspec.operator import CurvatureOperator
@@ -383,6 +383,7 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
+    check_dimension(matvec, dim, probes[0].dtype)
     check = probes_symmetry(matvec, check)
     matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
     if check:

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from matfree import stochtrace
 
-from jaxspec.checks import check_matvec
+from jaxspec.checks import check_dimension
 from jaxspec.compiler import jit, jit_argument
 from jaxspec.lanczos import run_lanczos
 from jaxspec.linearized import linearized
@@ -205,17 +205,6 @@ def _check_count(name: str, value: int, least: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
-def _check_operator(matvec: Callable, dim: int, dtype) -> None:
-    """A clear error, before any product, for a ``dim`` or a matvec that does not fit: an
-    operator's size, or a plain callable's output traced on a ``(dim,)`` vector."""
-    size = getattr(matvec, "size", None)
-    if size is not None:
-        if int(size) != int(dim):
-            raise ValueError(f"dim={dim}, but the operator acts on vectors of size {size}")
-    else:
-        check_matvec(matvec, jax.ShapeDtypeStruct((int(dim),), dtype), same_dtype=False)
-
-
 def _finite(estimate: TraceEstimate) -> TraceEstimate:
     if not np.all(np.isfinite(np.asarray(estimate.value))):
         raise FloatingPointError("the estimate is not finite: the matvec returned NaN or Inf "
@@ -229,7 +218,7 @@ def _hutchinson_moments(matvec, key, dim, num_probes, batch_size, distribution, 
     _check_count("batch_size", batch_size)
     dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
-    _check_operator(matvec, dim, dtype)
+    check_dimension(matvec, dim, dtype)
     keys = jax.random.split(key, num_probes)
     rows = _block_rows(int(dim), dtype, num_probes, batch_size)
     matvec = linearized(matvec, rows)  # an operator's products, once for all probes
@@ -337,7 +326,7 @@ def hutch_plus_plus(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, di
     _check_count("num_matvecs", num_matvecs, 3)
     dtype = probe_dtype(matvec, dtype)
     _check_distribution(distribution)
-    _check_operator(matvec, dim, dtype)
+    check_dimension(matvec, dim, dtype)
     s = num_matvecs // 3
     g = num_matvecs - 2 * s
     _check_count("batch_size", batch_size)
@@ -372,8 +361,8 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     Takes ``2 num_probes`` matvecs in one compiled program (one per shape), so the operator
     must be traceable: an operator with the host reduction is applied with ``reduce="scan"``
     instead (:meth:`jaxspec.CurvatureOperator.with_reduce`). matfree vmaps the operator over
-    all its probes; here the vmapped products run one after another (``lax.map``), each holding one product's
-    activations. When ``2 num_probes >= dim`` matfree computes the exact trace from the dense
+    all its probes; here the vmapped products run one after another (``lax.map``), each
+    holding one product's activations. When ``2 num_probes >= dim`` matfree computes the exact trace from the dense
     matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
     leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a confidence bound.
 
@@ -388,7 +377,7 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     _check_count("num_probes", num_probes, 2)
     if not _traceable(matvec):  # the host reduction cannot be traced: the same matrix by scan
         matvec = matvec.with_reduce("scan")
-    _check_operator(matvec, dim, probe_dtype(matvec, dtype))
+    check_dimension(matvec, dim, probe_dtype(matvec, dtype))
     if 2 * num_probes >= dim:  # the exact branch: any count from dim / 2 to dim is the same
         num_probes = min(num_probes, int(dim))
     matvec = linearized(matvec, 2 * num_probes)  # an operator's products, once for all probes

@@ -129,6 +129,9 @@ def test_symmetry_probe():
     A64 = type("A64", (), {"dtype": jnp.float64, "__call__": lambda self, v: sym64 @ v})()
     assert slq(A64, jax.random.key(1), 20, 5).meta["dtype"] == "float64"
     assert slq(lambda v: sym @ v, jax.random.key(1), 20, 5).meta["dtype"] == "float32"
+    # a dim that does not fit the matvec fails before any product, naming the vector it tried
+    with pytest.raises(TypeError, match=r"evaluated on a vector like v0 \(shape \(21,\)"):
+        slq(lambda v: sym @ v, jax.random.key(1), 21, 5)
 
 
 @pytest.mark.parametrize("scale", [1e-25, 1e-19, 1e19, 1e25])
