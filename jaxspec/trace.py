@@ -362,8 +362,8 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     must be traceable: an operator with the host reduction is applied with ``reduce="scan"``
     instead (:meth:`jaxspec.CurvatureOperator.with_reduce`). matfree vmaps the operator over
     all its probes; here the vmapped products run one after another (``lax.map``), each
-    holding one product's activations. When ``2 num_probes >= dim`` matfree computes the exact trace from the dense
-    matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
+    holding one product's activations. When ``2 num_probes >= dim`` matfree computes the exact
+    trace from the dense matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
     leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a confidence bound.
 
     Example:
