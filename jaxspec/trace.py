@@ -363,8 +363,9 @@ def xtrace(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim: int, /
     instead (:meth:`jaxspec.CurvatureOperator.with_reduce`). matfree vmaps the operator over
     all its probes; here the vmapped products run one after another (``lax.map``), each
     holding one product's activations. When ``2 num_probes >= dim`` matfree computes the exact
-    trace from the dense matrix (``dim`` matvecs) instead. The standard error is matfree's spread of the
-    leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a confidence bound.
+    trace from the dense matrix (``dim`` matvecs) instead. The standard error is matfree's
+    spread of the leave-one-out estimates over ``sqrt(num_probes)``: a heuristic, not a
+    confidence bound.
 
     Example:
       >>> import jax, jax.numpy as jnp
