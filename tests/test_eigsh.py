@@ -100,6 +100,13 @@ def test_restarts_run_out_reports_unconverged():
     assert res.num_restarts == 2 and not res.converged.all()
     keep = 3 + (M - 3) // 2
     assert res.num_matvecs == M + 2 * (M - keep) + 3
+    # a pair is converged only where its measured residual is within tol * ||A|| (||A|| = 1
+    # here); after 4 to 6 restarts some residuals lie between tol and 10 tol
+    for restarts in (4, 5, 6):
+        res = eigsh(lambda v: A @ v, jnp.ones(N), 3, tol=1e-6, num_extra=M - 3,
+                    max_restarts=restarts)
+        assert np.all(res.residuals[res.converged] <= 1e-6), (res.residuals, res.converged)
+        assert np.all(res.residuals[~res.converged] > 1e-6 * 0.99), (res.residuals, res.converged)
 
 
 def test_warm_start_from_vector_and_block():
@@ -112,6 +119,9 @@ def test_warm_start_from_vector_and_block():
     np.testing.assert_allclose(warm_one.values, cold.values[-1:], rtol=1e-10)
     warm_block = eigsh(mv, cold.vectors, 3, tol=1e-10, num_extra=M - 3)
     assert warm_block.num_matvecs < cold.num_matvecs
+    # the block enters as the sum of its rows, whose first 3 Krylov vectors span them: one
+    # cycle and the certificates, no restart (from one of its rows alone: 14 restarts)
+    assert warm_block.num_restarts == 0 and warm_block.num_matvecs == M + 3
     check_against_eigh(A, warm_block, 3, "largest", subspace_tol=1e-6)
 
 

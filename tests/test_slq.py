@@ -48,6 +48,17 @@ def test_negative_mass_rule():
     assert Spectrum([-1.0, 5.0], [0.5, 0.5]).summary()["origin_weight"] == 0.0
 
 
+def test_origin_cluster_extends_origin_tol_times_the_largest_node():
+    """The documented rule's reach: ``|theta - theta_0| <= origin_tol * max|theta|`` (here
+    0.05), centred on the node nearest zero, not on zero; nodes at 0.8 of that width are in
+    the cluster, nodes beyond it are separated negative mass."""
+    s = Spectrum([-0.06, -0.03, 0.01, 0.05, 50.0], [0.1, 0.2, 0.4, 0.2, 0.1])
+    assert s.origin_cluster(origin_tol=1e-3).tolist() == [False, True, True, True, False]
+    neg = s.negative(origin_tol=1e-3)
+    assert neg.count == 2 and neg.count_separated == 1 and neg.mass == pytest.approx(0.1)
+    assert s.summary(origin_tol=1e-3)["origin_weight"] == pytest.approx(0.8)
+
+
 def test_top_weights_and_moments():
     s = Spectrum([3.0, -1.0, 0.0], [0.2, 0.1, 0.7])
     assert s.top_weights(3) == [(0.7, 0.0), (0.2, 3.0), (0.1, -1.0)]
@@ -92,6 +103,24 @@ def test_slq_several_vectors_average_the_per_probe_quadratures():
         Ak = np.linalg.matrix_power(An, k)
         expected = np.mean([v @ Ak @ v / (v @ v) for v in probes])
         assert s.moments(k)[k] == pytest.approx(expected, rel=1e-9)
+
+
+def test_average_pools_spectra_by_their_probe_counts():
+    """Merging an 8-probe and a 2-probe spectrum gives the 10-probe average: each spectrum
+    counts by its probes, not as one (the moments are the mean over all ten probes)."""
+    n = 60
+    A, _ = matrix_with_spectrum(spectrum_of_kind("negative", n, 1), 1)
+    mv = lambda v: A @ v  # noqa: E731
+    big = slq(mv, jax.random.key(0), n, 8, num_vectors=8, dtype=jnp.float64)
+    small = slq(mv, jax.random.key(1), n, 8, num_vectors=2, dtype=jnp.float64)
+    merged = Spectrum.average([big, small])
+    assert merged.num_vectors == 10 and merged.weights.sum() == pytest.approx(1.0)
+    for k in (1, 2, 3):
+        expected = (8 * big.moments(k)[k] + 2 * small.moments(k)[k]) / 10
+        assert merged.moments(k)[k] == pytest.approx(expected, rel=1e-12)
+    s = Spectrum.average([Spectrum([0.0, 1.0], [0.5, 0.5], num_vectors=3),
+                          Spectrum([4.0], [1.0], num_vectors=1)])
+    assert s.num_vectors == 4 and s.weights.tolist() == [0.375, 0.375, 0.25]
 
 
 def test_slq_checkpoints_per_vector(tmp_path):

@@ -237,3 +237,54 @@ def test_xtrace_applies_vmapped_products_one_after_another_and_compiles_once():
         stochtrace.leave_one_out_xtrace(), sampler))(op, key)
     assert first.value == pytest.approx(float(mean), rel=1e-9)
     assert first.stderr == pytest.approx(float(sem), rel=1e-9)
+
+
+def test_values_and_standard_errors_are_the_documented_sample_statistics():
+    """Each estimate is the mean of its per-probe samples and its standard error
+    ``std(samples, ddof=1) / sqrt(n)``; logdet's sample is ``v^T log(A + shift I) v`` with the
+    probe's own ``|v|^2`` (normal probes: not ``P``), exact at full depth. Few probes, so a
+    ``ddof=0`` or a ``P`` in place of ``|v|^2`` is far outside the tolerances."""
+    A = np.asarray(low_rank_plus_noise())
+    key, n, shift = jax.random.key(5), 4, 0.1
+    keys = jax.random.split(key, n)
+
+    def probes(distribution):
+        return [np.asarray(jaxspec.random_probe(k, P, dtype=jnp.float64,
+                                                distribution=distribution)) for k in keys]
+
+    def check(est, samples):
+        samples = np.asarray(samples)
+        np.testing.assert_allclose(est.value, samples.mean(axis=0), rtol=1e-10)
+        np.testing.assert_allclose(est.stderr, samples.std(axis=0, ddof=1) / np.sqrt(n),
+                                   rtol=1e-8)
+
+    rademacher = probes("rademacher")
+    check(hutchinson(matvec_of(jnp.asarray(A)), key, P, num_probes=n, dtype=jnp.float64),
+          [v @ A @ v for v in rademacher])
+    check(hutchinson_diagonal(matvec_of(jnp.asarray(A)), key, P, num_probes=n,
+                              dtype=jnp.float64), [v * (A @ v) for v in rademacher])
+    lam, U = np.linalg.eigh(A)
+    log_shifted = (U * np.log(lam + shift)) @ U.T
+    est = logdet(matvec_of(jnp.asarray(A)), key, P, P, shift=shift, num_probes=n,
+                 distribution="normal", dtype=jnp.float64)
+    check(est, [v @ log_shifted @ v for v in probes("normal")])
+
+
+def test_hutch_plus_plus_is_the_documented_estimator():
+    """``s = num_matvecs // 3`` sketch probes from the first ``s`` keys, ``g = num_matvecs - 2 s``
+    Hutchinson probes from the rest, deflated by ``Q = orth(A S)``: the estimate and its
+    standard error against the same computation done densely in float64."""
+    A = np.asarray(low_rank_plus_noise())
+    key, budget = jax.random.key(2), 14
+    s, g = budget // 3, budget - 2 * (budget // 3)
+    probes = np.stack([np.asarray(jaxspec.random_probe(k, P, dtype=jnp.float64,
+                                                       distribution="rademacher"))
+                       for k in jax.random.split(key, s + g)])
+    Q = np.linalg.qr((probes[:s] @ A).T)[0].T
+    G = probes[s:] - (probes[s:] @ Q.T) @ Q
+    samples = np.einsum("ij,jk,ik->i", G, A, G)
+    est = hutch_plus_plus(matvec_of(jnp.asarray(A)), key, P, num_matvecs=budget,
+                          dtype=jnp.float64)
+    assert est.value == pytest.approx(np.trace(Q @ A @ Q.T) + samples.mean(), rel=1e-10)
+    assert est.stderr == pytest.approx(samples.std(ddof=1) / np.sqrt(g), rel=1e-8)
+    assert est.num_matvecs == budget
