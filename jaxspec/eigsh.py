@@ -234,7 +234,8 @@ def eigsh(
         or any callable; ``A`` symmetric.
       v0: the start vector ``(P,)`` (e.g. a previous eigenvector: a warm start), a pytree like
         an operator's ``params``, or a ``(j, P)`` block of previous vectors (their
-        orthonormalised sum starts the run). Its dtype is the working precision.
+        orthonormalised sum starts the run). Its dtype is the working precision and must be
+        the matvec's (a float32 start for a float64 operator is refused: cast it).
       k: number of eigenpairs.
       which: ``"largest"`` (algebraic), ``"smallest"``, or ``"both"`` (``k // 2`` smallest and
         the rest largest).
