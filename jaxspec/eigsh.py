@@ -95,9 +95,8 @@ class EigshResult(NamedTuple):
       converged: ``(k,)`` whether ``residual <= tol * ||A||`` (``||A||`` estimated by the largest
         ``|Ritz value|`` seen): each pair is accurate, not that no eigenvalue beyond it was
         skipped. A repeated eigenvalue is found as often as rounding brings in its copies (the
-        module docstring): the 5 smallest
-        of a matrix with a null space of dimension 769 came back as ``[0, 0, 0.0099, ...]``,
-        all converged.
+        module docstring): the 5 smallest of a matrix with a null space of dimension 769
+        came back as ``[0, 0, 0.0099, ...]``, all converged.
       num_matvecs: products with ``A`` taken, the final ``k`` measurements included.
       num_restarts: thick restarts taken.
 
