@@ -239,7 +239,12 @@ def symmetry_error(matvec: Callable[[jax.Array], jax.Array], key: jax.Array, dim
         kv, kw = jax.random.split(k)
         v = jax.random.normal(kv, (dim,), dtype)
         w = jax.random.normal(kw, (dim,), dtype)
-        Av, Aw = matvec(v), matvec(w)
+        try:
+            Av = matvec(v)
+        except (TypeError, ValueError) as err:  # most often a dim that does not fit
+            raise TypeError(f"the matvec could not be evaluated on a vector of shape ({dim},) "
+                            f"and dtype {jnp.dtype(dtype)} (is dim right?): {err}") from err
+        Aw = matvec(w)
         if jnp.shape(Av) != (dim,) or jnp.shape(Aw) != (dim,):
             raise TypeError(f"the matvec must map ({dim},) vectors to the same shape; it "
                             f"returned {jnp.shape(Av)}")

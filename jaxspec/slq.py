@@ -383,7 +383,8 @@ def slq_runs(
         keys = jax.random.split(key, num_vectors)
         probes = [random_probe(keys[i], dim, dtype=dtype, distribution=distribution)
                   for i in range(num_vectors)]
-    check_dimension(matvec, dim, probes[0].dtype)
+    if getattr(matvec, "size", None) is not None:  # an operator; a callable meets the probe
+        check_dimension(matvec, dim, probes[0].dtype)
     check = probes_symmetry(matvec, check)
     matvec = linearized(matvec, num_steps + 1)  # an operator's products, once for all probes
     if check:

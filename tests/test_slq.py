@@ -159,7 +159,7 @@ def test_symmetry_probe():
     assert slq(A64, jax.random.key(1), 20, 5).meta["dtype"] == "float64"
     assert slq(lambda v: sym @ v, jax.random.key(1), 20, 5).meta["dtype"] == "float32"
     # a dim that does not fit the matvec fails before any product, naming the vector it tried
-    with pytest.raises(TypeError, match=r"evaluated on a vector like v0 \(shape \(21,\)"):
+    with pytest.raises(TypeError, match=r"evaluated on a vector of shape \(21,\)"):
         slq(lambda v: sym @ v, jax.random.key(1), 21, 5)
 
 
