@@ -43,8 +43,8 @@ distribution) by augmentation. Here the distribution is ours, so fresh samples a
   True Hessian's Ritz vectors ``v_j`` (plain and self-consistent).
 * **The shift beyond first order**: each held-out extremal eigenvalue is also measured against
   the held-out matrix's Rayleigh quotient ``u^T H_N u`` along the True Hessian's extremal Ritz
-  vector (one product): the first-order terms cancel, so a mean shift is resolved by one seed
-  where ``lambda(H_N) - lambda(H_M)`` scatters more than it moves; predicted at
+  vector (one product): the first-order terms cancel, so a mean shift is resolved by a few
+  seeds where ``lambda(H_N) - lambda(H_M)`` scatters more than it moves; predicted at
   ``1/N + 1/M`` (:mod:`~experiments.true_hessian.theory`).
 * **Gauss-Newton** (``kind="ggn"``): the empirical, held-out and true GGN, the Wishart
   (Baik-Silverstein / BBP) prediction of the held-out GGN's top eigenvalue, and the residual

@@ -228,7 +228,6 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
 
     # 4c. the shift beyond first order: the held-out matrices along the true extremal vectors,
     # predicted at 1/N + 1/M (theory.py)
-    q_rq = p * (1 / n + 1 / m_true)
     beyond = {"heldout_rayleigh_max": measure.rayleigh_quotient(ops["heldout"], u_top),
               "heldout_rayleigh_min": measure.rayleigh_quotient(ops["heldout"], u_bottom),
               **{f"rq_{k}": v for k, v in theory.hessian_predictions(
@@ -296,8 +295,8 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
                                                                "bottom")}
     for e, (l, s2_dir, side) in lam.items():  # Theorem 1 for the shift beyond first order
         for key, s2 in (("pred", sigma2), ("pred_dir", s2_dir)):
-            beyond[f"rq_{key}_lambda_{e}"] = float(rmt.empirical_edge(
-                np.float32(l), q=q_rq, sigma2=s2, side=side))
+            beyond[f"rq_{key}_lambda_{e}"] = theory.theorem1_rayleigh(
+                l, p=p, n=n, m=m_true, sigma2=s2, side=side)
     result = {
         "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true, "predictions": PREDICTIONS,
         "train_loss": train_loss, "train_acc": train_acc,

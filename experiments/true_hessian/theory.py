@@ -27,8 +27,9 @@ The shift beyond first order (``reference="rayleigh"``): measured against the Ra
 of against ``lambda(H_M)``, the first-order terms ``u^T E_N u`` of the two cancel, so one draw
 scatters far less (by the error of ``u`` times ``|E_N|``). Its mean is the ``1/N`` shift of
 ``lambda(H_N)`` plus ``lambda - E[u^T H u] = (1/M) sum_j c_j / (lambda - theta_j)`` (``u`` is
-``H_M``'s vector, tilted by ``H_M``'s noise), so the predictors run with ``1/N + 1/M``
-(to first order in ``1/M``, as above).
+``H_M``'s vector, tilted by ``H_M``'s noise), so the perturbative and Wishart predictors run
+with ``1/N + 1/M`` (to first order in ``1/M``, as above); Theorem 1 undoes the reference's shift
+exactly (:func:`theorem1_rayleigh`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from jaxspec import Spectrum
 from jaxspec.outliers import perturbative_edge, population_outlier, spiked_covariance_edge
 
 __all__ = ["REFERENCES", "effective_samples", "ggn_predictions", "hessian_predictions",
-           "shift_error"]
+           "shift_error", "theorem1_rayleigh"]
 
 #: What a held-out extremal eigenvalue is measured against: the True Hessian's eigenvalue
 #: ``lambda(H_M)`` (the shift at ``1/N - 1/M``) or the held-out matrix's Rayleigh quotient along
@@ -159,6 +160,34 @@ def ggn_predictions(true_ggn: Spectrum, n: int, num_classes: int, /, *,
                                                             gamma=gamma)),
             "ggn_pred_iso_lambda_max": float(spiked_covariance_edge(nodes[top], gamma=gamma,
                                                                     sigma2=sigma2))}
+
+
+def theorem1_rayleigh(lam_m: float, /, *, p: int, n: int, m: float, sigma2: float,
+                      side: str = "top") -> float:
+    """Theorem 1's prediction against the Rayleigh reference, as the value ``lambda(H_M) + D``
+    (``D = lambda(H_N) - u_M^T H_N u_M``, :data:`REFERENCES`; NaN where ``lambda(H_M)`` is not
+    an outlier at ``q_M = P / M``).
+
+    In the spiked GOE the true spike is ``theta = `` :func:`jaxspec.rmt.true_edge` of
+    ``lambda(H_M)`` at ``q_M``; ``E[lambda(H_N)]`` is Theorem 1's edge at ``q_N = P / N`` and
+    ``E[u_M^T H_N u_M] = theta |u . u_M|^2 = theta - q_M sigma^2 / theta`` (the outlier
+    eigenvector's overlap ``1 - s^2 / theta^2``), so the True Hessian's own ``1/M`` shift is
+    undone on both sides, the edge below the transition at ``q_N`` included.
+
+    Example:
+      >>> from experiments.true_hessian.theory import theorem1_rayleigh
+      >>> # theta = 1, sigma2 = 0.3, q_N = 1, q_M = 0.25: D = sigma2 (q_N + q_M) / theta = 0.375
+      >>> round(theorem1_rayleigh(1.075, p=100, n=100, m=400, sigma2=0.3) - 1.075, 6)
+      0.375
+    """
+    from jaxspec import rmt
+
+    q_n, q_m = p / n, p / m
+    theta = float(rmt.true_edge(np.float64(lam_m), q=q_m, sigma2=sigma2, side=side).value)
+    if not math.isfinite(theta):
+        return float("nan")
+    edge = float(rmt.empirical_edge(np.float64(theta), q=q_n, sigma2=sigma2, side=side))
+    return lam_m + edge - (theta - q_m * sigma2 / theta)
 
 
 def shift_error(pred: float | None, true: float | None, measured: float | None, /) -> float:
