@@ -154,8 +154,13 @@ def plot_extremal(rows: Sequence[dict[str, Any]], path: str, /, *, title: str | 
     a.set_xlabel("epoch")
     a.set_ylabel("extremal Ritz value")
     a.legend()
-    b.plot(epochs, [max(r["negative_mass"], 1e-12) for r in rows], "o-", color="C3")
+    # a log axis has no 0: epochs without negative mass are left out and named below
+    mass = [r["negative_mass"] if r["negative_mass"] > 0 else float("nan") for r in rows]
+    b.plot(epochs, mass, "o-", color="C3")
     b.set_yscale("log")
+    zero = [str(r["epoch"]) for r in rows if not r["negative_mass"] > 0]
+    if zero:
+        b.text(0.02, 0.02, f"0 at epoch {', '.join(zero)}", transform=b.transAxes, fontsize=8)
     b.set_xlabel("epoch")
     b.set_ylabel("separated negative mass")
     if title:
