@@ -285,18 +285,16 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
                       title=f"q = P/N = {q:.3g} (P = {p}, N = {n}, M = {m_true})")
     times["plot"] = time.perf_counter() - t
     rows = {k: comparisons["train"].row(k) for k in ("lambda_max", "lambda_min")}
-    # Theorem 1 with the noise variance seen along the true extremal eigenvectors
-    pred_dir_max = float(rmt.empirical_edge(np.float32(tru.lambda_max), q=q, sigma2=sigma2_top,
-                                            reference_q=p / m_true))
-    pred_dir_min = float(rmt.empirical_edge(np.float32(tru.lambda_min), q=q,
-                                            sigma2=sigma2_bottom, side="bottom",
-                                            reference_q=p / m_true))
-    lam = {"max": (tru.lambda_max, sigma2_top, "top"), "min": (tru.lambda_min, sigma2_bottom,
-                                                               "bottom")}
-    for e, (l, s2_dir, side) in lam.items():  # Theorem 1 for the shift beyond first order
+    # Theorem 1 with the noise variance seen along the true extremal eigenvectors ("dir"), and
+    # Theorem 1 against the Rayleigh reference ("rq_", the shift beyond first order)
+    thm1 = {}
+    for e, lam, s2_dir, side in (("max", tru.lambda_max, sigma2_top, "top"),
+                                 ("min", tru.lambda_min, sigma2_bottom, "bottom")):
+        thm1[f"pred_dir_lambda_{e}"] = float(rmt.empirical_edge(
+            np.float32(lam), q=q, sigma2=s2_dir, side=side, reference_q=p / m_true))
         for key, s2 in (("pred", sigma2), ("pred_dir", s2_dir)):
-            beyond[f"rq_{key}_lambda_{e}"] = theory.theorem1_rayleigh(
-                l, p=p, n=n, m=m_true, sigma2=s2, side=side)
+            thm1[f"rq_{key}_lambda_{e}"] = theory.theorem1_rayleigh(
+                lam, p=p, n=n, m=m_true, sigma2=s2, side=side)
     result = {
         "seed": cfg.seed, "q": q, "N": n, "P": p, "M": m_true, "predictions": PREDICTIONS,
         "train_loss": train_loss, "train_acc": train_acc,
@@ -309,9 +307,9 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
         "heldout_lambda_max": ho.lambda_max, "heldout_lambda_min": ho.lambda_min,
         "pred_lambda_max": rows["lambda_max"]["predicted_empirical"],
         "pred_lambda_min": rows["lambda_min"]["predicted_empirical"],
-        "pred_dir_lambda_max": pred_dir_max, "pred_dir_lambda_min": pred_dir_min,
         "true_noise_edge_goe": 2 * math.sqrt(p / m_true * sigma2),
         "noise_spectrum": noise_spectra or None, "per_sample": per_sample, **preds, **beyond,
+        **thm1,
         "coupling_samples": c, **{f"coupling_{side}_total": d["total"] for side, d in coup.items()},
         **{f"coupling_{side}_rest": d["rest"] for side, d in coup.items()},
         **{f"{k}_lambda_{e}": getattr(spectra[k], f"lambda_{e}") for k in spectra
@@ -326,11 +324,10 @@ def run_point(cfg: StudyConfig, n: int, pools: dict[str, dict[str, np.ndarray]],
     for name in os.listdir(outdir):  # the Lanczos checkpoints are only needed mid-point
         if name.startswith(".lanczos_"):
             shutil.rmtree(os.path.join(outdir, name), ignore_errors=True)
-    shifts = {f"{k}_{e}": theory.shift_error(result.get(f"{k}_lambda_{e}"), tru.lambda_max
-                                              if e == "max" else tru.lambda_min,
-                                              getattr(ho, f"lambda_{e}"))
+    shifts = {f"{k}_{e}": report.shift_ratio(result, k, e)
               for k in ("pred", "pred_dir", "bw") for e in ("max", "min")}
-    rq_shifts = {e: report.beyond_ratio(result, "pert", e) for e in ("max", "min")}
+    rq_shifts = {e: report.shift_ratio(result, "pert", e, reference="rayleigh")
+                 for e in ("max", "min")}
     _log(f"{tag} done [{result['times']['total']:.1f}s]: lambda_max true {tru.lambda_max:.4g}, "
          f"held-out {ho.lambda_max:.4g}, train {emp.lambda_max:.4g}; lambda_min true "
          f"{tru.lambda_min:.4g}, held-out {ho.lambda_min:.4g}, train {emp.lambda_min:.4g}. "

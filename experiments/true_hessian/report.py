@@ -20,8 +20,8 @@ from jaxspec.compare import SpectrumComparison
 from jaxspec.io import dumps
 
 __all__ = ["GGN_PREDICTORS", "HESSIAN_PREDICTORS", "SUMMARY_COLUMNS", "aggregate_cell",
-           "beyond_ratio", "format_value", "plot_beyond", "plot_extremal", "plot_point",
-           "pooled_shift_ratio", "summary_rows",
+           "format_value", "plot_beyond", "plot_extremal", "plot_point",
+           "pooled_shift_ratio", "shift_ratio", "summary_rows",
            "write_comparison", "write_json", "write_summary"]
 
 SUMMARY_COLUMNS = (
@@ -58,9 +58,7 @@ HESSIAN_PREDICTORS = (("pred", "Thm 1"), ("pred_dir", "Thm 1 dir"), ("pert", "2n
 GGN_PREDICTORS = (("ggn_pred", "GGN Baik-Silverstein"), ("ggn_pred_iso", "GGN BBP iso"),
                   ("ggn_pert", "GGN 2nd order"))
 
-# The summary's tables: (title, [(column, header), ...]). Where a shift is small against its
-# scatter, a seed's ratio can take either sign; the pooled ratios (_markdown) are then the ones
-# to read.
+# The summary's tables: (title, [(column, header), ...]).
 _PER_SEED = (" Ratios are per seed (mean +- std over seeds); the pooled ratios at the end "
              "(mean predicted over mean measured shift) are the ones to read where the shift is "
              "small against its scatter.")
@@ -301,20 +299,17 @@ def plot_beyond(results: Sequence[dict[str, Any]], path: str, /, *, dpi: int = 1
     stats = functools.partial(_per_q, results)
 
     ggn = any(r.get("ggn_heldout_rayleigh_max") is not None for r in results)
-    panels = [("", "max", 1.0, HESSIAN_PREDICTORS, r"Hessian, top: $\lambda'_1 - u^T H_N u$"),
-              ("", "min", -1.0, HESSIAN_PREDICTORS,
-               r"Hessian, bottom: $u^T H_N u - \lambda'_P$")]
+    panels = [("max", 1.0, HESSIAN_PREDICTORS, r"Hessian, top: $\lambda'_1 - u^T H_N u$"),
+              ("min", -1.0, HESSIAN_PREDICTORS, r"Hessian, bottom: $u^T H_N u - \lambda'_P$")]
     if ggn:
-        panels.append(("ggn_", "max", 1.0, GGN_PREDICTORS, r"Gauss-Newton, top"))
+        panels.append(("max", 1.0, GGN_PREDICTORS, r"Gauss-Newton, top"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5))
     styles = ["C0--D", "C2--v", "C4-.x", "C5-.P"]
-    for ax, (prefix, side, sign, preds, title) in zip(axes, panels):
-        m, sd = stats(lambda r: _difference(r.get(f"{prefix}heldout_lambda_{side}"),
-                                            r.get(f"{prefix}heldout_rayleigh_{side}")), sign)
+    for ax, (side, sign, preds, title) in zip(axes, panels):
+        m, sd = stats(lambda r: _shifts(r, preds[0][0], side, "rayleigh")[1], sign)
         ax.errorbar(q, m, yerr=sd, fmt="k-o", ms=4, capsize=2, label="measured (held-out)")
         for (pred, label), style in zip(preds, styles):
-            m, sd = stats(lambda r: _difference(r.get(f"rq_{pred}_lambda_{side}"),
-                                                r.get(f"{prefix}true_lambda_{side}")), sign)
+            m, sd = stats(lambda r: _shifts(r, pred, side, "rayleigh")[0], sign)
             if np.isfinite(m).any():
                 ax.errorbar(q, m, yerr=sd, fmt=style, ms=4, capsize=2, label=label)
         ax.set_title(title, fontsize=10)
@@ -339,7 +334,7 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
     eigenvector instead of the mean element variance; ``pert_*`` and ``bw_*`` the second-order
     predictions (:mod:`experiments.true_hessian.theory`). ``shift_<pred>_<max|min>`` is that
     prediction's shift over the measured held-out shift
-    (:func:`experiments.true_hessian.theory.shift_error`); ``ritz_rel_residual_*`` the largest
+    (:func:`shift_ratio`); ``ritz_rel_residual_*`` the largest
     relative residual of the extremal Ritz values of the point's true, empirical and held-out
     Hessians; ``fluct_*`` the standard deviation ``sqrt(Var(u^T X u) (1/N + 1/M))`` of the
     first-order terms ``u^T E u`` of the held-out and true matrices (one measured shift's
@@ -359,8 +354,6 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
       >>> round(row["shift_pred_max"], 4), row["seed"]
       (0.2222, 0)
     """
-    from experiments.true_hessian.theory import shift_error
-
     rows = []
     for r in sorted(results, key=lambda r: (r.get("seed", 0), r["q"])):
         row = {k: r.get(k) for k in SUMMARY_COLUMNS}
@@ -374,25 +367,17 @@ def summary_rows(results: Sequence[dict[str, Any]], /) -> list[dict[str, Any]]:
             row[col] = bool(r[f"{pre}_lambda_max"] > r["true_lambda_max"]
                             and r[f"{pre}_lambda_min"] < r["true_lambda_min"])
         for e in ("max", "min"):
-            for pred in ("pred", "pred_dir", "pert", "bw"):
-                row[f"shift_{pred}_{e}"] = shift_error(r.get(f"{pred}_lambda_{e}"),
-                                                       r[f"true_lambda_{e}"],
-                                                       r[f"heldout_lambda_{e}"])
             rel = [res[e == "max"] / abs(r[f"{_PREFIX[k]}_lambda_{e}"])
                    for k, res in (r.get("ritz_residuals") or {}).items()
                    if k in _PREFIX and r.get(f"{_PREFIX[k]}_lambda_{e}")]
             row[f"ritz_rel_residual_{e}"] = max(rel) if rel else None
-        for pred, _ in GGN_PREDICTORS:
-            row[f"shift_{pred}_max"] = shift_error(r.get(f"{pred}_lambda_max"),
-                                                   r.get("ggn_true_lambda_max"),
-                                                   r.get("ggn_heldout_lambda_max"))
         for prefix, sides, preds in (("", ("max", "min"), HESSIAN_PREDICTORS),
                                      ("ggn_", ("max",), GGN_PREDICTORS)):
             for e in sides:
-                row[f"{prefix}beyond_{e}"] = _difference(r.get(f"{prefix}heldout_lambda_{e}"),
-                                                         r.get(f"{prefix}heldout_rayleigh_{e}"))
+                row[f"{prefix}beyond_{e}"] = _shifts(r, preds[0][0], e, "rayleigh")[1]
                 for pred, _ in preds:
-                    row[f"shift_rq_{pred}_{e}"] = beyond_ratio(r, pred, e)
+                    row[f"shift_{pred}_{e}"] = shift_ratio(r, pred, e)
+                    row[f"shift_rq_{pred}_{e}"] = shift_ratio(r, pred, e, reference="rayleigh")
         rows.append(row)
     return rows
 
@@ -401,22 +386,38 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def beyond_ratio(r: dict[str, Any], pred: str, side: str, /) -> float:
-    """A prediction's shift beyond first order over the measured one (1: exact; NaN where a
-    value is missing): ``(rq_<pred> - lambda(H_M)) / (lambda(H_N) - u^T H_N u)``, the GGN's
-    where ``pred`` starts with ``ggn_`` (:mod:`experiments.true_hessian.theory`).
+def _shifts(r: dict[str, Any], pred: str, side: str,
+            reference: str) -> tuple[float | None, float | None]:
+    """``(predicted, measured)`` shifts of one point (None where a value is missing): against
+    the True Hessian's eigenvalue or, with ``reference="rayleigh"``, the held-out matrix's
+    Rayleigh quotient along its vector; the GGN's where ``pred`` starts with ``ggn_``."""
+    prefix = "ggn_" if pred.startswith("ggn_") else ""
+    true, heldout = r.get(f"{prefix}true_lambda_{side}"), r.get(f"{prefix}heldout_lambda_{side}")
+    if reference == "rayleigh":
+        return (_difference(r.get(f"rq_{pred}_lambda_{side}"), true),
+                _difference(heldout, r.get(f"{prefix}heldout_rayleigh_{side}")))
+    return _difference(r.get(f"{pred}_lambda_{side}"), true), _difference(heldout, true)
+
+
+def shift_ratio(r: dict[str, Any], pred: str, side: str, /, *,
+                reference: str = "eigenvalue") -> float:
+    """A prediction's shift over the measured one for one point (1: exact; NaN where a value is
+    missing or the measured shift is 0): from the True Hessian's eigenvalue,
+    ``(pred - lambda(H_M)) / (lambda(H_N) - lambda(H_M))``, or beyond first order
+    (``reference="rayleigh"``), ``(rq_<pred> - lambda(H_M)) / (lambda(H_N) - u^T H_N u)``
+    (:mod:`experiments.true_hessian.theory`); the GGN's where ``pred`` starts with ``ggn_``.
 
     Example:
-      >>> from experiments.true_hessian.report import beyond_ratio
+      >>> from experiments.true_hessian.report import shift_ratio
       >>> r = dict(true_lambda_max=1.0, heldout_lambda_max=1.5, heldout_rayleigh_max=1.1,
-      ...          rq_pert_lambda_max=1.2)
-      >>> round(beyond_ratio(r, "pert", "max"), 6), beyond_ratio(r, "bw", "max")
-      (0.5, nan)
+      ...          pert_lambda_max=1.25, rq_pert_lambda_max=1.2)
+      >>> shift_ratio(r, "pert", "max"), round(shift_ratio(r, "pert", "max",
+      ...                                                   reference="rayleigh"), 6)
+      (0.5, 0.5)
+      >>> shift_ratio(r, "bw", "max")
+      nan
     """
-    prefix = "ggn_" if pred.startswith("ggn_") else ""
-    predicted = _difference(r.get(f"rq_{pred}_lambda_{side}"), r.get(f"{prefix}true_lambda_{side}"))
-    measured = _difference(r.get(f"{prefix}heldout_lambda_{side}"),
-                           r.get(f"{prefix}heldout_rayleigh_{side}"))
+    predicted, measured = _shifts(r, pred, side, reference)
     if predicted is None or not measured:
         return float("nan")
     return predicted / measured
@@ -470,8 +471,9 @@ def pooled_shift_ratio(rows: Sequence[dict[str, Any]], pred: str, side: str, /,
     of ``rows`` (one q), and the ratio's relative standard error by the delta method,
     ``sqrt(var(p)/p^2 + var(m)/m^2 - 2 cov(p, m)/(p m))`` over the seeds' predicted ``p`` and
     measured ``m`` mean shifts (NaN for one seed): each seed is another network, so the
-    predicted shift scatters too, and the ratio is only resolved to that precision. The GGN's where ``pred`` starts with ``ggn_``; with ``reference="rayleigh"``
-    the shift beyond first order (:func:`beyond_ratio`).
+    predicted shift scatters too, and the ratio is only resolved to that precision. The GGN's
+    where ``pred`` starts with ``ggn_``; with ``reference="rayleigh"`` the shift beyond first
+    order (:func:`shift_ratio`).
 
     Example:
       >>> from experiments.true_hessian.report import pooled_shift_ratio
@@ -480,17 +482,8 @@ def pooled_shift_ratio(rows: Sequence[dict[str, Any]], pred: str, side: str, /,
       >>> [round(x, 4) for x in pooled_shift_ratio(rows, "bw", "max")]
       [0.5, 0.2]
     """
-    def get(k):
-        return np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)
-
-    prefix = "ggn_" if pred.startswith("ggn_") else ""
-    true = get(f"{prefix}true_lambda_{side}")
-    if reference == "rayleigh":
-        measured = get(f"{prefix}heldout_lambda_{side}") - get(f"{prefix}heldout_rayleigh_{side}")
-        predicted = get(f"rq_{pred}_lambda_{side}") - true
-    else:
-        measured = get(f"{prefix}heldout_lambda_{side}") - true
-        predicted = get(f"{pred}_lambda_{side}") - true
+    predicted, measured = (np.array([np.nan if x is None else x for x in col], float)
+                           for col in zip(*(_shifts(r, pred, side, reference) for r in rows)))
     ok = np.isfinite(measured) & np.isfinite(predicted)
     if not ok.any() or measured[ok].mean() == 0:
         return float("nan"), float("nan")

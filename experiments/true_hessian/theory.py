@@ -43,7 +43,7 @@ from jaxspec import Spectrum
 from jaxspec.outliers import perturbative_edge, population_outlier, spiked_covariance_edge
 
 __all__ = ["REFERENCES", "effective_samples", "ggn_predictions", "hessian_predictions",
-           "shift_error", "theorem1_rayleigh"]
+           "theorem1_rayleigh"]
 
 #: What a held-out extremal eigenvalue is measured against: the True Hessian's eigenvalue
 #: ``lambda(H_M)`` (the shift at ``1/N - 1/M``) or the held-out matrix's Rayleigh quotient along
@@ -188,17 +188,3 @@ def theorem1_rayleigh(lam_m: float, /, *, p: int, n: int, m: float, sigma2: floa
         return float("nan")
     edge = float(rmt.empirical_edge(np.float64(theta), q=q_n, sigma2=sigma2, side=side))
     return lam_m + edge - (theta - q_m * sigma2 / theta)
-
-
-def shift_error(pred: float | None, true: float | None, measured: float | None, /) -> float:
-    """The predicted shift over the measured one, ``(pred - true) / (measured - true)``
-    (1: exact; NaN when a value is missing or the measured shift is 0).
-
-    Example:
-      >>> from experiments.true_hessian.theory import shift_error
-      >>> shift_error(1.5, 1.0, 2.0), shift_error(None, 1.0, 2.0)
-      (0.5, nan)
-    """
-    if pred is None or true is None or measured is None or measured == true:
-        return float("nan")
-    return (pred - true) / (measured - true)
